@@ -1,0 +1,144 @@
+//! The step runner of `#[iterative_task]`: read a batch after the cursor, call the user's
+//! function, checkpoint the new cursor and progress, and go on while inside the time
+//! slice; then hand over to a continuation step.
+
+use std::time::Duration;
+
+use crate::error::{DecodeError, TaskError};
+use crate::model::Model;
+use crate::store::{Checkpoint, StoreError};
+use crate::task::{BoxFuture, Completion, Context, TaskKind};
+
+/// The future of one call of the user's function on one batch.
+pub type BatchFuture = BoxFuture<'static, Result<(), TaskError>>;
+
+/// The share of the soft deadline a step spends on batches before it hands over to a
+/// continuation step (like job-iteration's max runtime): half, so the batch in flight
+/// when the slice ends still has the other half to finish before the deadline.
+pub const TIME_SLICE_SHARE: f64 = 0.5;
+
+/// Adapts the user's function's future to a [`BatchFuture`] (used by generated code).
+#[doc(hidden)]
+pub fn batch_future<F, E>(fut: F) -> BatchFuture
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<TaskError>,
+{
+    Box::pin(async move { fut.await.map_err(Into::into) })
+}
+
+/// The generated handler of an iterative task calls this with its model, batch size and
+/// two generated functions: `decode` turns the stored extra arguments into a tuple, `call`
+/// runs the user's function on one batch with them.
+///
+/// The payload is `{"filter": <M::Filter>, "args": {<name>: <value>, ..}}`. Filter and
+/// arguments are decoded before anything runs, so a payload that no longer decodes sends
+/// the step to dead instead of failing every batch.
+#[doc(hidden)]
+pub fn iterative_handler<M: Model, A: Send + 'static>(
+    ctx: Context,
+    payload: serde_json::Value,
+    decode: fn(&'static str, serde_json::Value) -> Result<A, DecodeError>,
+    call: fn(Context, Vec<M>, A) -> BatchFuture,
+) -> Result<BoxFuture<'static, Result<Completion, TaskError>>, DecodeError> {
+    let task = ctx.task_name();
+    let bad = |reason: String| DecodeError {
+        task: task.to_string(),
+        reason,
+    };
+    let mut obj = match payload {
+        serde_json::Value::Object(m) => m,
+        other => {
+            return Err(bad(format!(
+                "expected {{\"filter\": .., \"args\": ..}}, found `{other}`"
+            )))
+        }
+    };
+    let filter_json = obj.remove("filter").unwrap_or(serde_json::Value::Null);
+    let args_json = obj.remove("args").unwrap_or_else(|| serde_json::json!({}));
+    let filter: M::Filter =
+        serde_json::from_value(filter_json).map_err(|e| bad(format!("the model filter: {e}")))?;
+    // Decode once now so a bad payload is caught before the first batch.
+    let first_args = decode(task, args_json.clone())?;
+    let cursor: Option<M::Key> = match ctx
+        .inner
+        .iteration
+        .as_ref()
+        .and_then(|it| it.cursor.clone())
+    {
+        Some(c) => {
+            Some(serde_json::from_value(c).map_err(|e| bad(format!("the stored cursor: {e}")))?)
+        }
+        None => None,
+    };
+    let batch_size = match ctx.inner.kind {
+        TaskKind::Iterative { batch_size } => batch_size.max(1),
+        TaskKind::Plain => 100,
+    };
+    Ok(Box::pin(run_step::<M, A>(
+        ctx, filter, cursor, args_json, first_args, batch_size, decode, call,
+    )))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_step<M: Model, A: Send + 'static>(
+    ctx: Context,
+    filter: M::Filter,
+    mut cursor: Option<M::Key>,
+    args_json: serde_json::Value,
+    first_args: A,
+    batch_size: usize,
+    decode: fn(&'static str, serde_json::Value) -> Result<A, DecodeError>,
+    call: fn(Context, Vec<M>, A) -> BatchFuture,
+) -> Result<Completion, TaskError> {
+    let it = ctx.inner.iteration.clone().ok_or_else(|| {
+        TaskError::fatal("this step of an iterative task has no iteration record in the store")
+    })?;
+    let source: &M::Source = ctx.state::<M::Source>()?;
+    let mut total = it.total;
+    if total.is_none() && it.batches == 0 {
+        total = M::count(source, &filter).await?;
+    }
+    let timeout = ctx.inner.deadline.since(ctx.inner.started_at);
+    let slice = Duration::from_secs_f64(timeout.as_secs_f64() * TIME_SLICE_SHARE);
+    let slice_end = ctx.inner.started_at.add(slice);
+    let mut args = Some(first_args);
+    let mut first = true;
+    loop {
+        let batch = M::batch(source, &filter, cursor.as_ref(), batch_size).await?;
+        let n = batch.len();
+        if let Some(last) = batch.last() {
+            let last_key = last.key();
+            let a = match args.take() {
+                Some(a) => a,
+                None => decode(ctx.task_name(), args_json.clone())
+                    .map_err(|e| TaskError::fatal(e.to_string()))?,
+            };
+            call(ctx.clone(), batch, a).await?;
+            let cp = Checkpoint {
+                cursor: serde_json::to_value(&last_key).map_err(|e| {
+                    TaskError::fatal(format!("the model key cannot be stored as JSON: {e}"))
+                })?,
+                processed: n as u64,
+                total: if first { total } else { None },
+            };
+            first = false;
+            match ctx.inner.store.checkpoint(ctx.inner.lease, cp, ctx.inner.clock.now()).await {
+                Ok(()) => {}
+                Err(StoreError::LeaseLost(id)) => {
+                    return Err(TaskError::retry(format!(
+                        "lease on step {id} lost during the run (cancelled, deleted, or claimed by another worker); stopping"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            cursor = Some(last_key);
+        }
+        if n < batch_size {
+            return Ok(Completion::Done);
+        }
+        if ctx.inner.clock.now() >= slice_end || ctx.is_cancelled() {
+            return Ok(Completion::Continue);
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! [`Model`]: what `#[iterative_task(model = M)]` walks through, batch by batch.
+
+use std::future::Future;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::TaskError;
+
+/// An entity type an iterative task can walk through in keyset order.
+///
+/// `batch` returns up to `limit` entities whose key is greater than `after` (all from the
+/// start when `after` is `None`), in ascending key order, matching `filter`. The runtime
+/// keeps the key of the last entity of each batch as the run's cursor, so a run survives
+/// deadlines, crashes and deploys. Rows inserted behind the cursor during a run are not
+/// visited; rows inserted ahead of it are; rows deleted ahead of it are not.
+///
+/// ```ignore
+/// impl Model for Student {
+///     type Key = i64;
+///     type Filter = StudentFilter;
+///     type Source = Db;
+///     fn key(&self) -> i64 { self.id }
+///     async fn batch(db: &Db, f: &StudentFilter, after: Option<&i64>, limit: usize)
+///         -> Result<Vec<Student>, TaskError> { db.students_after(f, after, limit).await }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a taskq `Model`, so an iterative task cannot walk through it",
+    label = "this type does not implement `taskq_runtime::Model`",
+    note = "implement `taskq_runtime::Model` for `{Self}`: give its `Key` (the cursor), `Filter`, `Source` (the app state holding the data), `fn key(&self)` and `async fn batch(source, filter, after, limit)`"
+)]
+pub trait Model: Send + Sized + 'static {
+    /// The ordered key the cursor is made of (an id, a timestamp-and-id pair, ...).
+    type Key: Serialize + DeserializeOwned + Clone + Send + Sync + 'static;
+    /// Which entities a run walks through.
+    type Filter: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// The app state holding the data, given to the worker with `.state(..)`.
+    type Source: Send + Sync + 'static;
+
+    /// This entity's key.
+    fn key(&self) -> Self::Key;
+
+    /// Up to `limit` entities after `after`, in ascending key order.
+    fn batch(
+        source: &Self::Source,
+        filter: &Self::Filter,
+        after: Option<&Self::Key>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Self>, TaskError>> + Send;
+
+    /// How many entities match `filter`, if the model can tell cheaply; used to show
+    /// progress as a percentage. The default says it cannot.
+    fn count(
+        source: &Self::Source,
+        filter: &Self::Filter,
+    ) -> impl Future<Output = Result<Option<u64>, TaskError>> + Send {
+        let _ = (source, filter);
+        async { Ok(None) }
+    }
+}

@@ -1,0 +1,288 @@
+//! [`Queue`]: the handle to start tasks and manage them (the management API the console,
+//! the CLI and tests use).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::StartError;
+use crate::store::{
+    self, IterationInfo, NewIteration, NewTask, QueueConfig, QueueInfo, Store, StoreError,
+    TaskDetail, TaskId, TaskInfo, TaskQuery,
+};
+use crate::task::{TaskDef, TaskKind};
+use crate::time::{Clock, Timestamp};
+
+/// How long a finished named task keeps its name taken, unless the builder says otherwise.
+pub const DEFAULT_TOMBSTONE: Duration = Duration::from_secs(3600);
+
+/// A handle on a store, to start tasks and manage them. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    store: Arc<dyn Store>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("store", &self.store.backend())
+            .finish()
+    }
+}
+
+impl Queue {
+    /// A queue on a store, on the wall clock.
+    pub fn new(store: Arc<dyn Store>) -> Queue {
+        Queue::with_clock(store, Clock::system())
+    }
+
+    /// A queue on a store with the given clock (the test harness passes a virtual one).
+    pub fn with_clock(store: Arc<dyn Store>, clock: Clock) -> Queue {
+        Queue { store, clock }
+    }
+
+    /// Opens the store at `url` (`memory://`, `sqlite://PATH`, `postgres://...`).
+    pub async fn open(url: &str) -> Result<Queue, StoreError> {
+        Ok(Queue::new(store::open(url).await?))
+    }
+
+    /// The store behind this queue.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The clock this queue reads.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Starts many tasks in one call (one transaction): all are stored or none.
+    pub async fn start_many(
+        &self,
+        builders: impl IntoIterator<Item = TaskBuilder>,
+    ) -> Result<Vec<TaskId>, StartError> {
+        let now = self.clock.now();
+        let mut tasks = Vec::new();
+        for b in builders {
+            tasks.push(b.into_new_task(now)?);
+        }
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.store.enqueue(tasks, now).await?)
+    }
+
+    /// Every queue with its counts by state, pause flag and settings.
+    pub async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        self.store.queues().await
+    }
+
+    /// Sets a queue's rate, burst and concurrency limits (enforced across all workers).
+    pub async fn configure(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError> {
+        if let Some(rate) = config.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(StoreError::Conflict(format!(
+                    "queue `{queue}`: rate must be a positive number of tasks per second, not {rate}"
+                )));
+            }
+        }
+        if config.burst == Some(0) || config.max_concurrent == Some(0) {
+            return Err(StoreError::Conflict(format!(
+                "queue `{queue}`: burst and max_concurrent must be at least 1 (leave them unset for no limit)"
+            )));
+        }
+        self.store.configure_queue(queue, config).await
+    }
+
+    /// Lists tasks, newest first.
+    pub async fn list(&self, query: &TaskQuery) -> Result<Vec<TaskInfo>, StoreError> {
+        self.store.list_tasks(query).await
+    }
+
+    /// One task with every attempt and its error.
+    pub async fn task(&self, id: TaskId) -> Result<Option<TaskDetail>, StoreError> {
+        self.store.task(id).await
+    }
+
+    /// Makes a pending task due now.
+    pub async fn run_now(&self, id: TaskId) -> Result<(), StoreError> {
+        self.store.run_now(id, self.clock.now()).await
+    }
+
+    /// Deletes a task.
+    pub async fn delete(&self, id: TaskId) -> Result<(), StoreError> {
+        self.store.delete(id).await
+    }
+
+    /// Puts a dead or failed task back in its queue with fresh attempts.
+    pub async fn retry(&self, id: TaskId) -> Result<(), StoreError> {
+        self.store.retry(id, self.clock.now()).await
+    }
+
+    /// Stops workers claiming from a queue.
+    pub async fn pause(&self, queue: &str) -> Result<(), StoreError> {
+        self.store.set_paused(queue, true).await
+    }
+
+    /// Lets workers claim from a queue again.
+    pub async fn resume(&self, queue: &str) -> Result<(), StoreError> {
+        self.store.set_paused(queue, false).await
+    }
+
+    /// Deletes every pending task of a queue; returns how many.
+    pub async fn purge(&self, queue: &str) -> Result<u64, StoreError> {
+        self.store.purge(queue).await
+    }
+
+    /// Progress of an iterative run.
+    pub async fn iteration(&self, run: TaskId) -> Result<IterationInfo, StoreError> {
+        self.store
+            .iteration(run)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("iteration run {run}")))
+    }
+
+    /// Recent iterative runs, newest first.
+    pub async fn iterations(&self, limit: usize) -> Result<Vec<IterationInfo>, StoreError> {
+        self.store.iterations(limit).await
+    }
+
+    /// Cancels an iterative run.
+    pub async fn cancel_iteration(&self, run: TaskId) -> Result<(), StoreError> {
+        self.store.cancel_iteration(run, self.clock.now()).await
+    }
+}
+
+/// When a task should first be due.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum When {
+    Now,
+    After(Duration),
+    At(Timestamp),
+}
+
+/// Options for starting one task, made by the generated `NAME::builder(args..)`.
+#[derive(Debug)]
+#[must_use = "a TaskBuilder does nothing until `.start(&queue)` is awaited"]
+pub struct TaskBuilder {
+    def: &'static TaskDef,
+    payload: Result<serde_json::Value, StartError>,
+    filter: Option<serde_json::Value>,
+    when: When,
+    unique_name: Option<String>,
+    tombstone: Duration,
+    queue: Option<String>,
+    priority: Option<i32>,
+}
+
+impl TaskBuilder {
+    /// A builder for `def` with an encoded payload (used by generated code).
+    #[doc(hidden)]
+    pub fn new(
+        def: &'static TaskDef,
+        payload: Result<serde_json::Value, StartError>,
+    ) -> TaskBuilder {
+        TaskBuilder {
+            def,
+            payload,
+            filter: None,
+            when: When::Now,
+            unique_name: None,
+            tombstone: DEFAULT_TOMBSTONE,
+            queue: None,
+            priority: None,
+        }
+    }
+
+    /// A builder for the first step of an iterative run (used by generated code).
+    #[doc(hidden)]
+    pub fn new_iterative(
+        def: &'static TaskDef,
+        filter: Result<serde_json::Value, StartError>,
+        args: Result<serde_json::Value, StartError>,
+    ) -> TaskBuilder {
+        let (payload, filter) = match (filter, args) {
+            (Ok(f), Ok(a)) => (
+                Ok(serde_json::json!({ "filter": f.clone(), "args": a })),
+                Some(f),
+            ),
+            (Err(e), _) | (_, Err(e)) => (Err(e), None),
+        };
+        let mut b = TaskBuilder::new(def, payload);
+        b.filter = filter;
+        b
+    }
+
+    /// Not due before `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.when = When::After(delay);
+        self
+    }
+
+    /// Not due before `eta`.
+    pub fn at(mut self, eta: Timestamp) -> Self {
+        self.when = When::At(eta);
+        self
+    }
+
+    /// A de-duplication name: starting it again while the task is live, or within the
+    /// tombstone window after it finished (1 hour unless [`TaskBuilder::tombstone`] says
+    /// otherwise), returns an "already exists" error.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.unique_name = Some(name.into());
+        self
+    }
+
+    /// How long the name stays taken after the task finished.
+    pub fn tombstone(mut self, window: Duration) -> Self {
+        self.tombstone = window;
+        self
+    }
+
+    /// Another queue than the task's default.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Another priority than the task's default (higher runs first).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Stores the task; returns its id (for an iterative task, the run's id).
+    pub async fn start(self, queue: &Queue) -> Result<TaskId, StartError> {
+        let now = queue.clock.now();
+        let task = self.into_new_task(now)?;
+        let ids = queue.store.enqueue(vec![task], now).await?;
+        ids.into_iter().next().ok_or_else(|| {
+            StartError::Store(StoreError::Backend("the store returned no id".into()))
+        })
+    }
+
+    pub(crate) fn into_new_task(self, now: Timestamp) -> Result<NewTask, StartError> {
+        let payload = self.payload?;
+        let run_at = match self.when {
+            When::Now => now,
+            When::After(d) => now.add(d),
+            When::At(t) => t,
+        };
+        let iteration = match self.def.kind {
+            TaskKind::Iterative { .. } => Some(NewIteration {
+                filter: self.filter.unwrap_or(serde_json::Value::Null),
+            }),
+            TaskKind::Plain => None,
+        };
+        Ok(NewTask {
+            task: self.def.name.to_string(),
+            queue: self.queue.unwrap_or_else(|| self.def.queue.to_string()),
+            payload,
+            priority: self.priority.unwrap_or(self.def.options.priority),
+            run_at,
+            unique_name: self.unique_name,
+            tombstone: self.tombstone,
+            iteration,
+        })
+    }
+}

@@ -1,0 +1,658 @@
+//! The in-memory store: for tests and the simplest use. Not durable.
+//!
+//! It is the reference implementation of the [`Store`] rules: the SQLite and PostgreSQL
+//! backends do in SQL what this one does under a mutex.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+struct Row {
+    info: TaskInfo,
+    token: i64,
+    tombstone_ms: i64,
+    attempts: Vec<AttemptInfo>,
+    started_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    tokens: f64,
+    refilled_at: Timestamp,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: i64,
+    next_token: i64,
+    tasks: BTreeMap<i64, Row>,
+    queues: BTreeMap<String, (bool, QueueConfig)>,
+    buckets: HashMap<String, Bucket>,
+    runs: BTreeMap<i64, IterationInfo>,
+}
+
+/// A store that keeps everything in process memory behind one mutex.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    notify: Notify,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied change behind
+        // (every change is applied after its checks), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn queue_wanted(queues: &[String], q: &str) -> bool {
+    queues.is_empty() || queues.iter().any(|x| x == q)
+}
+
+impl Inner {
+    fn live_name(&self, name: &str, now: Timestamp) -> bool {
+        self.tasks.values().any(|r| {
+            r.info.unique_name.as_deref() == Some(name)
+                && (r.info.state.is_live()
+                    || r.info
+                        .finished_at
+                        .map(|f| f.0 + r.tombstone_ms > now.0)
+                        .unwrap_or(false))
+        })
+    }
+
+    fn end_run(
+        &mut self,
+        run: Option<TaskId>,
+        state: RunState,
+        error: Option<String>,
+        now: Timestamp,
+    ) {
+        if let Some(run) = run {
+            if let Some(it) = self.runs.get_mut(&run.0) {
+                if it.state == RunState::Running {
+                    it.state = state;
+                    it.error = error;
+                    it.finished_at = Some(now);
+                    it.updated_at = now;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn enqueue(
+        &self,
+        tasks: Vec<NewTask>,
+        now: Timestamp,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        let mut ids = Vec::with_capacity(tasks.len());
+        {
+            let mut g = self.lock();
+            let mut seen = std::collections::HashSet::new();
+            for t in &tasks {
+                if let Some(n) = &t.unique_name {
+                    if !seen.insert(n.clone()) || g.live_name(n, now) {
+                        return Err(StoreError::AlreadyExists(n.clone()));
+                    }
+                }
+            }
+            for t in tasks {
+                g.next_id += 1;
+                let id = TaskId(g.next_id);
+                let run = t.iteration.as_ref().map(|_| id);
+                if let Some(it) = &t.iteration {
+                    g.runs.insert(
+                        id.0,
+                        IterationInfo {
+                            run: id,
+                            task: t.task.clone(),
+                            queue: t.queue.clone(),
+                            filter: it.filter.clone(),
+                            cursor: None,
+                            processed: 0,
+                            batches: 0,
+                            steps: 1,
+                            total: None,
+                            state: RunState::Running,
+                            started_at: now,
+                            updated_at: now,
+                            finished_at: None,
+                            error: None,
+                        },
+                    );
+                }
+                g.tasks.insert(
+                    id.0,
+                    Row {
+                        info: TaskInfo {
+                            id,
+                            task: t.task,
+                            queue: t.queue,
+                            state: TaskState::Pending,
+                            payload: t.payload,
+                            priority: t.priority,
+                            attempts: 0,
+                            unique_name: t.unique_name,
+                            created_at: now,
+                            enqueued_at: now,
+                            run_at: t.run_at,
+                            finished_at: None,
+                            last_error: None,
+                            run,
+                            worker: None,
+                            lease_until: None,
+                        },
+                        token: 0,
+                        tombstone_ms: t.tombstone.as_millis() as i64,
+                        attempts: Vec::new(),
+                        started_at: None,
+                    },
+                );
+                ids.push(id);
+            }
+        }
+        self.notify.notify_waiters();
+        Ok(ids)
+    }
+
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError> {
+        let now = req.now;
+        let mut g = self.lock();
+        let g = &mut *g;
+        // Candidates in claim order.
+        let mut due: Vec<(i32, Timestamp, i64)> = g
+            .tasks
+            .values()
+            .filter(|r| queue_wanted(&req.queues, &r.info.queue))
+            .filter(|r| !g.queues.get(&r.info.queue).map(|q| q.0).unwrap_or(false))
+            .filter(|r| match r.info.state {
+                TaskState::Pending => r.info.run_at <= now,
+                TaskState::Running => r.info.lease_until.map(|l| l < now).unwrap_or(true),
+                _ => false,
+            })
+            .map(|r| (r.info.priority, r.info.run_at, r.info.id.0))
+            .collect();
+        due.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+
+        let mut running: HashMap<String, u32> = HashMap::new();
+        for r in g.tasks.values() {
+            if r.info.state == TaskState::Running
+                && r.info.lease_until.map(|l| l >= now).unwrap_or(false)
+            {
+                *running.entry(r.info.queue.clone()).or_default() += 1;
+            }
+        }
+        let mut out = Vec::new();
+        for (_, _, id) in due {
+            if out.len() >= req.limit {
+                break;
+            }
+            let queue = g.tasks[&id].info.queue.clone();
+            let config = g
+                .queues
+                .get(&queue)
+                .map(|q| q.1.clone())
+                .unwrap_or_default();
+            if let Some(max) = config.max_concurrent {
+                if running.get(&queue).copied().unwrap_or(0) >= max {
+                    continue;
+                }
+            }
+            if let Some(rate) = config.rate {
+                let burst = config.burst.map(f64::from).unwrap_or(rate.max(1.0));
+                let b = g.buckets.entry(queue.clone()).or_insert(Bucket {
+                    tokens: burst,
+                    refilled_at: now,
+                });
+                let elapsed = now.since(b.refilled_at).as_secs_f64();
+                b.tokens = (b.tokens + elapsed * rate).min(burst);
+                b.refilled_at = b.refilled_at.max(now);
+                if b.tokens < 1.0 {
+                    continue;
+                }
+                b.tokens -= 1.0;
+            }
+            *running.entry(queue).or_default() += 1;
+            g.next_token += 1;
+            let token = g.next_token;
+            let row = g
+                .tasks
+                .get_mut(&id)
+                .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+            if row.info.state == TaskState::Running {
+                // The previous holder's lease lapsed: record that attempt.
+                row.attempts.push(AttemptInfo {
+                    attempt: row.info.attempts,
+                    worker: row.info.worker.clone().unwrap_or_default(),
+                    started_at: row.started_at.unwrap_or(now),
+                    finished_at: now,
+                    outcome: "lease lapsed".into(),
+                    error: Some("the worker's lease lapsed (it died or stalled)".into()),
+                });
+                row.info.last_error = Some("the worker's lease lapsed (it died or stalled)".into());
+            }
+            row.info.state = TaskState::Running;
+            row.info.attempts += 1;
+            row.info.worker = Some(req.worker.clone());
+            row.info.lease_until = Some(now.add(req.lease));
+            row.token = token;
+            row.started_at = Some(now);
+            let iteration = row.info.run.and_then(|run| {
+                g.runs.get(&run.0).map(|it| IterationCursor {
+                    run,
+                    cursor: it.cursor.clone(),
+                    processed: it.processed,
+                    batches: it.batches,
+                    total: it.total,
+                })
+            });
+            let row = &g.tasks[&id];
+            out.push(ClaimedTask {
+                lease: Lease {
+                    id: TaskId(id),
+                    token,
+                },
+                task: row.info.task.clone(),
+                queue: row.info.queue.clone(),
+                payload: row.info.payload.clone(),
+                attempt: row.info.attempts,
+                enqueued_at: row.info.enqueued_at,
+                iteration,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn heartbeat(
+        &self,
+        leases: &[Lease],
+        _worker: &str,
+        until: Timestamp,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        let mut g = self.lock();
+        let mut lost = Vec::new();
+        for l in leases {
+            match g.tasks.get_mut(&l.id.0) {
+                Some(r) if r.token == l.token && r.info.state == TaskState::Running => {
+                    r.info.lease_until = Some(until);
+                }
+                _ => lost.push(l.id),
+            }
+        }
+        Ok(lost)
+    }
+
+    async fn finish(
+        &self,
+        finished: Vec<Finish>,
+        worker: &str,
+        now: Timestamp,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut results = Vec::with_capacity(finished.len());
+        let mut woke = false;
+        {
+            let mut g = self.lock();
+            for f in finished {
+                let id = f.lease.id;
+                let held = matches!(g.tasks.get(&id.0), Some(r) if r.token == f.lease.token && r.info.state == TaskState::Running);
+                if !held {
+                    results.push(Err(StoreError::LeaseLost(id)));
+                    continue;
+                }
+                let (run, attempt) = {
+                    let r = &g.tasks[&id.0];
+                    (r.info.run, r.info.attempts)
+                };
+                let (state, outcome, error, run_at) = match &f.outcome {
+                    Outcome::Done => (TaskState::Done, "done", None, None),
+                    Outcome::Failed { error } => {
+                        (TaskState::Failed, "failed", Some(error.clone()), None)
+                    }
+                    Outcome::Retry { error, run_at } => (
+                        TaskState::Pending,
+                        "retry",
+                        Some(error.clone()),
+                        Some(*run_at),
+                    ),
+                    Outcome::Dead { error } => (TaskState::Dead, "dead", Some(error.clone()), None),
+                    Outcome::Release => (TaskState::Pending, "released", None, Some(now)),
+                    Outcome::Continue { .. } => (TaskState::Done, "continued", None, None),
+                };
+                match &f.outcome {
+                    Outcome::Done => g.end_run(run, RunState::Done, None, now),
+                    Outcome::Failed { error } => {
+                        g.end_run(run, RunState::Failed, Some(error.clone()), now)
+                    }
+                    Outcome::Dead { error } => {
+                        g.end_run(run, RunState::Dead, Some(error.clone()), now)
+                    }
+                    _ => {}
+                }
+                let mut next = None;
+                {
+                    let r = g
+                        .tasks
+                        .get_mut(&id.0)
+                        .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+                    r.attempts.push(AttemptInfo {
+                        attempt,
+                        worker: worker.to_string(),
+                        started_at: f.started_at,
+                        finished_at: now,
+                        outcome: outcome.into(),
+                        error: error.clone(),
+                    });
+                    r.info.state = state;
+                    r.info.worker = None;
+                    r.info.lease_until = None;
+                    if error.is_some() {
+                        r.info.last_error = error;
+                    }
+                    if let Some(at) = run_at {
+                        r.info.run_at = at;
+                        woke = true;
+                    }
+                    if matches!(f.outcome, Outcome::Release) {
+                        r.info.attempts = r.info.attempts.saturating_sub(1);
+                    }
+                    if !state.is_live() {
+                        r.info.finished_at = Some(now);
+                    }
+                    if let Outcome::Continue { run_at } = f.outcome {
+                        next = Some((r.info.clone(), r.tombstone_ms, run_at));
+                    }
+                }
+                if let Some((info, tombstone_ms, run_at)) = next {
+                    g.next_id += 1;
+                    let nid = TaskId(g.next_id);
+                    if let Some(run) = info.run {
+                        if let Some(it) = g.runs.get_mut(&run.0) {
+                            it.steps += 1;
+                            it.updated_at = now;
+                        }
+                    }
+                    g.tasks.insert(
+                        nid.0,
+                        Row {
+                            info: TaskInfo {
+                                id: nid,
+                                state: TaskState::Pending,
+                                attempts: 0,
+                                unique_name: None,
+                                created_at: now,
+                                enqueued_at: now,
+                                run_at,
+                                finished_at: None,
+                                last_error: None,
+                                worker: None,
+                                lease_until: None,
+                                ..info
+                            },
+                            token: 0,
+                            tombstone_ms,
+                            attempts: Vec::new(),
+                            started_at: None,
+                        },
+                    );
+                    woke = true;
+                }
+                results.push(Ok(()));
+            }
+        }
+        if woke {
+            self.notify.notify_waiters();
+        }
+        Ok(results)
+    }
+
+    async fn checkpoint(
+        &self,
+        lease: Lease,
+        cp: Checkpoint,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let run = match g.tasks.get(&lease.id.0) {
+            Some(r) if r.token == lease.token && r.info.state == TaskState::Running => r.info.run,
+            _ => return Err(StoreError::LeaseLost(lease.id)),
+        };
+        let run = run.ok_or_else(|| {
+            StoreError::Conflict(format!(
+                "task {} is not a step of an iterative run",
+                lease.id
+            ))
+        })?;
+        let it = g
+            .runs
+            .get_mut(&run.0)
+            .ok_or_else(|| StoreError::NotFound(format!("iteration run {run}")))?;
+        if it.state != RunState::Running {
+            return Err(StoreError::LeaseLost(lease.id));
+        }
+        it.cursor = Some(cp.cursor);
+        it.processed += cp.processed;
+        it.batches += 1;
+        if cp.total.is_some() {
+            it.total = cp.total;
+        }
+        it.updated_at = now;
+        Ok(())
+    }
+
+    async fn next_due(&self, queues: &[String]) -> Result<Option<Timestamp>, StoreError> {
+        let g = self.lock();
+        Ok(g.tasks
+            .values()
+            .filter(|r| queue_wanted(queues, &r.info.queue))
+            .filter(|r| !g.queues.get(&r.info.queue).map(|q| q.0).unwrap_or(false))
+            .filter_map(|r| match r.info.state {
+                TaskState::Pending => Some(r.info.run_at),
+                TaskState::Running => r.info.lease_until.map(|l| Timestamp(l.0 + 1)),
+                _ => None,
+            })
+            .min())
+    }
+
+    async fn wait_for_work(&self, _queues: &[String], timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        let g = self.lock();
+        let mut map: BTreeMap<String, QueueInfo> = BTreeMap::new();
+        for (name, (paused, config)) in &g.queues {
+            map.insert(
+                name.clone(),
+                QueueInfo {
+                    name: name.clone(),
+                    counts: Vec::new(),
+                    paused: *paused,
+                    config: config.clone(),
+                },
+            );
+        }
+        for r in g.tasks.values() {
+            let q = map
+                .entry(r.info.queue.clone())
+                .or_insert_with(|| QueueInfo {
+                    name: r.info.queue.clone(),
+                    ..QueueInfo::default()
+                });
+            match q.counts.iter_mut().find(|(s, _)| *s == r.info.state) {
+                Some((_, n)) => *n += 1,
+                None => q.counts.push((r.info.state, 1)),
+            }
+        }
+        Ok(map
+            .into_values()
+            .map(|mut q| {
+                q.counts.sort();
+                q
+            })
+            .collect())
+    }
+
+    async fn configure_queue(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.queues.entry(queue.to_string()).or_default().1 = config;
+        g.buckets.remove(queue);
+        Ok(())
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        self.lock().queues.entry(queue.to_string()).or_default().0 = paused;
+        if !paused {
+            self.notify.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        let before = g.tasks.len();
+        g.tasks
+            .retain(|_, r| !(r.info.queue == queue && r.info.state == TaskState::Pending));
+        Ok((before - g.tasks.len()) as u64)
+    }
+
+    async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<TaskInfo>, StoreError> {
+        let g = self.lock();
+        let limit = if q.limit == 0 { 100 } else { q.limit };
+        Ok(g.tasks
+            .values()
+            .rev()
+            .filter(|r| q.before.map(|b| r.info.id < b).unwrap_or(true))
+            .filter(|r| q.queue.as_ref().map(|x| *x == r.info.queue).unwrap_or(true))
+            .filter(|r| q.state.map(|s| s == r.info.state).unwrap_or(true))
+            .filter(|r| q.task.as_ref().map(|t| *t == r.info.task).unwrap_or(true))
+            .take(limit)
+            .map(|r| r.info.clone())
+            .collect())
+    }
+
+    async fn task(&self, id: TaskId) -> Result<Option<TaskDetail>, StoreError> {
+        Ok(self.lock().tasks.get(&id.0).map(|r| TaskDetail {
+            info: r.info.clone(),
+            attempts: r.attempts.clone(),
+        }))
+    }
+
+    async fn run_now(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
+        {
+            let mut g = self.lock();
+            let r = g
+                .tasks
+                .get_mut(&id.0)
+                .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+            if r.info.state != TaskState::Pending {
+                return Err(StoreError::Conflict(format!(
+                    "task {id} is {}, only a pending task can be run now",
+                    r.info.state
+                )));
+            }
+            r.info.run_at = now;
+        }
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn delete(&self, id: TaskId) -> Result<(), StoreError> {
+        self.lock()
+            .tasks
+            .remove(&id.0)
+            .map(|_| ())
+            .ok_or_else(|| StoreError::NotFound(format!("task {id}")))
+    }
+
+    async fn retry(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
+        {
+            let mut g = self.lock();
+            let r = g
+                .tasks
+                .get_mut(&id.0)
+                .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+            if !matches!(r.info.state, TaskState::Dead | TaskState::Failed) {
+                return Err(StoreError::Conflict(format!(
+                    "task {id} is {}, only a dead or failed task can be retried",
+                    r.info.state
+                )));
+            }
+            r.info.state = TaskState::Pending;
+            r.info.attempts = 0;
+            r.info.enqueued_at = now;
+            r.info.run_at = now;
+            r.info.finished_at = None;
+            let run = r.info.run;
+            if let Some(run) = run {
+                if let Some(it) = g.runs.get_mut(&run.0) {
+                    it.state = RunState::Running;
+                    it.finished_at = None;
+                    it.error = None;
+                    it.updated_at = now;
+                }
+            }
+        }
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn iteration(&self, run: TaskId) -> Result<Option<IterationInfo>, StoreError> {
+        Ok(self.lock().runs.get(&run.0).cloned())
+    }
+
+    async fn iterations(&self, limit: usize) -> Result<Vec<IterationInfo>, StoreError> {
+        Ok(self
+            .lock()
+            .runs
+            .values()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let it = g
+            .runs
+            .get_mut(&run.0)
+            .ok_or_else(|| StoreError::NotFound(format!("iteration run {run}")))?;
+        if it.state != RunState::Running {
+            return Err(StoreError::Conflict(format!(
+                "run {run} is {}, only a running run can be cancelled",
+                it.state.as_str()
+            )));
+        }
+        it.state = RunState::Cancelled;
+        it.finished_at = Some(now);
+        it.updated_at = now;
+        for r in g.tasks.values_mut() {
+            if r.info.run == Some(run) && r.info.state.is_live() {
+                r.info.state = TaskState::Cancelled;
+                r.info.finished_at = Some(now);
+                r.info.worker = None;
+                r.info.lease_until = None;
+            }
+        }
+        Ok(())
+    }
+}

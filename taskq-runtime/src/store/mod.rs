@@ -1,0 +1,640 @@
+//! The storage contract: one small, semantic [`Store`] trait and its three backends.
+//!
+//! A store keeps tasks, their attempts, queue settings and iteration runs. Every method
+//! that depends on the time takes `now` from the caller, so the same store runs on the
+//! wall clock in a worker and on virtual time in the test harness.
+//!
+//! Rules every backend follows (the conformance suite in `tests/` checks them):
+//! - [`Store::enqueue`] is all-or-nothing: one unique-name conflict stores nothing.
+//! - [`Store::claim`] hands each due task to one caller at a time, with a fresh lease token
+//!   (a fencing token); the attempt counter goes up at claim time.
+//! - Every lease-bound call ([`Store::heartbeat`], [`Store::finish`], [`Store::checkpoint`])
+//!   checks `(id, token, state = running)` and changes nothing when the lease was lost.
+//! - A task whose lease lapsed is claimable again, and the lapse is recorded as an attempt.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// The identifier of a task (and, for an iterative task, of its run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub i64);
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for TaskId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim().parse().map(TaskId)
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waiting for its `run_at` (first run, a delay, or a retry after backoff).
+    Pending,
+    /// Claimed by a worker that holds its lease.
+    Running,
+    /// Finished with `Ok`.
+    Done,
+    /// Ended by a fatal error; never retried.
+    Failed,
+    /// Out of attempts and age, or undecodable, or of an unknown task name.
+    Dead,
+    /// Cancelled by a person (an iteration run that was cancelled, for instance).
+    Cancelled,
+}
+
+impl TaskState {
+    /// Every state, in display order.
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::Done,
+        TaskState::Failed,
+        TaskState::Dead,
+        TaskState::Cancelled,
+    ];
+
+    /// The lowercase name stored in databases and shown to people.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Done => "done",
+            TaskState::Failed => "failed",
+            TaskState::Dead => "dead",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the task can still run (pending or running).
+    pub fn is_live(self) -> bool {
+        matches!(self, TaskState::Pending | TaskState::Running)
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        TaskState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s.trim())
+            .ok_or_else(|| {
+                format!("unknown task state `{s}`; expected one of: pending, running, done, failed, dead, cancelled")
+            })
+    }
+}
+
+/// A task to be stored by [`Store::enqueue`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTask {
+    /// The registered task name (`module::fn` by default).
+    pub task: String,
+    /// The queue it runs on.
+    pub queue: String,
+    /// The task's arguments as a JSON object keyed by parameter name.
+    pub payload: serde_json::Value,
+    /// Higher runs first among due tasks of the same queues.
+    pub priority: i32,
+    /// Not claimable before this time.
+    pub run_at: Timestamp,
+    /// A de-duplication name: refused while a task of this name is live or inside its
+    /// tombstone window.
+    pub unique_name: Option<String>,
+    /// How long a finished task's unique name stays taken.
+    pub tombstone: Duration,
+    /// Set for the first step of an iterative run: creates the run's progress record.
+    pub iteration: Option<NewIteration>,
+}
+
+/// The iteration record created with an iterative task's first step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewIteration {
+    /// The model's filter, as JSON (also kept inside the payload).
+    pub filter: serde_json::Value,
+}
+
+/// What [`Store::claim`] is asked for.
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    /// Queues to claim from; empty means every queue.
+    pub queues: Vec<String>,
+    /// Who claims (shown in attempts and in the console).
+    pub worker: String,
+    /// How many tasks at most.
+    pub limit: usize,
+    /// The lease each claimed task gets; renewed by [`Store::heartbeat`].
+    pub lease: Duration,
+    /// The caller's time.
+    pub now: Timestamp,
+}
+
+/// Proof of holding a task: its id and the fencing token handed out by the claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The task.
+    pub id: TaskId,
+    /// The token of this claim; any later claim of the same task has another one.
+    pub token: i64,
+}
+
+/// A task handed to a worker by [`Store::claim`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClaimedTask {
+    /// The lease to present when finishing.
+    pub lease: Lease,
+    /// The registered task name.
+    pub task: String,
+    /// Its queue.
+    pub queue: String,
+    /// Its arguments.
+    pub payload: serde_json::Value,
+    /// This attempt's number, starting at 1 (lapsed leases count).
+    pub attempt: u32,
+    /// When the task was (last) put into the queue: first start, or a retry from dead.
+    /// The age limit is measured from here.
+    pub enqueued_at: Timestamp,
+    /// For a step of an iterative run: the run's state when this step was claimed.
+    pub iteration: Option<IterationCursor>,
+}
+
+/// Where an iterative run stands, as a step sees it when claimed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IterationCursor {
+    /// The run (the id of its first step).
+    pub run: TaskId,
+    /// The key of the last processed entity; `None` before the first batch.
+    pub cursor: Option<serde_json::Value>,
+    /// Entities processed so far.
+    pub processed: u64,
+    /// Batches processed so far.
+    pub batches: u64,
+    /// The model's total count, once known.
+    pub total: Option<u64>,
+}
+
+/// A checkpoint written after each batch of an iterative step, atomically with the lease
+/// check: the new cursor and the progress it made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    /// The key of the last entity of the batch.
+    pub cursor: serde_json::Value,
+    /// Entities in the batch.
+    pub processed: u64,
+    /// Set when the model could count the run's entities.
+    pub total: Option<u64>,
+}
+
+/// How an attempt ended, as recorded by [`Store::finish`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Success: the task is done (for an iterative step: the whole run is done).
+    Done,
+    /// A fatal error: failed, never retried.
+    Failed {
+        /// The error, for people.
+        error: String,
+    },
+    /// A retryable error: pending again at `run_at`.
+    Retry {
+        /// The error, for people.
+        error: String,
+        /// When to run again (after backoff).
+        run_at: Timestamp,
+    },
+    /// No more tries: dead, with the reason.
+    Dead {
+        /// Why.
+        error: String,
+    },
+    /// Graceful shutdown: pending again at once; the attempt does not count.
+    Release,
+    /// An iterative step used its time slice: this step is done and a continuation step of
+    /// the same run is stored, due at `run_at`, in the same transaction.
+    Continue {
+        /// When the continuation is due.
+        run_at: Timestamp,
+    },
+}
+
+/// One finished attempt for [`Store::finish`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finish {
+    /// The lease of the attempt.
+    pub lease: Lease,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When the attempt began running.
+    pub started_at: Timestamp,
+}
+
+/// Counts and settings of one queue.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// The queue's name.
+    pub name: String,
+    /// Number of tasks in each state (states with no task are absent or zero).
+    pub counts: Vec<(TaskState, u64)>,
+    /// Whether claims from it are paused.
+    pub paused: bool,
+    /// Its settings.
+    pub config: QueueConfig,
+}
+
+impl QueueInfo {
+    /// The count for one state.
+    pub fn count(&self, state: TaskState) -> u64 {
+        self.counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    }
+}
+
+/// Settings of a queue, enforced by [`Store::claim`] across every worker of a store.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct QueueConfig {
+    /// Sustained claims per second (token bucket refill); `None` = unlimited.
+    pub rate: Option<f64>,
+    /// Bucket size: how many claims may happen at once after idling. Defaults to
+    /// `max(1, rate)` when a rate is set.
+    pub burst: Option<u32>,
+    /// At most this many tasks of the queue running at once; `None` = unlimited.
+    pub max_concurrent: Option<u32>,
+}
+
+/// Which tasks [`Store::list_tasks`] returns, newest first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskQuery {
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this state.
+    pub state: Option<TaskState>,
+    /// Only this task name.
+    pub task: Option<String>,
+    /// Only tasks with an id below this (for paging).
+    pub before: Option<TaskId>,
+    /// At most this many (0 means 100).
+    pub limit: usize,
+}
+
+/// One task as the management API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// Its id.
+    pub id: TaskId,
+    /// Registered task name.
+    pub task: String,
+    /// Queue.
+    pub queue: String,
+    /// State.
+    pub state: TaskState,
+    /// Arguments.
+    pub payload: serde_json::Value,
+    /// Priority.
+    pub priority: i32,
+    /// Attempts made so far (since the last retry from dead).
+    pub attempts: u32,
+    /// The de-duplication name, if any.
+    pub unique_name: Option<String>,
+    /// When it was first stored.
+    pub created_at: Timestamp,
+    /// When it was last put into the queue (start, or retry from dead).
+    pub enqueued_at: Timestamp,
+    /// When it is (or was) due.
+    pub run_at: Timestamp,
+    /// When it reached done, failed, dead or cancelled.
+    pub finished_at: Option<Timestamp>,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// The run it is a step of, for iterative tasks.
+    pub run: Option<TaskId>,
+    /// The worker holding it, while running.
+    pub worker: Option<String>,
+    /// Until when that worker's lease holds.
+    pub lease_until: Option<Timestamp>,
+}
+
+/// One attempt of a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptInfo {
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Who ran it.
+    pub worker: String,
+    /// When it began.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Timestamp,
+    /// `done`, `failed`, `retry`, `dead`, `released`, `continued` or `lease lapsed`.
+    pub outcome: String,
+    /// The error, if it had one.
+    pub error: Option<String>,
+}
+
+/// A task with its whole history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskDetail {
+    /// The task.
+    pub info: TaskInfo,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<AttemptInfo>,
+}
+
+/// State of an iterative run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Steps are still to run.
+    Running,
+    /// Every entity was processed.
+    Done,
+    /// A step failed fatally.
+    Failed,
+    /// A step ran out of attempts.
+    Dead,
+    /// A person cancelled it.
+    Cancelled,
+}
+
+impl RunState {
+    /// The lowercase name stored in databases.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Done => "done",
+            RunState::Failed => "failed",
+            RunState::Dead => "dead",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::str::FromStr for RunState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "running" => Ok(RunState::Running),
+            "done" => Ok(RunState::Done),
+            "failed" => Ok(RunState::Failed),
+            "dead" => Ok(RunState::Dead),
+            "cancelled" => Ok(RunState::Cancelled),
+            other => Err(format!("unknown run state `{other}`")),
+        }
+    }
+}
+
+/// Progress of an iterative run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IterationInfo {
+    /// The run's id (its first step's task id).
+    pub run: TaskId,
+    /// The iterative task's name.
+    pub task: String,
+    /// The queue its steps run on.
+    pub queue: String,
+    /// The model filter.
+    pub filter: serde_json::Value,
+    /// The key of the last processed entity.
+    pub cursor: Option<serde_json::Value>,
+    /// Entities processed (an entity of a redone batch counts again).
+    pub processed: u64,
+    /// Batches processed.
+    pub batches: u64,
+    /// Steps (task executions) so far, the current one included.
+    pub steps: u64,
+    /// The model's total count, when it gives one.
+    pub total: Option<u64>,
+    /// State.
+    pub state: RunState,
+    /// When the run was started.
+    pub started_at: Timestamp,
+    /// When progress was last recorded.
+    pub updated_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// The error that ended it, if any.
+    pub error: Option<String>,
+}
+
+impl IterationInfo {
+    /// Percentage done, where the model gave a total.
+    pub fn percent(&self) -> Option<f64> {
+        match (self.total, self.state) {
+            (_, RunState::Done) => Some(100.0),
+            (Some(0), _) => Some(100.0),
+            (Some(t), _) => Some((self.processed as f64 * 100.0 / t as f64).min(100.0)),
+            (None, _) => None,
+        }
+    }
+}
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique task name is live or inside its tombstone window.
+    #[error("a task named `{0}` already exists (it is live or finished within its tombstone window); pick another name or wait")]
+    AlreadyExists(String),
+    /// The store URL could not be understood.
+    #[error("bad store URL `{url}`: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The database holds a newer schema than this build knows.
+    #[error("the store's schema is version {found}, newer than version {known} that this taskq knows; upgrade taskq before opening it")]
+    SchemaTooNew {
+        /// Version in the database.
+        found: i64,
+        /// Latest version this build knows.
+        known: i64,
+    },
+    /// No such task, run or queue.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The operation does not apply to the task's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The lease is no longer held (it lapsed and another worker claimed the task, or a
+    /// person deleted or cancelled it).
+    #[error("lease on task {0} lost: another worker holds it now, or it was deleted or cancelled")]
+    LeaseLost(TaskId),
+    /// The backend failed (I/O, connection, SQL).
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    /// Wraps any backend error.
+    pub fn backend(e: impl std::fmt::Display) -> StoreError {
+        StoreError::Backend(e.to_string())
+    }
+
+    /// Whether trying again later may succeed (connection trouble, a busy database).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Backend(_))
+    }
+}
+
+/// The storage contract every backend implements.
+///
+/// It is semantic: claim, finish, heartbeat, checkpoint and the management queries. Each
+/// backend keeps its SQL beside itself. Backends must be cheap to share (`Arc<dyn Store>`).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name of the backend: `memory`, `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Stores tasks, all or none, and returns their ids in order. A task with a
+    /// `unique_name` that is live, or finished within its tombstone window, or named twice
+    /// in `tasks`, fails the whole call with [`StoreError::AlreadyExists`].
+    async fn enqueue(&self, tasks: Vec<NewTask>, now: Timestamp)
+        -> Result<Vec<TaskId>, StoreError>;
+
+    /// Claims up to `limit` due tasks: pending with `run_at <= now`, or running with a
+    /// lapsed lease (recorded as a `lease lapsed` attempt). Honours paused queues, each
+    /// queue's `max_concurrent` and its token bucket. Orders by priority (high first), then
+    /// `run_at`, then id. Claimed tasks become running with a new token, `attempts + 1`,
+    /// and `lease_until = now + lease`.
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError>;
+
+    /// Extends the leases still held to `until`; returns the ids whose lease was lost.
+    async fn heartbeat(
+        &self,
+        leases: &[Lease],
+        worker: &str,
+        until: Timestamp,
+    ) -> Result<Vec<TaskId>, StoreError>;
+
+    /// Records finished attempts, each atomically with its state change (and, for an
+    /// iterative step, with its run's state). Returns one entry per input: `Ok` if applied,
+    /// `Err(LeaseLost)` if that lease was no longer held (nothing changed for it).
+    async fn finish(
+        &self,
+        finished: Vec<Finish>,
+        worker: &str,
+        now: Timestamp,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+
+    /// Records an iterative step's progress after a batch, atomically with the lease check.
+    async fn checkpoint(
+        &self,
+        lease: Lease,
+        checkpoint: Checkpoint,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// The earliest `run_at` of pending tasks (or lease expiry of running ones) in these
+    /// queues (all if empty), ignoring paused queues. The harness uses it to move time.
+    async fn next_due(&self, queues: &[String]) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Waits until a task may have become due in these queues, or `timeout` passes.
+    /// Backends with notifications (memory, LISTEN/NOTIFY) return early on new work;
+    /// the default just sleeps.
+    async fn wait_for_work(&self, queues: &[String], timeout: Duration) {
+        let _ = queues;
+        tokio::time::sleep(timeout).await;
+    }
+
+    // ---- management -------------------------------------------------------------------
+
+    /// Every queue that has tasks or settings, with counts by state.
+    async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError>;
+    /// Saves a queue's settings (creating the queue if needed).
+    async fn configure_queue(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError>;
+    /// Pauses or resumes claims from a queue (creating the queue if needed).
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError>;
+    /// Deletes every pending task of a queue; returns how many.
+    async fn purge(&self, queue: &str) -> Result<u64, StoreError>;
+    /// Lists tasks, newest first.
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskInfo>, StoreError>;
+    /// One task with every attempt.
+    async fn task(&self, id: TaskId) -> Result<Option<TaskDetail>, StoreError>;
+    /// Makes a pending task due now. `NotFound` if absent, `Conflict` if not pending.
+    async fn run_now(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError>;
+    /// Deletes a task in any state (a running one's worker then loses its lease).
+    async fn delete(&self, id: TaskId) -> Result<(), StoreError>;
+    /// Puts a dead or failed task back to pending, due now, with its attempt count reset
+    /// and `enqueued_at = now`; its attempt history is kept. For a step of an iterative
+    /// run, the run becomes running again.
+    async fn retry(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Progress of one iterative run.
+    async fn iteration(&self, run: TaskId) -> Result<Option<IterationInfo>, StoreError>;
+    /// Iterative runs, newest first, at most `limit`.
+    async fn iterations(&self, limit: usize) -> Result<Vec<IterationInfo>, StoreError>;
+    /// Cancels a running iterative run: its pending step is cancelled, a running step
+    /// loses its lease at its next checkpoint or finish.
+    async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError>;
+}
+
+/// Opens a store from a URL: `memory://`, `sqlite://PATH` (created if missing; `sqlite::memory:`
+/// is not supported, use `memory://`), or `postgres://user@host/db`.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    let bad = |reason: &str| StoreError::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    if url == "memory://" || url == "memory:" {
+        return Ok(std::sync::Arc::new(memory::MemoryStore::new()));
+    }
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        #[cfg(feature = "sqlite")]
+        {
+            if path.is_empty() {
+                return Err(bad(
+                    "no file path after `sqlite://`; write `sqlite://taskq.db`",
+                ));
+            }
+            return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?));
+        }
+        #[cfg(not(feature = "sqlite"))]
+        {
+            let _ = path;
+            return Err(bad("taskq-runtime was built without its `sqlite` feature"));
+        }
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        {
+            return Ok(std::sync::Arc::new(
+                postgres::PostgresStore::open(url).await?,
+            ));
+        }
+        #[cfg(not(feature = "postgres"))]
+        {
+            return Err(bad(
+                "taskq-runtime was built without its `postgres` feature",
+            ));
+        }
+    }
+    Err(bad(
+        "unknown scheme; use `memory://`, `sqlite://PATH` or `postgres://USER@HOST/DB`",
+    ))
+}
