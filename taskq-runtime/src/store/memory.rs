@@ -186,7 +186,7 @@ impl Store for MemoryStore {
             .filter(|r| !g.queues.get(&r.info.queue).map(|q| q.0).unwrap_or(false))
             .filter(|r| match r.info.state {
                 TaskState::Pending => r.info.run_at <= now,
-                TaskState::Running => r.info.lease_until.map(|l| l < now).unwrap_or(true),
+                TaskState::Running => r.info.lease_until.map(|l| l <= now).unwrap_or(true),
                 _ => false,
             })
             .map(|r| (r.info.priority, r.info.run_at, r.info.id.0))
@@ -196,7 +196,7 @@ impl Store for MemoryStore {
         let mut running: HashMap<String, u32> = HashMap::new();
         for r in g.tasks.values() {
             if r.info.state == TaskState::Running
-                && r.info.lease_until.map(|l| l >= now).unwrap_or(false)
+                && r.info.lease_until.map(|l| l > now).unwrap_or(false)
             {
                 *running.entry(r.info.queue.clone()).or_default() += 1;
             }
@@ -466,7 +466,7 @@ impl Store for MemoryStore {
             .filter(|r| !g.queues.get(&r.info.queue).map(|q| q.0).unwrap_or(false))
             .filter_map(|r| match r.info.state {
                 TaskState::Pending => Some(r.info.run_at),
-                TaskState::Running => r.info.lease_until.map(|l| Timestamp(l.0 + 1)),
+                TaskState::Running => r.info.lease_until,
                 _ => None,
             })
             .min())

@@ -518,7 +518,7 @@ pub trait Store: Send + Sync + 'static {
         -> Result<Vec<TaskId>, StoreError>;
 
     /// Claims up to `limit` due tasks: pending with `run_at <= now`, or running with a
-    /// lapsed lease (recorded as a `lease lapsed` attempt). Honours paused queues, each
+    /// lapsed lease (`lease_until <= now`) (recorded as a `lease lapsed` attempt). Honours paused queues, each
     /// queue's `max_concurrent` and its token bucket. Orders by priority (high first), then
     /// `run_at`, then id. Claimed tasks become running with a new token, `attempts + 1`,
     /// and `lease_until = now + lease`.

@@ -1,0 +1,657 @@
+//! The store conformance suite: the same cases, run against every [`Store`].
+//!
+//! Each case gets a fresh, empty store and drives it with explicit timestamps, so the
+//! cases are exact about time without sleeping. `conformance_tests!` turns every case into
+//! a `#[tokio::test]` for one backend.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use taskq_runtime::store::{
+    Checkpoint, ClaimRequest, ClaimedTask, Finish, NewIteration, NewTask, Outcome, QueueConfig, RunState, Store,
+    StoreError, TaskQuery, TaskState,
+};
+use taskq_runtime::{TaskId, Timestamp};
+
+/// A fixed starting time for every case.
+pub const T0: Timestamp = Timestamp(1_800_000_000_000);
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp(T0.0 + ms)
+}
+
+/// A plain task on `queue`, due at T0.
+pub fn new_task(queue: &str, n: i64) -> NewTask {
+    NewTask {
+        task: "conformance::noop".into(),
+        queue: queue.into(),
+        payload: json!({ "n": n }),
+        priority: 0,
+        run_at: T0,
+        unique_name: None,
+        tombstone: Duration::from_secs(60),
+        iteration: None,
+    }
+}
+
+fn req(queues: &[&str], limit: usize, lease_ms: u64, now: Timestamp) -> ClaimRequest {
+    ClaimRequest {
+        queues: queues.iter().map(|s| s.to_string()).collect(),
+        worker: "w1".into(),
+        limit,
+        lease: Duration::from_millis(lease_ms),
+        now,
+    }
+}
+
+async fn finish_one(s: &dyn Store, c: &ClaimedTask, outcome: Outcome, now: Timestamp) -> Result<(), StoreError> {
+    let mut r = s
+        .finish(
+            vec![Finish {
+                lease: c.lease,
+                outcome,
+                started_at: now,
+            }],
+            "w1",
+            now,
+        )
+        .await?;
+    r.pop().unwrap_or(Ok(()))
+}
+
+async fn state_of(s: &dyn Store, id: TaskId) -> TaskState {
+    s.task(id).await.expect("task() works").expect("task exists").info.state
+}
+
+/// Enqueue, claim in id order with attempt 1, finish done with one attempt recorded.
+pub async fn claim_and_finish(s: Arc<dyn Store>) {
+    let ids = s
+        .enqueue(vec![new_task("q", 1), new_task("q", 2), new_task("q", 3)], T0)
+        .await
+        .expect("enqueue");
+    assert_eq!(ids.len(), 3);
+    let c = s.claim(&req(&["q"], 2, 30_000, T0)).await.expect("claim");
+    assert_eq!(c.iter().map(|c| c.lease.id).collect::<Vec<_>>(), ids[..2].to_vec());
+    assert_eq!(c[0].attempt, 1);
+    assert_eq!(c[0].payload, json!({ "n": 1 }));
+    assert_eq!(c[0].task, "conformance::noop");
+    assert_eq!(c[0].enqueued_at, T0);
+    assert_eq!(state_of(&*s, ids[0]).await, TaskState::Running);
+    finish_one(&*s, &c[0], Outcome::Done, at(5)).await.expect("finish");
+    let d = s.task(ids[0]).await.expect("task").expect("exists");
+    assert_eq!(d.info.state, TaskState::Done);
+    assert_eq!(d.info.finished_at, Some(at(5)));
+    assert_eq!(d.attempts.len(), 1);
+    assert_eq!(d.attempts[0].outcome, "done");
+    assert_eq!(d.attempts[0].worker, "w1");
+    // The third is still there; the two running are not claimed again.
+    let c2 = s.claim(&req(&["q"], 10, 30_000, at(10))).await.expect("claim");
+    assert_eq!(c2.iter().map(|c| c.lease.id).collect::<Vec<_>>(), vec![ids[2]]);
+}
+
+/// Higher priority first, then earlier run_at, then lower id; future tasks wait.
+pub async fn claim_order_and_delay(s: Arc<dyn Store>) {
+    let mut a = new_task("q", 1);
+    a.run_at = at(10);
+    let mut b = new_task("q", 2);
+    b.priority = 5;
+    b.run_at = at(20);
+    let mut c = new_task("q", 3);
+    c.run_at = at(5);
+    let mut later = new_task("q", 4);
+    later.run_at = at(60_000);
+    let ids = s.enqueue(vec![a, b, c, later], T0).await.expect("enqueue");
+    let got = s.claim(&req(&[], 10, 600_000, at(100))).await.expect("claim");
+    assert_eq!(
+        got.iter().map(|c| c.lease.id).collect::<Vec<_>>(),
+        vec![ids[1], ids[2], ids[0]],
+        "priority desc, then run_at, then id; the delayed one is not due"
+    );
+    // The earliest of: the delayed task's run_at, and the claimed tasks' lease expiry.
+    assert_eq!(s.next_due(&[]).await.expect("next_due"), Some(at(60_000)));
+    assert!(s.claim(&req(&[], 10, 600_000, at(59_999))).await.expect("claim").is_empty());
+    let got = s.claim(&req(&[], 10, 600_000, at(60_000))).await.expect("claim");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].lease.id, ids[3]);
+}
+
+/// Claims only from the queues asked for.
+pub async fn claim_filters_queues(s: Arc<dyn Store>) {
+    let ids = s
+        .enqueue(vec![new_task("a", 1), new_task("b", 2), new_task("c", 3)], T0)
+        .await
+        .expect("enqueue");
+    let got = s.claim(&req(&["b", "c"], 10, 30_000, T0)).await.expect("claim");
+    let got: HashSet<_> = got.iter().map(|c| c.lease.id).collect();
+    assert_eq!(got, HashSet::from([ids[1], ids[2]]));
+}
+
+/// A lapsed lease is claimed again with a new token; the old holder is fenced off.
+pub async fn lapsed_lease_is_reclaimed_and_fenced(s: Arc<dyn Store>) {
+    let ids = s.enqueue(vec![new_task("q", 1)], T0).await.expect("enqueue");
+    let first = s.claim(&req(&[], 1, 1_000, T0)).await.expect("claim");
+    assert_eq!(first.len(), 1);
+    assert!(s.claim(&req(&[], 1, 1_000, at(999))).await.expect("claim").is_empty());
+    let second = s.claim(&req(&[], 1, 1_000, at(1_001))).await.expect("claim");
+    assert_eq!(second.len(), 1, "a lapsed lease is claimable again");
+    assert_eq!(second[0].lease.id, ids[0]);
+    assert_eq!(second[0].attempt, 2);
+    assert_ne!(second[0].lease.token, first[0].lease.token);
+    // The old holder can neither heartbeat nor finish nor checkpoint.
+    let lost = s.heartbeat(&[first[0].lease], "w0", at(5_000)).await.expect("heartbeat");
+    assert_eq!(lost, vec![ids[0]]);
+    let r = finish_one(&*s, &first[0], Outcome::Done, at(1_002)).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+    assert_eq!(state_of(&*s, ids[0]).await, TaskState::Running);
+    finish_one(&*s, &second[0], Outcome::Done, at(1_003)).await.expect("new holder finishes");
+    let d = s.task(ids[0]).await.expect("task").expect("exists");
+    assert_eq!(d.info.state, TaskState::Done);
+    let outcomes: Vec<_> = d.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, vec!["lease lapsed", "done"]);
+    assert_eq!(d.attempts[0].attempt, 1);
+    assert_eq!(d.attempts[1].attempt, 2);
+}
+
+/// A heartbeat extends the lease so the task is not claimed again.
+pub async fn heartbeat_extends_lease(s: Arc<dyn Store>) {
+    s.enqueue(vec![new_task("q", 1)], T0).await.expect("enqueue");
+    let c = s.claim(&req(&[], 1, 1_000, T0)).await.expect("claim");
+    let lost = s.heartbeat(&[c[0].lease], "w1", at(10_000)).await.expect("heartbeat");
+    assert!(lost.is_empty());
+    assert!(s.claim(&req(&[], 1, 1_000, at(5_000))).await.expect("claim").is_empty());
+    let info = s.task(c[0].lease.id).await.expect("task").expect("exists").info;
+    assert_eq!(info.lease_until, Some(at(10_000)));
+    assert_eq!(info.worker.as_deref(), Some("w1"));
+}
+
+/// Retry puts the task back at its backoff time with the error kept.
+pub async fn retry_waits_for_backoff(s: Arc<dyn Store>) {
+    let ids = s.enqueue(vec![new_task("q", 1)], T0).await.expect("enqueue");
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    finish_one(
+        &*s,
+        &c[0],
+        Outcome::Retry {
+            error: "smtp 451".into(),
+            run_at: at(60_000),
+        },
+        at(10),
+    )
+    .await
+    .expect("finish");
+    let info = s.task(ids[0]).await.expect("task").expect("exists").info;
+    assert_eq!(info.state, TaskState::Pending);
+    assert_eq!(info.run_at, at(60_000));
+    assert_eq!(info.last_error.as_deref(), Some("smtp 451"));
+    assert_eq!(info.attempts, 1);
+    assert!(s.claim(&req(&[], 1, 30_000, at(59_999))).await.expect("claim").is_empty());
+    let c = s.claim(&req(&[], 1, 30_000, at(60_000))).await.expect("claim");
+    assert_eq!(c[0].attempt, 2);
+}
+
+/// Failed and dead are final until a person retries; retry resets attempts and age.
+pub async fn failed_dead_and_retry_from_dead(s: Arc<dyn Store>) {
+    let ids = s
+        .enqueue(vec![new_task("q", 1), new_task("q", 2)], T0)
+        .await
+        .expect("enqueue");
+    let c = s.claim(&req(&[], 2, 30_000, T0)).await.expect("claim");
+    finish_one(&*s, &c[0], Outcome::Failed { error: "bad address".into() }, at(1))
+        .await
+        .expect("finish");
+    finish_one(&*s, &c[1], Outcome::Dead { error: "gave up".into() }, at(1))
+        .await
+        .expect("finish");
+    assert_eq!(state_of(&*s, ids[0]).await, TaskState::Failed);
+    assert_eq!(state_of(&*s, ids[1]).await, TaskState::Dead);
+    assert!(s.claim(&req(&[], 10, 30_000, at(1_000_000))).await.expect("claim").is_empty());
+    assert!(matches!(s.retry(TaskId(i64::MAX - 1), at(2)).await, Err(StoreError::NotFound(_))));
+    s.retry(ids[1], at(100)).await.expect("retry dead");
+    let info = s.task(ids[1]).await.expect("task").expect("exists").info;
+    assert_eq!(info.state, TaskState::Pending);
+    assert_eq!(info.attempts, 0);
+    assert_eq!(info.enqueued_at, at(100));
+    assert_eq!(info.finished_at, None);
+    let c = s.claim(&req(&[], 10, 30_000, at(100))).await.expect("claim");
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].attempt, 1);
+    assert_eq!(c[0].enqueued_at, at(100));
+    // Its history is kept.
+    let d = s.task(ids[1]).await.expect("task").expect("exists");
+    assert_eq!(d.attempts.len(), 1);
+    assert_eq!(d.attempts[0].error.as_deref(), Some("gave up"));
+    // A pending task cannot be "retried".
+    let r = s.retry(ids[1], at(101)).await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+}
+
+/// Released at shutdown: due at once, the attempt does not count.
+pub async fn release_does_not_count(s: Arc<dyn Store>) {
+    let ids = s.enqueue(vec![new_task("q", 1)], T0).await.expect("enqueue");
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    finish_one(&*s, &c[0], Outcome::Release, at(50)).await.expect("finish");
+    let info = s.task(ids[0]).await.expect("task").expect("exists").info;
+    assert_eq!(info.state, TaskState::Pending);
+    assert_eq!(info.attempts, 0);
+    assert!(info.run_at <= at(50));
+    let c = s.claim(&req(&[], 1, 30_000, at(50))).await.expect("claim");
+    assert_eq!(c[0].attempt, 1);
+}
+
+/// Unique names: refused while live or inside the tombstone; bulk is all-or-nothing.
+pub async fn unique_names_and_tombstones(s: Arc<dyn Store>) {
+    let mut a = new_task("q", 1);
+    a.unique_name = Some("welcome-ada".into());
+    let ids = s.enqueue(vec![a.clone()], T0).await.expect("enqueue");
+    let r = s.enqueue(vec![a.clone()], at(1)).await;
+    assert!(matches!(&r, Err(StoreError::AlreadyExists(n)) if n == "welcome-ada"), "{r:?}");
+    // All-or-nothing: a good task beside a conflicting one is not stored either.
+    let before = s.list_tasks(&TaskQuery::default()).await.expect("list").len();
+    let r = s.enqueue(vec![new_task("q", 9), a.clone()], at(2)).await;
+    assert!(matches!(r, Err(StoreError::AlreadyExists(_))));
+    assert_eq!(s.list_tasks(&TaskQuery::default()).await.expect("list").len(), before);
+    // The same name twice in one call.
+    let mut b = new_task("q", 2);
+    b.unique_name = Some("twice".into());
+    let r = s.enqueue(vec![b.clone(), b.clone()], at(3)).await;
+    assert!(matches!(r, Err(StoreError::AlreadyExists(_))), "{r:?}");
+    // Finished: still taken inside the 60 s tombstone, free after it.
+    let c = s.claim(&req(&[], 1, 30_000, at(10))).await.expect("claim");
+    assert_eq!(c[0].lease.id, ids[0]);
+    finish_one(&*s, &c[0], Outcome::Done, at(20)).await.expect("finish");
+    assert!(matches!(s.enqueue(vec![a.clone()], at(59_000)).await, Err(StoreError::AlreadyExists(_))));
+    let again = s.enqueue(vec![a.clone()], at(80_021)).await.expect("free after the tombstone");
+    assert_ne!(again[0], ids[0]);
+}
+
+/// A paused queue is not claimed (and next_due ignores it) until resumed.
+pub async fn pause_and_resume(s: Arc<dyn Store>) {
+    s.enqueue(vec![new_task("email", 1), new_task("other", 2)], T0)
+        .await
+        .expect("enqueue");
+    s.set_paused("email", true).await.expect("pause");
+    let c = s.claim(&req(&[], 10, 30_000, T0)).await.expect("claim");
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].queue, "other");
+    finish_one(&*s, &c[0], Outcome::Done, T0).await.expect("finish");
+    assert_eq!(s.next_due(&[]).await.expect("next_due"), None);
+    let q = s.queues().await.expect("queues");
+    let email = q.iter().find(|q| q.name == "email").expect("email queue listed");
+    assert!(email.paused);
+    assert_eq!(email.count(TaskState::Pending), 1);
+    s.set_paused("email", false).await.expect("resume");
+    let c = s.claim(&req(&[], 10, 30_000, T0)).await.expect("claim");
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].queue, "email");
+}
+
+/// max_concurrent holds across claims until running tasks finish.
+pub async fn max_concurrent_limits_claims(s: Arc<dyn Store>) {
+    s.configure_queue(
+        "q",
+        QueueConfig {
+            max_concurrent: Some(2),
+            ..QueueConfig::default()
+        },
+    )
+    .await
+    .expect("configure");
+    s.enqueue((0..5).map(|n| new_task("q", n)).collect(), T0)
+        .await
+        .expect("enqueue");
+    let c = s.claim(&req(&[], 10, 30_000, T0)).await.expect("claim");
+    assert_eq!(c.len(), 2);
+    assert!(s.claim(&req(&[], 10, 30_000, T0)).await.expect("claim").is_empty());
+    finish_one(&*s, &c[0], Outcome::Done, at(1)).await.expect("finish");
+    assert_eq!(s.claim(&req(&[], 10, 30_000, at(1))).await.expect("claim").len(), 1);
+    let q = s.queues().await.expect("queues");
+    assert_eq!(q[0].config.max_concurrent, Some(2));
+}
+
+/// Token bucket: `burst` at once, then `rate` per second.
+pub async fn rate_limit_token_bucket(s: Arc<dyn Store>) {
+    s.configure_queue(
+        "q",
+        QueueConfig {
+            rate: Some(2.0),
+            burst: Some(3),
+            max_concurrent: None,
+        },
+    )
+    .await
+    .expect("configure");
+    s.enqueue((0..20).map(|n| new_task("q", n)).collect(), T0)
+        .await
+        .expect("enqueue");
+    assert_eq!(s.claim(&req(&[], 10, 30_000, T0)).await.expect("claim").len(), 3);
+    assert_eq!(s.claim(&req(&[], 10, 30_000, T0)).await.expect("claim").len(), 0);
+    assert_eq!(s.claim(&req(&[], 10, 30_000, at(500))).await.expect("claim").len(), 1);
+    assert_eq!(s.claim(&req(&[], 10, 30_000, at(1_500))).await.expect("claim").len(), 2);
+    // Idle for long: refills only up to the burst.
+    assert_eq!(s.claim(&req(&[], 10, 30_000, at(60_000))).await.expect("claim").len(), 3);
+}
+
+/// Purge deletes pending tasks of one queue only.
+pub async fn purge_pending_only(s: Arc<dyn Store>) {
+    s.enqueue((0..4).map(|n| new_task("q", n)).collect(), T0)
+        .await
+        .expect("enqueue");
+    s.enqueue(vec![new_task("keep", 9)], T0).await.expect("enqueue");
+    let c = s.claim(&req(&["q"], 1, 30_000, T0)).await.expect("claim");
+    assert_eq!(s.purge("q").await.expect("purge"), 3);
+    assert_eq!(state_of(&*s, c[0].lease.id).await, TaskState::Running);
+    let q = s.queues().await.expect("queues");
+    let keep = q.iter().find(|q| q.name == "keep").expect("keep");
+    assert_eq!(keep.count(TaskState::Pending), 1);
+}
+
+/// Listing: newest first, filters, paging; queue counts by state.
+pub async fn list_filter_page_and_counts(s: Arc<dyn Store>) {
+    let mut tasks: Vec<NewTask> = (0..6).map(|n| new_task(if n % 2 == 0 { "a" } else { "b" }, n)).collect();
+    tasks[5].task = "conformance::other".into();
+    let ids = s.enqueue(tasks, T0).await.expect("enqueue");
+    let all = s.list_tasks(&TaskQuery::default()).await.expect("list");
+    assert_eq!(all.iter().map(|t| t.id).collect::<Vec<_>>(), ids.iter().rev().copied().collect::<Vec<_>>());
+    let a = s
+        .list_tasks(&TaskQuery {
+            queue: Some("a".into()),
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(a.len(), 3);
+    let page = s
+        .list_tasks(&TaskQuery {
+            limit: 2,
+            before: Some(ids[4]),
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[3], ids[2]]);
+    let other = s
+        .list_tasks(&TaskQuery {
+            task: Some("conformance::other".into()),
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(other.len(), 1);
+    let c = s.claim(&req(&["b"], 1, 30_000, T0)).await.expect("claim");
+    finish_one(&*s, &c[0], Outcome::Done, T0).await.expect("finish");
+    let done = s
+        .list_tasks(&TaskQuery {
+            state: Some(TaskState::Done),
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(done.len(), 1);
+    let q = s.queues().await.expect("queues");
+    let b = q.iter().find(|q| q.name == "b").expect("b");
+    assert_eq!(b.count(TaskState::Pending), 2);
+    assert_eq!(b.count(TaskState::Done), 1);
+    assert_eq!(b.count(TaskState::Dead), 0);
+}
+
+/// run_now makes a delayed task due; it refuses others clearly.
+pub async fn run_now_and_delete(s: Arc<dyn Store>) {
+    let mut later = new_task("q", 1);
+    later.run_at = at(3_600_000);
+    let ids = s.enqueue(vec![later, new_task("q", 2)], T0).await.expect("enqueue");
+    s.run_now(ids[0], at(10)).await.expect("run now");
+    let c = s.claim(&req(&[], 10, 30_000, at(10))).await.expect("claim");
+    assert_eq!(c.len(), 2);
+    let r = s.run_now(ids[0], at(11)).await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    assert!(matches!(s.run_now(TaskId(i64::MAX - 1), at(11)).await, Err(StoreError::NotFound(_))));
+    // Deleting a running task fences its worker off.
+    s.delete(ids[1]).await.expect("delete");
+    assert!(s.task(ids[1]).await.expect("task").is_none());
+    let held = c.iter().find(|c| c.lease.id == ids[1]).expect("ids[1] was claimed");
+    let r = finish_one(&*s, held, Outcome::Done, at(12)).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+    assert!(matches!(s.delete(ids[1]).await, Err(StoreError::NotFound(_))));
+}
+
+/// Payloads round-trip exactly, unicode and nesting included.
+pub async fn payload_round_trip(s: Arc<dyn Store>) {
+    let mut t = new_task("q", 0);
+    t.payload = json!({ "to": "zoë@example.org", "tags": ["a", "b"], "n": {"deep": [1, 2.5, null, true]}, "quote": "it's \"fine\"" });
+    let ids = s.enqueue(vec![t.clone()], T0).await.expect("enqueue");
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    assert_eq!(c[0].payload, t.payload);
+    let d = s.task(ids[0]).await.expect("task").expect("exists");
+    assert_eq!(d.info.payload, t.payload);
+}
+
+fn iteration_task() -> NewTask {
+    let mut t = new_task("iter", 0);
+    t.task = "conformance::walk".into();
+    t.payload = json!({ "filter": { "program": "gsoc" }, "args": {} });
+    t.iteration = Some(NewIteration {
+        filter: json!({ "program": "gsoc" }),
+    });
+    t
+}
+
+/// An iterative run: checkpoints, continuation steps that see the cursor, done.
+pub async fn iteration_checkpoint_continue_done(s: Arc<dyn Store>) {
+    let run = s.enqueue(vec![iteration_task()], T0).await.expect("enqueue")[0];
+    let it = s.iteration(run).await.expect("iteration").expect("exists");
+    assert_eq!(it.state, RunState::Running);
+    assert_eq!(it.processed, 0);
+    assert_eq!(it.cursor, None);
+    assert_eq!(it.filter, json!({ "program": "gsoc" }));
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    let cur = c[0].iteration.clone().expect("a step carries its run");
+    assert_eq!(cur.run, run);
+    assert_eq!(cur.cursor, None);
+    for (i, key) in [100, 200].into_iter().enumerate() {
+        s.checkpoint(
+            c[0].lease,
+            Checkpoint {
+                cursor: json!(key),
+                processed: 100,
+                total: if i == 0 { Some(250) } else { None },
+            },
+            at(10 + i as i64),
+        )
+        .await
+        .expect("checkpoint");
+    }
+    let it = s.iteration(run).await.expect("iteration").expect("exists");
+    assert_eq!((it.processed, it.batches, it.total), (200, 2, Some(250)));
+    assert_eq!(it.cursor, Some(json!(200)));
+    assert_eq!(it.updated_at, at(11));
+    finish_one(&*s, &c[0], Outcome::Continue { run_at: at(20) }, at(20))
+        .await
+        .expect("continue");
+    assert_eq!(state_of(&*s, c[0].lease.id).await, TaskState::Done);
+    let c2 = s.claim(&req(&[], 1, 30_000, at(20))).await.expect("claim");
+    assert_eq!(c2.len(), 1, "the continuation step is stored with the step's outcome");
+    assert_ne!(c2[0].lease.id, c[0].lease.id);
+    assert_eq!(c2[0].attempt, 1);
+    assert_eq!(c2[0].payload, c[0].payload);
+    assert_eq!(c2[0].task, "conformance::walk");
+    let cur = c2[0].iteration.clone().expect("run");
+    assert_eq!((cur.run, cur.cursor.clone(), cur.processed, cur.batches), (run, Some(json!(200)), 200, 2));
+    assert_eq!(cur.total, Some(250));
+    s.checkpoint(
+        c2[0].lease,
+        Checkpoint {
+            cursor: json!(250),
+            processed: 50,
+            total: None,
+        },
+        at(30),
+    )
+    .await
+    .expect("checkpoint");
+    finish_one(&*s, &c2[0], Outcome::Done, at(31)).await.expect("done");
+    let it = s.iteration(run).await.expect("iteration").expect("exists");
+    assert_eq!(it.state, RunState::Done);
+    assert_eq!(it.processed, 250);
+    assert_eq!(it.steps, 2);
+    assert_eq!(it.finished_at, Some(at(31)));
+    assert_eq!(it.percent(), Some(100.0));
+    let list = s.iterations(10).await.expect("iterations");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].run, run);
+}
+
+/// A step's failure ends the run; a retry from dead revives it at its cursor.
+pub async fn iteration_failure_and_revival(s: Arc<dyn Store>) {
+    let run = s.enqueue(vec![iteration_task()], T0).await.expect("enqueue")[0];
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    s.checkpoint(
+        c[0].lease,
+        Checkpoint {
+            cursor: json!(7),
+            processed: 7,
+            total: None,
+        },
+        at(1),
+    )
+    .await
+    .expect("checkpoint");
+    finish_one(&*s, &c[0], Outcome::Dead { error: "db down".into() }, at(2))
+        .await
+        .expect("dead");
+    let it = s.iteration(run).await.expect("iteration").expect("exists");
+    assert_eq!(it.state, RunState::Dead);
+    assert_eq!(it.error.as_deref(), Some("db down"));
+    s.retry(c[0].lease.id, at(3)).await.expect("retry");
+    assert_eq!(s.iteration(run).await.expect("it").expect("exists").state, RunState::Running);
+    let c = s.claim(&req(&[], 1, 30_000, at(3))).await.expect("claim");
+    assert_eq!(c[0].iteration.as_ref().and_then(|i| i.cursor.clone()), Some(json!(7)));
+    // A plain task cannot checkpoint.
+    s.enqueue(vec![new_task("plain", 1)], at(4)).await.expect("enqueue");
+    let p = s.claim(&req(&["plain"], 1, 30_000, at(4))).await.expect("claim");
+    let r = s
+        .checkpoint(
+            p[0].lease,
+            Checkpoint {
+                cursor: json!(1),
+                processed: 1,
+                total: None,
+            },
+            at(5),
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+}
+
+/// Cancelling a run cancels its pending step and fences off a running one.
+pub async fn iteration_cancel(s: Arc<dyn Store>) {
+    let run = s.enqueue(vec![iteration_task()], T0).await.expect("enqueue")[0];
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    s.cancel_iteration(run, at(1)).await.expect("cancel");
+    let r = s
+        .checkpoint(
+            c[0].lease,
+            Checkpoint {
+                cursor: json!(1),
+                processed: 1,
+                total: None,
+            },
+            at(2),
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+    let it = s.iteration(run).await.expect("iteration").expect("exists");
+    assert_eq!(it.state, RunState::Cancelled);
+    assert_eq!(state_of(&*s, c[0].lease.id).await, TaskState::Cancelled);
+    assert!(s.claim(&req(&[], 1, 30_000, at(100_000))).await.expect("claim").is_empty());
+    assert!(matches!(s.cancel_iteration(run, at(3)).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(s.iteration(TaskId(i64::MAX - 1)).await, Ok(None)));
+}
+
+/// Two claimers racing over 400 tasks never get the same task.
+pub async fn concurrent_claims_never_overlap(s: Arc<dyn Store>) {
+    s.enqueue((0..400).map(|n| new_task("q", n)).collect(), T0)
+        .await
+        .expect("enqueue");
+    let mut joins = Vec::new();
+    for w in 0..4 {
+        let s = s.clone();
+        joins.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let mut r = req(&[], 7, 600_000, at(1));
+                r.worker = format!("w{w}");
+                let c = s.claim(&r).await.expect("claim");
+                if c.is_empty() {
+                    break;
+                }
+                got.extend(c.into_iter().map(|c| c.lease.id));
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for j in joins {
+        all.extend(j.await.expect("join"));
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 400);
+    assert_eq!(unique.len(), 400);
+}
+
+/// Batched finish: one call, many outcomes, a lost lease reported for its entry only.
+pub async fn batched_finish_reports_each(s: Arc<dyn Store>) {
+    s.enqueue((0..3).map(|n| new_task("q", n)).collect(), T0)
+        .await
+        .expect("enqueue");
+    let c = s.claim(&req(&[], 3, 30_000, T0)).await.expect("claim");
+    s.delete(c[1].lease.id).await.expect("delete");
+    let r = s
+        .finish(
+            c.iter()
+                .map(|c| Finish {
+                    lease: c.lease,
+                    outcome: Outcome::Done,
+                    started_at: T0,
+                })
+                .collect(),
+            "w1",
+            at(1),
+        )
+        .await
+        .expect("finish");
+    assert!(r[0].is_ok());
+    assert!(matches!(r[1], Err(StoreError::LeaseLost(_))));
+    assert!(r[2].is_ok());
+    assert_eq!(state_of(&*s, c[2].lease.id).await, TaskState::Done);
+}
+
+/// Generates one `#[tokio::test]` per conformance case for a backend.
+///
+/// `$factory` is an async expression (evaluated once per test) giving a fresh
+/// `Arc<dyn Store>`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@cases $factory;
+            claim_and_finish, claim_order_and_delay, claim_filters_queues,
+            lapsed_lease_is_reclaimed_and_fenced, heartbeat_extends_lease,
+            retry_waits_for_backoff, failed_dead_and_retry_from_dead, release_does_not_count,
+            unique_names_and_tombstones, pause_and_resume, max_concurrent_limits_claims,
+            rate_limit_token_bucket, purge_pending_only, list_filter_page_and_counts,
+            run_now_and_delete, payload_round_trip, iteration_checkpoint_continue_done,
+            iteration_failure_and_revival, iteration_cancel, concurrent_claims_never_overlap,
+            batched_finish_reports_each,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store = $factory.await;
+                $crate::conformance::$case(store).await;
+            }
+        )*
+    };
+}
