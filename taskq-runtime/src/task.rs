@@ -212,6 +212,13 @@ impl Context {
         self.inner.id
     }
 
+    /// For a step of an iterative task, the run it belongs to (the id `start()` returned);
+    /// the same for every step and retry of the run, so it makes a good idempotency key.
+    /// `None` for a plain task.
+    pub fn run(&self) -> Option<TaskId> {
+        self.inner.iteration.as_ref().map(|it| it.run)
+    }
+
     /// This task's registered name.
     pub fn task_name(&self) -> &'static str {
         self.inner.task
