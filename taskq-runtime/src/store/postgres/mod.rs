@@ -1,13 +1,1512 @@
-//! The PostgreSQL store (placeholder while it is written).
+//! The PostgreSQL store: many worker processes on many hosts share one database.
+//!
+//! Open it with [`PostgresStore::open`] (or [`crate::store::open`]) from a URL such as
+//! `postgres://user:password@host:5432/db`. Options taskq reads from the URL's query string
+//! (others are passed to the driver):
+//! - `schema=NAME`: keep every table in this schema (created if missing); default `public`.
+//!   [`PostgresStore::open_in_schema`] does the same.
+//! - `pool_size=N`: at most N pooled connections (default 10), plus one listening
+//!   connection.
+//!
+//! TLS is not supported by this build: connect over a trusted network or a local socket.
+//!
+//! # How it works
+//! - **Claim**: one statement claims up to N due tasks with `FOR UPDATE SKIP LOCKED`, so
+//!   any number of workers claim concurrently and never get the same task. A queue with a
+//!   rate or a `max_concurrent` is claimed from in a transaction that locks its
+//!   `taskq_queues` row first, so its limits hold across every worker and host.
+//! - **Complete**: one statement per batch of finished attempts (arrays passed with
+//!   `unnest`) applies each outcome, records the attempt, updates iteration runs and
+//!   inserts continuation steps.
+//! - **Wake-up**: starting, retrying, running-now, resuming and continuing issue
+//!   `NOTIFY taskq_new, '<queue>'` inside their transaction; every store keeps one
+//!   connection that `LISTEN`s and wakes [`Store::wait_for_work`] at once. The worker's
+//!   poll interval stays as the fallback.
+//! - **Fencing**: each claim increments the task's `lease_token`; heartbeat, finish and
+//!   checkpoint only touch a row where `id = $1 AND lease_token = $2 AND state = 'running'`.
+//! - **Connection loss**: operations fail with [`StoreError::Backend`] while PostgreSQL is
+//!   unreachable; broken connections are dropped and new ones are made with back-off
+//!   (50 ms doubling to 5 s), and the listening connection reconnects by itself (and wakes
+//!   every waiter, since notifications may have been missed meanwhile).
+//! - **Time**: every time is an `int8` of milliseconds since the Unix epoch given by the
+//!   caller (`now`), never the database clock, as in every store.
+//!
+//! # Table layout (schema version 1)
+//! Migrations are versioned in `taskq_schema(version, applied_at)` and applied under an
+//! advisory lock when a store is opened. A database whose schema is newer than this build
+//! knows is refused with [`StoreError::SchemaTooNew`].
+//!
+//! | table | columns | notes |
+//! |---|---|---|
+//! | `taskq_tasks` | `id bigserial`, `task`, `queue`, `state` (`pending` `running` `done` `failed` `dead` `cancelled`), `payload jsonb`, `priority`, `attempts`, `unique_name`, `tombstone_ms`, `created_at`, `enqueued_at`, `run_at`, `finished_at`, `last_error`, `run_id`, `worker`, `lease_until`, `lease_token`, `started_at` | claim indexes `(priority DESC, run_at, id)` and `(queue, priority DESC, run_at, id)`, both partial on live states; a unique partial index on `unique_name` of live tasks; `run_id` index |
+//! | `taskq_attempts` | `id`, `task_id`, `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error` | one row per finished or lapsed attempt; deleted with its task |
+//! | `taskq_queues` | `name`, `paused`, `rate`, `burst`, `max_concurrent`, `tokens`, `refilled_at` | settings and the token bucket's state |
+//! | `taskq_iterations` | `run_id` (the first step's id), `task`, `queue`, `filter jsonb`, `cursor jsonb`, `processed`, `batches`, `steps`, `total`, `state`, `started_at`, `updated_at`, `finished_at`, `error` | one row per iterative run |
+//!
+//! # Starting a task inside your own transaction
+//! [`PostgresStore::enqueue_in`] stores tasks with the application's own
+//! `tokio_postgres::Transaction`: they exist if and only if that transaction commits.
+//!
+//! ```no_run
+//! use taskq_runtime::store::postgres::PostgresStore;
+//! use taskq_runtime::store::NewTask;
+//! use taskq_runtime::time::Timestamp;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let url = "postgres://app@127.0.0.1/app";
+//! let store = PostgresStore::open(url).await?;
+//! let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+//! tokio::spawn(connection);
+//!
+//! let tx = client.transaction().await?;
+//! tx.execute("UPDATE accounts SET welcomed = true WHERE id = $1", &[&42i64]).await?;
+//! let now = Timestamp::now();
+//! let ids = store
+//!     .enqueue_in(
+//!         &tx,
+//!         vec![NewTask {
+//!             task: "app::send_welcome".into(),
+//!             queue: "email".into(),
+//!             payload: serde_json::json!({ "account": 42 }),
+//!             priority: 0,
+//!             run_at: now,
+//!             unique_name: None,
+//!             tombstone: std::time::Duration::ZERO,
+//!             iteration: None,
+//!         }],
+//!         now,
+//!     )
+//!     .await?;
+//! tx.commit().await?; // the task exists (and workers are woken) only from here on
+//! # let _ = ids;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::sync::{broadcast, watch};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, Config, Row};
+
 use super::*;
-/// The PostgreSQL store.
-#[derive(Debug)]
-pub struct PostgresStore;
+
+mod pool;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use pool::{Pool, PooledConn};
+
+/// The notification channel every store listens on.
+pub const CHANNEL: &str = "taskq_new";
+
+const LAPSED: &str = "the worker's lease lapsed (it died or stalled)";
+
+type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// Maps a driver error to [`StoreError::Backend`] with the server's message and code.
+fn pg_err(e: &tokio_postgres::Error) -> StoreError {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        let mut msg = format!(
+            "PostgreSQL error {}: {}",
+            db.code().code(),
+            db.message()
+        );
+        if let Some(d) = db.detail() {
+            msg.push_str(&format!(" ({d})"));
+        }
+        StoreError::Backend(msg)
+    } else {
+        match e.source() {
+            Some(src) => StoreError::Backend(format!("PostgreSQL connection error: {e}: {src}")),
+            None => StoreError::Backend(format!("PostgreSQL connection error: {e}")),
+        }
+    }
+}
+
+/// Whether `e` is a unique violation.
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+/// The name inside a unique-violation detail `Key (unique_name)=(NAME) already exists.`
+fn violated_name(e: &tokio_postgres::Error) -> Option<String> {
+    let detail = e.as_db_error()?.detail()?;
+    let start = detail.find(")=(")? + 3;
+    let end = detail.rfind(") already exists")?;
+    (end >= start).then(|| detail[start..end].to_string())
+}
+
+/// Which queues a statement is about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QueueFilter {
+    All,
+    One,
+    Many,
+}
+
+impl QueueFilter {
+    fn of(queues: &[String]) -> QueueFilter {
+        match queues.len() {
+            0 => QueueFilter::All,
+            1 => QueueFilter::One,
+            _ => QueueFilter::Many,
+        }
+    }
+
+    /// The condition on `t.queue` with the parameter `$n`.
+    fn sql(self, n: usize) -> String {
+        match self {
+            QueueFilter::All => String::new(),
+            QueueFilter::One => format!("AND t.queue = ${n}::text"),
+            QueueFilter::Many => format!("AND t.queue = ANY(${n}::text[])"),
+        }
+    }
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`; see the [module docs](self).
+pub struct PostgresStore {
+    pool: Pool,
+    schema_name: String,
+    /// The quoted schema, ready to prefix table names.
+    s: String,
+    wake: broadcast::Sender<Arc<str>>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// taskq's own URL options, taken out of the query string.
+struct UrlOptions {
+    schema: Option<String>,
+    pool_size: usize,
+}
+
+fn parse_url(url: &str) -> Result<(Config, UrlOptions), StoreError> {
+    let bad = |reason: String| StoreError::BadUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let mut opts = UrlOptions {
+        schema: None,
+        pool_size: 10,
+    };
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut rest = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "schema" | "taskq_schema" => opts.schema = Some(v.to_string()),
+            "pool_size" => {
+                opts.pool_size = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad(format!("`pool_size={v}` is not a positive number")))?
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let driver_url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    let mut config: Config = driver_url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| bad(e.to_string()))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("taskq");
+    }
+    Ok((config, opts))
+}
+
+fn check_schema_name(url: &str, name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .map(|c| c.is_ascii_alphabetic() || c == '_')
+            .unwrap_or(false)
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadUrl {
+            url: url.to_string(),
+            reason: format!(
+                "schema name `{name}` must be 1 to 63 ASCII letters, digits or `_`, not starting with a digit"
+            ),
+        })
+    }
+}
+
+/// Keeps a `LISTEN taskq_new` connection open, reconnecting with back-off, and forwards
+/// every notification's payload (a queue name) to `wake`. An empty payload wakes everyone
+/// (sent after each (re)connection, since notifications may have been missed).
+async fn listen_forever(
+    config: Config,
+    wake: broadcast::Sender<Arc<str>>,
+    ready: watch::Sender<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, mut connection)) => {
+                let fwd = wake.clone();
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(m) = messages.next().await {
+                        match m {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                let _ = fwd.send(Arc::from(n.payload()));
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::debug!(error = %e, "taskq: listening connection lost");
+                                break;
+                            }
+                        }
+                    }
+                });
+                match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(50);
+                        let _ = ready.send(true);
+                        let _ = wake.send(Arc::from(""));
+                        let _ = driver.await;
+                        tracing::warn!("taskq: PostgreSQL listening connection lost; reconnecting");
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "taskq: LISTEN failed");
+                        driver.abort();
+                    }
+                }
+                drop(client);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, retry_in = ?backoff, "taskq: cannot open the listening connection");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One claimed row, decoded.
+fn claimed_from_row(r: &Row) -> Result<ClaimedTask, StoreError> {
+    let payload: String = r.try_get("payload").map_err(|e| pg_err(&e))?;
+    let run: Option<i64> = r.try_get("run_id").map_err(|e| pg_err(&e))?;
+    let cursor: Option<String> = r.try_get("cursor").map_err(|e| pg_err(&e))?;
+    let iteration = match run {
+        Some(run) => {
+            let processed: Option<i64> = r.try_get("processed").map_err(|e| pg_err(&e))?;
+            let batches: Option<i64> = r.try_get("batches").map_err(|e| pg_err(&e))?;
+            let total: Option<i64> = r.try_get("total").map_err(|e| pg_err(&e))?;
+            processed.map(|processed| -> Result<IterationCursor, StoreError> {
+                Ok(IterationCursor {
+                    run: TaskId(run),
+                    cursor: cursor.as_deref().map(json).transpose()?,
+                    processed: processed.max(0) as u64,
+                    batches: batches.unwrap_or(0).max(0) as u64,
+                    total: total.map(|t| t.max(0) as u64),
+                })
+            })
+        }
+        None => None,
+    }
+    .transpose()?;
+    Ok(ClaimedTask {
+        lease: Lease {
+            id: TaskId(r.try_get("id").map_err(|e| pg_err(&e))?),
+            token: r.try_get("lease_token").map_err(|e| pg_err(&e))?,
+        },
+        task: r.try_get("task").map_err(|e| pg_err(&e))?,
+        queue: r.try_get("queue").map_err(|e| pg_err(&e))?,
+        payload: json(&payload)?,
+        attempt: r
+            .try_get::<_, i32>("attempts")
+            .map_err(|e| pg_err(&e))?
+            .max(0) as u32,
+        enqueued_at: Timestamp(r.try_get("enqueued_at").map_err(|e| pg_err(&e))?),
+        iteration,
+    })
+}
+
+fn json(s: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(s)
+        .map_err(|e| StoreError::Backend(format!("stored JSON does not parse: {e}")))
+}
+
+fn to_json_text(v: &serde_json::Value) -> Result<String, StoreError> {
+    serde_json::to_string(v)
+        .map_err(|e| StoreError::Backend(format!("JSON does not serialize: {e}")))
+}
+
+const TASK_COLUMNS: &str = "id, task, queue, state, payload::text AS payload, priority, attempts, \
+     unique_name, created_at, enqueued_at, run_at, finished_at, last_error, run_id, worker, lease_until";
+
+fn task_from_row(r: &Row) -> Result<TaskInfo, StoreError> {
+    let e = |e: tokio_postgres::Error| pg_err(&e);
+    let state: String = r.try_get("state").map_err(e)?;
+    let payload: String = r.try_get("payload").map_err(e)?;
+    Ok(TaskInfo {
+        id: TaskId(r.try_get("id").map_err(e)?),
+        task: r.try_get("task").map_err(e)?,
+        queue: r.try_get("queue").map_err(e)?,
+        state: state.parse().map_err(StoreError::Backend)?,
+        payload: json(&payload)?,
+        priority: r.try_get("priority").map_err(e)?,
+        attempts: r.try_get::<_, i32>("attempts").map_err(e)?.max(0) as u32,
+        unique_name: r.try_get("unique_name").map_err(e)?,
+        created_at: Timestamp(r.try_get("created_at").map_err(e)?),
+        enqueued_at: Timestamp(r.try_get("enqueued_at").map_err(e)?),
+        run_at: Timestamp(r.try_get("run_at").map_err(e)?),
+        finished_at: r
+            .try_get::<_, Option<i64>>("finished_at")
+            .map_err(e)?
+            .map(Timestamp),
+        last_error: r.try_get("last_error").map_err(e)?,
+        run: r.try_get::<_, Option<i64>>("run_id").map_err(e)?.map(TaskId),
+        worker: r.try_get("worker").map_err(e)?,
+        lease_until: r
+            .try_get::<_, Option<i64>>("lease_until")
+            .map_err(e)?
+            .map(Timestamp),
+    })
+}
+
+const ITERATION_COLUMNS: &str = "run_id, task, queue, filter::text AS filter, cursor::text AS cursor, \
+     processed, batches, steps, total, state, started_at, updated_at, finished_at, error";
+
+fn iteration_from_row(r: &Row) -> Result<IterationInfo, StoreError> {
+    let e = |e: tokio_postgres::Error| pg_err(&e);
+    let filter: String = r.try_get("filter").map_err(e)?;
+    let cursor: Option<String> = r.try_get("cursor").map_err(e)?;
+    let state: String = r.try_get("state").map_err(e)?;
+    Ok(IterationInfo {
+        run: TaskId(r.try_get("run_id").map_err(e)?),
+        task: r.try_get("task").map_err(e)?,
+        queue: r.try_get("queue").map_err(e)?,
+        filter: json(&filter)?,
+        cursor: cursor.as_deref().map(json).transpose()?,
+        processed: r.try_get::<_, i64>("processed").map_err(e)?.max(0) as u64,
+        batches: r.try_get::<_, i64>("batches").map_err(e)?.max(0) as u64,
+        steps: r.try_get::<_, i64>("steps").map_err(e)?.max(0) as u64,
+        total: r
+            .try_get::<_, Option<i64>>("total")
+            .map_err(e)?
+            .map(|t| t.max(0) as u64),
+        state: state.parse().map_err(StoreError::Backend)?,
+        started_at: Timestamp(r.try_get("started_at").map_err(e)?),
+        updated_at: Timestamp(r.try_get("updated_at").map_err(e)?),
+        finished_at: r
+            .try_get::<_, Option<i64>>("finished_at")
+            .map_err(e)?
+            .map(Timestamp),
+        error: r.try_get("error").map_err(e)?,
+    })
+}
+
+/// The arrays of an enqueue statement.
+struct EnqueueArgs {
+    task: Vec<String>,
+    queue: Vec<String>,
+    payload: Vec<String>,
+    priority: Vec<i32>,
+    unique_name: Vec<Option<String>>,
+    tombstone_ms: Vec<i64>,
+    run_at: Vec<i64>,
+    filter: Vec<Option<String>>,
+    queues: Vec<String>,
+}
+
+impl EnqueueArgs {
+    fn new(tasks: Vec<NewTask>) -> Result<EnqueueArgs, StoreError> {
+        let mut seen = HashSet::new();
+        let mut a = EnqueueArgs {
+            task: Vec::with_capacity(tasks.len()),
+            queue: Vec::with_capacity(tasks.len()),
+            payload: Vec::with_capacity(tasks.len()),
+            priority: Vec::with_capacity(tasks.len()),
+            unique_name: Vec::with_capacity(tasks.len()),
+            tombstone_ms: Vec::with_capacity(tasks.len()),
+            run_at: Vec::with_capacity(tasks.len()),
+            filter: Vec::with_capacity(tasks.len()),
+            queues: Vec::new(),
+        };
+        let mut queues = HashSet::new();
+        for t in tasks {
+            if let Some(n) = &t.unique_name {
+                if !seen.insert(n.clone()) {
+                    return Err(StoreError::AlreadyExists(n.clone()));
+                }
+            }
+            if queues.insert(t.queue.clone()) {
+                a.queues.push(t.queue.clone());
+            }
+            a.payload.push(to_json_text(&t.payload)?);
+            a.filter.push(
+                t.iteration
+                    .as_ref()
+                    .map(|it| to_json_text(&it.filter))
+                    .transpose()?,
+            );
+            a.task.push(t.task);
+            a.queue.push(t.queue);
+            a.priority.push(t.priority);
+            a.unique_name.push(t.unique_name);
+            a.tombstone_ms
+                .push(t.tombstone.as_millis().min(i64::MAX as u128) as i64);
+            a.run_at.push(t.run_at.0);
+        }
+        Ok(a)
+    }
+
+    fn params<'a>(&'a self, now: &'a i64) -> [Param<'a>; 9] {
+        [
+            now,
+            &self.task,
+            &self.queue,
+            &self.payload,
+            &self.priority,
+            &self.unique_name,
+            &self.tombstone_ms,
+            &self.run_at,
+            &self.filter,
+        ]
+    }
+
+    fn first_name(&self) -> String {
+        self.unique_name.iter().flatten().next().cloned().unwrap_or_default()
+    }
+}
+
+/// Reads the enqueue statement's rows: ids in input order, or the conflicting name.
+fn enqueue_result(rows: &[Row], n: usize) -> Result<Vec<TaskId>, StoreError> {
+    let mut ids = vec![TaskId(0); n];
+    for r in rows {
+        let conflict: Option<String> = r.try_get(2).map_err(|e| pg_err(&e))?;
+        if let Some(name) = conflict {
+            return Err(StoreError::AlreadyExists(name));
+        }
+        let id: Option<i64> = r.try_get(0).map_err(|e| pg_err(&e))?;
+        let ord: Option<i64> = r.try_get(1).map_err(|e| pg_err(&e))?;
+        if let (Some(id), Some(ord)) = (id, ord) {
+            if let Some(slot) = ids.get_mut((ord - 1).max(0) as usize) {
+                *slot = TaskId(id);
+            }
+        }
+    }
+    if rows.len() != n {
+        return Err(StoreError::Backend(format!(
+            "enqueue stored {} of {n} tasks",
+            rows.len()
+        )));
+    }
+    Ok(ids)
+}
+
 impl PostgresStore {
-    /// Connects to `url`.
-    pub async fn open(url: &str) -> Result<super::memory::MemoryStore, StoreError> {
-        Err(StoreError::Backend(format!(
-            "postgres store not built yet ({url})"
-        )))
+    /// Connects to `url` (`postgres://user:password@host:port/db?schema=NAME&pool_size=N`),
+    /// creates or migrates the schema, and starts listening for new work.
+    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let (config, opts) = parse_url(url)?;
+        let schema = opts.schema.clone().unwrap_or_else(|| "public".into());
+        check_schema_name(url, &schema)?;
+        PostgresStore::connect(config, schema, opts.pool_size).await
+    }
+
+    /// Like [`PostgresStore::open`], with every table in `schema` (created if missing).
+    /// Several stores in different schemas of one database are fully separate (tests use
+    /// one schema each).
+    pub async fn open_in_schema(url: &str, schema: &str) -> Result<PostgresStore, StoreError> {
+        let (config, opts) = parse_url(url)?;
+        check_schema_name(url, schema)?;
+        PostgresStore::connect(config, schema.to_string(), opts.pool_size).await
+    }
+
+    async fn connect(
+        config: Config,
+        schema_name: String,
+        pool_size: usize,
+    ) -> Result<PostgresStore, StoreError> {
+        let s = format!("\"{schema_name}\"");
+        let pool = Pool::new(config.clone(), pool_size);
+        {
+            let mut c = pool.get().await?;
+            schema::migrate(&mut c, &schema_name, &s).await?;
+        }
+        let (wake, _) = broadcast::channel(1024);
+        let (ready_tx, mut ready_rx) = watch::channel(false);
+        let listener = tokio::spawn(listen_forever(config, wake.clone(), ready_tx));
+        // Wait (briefly) for LISTEN so that work started right after `open` wakes us.
+        let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx.wait_for(|r| *r)).await;
+        Ok(PostgresStore {
+            pool,
+            schema_name,
+            s,
+            wake,
+            listener,
+        })
+    }
+
+    /// The schema holding this store's tables.
+    pub fn schema(&self) -> &str {
+        &self.schema_name
+    }
+
+    /// The schema version this build creates and understands.
+    pub fn schema_version() -> i64 {
+        schema::SCHEMA_VERSION
+    }
+
+    fn sql(&self, template: &str) -> String {
+        template.replace("{S}", &self.s)
+    }
+
+    fn enqueue_sql(&self) -> String {
+        self.sql(
+            r#"
+WITH input AS MATERIALIZED (
+    SELECT nextval('{S}.taskq_tasks_id_seq'::regclass) AS id, u.*
+    FROM unnest($2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::int8[],
+                $8::int8[], $9::text[])
+         WITH ORDINALITY AS u(task, queue, payload, priority, unique_name, tombstone_ms,
+                              run_at, filter, ord)
+),
+conflict AS (
+    SELECT t.unique_name FROM {S}.taskq_tasks t
+    WHERE t.unique_name IN (SELECT i.unique_name FROM input i WHERE i.unique_name IS NOT NULL)
+      AND (t.state IN ('pending', 'running') OR t.finished_at + t.tombstone_ms > $1::int8)
+    LIMIT 1
+),
+ins AS (
+    INSERT INTO {S}.taskq_tasks (id, task, queue, state, payload, priority, unique_name,
+                                 tombstone_ms, created_at, enqueued_at, run_at, run_id)
+    SELECT i.id, i.task, i.queue, 'pending', i.payload::jsonb, i.priority, i.unique_name,
+           i.tombstone_ms, $1::int8, $1::int8, i.run_at,
+           CASE WHEN i.filter IS NOT NULL THEN i.id END
+    FROM input i WHERE NOT EXISTS (SELECT 1 FROM conflict)
+    ORDER BY i.ord
+),
+its AS (
+    INSERT INTO {S}.taskq_iterations (run_id, task, queue, filter, state, started_at, updated_at)
+    SELECT i.id, i.task, i.queue, i.filter::jsonb, 'running', $1::int8, $1::int8
+    FROM input i WHERE i.filter IS NOT NULL AND NOT EXISTS (SELECT 1 FROM conflict)
+)
+SELECT i.id, i.ord, NULL::text AS conflict FROM input i WHERE NOT EXISTS (SELECT 1 FROM conflict)
+UNION ALL
+SELECT NULL, NULL, c.unique_name FROM conflict c
+"#,
+        )
+    }
+
+    const NOTIFY_SQL: &'static str =
+        "SELECT 1 FROM (SELECT pg_notify('taskq_new', q) FROM unnest($1::text[]) AS q) n";
+
+    /// Stores tasks inside the application's own transaction: they exist if and only if
+    /// `tx` commits, and workers are woken (by `NOTIFY`) at that commit. Same rules as
+    /// [`Store::enqueue`]: all or nothing; a unique name that is taken returns
+    /// [`StoreError::AlreadyExists`] and stores nothing (the transaction stays usable).
+    /// Two transactions starting one unique name at the same moment: the second waits
+    /// for the first and then fails with a unique violation that aborts its transaction,
+    /// reported as [`StoreError::AlreadyExists`].
+    ///
+    /// See the [module docs](self) for an example.
+    pub async fn enqueue_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        tasks: Vec<NewTask>,
+        now: Timestamp,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = tasks.len();
+        let args = EnqueueArgs::new(tasks)?;
+        let now_ms = now.0;
+        let rows = match tx.query(&self.enqueue_sql(), &args.params(&now_ms)).await {
+            Ok(rows) => rows,
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists(
+                    violated_name(&e).unwrap_or_else(|| args.first_name()),
+                ))
+            }
+            Err(e) => return Err(pg_err(&e)),
+        };
+        let ids = enqueue_result(&rows, n)?;
+        tx.query(Self::NOTIFY_SQL, &[&args.queues])
+            .await
+            .map_err(|e| pg_err(&e))?;
+        Ok(ids)
+    }
+
+    /// Runs `BEGIN; <statements>; COMMIT` in one round trip (pipelined). `COMMIT` of a
+    /// transaction where a statement failed rolls it back, so nothing is half-applied.
+    async fn pipelined_tx(
+        c: &mut PooledConn<'_>,
+        a: (&tokio_postgres::Statement, &[Param<'_>]),
+        b: Option<(&tokio_postgres::Statement, &[Param<'_>])>,
+    ) -> Result<Result<Vec<Row>, tokio_postgres::Error>, StoreError> {
+        let client = c.client()?;
+        let (begin, ra, rb, commit) = futures::join!(
+            client.batch_execute("BEGIN"),
+            client.query(a.0, a.1),
+            async {
+                match b {
+                    Some((st, p)) => client.query(st, p).await.map(|_| ()),
+                    None => Ok(()),
+                }
+            },
+            client.batch_execute("COMMIT"),
+        );
+        c.check(begin)?;
+        match ra {
+            Ok(rows) => {
+                c.check(rb)?;
+                c.check(commit)?;
+                Ok(Ok(rows))
+            }
+            Err(e) => {
+                if e.as_db_error().is_none() || commit.is_err() {
+                    c.discard();
+                }
+                Ok(Err(e))
+            }
+        }
+    }
+
+    fn claim_sql(&self, filter: QueueFilter, exclude_limited: bool) -> String {
+        let excluded = if exclude_limited {
+            "q.paused OR q.rate IS NOT NULL OR q.max_concurrent IS NOT NULL"
+        } else {
+            "q.paused"
+        };
+        self.sql(&format!(
+            r#"
+WITH picked AS (
+    SELECT t.id, t.state AS old_state, t.worker AS old_worker, t.started_at AS old_started,
+           t.attempts AS old_attempts
+    FROM {{S}}.taskq_tasks t
+    WHERE t.state IN ('pending', 'running')
+      AND ((t.state = 'pending' AND t.run_at <= $1::int8)
+           OR (t.state = 'running' AND (t.lease_until IS NULL OR t.lease_until < $1::int8)))
+      {qf}
+      AND t.queue <> ALL (ARRAY(SELECT q.name FROM {{S}}.taskq_queues q WHERE {excluded}))
+    ORDER BY t.priority DESC, t.run_at, t.id
+    LIMIT $4::int8
+    FOR UPDATE OF t SKIP LOCKED
+),
+lapsed AS (
+    INSERT INTO {{S}}.taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
+    SELECT p.id, p.old_attempts, COALESCE(p.old_worker, ''), COALESCE(p.old_started, $1::int8),
+           $1::int8, 'lease lapsed', '{LAPSED}'
+    FROM picked p WHERE p.old_state = 'running'
+),
+claimed AS (
+    UPDATE {{S}}.taskq_tasks t
+    SET state = 'running', attempts = t.attempts + 1, worker = $3::text,
+        lease_until = $2::int8, lease_token = t.lease_token + 1, started_at = $1::int8,
+        last_error = CASE WHEN p.old_state = 'running' THEN '{LAPSED}' ELSE t.last_error END
+    FROM picked p WHERE t.id = p.id
+    RETURNING t.id, t.lease_token, t.task, t.queue, t.payload, t.attempts, t.enqueued_at,
+              t.run_id, t.priority, t.run_at
+)
+SELECT c.id, c.lease_token, c.task, c.queue, c.payload::text AS payload, c.attempts,
+       c.enqueued_at, c.run_id, i.cursor::text AS cursor, i.processed, i.batches, i.total
+FROM claimed c LEFT JOIN {{S}}.taskq_iterations i ON i.run_id = c.run_id
+ORDER BY c.priority DESC, c.run_at, c.id
+"#,
+            qf = filter.sql(5),
+        ))
+    }
+
+    fn limited_sql(&self, filter: QueueFilter) -> String {
+        self.sql(&format!(
+            "SELECT t.name FROM {{S}}.taskq_queues t \
+             WHERE NOT t.paused AND (t.rate IS NOT NULL OR t.max_concurrent IS NOT NULL) {}",
+            filter.sql(1).replace("t.queue", "t.name")
+        ))
+    }
+
+    /// Claims from queues with a rate or a concurrency limit, in a transaction holding
+    /// their `taskq_queues` rows, so that limits hold across every worker.
+    async fn claim_limited(
+        &self,
+        c: &mut PooledConn<'_>,
+        req: &ClaimRequest,
+        limited: Vec<String>,
+        mut remaining: usize,
+        out: &mut Vec<ClaimedTask>,
+    ) -> Result<(), StoreError> {
+        let now = req.now.0;
+        let lock_sql = self.sql(
+            "SELECT name, rate, burst, max_concurrent, tokens, refilled_at FROM {S}.taskq_queues \
+             WHERE name = ANY($1::text[]) AND NOT paused \
+               AND (rate IS NOT NULL OR max_concurrent IS NOT NULL) \
+             ORDER BY name FOR UPDATE",
+        );
+        let running_sql = self.sql(
+            "SELECT queue, count(*) FROM {S}.taskq_tasks \
+             WHERE state = 'running' AND lease_until >= $2::int8 AND queue = ANY($1::text[]) \
+             GROUP BY queue",
+        );
+        let claim_sql = self.claim_sql(QueueFilter::One, false);
+        let bucket_sql = self.sql(
+            "UPDATE {S}.taskq_queues SET tokens = $2::float8, refilled_at = $3::int8 WHERE name = $1::text",
+        );
+        let st_lock = c.prep(&lock_sql).await?;
+        let st_running = c.prep(&running_sql).await?;
+        let st_claim = c.prep(&claim_sql).await?;
+        let st_bucket = c.prep(&bucket_sql).await?;
+        let lease_until = req.now.add(req.lease).0;
+        let limit_i64 = |n: usize| n.min(i64::MAX as usize) as i64;
+
+        let client = c.client()?;
+        let result: Result<Vec<Row>, tokio_postgres::Error> = async {
+            let tx = client.transaction().await?;
+            let queues = tx.query(&st_lock, &[&limited]).await?;
+            let counts: HashMap<String, i64> = tx
+                .query(&st_running, &[&limited, &now])
+                .await?
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                .collect();
+            let mut got = Vec::new();
+            for q in &queues {
+                if remaining == 0 {
+                    break;
+                }
+                let name: String = q.get(0);
+                let rate: Option<f64> = q.get(1);
+                let burst: Option<i64> = q.get(2);
+                let max_concurrent: Option<i64> = q.get(3);
+                let tokens: Option<f64> = q.get(4);
+                let refilled_at: Option<i64> = q.get(5);
+                let mut cap = remaining;
+                if let Some(max) = max_concurrent {
+                    let running = counts.get(&name).copied().unwrap_or(0);
+                    cap = cap.min((max - running).max(0) as usize);
+                }
+                let mut bucket = None;
+                if let Some(rate) = rate {
+                    let burst = burst.map(|b| b as f64).unwrap_or(rate.max(1.0));
+                    let refilled = refilled_at.unwrap_or(now);
+                    let elapsed = (now - refilled).max(0) as f64 / 1000.0;
+                    let tokens = (tokens.unwrap_or(burst) + elapsed * rate).min(burst);
+                    cap = cap.min(tokens.max(0.0).floor() as usize);
+                    bucket = Some((tokens, refilled.max(now)));
+                }
+                let mut claimed = 0usize;
+                if cap > 0 {
+                    let limit = limit_i64(cap);
+                    let rows = tx
+                        .query(
+                            &st_claim,
+                            &[&now, &lease_until, &req.worker, &limit, &name],
+                        )
+                        .await?;
+                    claimed = rows.len();
+                    got.extend(rows);
+                }
+                if let Some((tokens, refilled)) = bucket {
+                    let left = tokens - claimed as f64;
+                    tx.execute(&st_bucket, &[&name, &left, &refilled]).await?;
+                }
+                remaining -= claimed;
+            }
+            tx.commit().await?;
+            Ok(got)
+        }
+        .await;
+        let rows = c.check(result)?;
+        for r in &rows {
+            out.push(claimed_from_row(r)?);
+        }
+        Ok(())
+    }
+
+    async fn notify_sql_exec(&self, c: &mut PooledConn<'_>, queues: &[String]) -> Result<(), StoreError> {
+        let st = c.prep(Self::NOTIFY_SQL).await?;
+        let client = c.client()?;
+        let r = client.query(&st, &[&queues]).await;
+        c.check(r)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn enqueue(
+        &self,
+        tasks: Vec<NewTask>,
+        now: Timestamp,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = tasks.len();
+        let args = EnqueueArgs::new(tasks)?;
+        let now_ms = now.0;
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&self.enqueue_sql()).await?;
+        let st_notify = c.prep(Self::NOTIFY_SQL).await?;
+        let params = args.params(&now_ms);
+        let notify_params: [Param<'_>; 1] = [&args.queues];
+        match Self::pipelined_tx(&mut c, (&st, &params), Some((&st_notify, &notify_params)))
+            .await?
+        {
+            Ok(rows) => enqueue_result(&rows, n),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists(
+                violated_name(&e).unwrap_or_else(|| args.first_name()),
+            )),
+            Err(e) => Err(pg_err(&e)),
+        }
+    }
+
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError> {
+        if req.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = QueueFilter::of(&req.queues);
+        let mut c = self.pool.get().await?;
+        let st_claim = c.prep(&self.claim_sql(filter, true)).await?;
+        let st_limited = c.prep(&self.limited_sql(filter)).await?;
+        let now = req.now.0;
+        let lease_until = req.now.add(req.lease).0;
+        let limit = req.limit.min(i64::MAX as usize) as i64;
+        let one = req.queues.first().cloned().unwrap_or_default();
+        let queue_param: Param<'_> = match filter {
+            QueueFilter::One => &one,
+            _ => &req.queues,
+        };
+        let mut claim_params: Vec<Param<'_>> = vec![&now, &lease_until, &req.worker, &limit];
+        let mut limited_params: Vec<Param<'_>> = Vec::new();
+        if filter != QueueFilter::All {
+            claim_params.push(queue_param);
+            limited_params.push(queue_param);
+        }
+        // Both in one round trip: the claim from unlimited queues, and which of the wanted
+        // queues have limits (claimed from next, under their row locks).
+        let client = c.client()?;
+        let (claimed, limited) = futures::join!(
+            client.query(&st_claim, &claim_params),
+            client.query(&st_limited, &limited_params),
+        );
+        let claimed = c.check(claimed)?;
+        let limited = c.check(limited)?;
+        let mut out = Vec::with_capacity(claimed.len());
+        for r in &claimed {
+            out.push(claimed_from_row(r)?);
+        }
+        let limited: Vec<String> = limited.iter().map(|r| r.get(0)).collect();
+        let remaining = req.limit.saturating_sub(out.len());
+        if !limited.is_empty() && remaining > 0 {
+            self.claim_limited(&mut c, req, limited, remaining, &mut out)
+                .await?;
+        }
+        Ok(out)
+    }
+
+    async fn heartbeat(
+        &self,
+        leases: &[Lease],
+        _worker: &str,
+        until: Timestamp,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = leases.iter().map(|l| l.id.0).collect();
+        let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
+        let sql = self.sql(
+            "UPDATE {S}.taskq_tasks t SET lease_until = $1::int8 \
+             FROM unnest($2::int8[], $3::int8[]) AS l(id, token) \
+             WHERE t.id = l.id AND t.lease_token = l.token AND t.state = 'running' \
+             RETURNING t.id",
+        );
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client.query(&st, &[&until.0, &ids, &tokens]).await;
+        let kept: HashSet<i64> = c.check(r)?.iter().map(|r| r.get(0)).collect();
+        Ok(leases
+            .iter()
+            .filter(|l| !kept.contains(&l.id.0))
+            .map(|l| l.id)
+            .collect())
+    }
+
+    async fn finish(
+        &self,
+        finished: Vec<Finish>,
+        worker: &str,
+        now: Timestamp,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A task listed twice: only its first entry can hold the lease.
+        let mut seen = HashSet::new();
+        let mut first = Vec::with_capacity(finished.len());
+        let (mut ids, mut tokens, mut kinds, mut errors, mut run_ats, mut started) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::<Option<String>>::new(),
+            Vec::<Option<i64>>::new(),
+            Vec::new(),
+        );
+        for f in &finished {
+            let fresh = seen.insert(f.lease.id.0);
+            first.push(fresh);
+            if !fresh {
+                continue;
+            }
+            let (kind, error, run_at) = match &f.outcome {
+                Outcome::Done => ("done", None, None),
+                Outcome::Failed { error } => ("failed", Some(error.clone()), None),
+                Outcome::Retry { error, run_at } => ("retry", Some(error.clone()), Some(run_at.0)),
+                Outcome::Dead { error } => ("dead", Some(error.clone()), None),
+                Outcome::Release => ("released", None, None),
+                Outcome::Continue { run_at } => ("continued", None, Some(run_at.0)),
+            };
+            ids.push(f.lease.id.0);
+            tokens.push(f.lease.token);
+            kinds.push(kind.to_string());
+            errors.push(error);
+            run_ats.push(run_at);
+            started.push(f.started_at.0);
+        }
+        let sql = self.sql(
+            r#"
+WITH f AS (
+    SELECT * FROM unnest($3::int8[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::int8[])
+        AS f(id, token, kind, error, run_at, started_at)
+),
+upd AS (
+    UPDATE {S}.taskq_tasks t SET
+        state = CASE f.kind WHEN 'retry' THEN 'pending' WHEN 'released' THEN 'pending'
+                            WHEN 'continued' THEN 'done' ELSE f.kind END,
+        worker = NULL,
+        lease_until = NULL,
+        last_error = COALESCE(f.error, t.last_error),
+        run_at = CASE f.kind WHEN 'retry' THEN f.run_at WHEN 'released' THEN $1::int8
+                             ELSE t.run_at END,
+        attempts = CASE f.kind WHEN 'released' THEN GREATEST(t.attempts - 1, 0) ELSE t.attempts END,
+        finished_at = CASE WHEN f.kind IN ('done', 'failed', 'dead', 'continued') THEN $1::int8
+                           ELSE t.finished_at END
+    FROM f
+    WHERE t.id = f.id AND t.lease_token = f.token AND t.state = 'running'
+    RETURNING t.id, t.queue, t.run_id, f.kind, f.error, f.started_at, f.run_at,
+              CASE f.kind WHEN 'released' THEN t.attempts + 1 ELSE t.attempts END AS attempt
+),
+att AS (
+    INSERT INTO {S}.taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
+    SELECT u.id, u.attempt, $2::text, u.started_at, $1::int8, u.kind, u.error FROM upd u
+),
+runs AS (
+    UPDATE {S}.taskq_iterations i SET
+        state = CASE WHEN i.state = 'running' AND u.kind IN ('done', 'failed', 'dead')
+                     THEN u.kind ELSE i.state END,
+        error = CASE WHEN i.state = 'running' AND u.kind IN ('done', 'failed', 'dead')
+                     THEN u.error ELSE i.error END,
+        finished_at = CASE WHEN i.state = 'running' AND u.kind IN ('done', 'failed', 'dead')
+                           THEN $1::int8 ELSE i.finished_at END,
+        updated_at = CASE WHEN (i.state = 'running' AND u.kind IN ('done', 'failed', 'dead'))
+                               OR u.kind = 'continued' THEN $1::int8 ELSE i.updated_at END,
+        steps = i.steps + CASE WHEN u.kind = 'continued' THEN 1 ELSE 0 END
+    FROM upd u
+    WHERE i.run_id = u.run_id AND u.kind IN ('done', 'failed', 'dead', 'continued')
+),
+cont AS (
+    INSERT INTO {S}.taskq_tasks (task, queue, state, payload, priority, attempts, unique_name,
+                                 tombstone_ms, created_at, enqueued_at, run_at, run_id)
+    SELECT t.task, t.queue, 'pending', t.payload, t.priority, 0, NULL, t.tombstone_ms,
+           $1::int8, $1::int8, u.run_at, t.run_id
+    FROM upd u JOIN {S}.taskq_tasks t ON t.id = u.id
+    WHERE u.kind = 'continued'
+    ORDER BY u.id
+)
+SELECT u.id FROM upd u
+LEFT JOIN LATERAL (
+    SELECT pg_notify('taskq_new', u.queue) AS n
+    WHERE u.kind IN ('retry', 'released', 'continued')
+) n ON true
+"#,
+        );
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client
+            .query(
+                &st,
+                &[
+                    &now.0, &worker, &ids, &tokens, &kinds, &errors, &run_ats, &started,
+                ],
+            )
+            .await;
+        let applied: HashSet<i64> = c.check(r)?.iter().map(|r| r.get(0)).collect();
+        Ok(finished
+            .iter()
+            .zip(first)
+            .map(|(f, fresh)| {
+                if fresh && applied.contains(&f.lease.id.0) {
+                    Ok(())
+                } else {
+                    Err(StoreError::LeaseLost(f.lease.id))
+                }
+            })
+            .collect())
+    }
+
+    async fn checkpoint(
+        &self,
+        lease: Lease,
+        cp: Checkpoint,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let sql = self.sql(
+            "WITH t AS ( \
+                 SELECT run_id FROM {S}.taskq_tasks \
+                 WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' \
+                 FOR SHARE) \
+             UPDATE {S}.taskq_iterations i SET cursor = $3::text::jsonb, \
+                 processed = i.processed + $4::int8, batches = i.batches + 1, \
+                 total = COALESCE($5::int8, i.total), updated_at = $6::int8 \
+             FROM t WHERE i.run_id = t.run_id AND i.state = 'running' \
+             RETURNING i.run_id",
+        );
+        let cursor = to_json_text(&cp.cursor)?;
+        let processed = cp.processed.min(i64::MAX as u64) as i64;
+        let total = cp.total.map(|t| t.min(i64::MAX as u64) as i64);
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client
+            .query(
+                &st,
+                &[&lease.id.0, &lease.token, &cursor, &processed, &total, &now.0],
+            )
+            .await;
+        if !c.check(r)?.is_empty() {
+            return Ok(());
+        }
+        // Nothing written: say why.
+        let why = self.sql(
+            "SELECT (t.lease_token = $2::int8 AND t.state = 'running') AS held, t.run_id, \
+                    i.state AS run_state \
+             FROM {S}.taskq_tasks t LEFT JOIN {S}.taskq_iterations i ON i.run_id = t.run_id \
+             WHERE t.id = $1::int8",
+        );
+        let st = c.prep(&why).await?;
+        let client = c.client()?;
+        let r = client.query_opt(&st, &[&lease.id.0, &lease.token]).await;
+        let Some(row) = c.check(r)? else {
+            return Err(StoreError::LeaseLost(lease.id));
+        };
+        let held: bool = row.get(0);
+        let run: Option<i64> = row.get(1);
+        let run_state: Option<String> = row.get(2);
+        if !held {
+            return Err(StoreError::LeaseLost(lease.id));
+        }
+        let Some(run) = run else {
+            return Err(StoreError::Conflict(format!(
+                "task {} is not a step of an iterative run",
+                lease.id
+            )));
+        };
+        if run_state.is_none() {
+            return Err(StoreError::NotFound(format!("iteration run {run}")));
+        }
+        Err(StoreError::LeaseLost(lease.id))
+    }
+
+    async fn next_due(&self, queues: &[String]) -> Result<Option<Timestamp>, StoreError> {
+        let filter = QueueFilter::of(queues);
+        let sql = self.sql(&format!(
+            "SELECT min(CASE WHEN t.state = 'pending' THEN t.run_at ELSE t.lease_until + 1 END) \
+             FROM {{S}}.taskq_tasks t \
+             WHERE t.state IN ('pending', 'running') {} \
+               AND t.queue <> ALL (ARRAY(SELECT q.name FROM {{S}}.taskq_queues q WHERE q.paused))",
+            filter.sql(1)
+        ));
+        let one = queues.first().cloned().unwrap_or_default();
+        let mut params: Vec<Param<'_>> = Vec::new();
+        match filter {
+            QueueFilter::All => {}
+            QueueFilter::One => params.push(&one),
+            QueueFilter::Many => params.push(&queues),
+        }
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client.query_one(&st, &params).await;
+        let v: Option<i64> = c.check(r)?.get(0);
+        Ok(v.map(Timestamp))
+    }
+
+    async fn wait_for_work(&self, queues: &[String], timeout: Duration) {
+        let mut rx = self.wake.subscribe();
+        let wanted = async {
+            loop {
+                match rx.recv().await {
+                    Ok(q) if q.is_empty() || queues.is_empty() || queues.iter().any(|x| **x == *q) => {
+                        return
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        futures::future::pending::<()>().await
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wanted).await;
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        let cfg_sql = self.sql(
+            "SELECT name, paused, rate, burst, max_concurrent FROM {S}.taskq_queues",
+        );
+        let count_sql = self.sql(
+            "SELECT queue, state, count(*) FROM {S}.taskq_tasks GROUP BY queue, state",
+        );
+        let mut c = self.pool.get().await?;
+        let st_cfg = c.prep(&cfg_sql).await?;
+        let st_count = c.prep(&count_sql).await?;
+        let client = c.client()?;
+        let (cfg, counts) =
+            futures::join!(client.query(&st_cfg, &[]), client.query(&st_count, &[]));
+        let cfg = c.check(cfg)?;
+        let counts = c.check(counts)?;
+        let mut map: BTreeMap<String, QueueInfo> = BTreeMap::new();
+        for r in &cfg {
+            let name: String = r.get(0);
+            let burst: Option<i64> = r.get(3);
+            let max: Option<i64> = r.get(4);
+            map.insert(
+                name.clone(),
+                QueueInfo {
+                    name,
+                    counts: Vec::new(),
+                    paused: r.get(1),
+                    config: QueueConfig {
+                        rate: r.get(2),
+                        burst: burst.map(|b| b.clamp(0, u32::MAX as i64) as u32),
+                        max_concurrent: max.map(|m| m.clamp(0, u32::MAX as i64) as u32),
+                    },
+                },
+            );
+        }
+        for r in &counts {
+            let queue: String = r.get(0);
+            let state: String = r.get(1);
+            let n: i64 = r.get(2);
+            let state: TaskState = state.parse().map_err(StoreError::Backend)?;
+            let q = map.entry(queue.clone()).or_insert_with(|| QueueInfo {
+                name: queue,
+                ..QueueInfo::default()
+            });
+            q.counts.push((state, n.max(0) as u64));
+        }
+        Ok(map
+            .into_values()
+            .map(|mut q| {
+                q.counts.sort();
+                q
+            })
+            .collect())
+    }
+
+    async fn configure_queue(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError> {
+        let sql = self.sql(
+            "INSERT INTO {S}.taskq_queues (name, rate, burst, max_concurrent) \
+             VALUES ($1::text, $2::float8, $3::int8, $4::int8) \
+             ON CONFLICT (name) DO UPDATE SET rate = EXCLUDED.rate, burst = EXCLUDED.burst, \
+                 max_concurrent = EXCLUDED.max_concurrent, tokens = NULL, refilled_at = NULL",
+        );
+        let burst = config.burst.map(i64::from);
+        let max = config.max_concurrent.map(i64::from);
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client
+            .execute(&st, &[&queue, &config.rate, &burst, &max])
+            .await;
+        c.check(r)?;
+        Ok(())
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        let sql = self.sql(
+            "WITH u AS ( \
+                 INSERT INTO {S}.taskq_queues (name, paused) VALUES ($1::text, $2::bool) \
+                 ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused RETURNING name) \
+             SELECT 1 FROM (SELECT pg_notify('taskq_new', u.name) FROM u WHERE NOT $2::bool) n",
+        );
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client.query(&st, &[&queue, &paused]).await;
+        c.check(r)?;
+        Ok(())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, StoreError> {
+        let sql = self.sql(
+            "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE queue = $1::text AND state = 'pending' \
+                        RETURNING id), \
+                  a AS (DELETE FROM {S}.taskq_attempts WHERE task_id IN (SELECT id FROM d)) \
+             SELECT count(*) FROM d",
+        );
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client.query_one(&st, &[&queue]).await;
+        let n: i64 = c.check(r)?.get(0);
+        Ok(n.max(0) as u64)
+    }
+
+    async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<TaskInfo>, StoreError> {
+        let sql = self.sql(&format!(
+            "SELECT {TASK_COLUMNS} FROM {{S}}.taskq_tasks \
+             WHERE ($1::int8 IS NULL OR id < $1::int8) \
+               AND ($2::text IS NULL OR queue = $2::text) \
+               AND ($3::text IS NULL OR state = $3::text) \
+               AND ($4::text IS NULL OR task = $4::text) \
+             ORDER BY id DESC LIMIT $5::int8"
+        ));
+        let limit = if q.limit == 0 { 100 } else { q.limit };
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let before = q.before.map(|b| b.0);
+        let state = q.state.map(|s| s.as_str());
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client
+            .query(&st, &[&before, &q.queue, &state, &q.task, &limit])
+            .await;
+        c.check(r)?.iter().map(task_from_row).collect()
+    }
+
+    async fn task(&self, id: TaskId) -> Result<Option<TaskDetail>, StoreError> {
+        let task_sql = self.sql(&format!(
+            "SELECT {TASK_COLUMNS} FROM {{S}}.taskq_tasks WHERE id = $1::int8"
+        ));
+        let att_sql = self.sql(
+            "SELECT attempt, worker, started_at, finished_at, outcome, error \
+             FROM {S}.taskq_attempts WHERE task_id = $1::int8 ORDER BY id",
+        );
+        let mut c = self.pool.get().await?;
+        let st_task = c.prep(&task_sql).await?;
+        let st_att = c.prep(&att_sql).await?;
+        let client = c.client()?;
+        let idp: [Param<'_>; 1] = [&id.0];
+        let (task, atts) = futures::join!(
+            client.query_opt(&st_task, &idp),
+            client.query(&st_att, &idp)
+        );
+        let Some(task) = c.check(task)? else {
+            return Ok(None);
+        };
+        let atts = c.check(atts)?;
+        Ok(Some(TaskDetail {
+            info: task_from_row(&task)?,
+            attempts: atts
+                .iter()
+                .map(|r| AttemptInfo {
+                    attempt: r.get::<_, i32>(0).max(0) as u32,
+                    worker: r.get(1),
+                    started_at: Timestamp(r.get(2)),
+                    finished_at: Timestamp(r.get(3)),
+                    outcome: r.get(4),
+                    error: r.get(5),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn run_now(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
+        let sql = self.sql(
+            "WITH t AS (UPDATE {S}.taskq_tasks SET run_at = $2::int8 \
+                        WHERE id = $1::int8 AND state = 'pending' RETURNING queue) \
+             SELECT 1 FROM (SELECT pg_notify('taskq_new', t.queue) FROM t) n",
+        );
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client.query(&st, &[&id.0, &now.0]).await;
+        if !c.check(r)?.is_empty() {
+            return Ok(());
+        }
+        match self.state_of(&mut c, id).await? {
+            None => Err(StoreError::NotFound(format!("task {id}"))),
+            Some(state) => Err(StoreError::Conflict(format!(
+                "task {id} is {state}, only a pending task can be run now"
+            ))),
+        }
+    }
+
+    async fn delete(&self, id: TaskId) -> Result<(), StoreError> {
+        let sql = self.sql(
+            "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE id = $1::int8 RETURNING id), \
+                  a AS (DELETE FROM {S}.taskq_attempts WHERE task_id IN (SELECT id FROM d)) \
+             SELECT count(*) FROM d",
+        );
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client.query_one(&st, &[&id.0]).await;
+        let n: i64 = c.check(r)?.get(0);
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("task {id}")));
+        }
+        Ok(())
+    }
+
+    async fn retry(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
+        let sql = self.sql(
+            "WITH t AS (UPDATE {S}.taskq_tasks SET state = 'pending', attempts = 0, \
+                            enqueued_at = $2::int8, run_at = $2::int8, finished_at = NULL \
+                        WHERE id = $1::int8 AND state IN ('dead', 'failed') \
+                        RETURNING run_id, queue), \
+                  r AS (UPDATE {S}.taskq_iterations i SET state = 'running', finished_at = NULL, \
+                            error = NULL, updated_at = $2::int8 \
+                        FROM t WHERE i.run_id = t.run_id) \
+             SELECT 1 FROM (SELECT pg_notify('taskq_new', t.queue) FROM t) n",
+        );
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        match client.query(&st, &[&id.0, &now.0]).await {
+            Ok(rows) if !rows.is_empty() => return Ok(()),
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "task {id} cannot be retried: another live task has its unique name"
+                )))
+            }
+            Err(e) => {
+                c.check::<()>(Err(e))?;
+            }
+        }
+        match self.state_of(&mut c, id).await? {
+            None => Err(StoreError::NotFound(format!("task {id}"))),
+            Some(state) => Err(StoreError::Conflict(format!(
+                "task {id} is {state}, only a dead or failed task can be retried"
+            ))),
+        }
+    }
+
+    async fn iteration(&self, run: TaskId) -> Result<Option<IterationInfo>, StoreError> {
+        let sql = self.sql(&format!(
+            "SELECT {ITERATION_COLUMNS} FROM {{S}}.taskq_iterations WHERE run_id = $1::int8"
+        ));
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client.query_opt(&st, &[&run.0]).await;
+        c.check(r)?.as_ref().map(iteration_from_row).transpose()
+    }
+
+    async fn iterations(&self, limit: usize) -> Result<Vec<IterationInfo>, StoreError> {
+        let sql = self.sql(&format!(
+            "SELECT {ITERATION_COLUMNS} FROM {{S}}.taskq_iterations ORDER BY run_id DESC LIMIT $1::int8"
+        ));
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client.query(&st, &[&limit]).await;
+        c.check(r)?.iter().map(iteration_from_row).collect()
+    }
+
+    async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError> {
+        let sql = self.sql(
+            "WITH it AS (UPDATE {S}.taskq_iterations SET state = 'cancelled', \
+                             finished_at = $2::int8, updated_at = $2::int8 \
+                         WHERE run_id = $1::int8 AND state = 'running' RETURNING run_id), \
+                  t AS (UPDATE {S}.taskq_tasks SET state = 'cancelled', finished_at = $2::int8, \
+                             worker = NULL, lease_until = NULL \
+                        WHERE run_id IN (SELECT run_id FROM it) \
+                          AND state IN ('pending', 'running')) \
+             SELECT count(*) FROM it",
+        );
+        let mut c = self.pool.get().await?;
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client.query_one(&st, &[&run.0, &now.0]).await;
+        let n: i64 = c.check(r)?.get(0);
+        if n > 0 {
+            return Ok(());
+        }
+        let state_sql = self.sql("SELECT state FROM {S}.taskq_iterations WHERE run_id = $1::int8");
+        let st = c.prep(&state_sql).await?;
+        let client = c.client()?;
+        let r = client.query_opt(&st, &[&run.0]).await;
+        match c.check(r)? {
+            None => Err(StoreError::NotFound(format!("iteration run {run}"))),
+            Some(row) => {
+                let state: String = row.get(0);
+                Err(StoreError::Conflict(format!(
+                    "run {run} is {state}, only a running run can be cancelled"
+                )))
+            }
+        }
+    }
+}
+
+impl PostgresStore {
+    async fn state_of(
+        &self,
+        c: &mut PooledConn<'_>,
+        id: TaskId,
+    ) -> Result<Option<String>, StoreError> {
+        let sql = self.sql("SELECT state FROM {S}.taskq_tasks WHERE id = $1::int8");
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client.query_opt(&st, &[&id.0]).await;
+        Ok(c.check(r)?.map(|row| row.get(0)))
+    }
+
+    /// Sends a wake-up for `queues` to every listening store (workers of those queues poll
+    /// at once). Starting tasks does this by itself; this is for work made due by other
+    /// means.
+    pub async fn notify(&self, queues: &[String]) -> Result<(), StoreError> {
+        let mut c = self.pool.get().await?;
+        self.notify_sql_exec(&mut c, queues).await
     }
 }

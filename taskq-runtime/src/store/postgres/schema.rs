@@ -1,0 +1,174 @@
+//! Versioned migrations and the SQL of every statement, with `{S}` standing for the
+//! quoted schema name.
+
+use super::pool::PooledConn;
+use crate::store::StoreError;
+
+/// The migrations, in order; migration `i` brings the schema to version `i + 1`.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: the initial layout.
+    r#"
+CREATE TABLE {S}.taskq_tasks (
+    id            bigserial PRIMARY KEY,
+    task          text    NOT NULL,
+    queue         text    NOT NULL,
+    state         text    NOT NULL,
+    payload       jsonb   NOT NULL,
+    priority      integer NOT NULL DEFAULT 0,
+    attempts      integer NOT NULL DEFAULT 0,
+    unique_name   text,
+    tombstone_ms  bigint  NOT NULL DEFAULT 0,
+    created_at    bigint  NOT NULL,
+    enqueued_at   bigint  NOT NULL,
+    run_at        bigint  NOT NULL,
+    finished_at   bigint,
+    last_error    text,
+    run_id        bigint,
+    worker        text,
+    lease_until   bigint,
+    lease_token   bigint  NOT NULL DEFAULT 0,
+    started_at    bigint
+);
+CREATE INDEX taskq_tasks_claim_idx ON {S}.taskq_tasks (priority DESC, run_at, id)
+    WHERE state IN ('pending', 'running');
+CREATE INDEX taskq_tasks_queue_claim_idx ON {S}.taskq_tasks (queue, priority DESC, run_at, id)
+    WHERE state IN ('pending', 'running');
+CREATE UNIQUE INDEX taskq_tasks_live_name_idx ON {S}.taskq_tasks (unique_name)
+    WHERE unique_name IS NOT NULL AND state IN ('pending', 'running');
+CREATE INDEX taskq_tasks_name_idx ON {S}.taskq_tasks (unique_name, finished_at)
+    WHERE unique_name IS NOT NULL;
+CREATE INDEX taskq_tasks_run_idx ON {S}.taskq_tasks (run_id) WHERE run_id IS NOT NULL;
+
+CREATE TABLE {S}.taskq_attempts (
+    id           bigserial PRIMARY KEY,
+    task_id      bigint  NOT NULL,
+    attempt      integer NOT NULL,
+    worker       text    NOT NULL,
+    started_at   bigint  NOT NULL,
+    finished_at  bigint  NOT NULL,
+    outcome      text    NOT NULL,
+    error        text
+);
+CREATE INDEX taskq_attempts_task_idx ON {S}.taskq_attempts (task_id);
+
+CREATE TABLE {S}.taskq_queues (
+    name            text PRIMARY KEY,
+    paused          boolean NOT NULL DEFAULT false,
+    rate            double precision,
+    burst           bigint,
+    max_concurrent  bigint,
+    tokens          double precision,
+    refilled_at     bigint
+);
+
+CREATE TABLE {S}.taskq_iterations (
+    run_id       bigint PRIMARY KEY,
+    task         text   NOT NULL,
+    queue        text   NOT NULL,
+    filter       jsonb  NOT NULL,
+    cursor       jsonb,
+    processed    bigint NOT NULL DEFAULT 0,
+    batches      bigint NOT NULL DEFAULT 0,
+    steps        bigint NOT NULL DEFAULT 1,
+    total        bigint,
+    state        text   NOT NULL,
+    started_at   bigint NOT NULL,
+    updated_at   bigint NOT NULL,
+    finished_at  bigint,
+    error        text
+);
+"#,
+];
+
+/// The schema version this build knows.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Creates the schema if needed and applies missing migrations, under an advisory lock so
+/// that processes starting together do not race. Refuses a schema newer than this build.
+pub(crate) async fn migrate(
+    c: &mut PooledConn<'_>,
+    schema_name: &str,
+    s: &str,
+) -> Result<(), StoreError> {
+    let key = format!("taskq.migrate.{schema_name}");
+    let client = c.client()?;
+    let r = client
+        .execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])
+        .await;
+    c.check(r)?;
+    let result = migrate_locked(c, schema_name, s).await;
+    let client = c.client()?;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&key])
+        .await;
+    if unlock.is_err() || result.is_err() {
+        // The session lock goes away with the connection.
+        c.discard();
+    }
+    result
+}
+
+async fn migrate_locked(
+    c: &mut PooledConn<'_>,
+    schema_name: &str,
+    s: &str,
+) -> Result<(), StoreError> {
+    let client = c.client()?;
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+            &[&schema_name],
+        )
+        .await;
+    if c.check(exists)?.is_none() {
+        let client = c.client()?;
+        let r = client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {s}"))
+            .await;
+        c.check(r)?;
+    }
+    let client = c.client()?;
+    let r = client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {s}.taskq_schema (
+                version    bigint PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now())"
+        ))
+        .await;
+    c.check(r)?;
+    let client = c.client()?;
+    let row = client
+        .query_one(
+            &format!("SELECT COALESCE(max(version), 0) FROM {s}.taskq_schema"),
+            &[],
+        )
+        .await;
+    let found: i64 = c.check(row)?.get(0);
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version <= found {
+            continue;
+        }
+        let sql = format!(
+            "BEGIN;\n{}\nINSERT INTO {s}.taskq_schema (version) VALUES ({version});\nCOMMIT;",
+            m.replace("{S}", s)
+        );
+        let client = c.client()?;
+        let r = client.batch_execute(&sql).await;
+        if let Err(e) = r {
+            c.discard();
+            return Err(StoreError::Backend(format!(
+                "migrating the taskq schema {s} to version {version} failed: {}",
+                super::pg_err(&e)
+            )));
+        }
+        tracing::info!(schema = %schema_name, version, "taskq: PostgreSQL schema migrated");
+    }
+    Ok(())
+}
