@@ -53,7 +53,7 @@ pub use worker::{Worker, WorkerBuilder};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::error::{DecodeError, StartError, TaskError};
-    pub use crate::iterative::{iterative_handler, BatchFuture};
+    pub use crate::iterative::{batch_future, iterative_handler, BatchFuture};
     pub use crate::model::Model;
     pub use crate::queue::{Queue, TaskBuilder};
     pub use crate::store::TaskId;
@@ -67,6 +67,32 @@ pub mod __private {
     pub use ::serde_json;
     pub use ::std::time::Duration;
 
+    /// What a task argument must be: stored as JSON when the task starts, decoded again on
+    /// the worker.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a task argument: it must be `Serialize + DeserializeOwned + Send + 'static`",
+        label = "this argument cannot be stored as JSON and decoded on the worker",
+        note = "task arguments are stored as JSON: derive `serde::Serialize` and `serde::Deserialize` for `{Self}`, or pass an owned type that does"
+    )]
+    pub trait TaskArg: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static {}
+    impl<T: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static> TaskArg for T {}
+
     /// Fails to compile, at the argument's span, when a task argument cannot be stored.
-    pub fn assert_arg<T: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static>() {}
+    pub fn assert_arg<T: TaskArg>() {}
+
+    /// Fails to compile, at the model's span, when `#[iterative_task(model = M)]` names a
+    /// type that is not a [`Model`].
+    pub fn assert_model<M: Model>() {}
+
+    /// The filter of an iterative run, as JSON.
+    pub fn encode_filter<F: ::serde::Serialize>(
+        task: &'static str,
+        filter: &F,
+    ) -> Result<::serde_json::Value, StartError> {
+        ::serde_json::to_value(filter).map_err(|e| StartError::Serialize {
+            task: task.to_string(),
+            arg: "filter".to_string(),
+            reason: e.to_string(),
+        })
+    }
 }
