@@ -180,8 +180,8 @@ EOF
 if [ -n "${TASKQ_TEST_POSTGRES_URL:-}" ]; then
     echo "export TASKQ_TEST_POSTGRES_URL=$TASKQ_TEST_POSTGRES_URL"
 else
-    __taskq_pg_main
-    __taskq_pg_status=$?
+    # Called as a condition so that a caller's `set -e` does not cut it short.
+    if __taskq_pg_main; then __taskq_pg_status=0; else __taskq_pg_status=$?; fi
     unset -f __taskq_pg_main __taskq_pg_log __taskq_pg_as __taskq_pg_bindir __taskq_pg_port_busy
     if [ "$__taskq_pg_status" != 0 ]; then
         echo "postgres.sh: could not start PostgreSQL for the tests" >&2

@@ -727,14 +727,14 @@ WITH picked AS (
 lapsed AS (
     INSERT INTO {{S}}.taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
     SELECT p.id, p.old_attempts, COALESCE(p.old_worker, ''), COALESCE(p.old_started, $1::int8),
-           $1::int8, 'lease lapsed', '{LAPSED}'
+           $1::int8, 'lease lapsed', '{lapsed}'
     FROM picked p WHERE p.old_state = 'running'
 ),
 claimed AS (
     UPDATE {{S}}.taskq_tasks t
     SET state = 'running', attempts = t.attempts + 1, worker = $3::text,
         lease_until = $2::int8, lease_token = t.lease_token + 1, started_at = $1::int8,
-        last_error = CASE WHEN p.old_state = 'running' THEN '{LAPSED}' ELSE t.last_error END
+        last_error = CASE WHEN p.old_state = 'running' THEN '{lapsed}' ELSE t.last_error END
     FROM picked p WHERE t.id = p.id
     RETURNING t.id, t.lease_token, t.task, t.queue, t.payload, t.attempts, t.enqueued_at,
               t.run_id, t.priority, t.run_at
@@ -745,6 +745,7 @@ FROM claimed c LEFT JOIN {{S}}.taskq_iterations i ON i.run_id = c.run_id
 ORDER BY c.priority DESC, c.run_at, c.id
 "#,
             qf = filter.sql(5),
+            lapsed = LAPSED.replace('\'', "''"),
         ))
     }
 
