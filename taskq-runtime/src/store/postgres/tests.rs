@@ -1,1 +1,548 @@
+//! Focused tests of the PostgreSQL store against the server started by `.ci/postgres.sh`
+//! (`TASKQ_TEST_POSTGRES_URL`). Without it they fail under `CI=true` and say so elsewhere.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::RwLock;
+
+use super::*;
+
+/// The restart test takes this for writing; every other test for reading.
+static SERVER: RwLock<()> = RwLock::const_new(());
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+}
+
+fn url() -> Option<String> {
+    match std::env::var("TASKQ_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                !ci(),
+                "CI=true but TASKQ_TEST_POSTGRES_URL is not set: start PostgreSQL with .ci/postgres.sh"
+            );
+            eprintln!("TASKQ_TEST_POSTGRES_URL is not set; skipping (run `source .ci/postgres.sh` first)");
+            None
+        }
+    }
+}
+
+fn schema_name(tag: &str) -> String {
+    format!(
+        "pgunit_{tag}_{}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+async fn store(url: &str, schema: &str) -> PostgresStore {
+    PostgresStore::open_in_schema(url, schema)
+        .await
+        .expect("open the postgres store")
+}
+
+async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    let c = client(url).await;
+    let _ = c
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await;
+}
+
+fn task(queue: &str, n: i64, now: Timestamp) -> NewTask {
+    NewTask {
+        task: "pg::noop".into(),
+        queue: queue.into(),
+        payload: json!({ "n": n }),
+        priority: 0,
+        run_at: now,
+        unique_name: None,
+        tombstone: Duration::from_secs(60),
+        iteration: None,
+    }
+}
+
+fn req(queue: &str, worker: &str, limit: usize, lease_ms: u64, now: Timestamp) -> ClaimRequest {
+    ClaimRequest {
+        queues: vec![queue.into()],
+        worker: worker.into(),
+        limit,
+        lease: Duration::from_millis(lease_ms),
+        now,
+    }
+}
+
+#[test]
+fn url_options_are_parsed() {
+    let (cfg, o) = parse_url("postgres://u@h:5433/db?schema=abc&pool_size=3").unwrap();
+    assert_eq!(o.schema.as_deref(), Some("abc"));
+    assert_eq!(o.pool_size, 3);
+    assert_eq!(cfg.get_dbname(), Some("db"));
+    assert!(parse_url("postgres://u@h/db?pool_size=0").is_err());
+    assert!(check_schema_name("x", "ok_name1").is_ok());
+    assert!(check_schema_name("x", "bad\"name").is_err());
+    assert!(check_schema_name("x", "1abc").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_finish_and_fencing() {
+    let Some(url) = url() else { return };
+    let _g = SERVER.read().await;
+    let schema = schema_name("fence");
+    let s = store(&url, &schema).await;
+    let t0 = Timestamp(1_000_000);
+    let ids = s
+        .enqueue(vec![task("q", 1, t0), task("q", 2, t0)], t0)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] < ids[1]);
+
+    // Worker A claims the first with a short lease.
+    let a = s.claim(&req("q", "A", 1, 100, t0)).await.unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].lease.id, ids[0]);
+    assert_eq!(a[0].attempt, 1);
+    assert_eq!(a[0].payload, json!({ "n": 1 }));
+
+    // The lease lapses; worker B claims it again (the second task too).
+    let t1 = Timestamp(t0.0 + 1_000);
+    let b = s.claim(&req("q", "B", 10, 60_000, t1)).await.unwrap();
+    assert_eq!(b.len(), 2);
+    let b0 = b.iter().find(|c| c.lease.id == ids[0]).unwrap();
+    assert_ne!(b0.lease.token, a[0].lease.token);
+    assert_eq!(b0.attempt, 2);
+
+    // A is fenced off everywhere.
+    let lost = s.heartbeat(&[a[0].lease], "A", t1.add(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(lost, vec![ids[0]]);
+    let r = s
+        .finish(
+            vec![Finish { lease: a[0].lease, outcome: Outcome::Done, started_at: t0 }],
+            "A",
+            t1,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(r[0], Err(StoreError::LeaseLost(id)) if id == ids[0]));
+
+    // B heartbeats and finishes both in one batch (one done, one retry).
+    assert!(s.heartbeat(&[b[0].lease, b[1].lease], "B", Timestamp(t1.0 + 90_000)).await.unwrap().is_empty());
+    let r = s
+        .finish(
+            vec![
+                Finish { lease: b0.lease, outcome: Outcome::Done, started_at: t1 },
+                Finish {
+                    lease: b.iter().find(|c| c.lease.id == ids[1]).unwrap().lease,
+                    outcome: Outcome::Retry { error: "boom".into(), run_at: Timestamp(t1.0 + 5_000) },
+                    started_at: t1,
+                },
+            ],
+            "B",
+            t1,
+        )
+        .await
+        .unwrap();
+    assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
+    let d = s.task(ids[0]).await.unwrap().unwrap();
+    assert_eq!(d.info.state, TaskState::Done);
+    let outcomes: Vec<&str> = d.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, vec!["lease lapsed", "done"]);
+    let d = s.task(ids[1]).await.unwrap().unwrap();
+    assert_eq!(d.info.state, TaskState::Pending);
+    assert_eq!(d.info.last_error.as_deref(), Some("boom"));
+    assert_eq!(s.next_due(&["q".into()]).await.unwrap(), Some(Timestamp(t1.0 + 5_000)));
+    drop(s);
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_claimers_never_double_claim() {
+    let Some(url) = url() else { return };
+    let _g = SERVER.read().await;
+    let schema = schema_name("skip");
+    let s1 = Arc::new(store(&url, &schema).await);
+    let s2 = Arc::new(store(&url, &schema).await);
+    let now = Timestamp(5_000_000);
+    const N: usize = 2_000;
+    for chunk in 0..(N / 500) {
+        let batch = (0..500).map(|i| task("bulk", (chunk * 500 + i) as i64, now)).collect();
+        s1.enqueue(batch, now).await.unwrap();
+    }
+    let started = Instant::now();
+    let run = |s: Arc<PostgresStore>, name: &'static str| {
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s.claim(&req("bulk", name, 100, 600_000, now)).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                let fin = got
+                    .iter()
+                    .map(|c| Finish { lease: c.lease, outcome: Outcome::Done, started_at: now })
+                    .collect();
+                let r = s.finish(fin, name, now).await.unwrap();
+                assert!(r.iter().all(|x| x.is_ok()));
+                mine.extend(got.into_iter().map(|c| c.lease.id));
+            }
+            mine
+        })
+    };
+    let (a, b) = tokio::join!(run(s1.clone(), "A"), run(s2.clone(), "B"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let secs = started.elapsed().as_secs_f64();
+    let all: HashSet<TaskId> = a.iter().chain(b.iter()).copied().collect();
+    assert_eq!(a.len() + b.len(), N, "every task claimed once");
+    assert_eq!(all.len(), N, "no task claimed twice");
+    eprintln!(
+        "two claimers: A {} B {}, {:.0} tasks/s claimed and finished (100 per statement)",
+        a.len(),
+        b.len(),
+        N as f64 / secs
+    );
+    drop((s1, s2));
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_idle_workers_quickly() {
+    let Some(url) = url() else { return };
+    let _g = SERVER.read().await;
+    let schema = schema_name("notify");
+    let waiter = Arc::new(store(&url, &schema).await);
+    let starter = store(&url, &schema).await;
+    let poll = Duration::from_secs(5);
+    for _ in 0..3 {
+        let w = waiter.clone();
+        let wait = tokio::spawn(async move {
+            w.wait_for_work(&["wq".to_string()], poll).await;
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let sent = Instant::now();
+        starter.enqueue(vec![task("wq", 1, Timestamp::now())], Timestamp::now()).await.unwrap();
+        let woke = wait.await.unwrap();
+        let latency = woke.saturating_duration_since(sent);
+        eprintln!("LISTEN/NOTIFY wake-up latency: {latency:?}");
+        assert!(latency < Duration::from_millis(500), "woken after {latency:?}");
+    }
+    // Work on another queue does not wake a worker of this one.
+    let w = waiter.clone();
+    let wait = tokio::spawn(async move {
+        let t = Instant::now();
+        w.wait_for_work(&["wq".to_string()], Duration::from_millis(700)).await;
+        t.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    starter.enqueue(vec![task("other", 1, Timestamp::now())], Timestamp::now()).await.unwrap();
+    assert!(wait.await.unwrap() >= Duration::from_millis(650));
+    drop((waiter, starter));
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_start_commits_or_leaves_nothing() {
+    let Some(url) = url() else { return };
+    let _g = SERVER.read().await;
+    let schema = schema_name("tx");
+    let s = store(&url, &schema).await;
+    let mut c = client(&url).await;
+    let now = Timestamp(9_000_000);
+
+    // Rolled back: no task.
+    let tx = c.transaction().await.unwrap();
+    let ids = s.enqueue_in(&tx, vec![task("tq", 1, now)], now).await.unwrap();
+    assert_eq!(ids.len(), 1);
+    tx.rollback().await.unwrap();
+    assert!(s.task(ids[0]).await.unwrap().is_none());
+    assert!(s.list_tasks(&TaskQuery::default()).await.unwrap().is_empty());
+
+    // Dropped without commit: no task either.
+    {
+        let tx = c.transaction().await.unwrap();
+        s.enqueue_in(&tx, vec![task("tq", 2, now)], now).await.unwrap();
+    }
+    assert!(s.list_tasks(&TaskQuery::default()).await.unwrap().is_empty());
+
+    // Committed with the application's own write: the task exists, and is claimable.
+    c.batch_execute(&format!("CREATE TABLE \"{schema}\".app_rows (id int)")).await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    tx.execute(&format!("INSERT INTO \"{schema}\".app_rows VALUES (1)"), &[]).await.unwrap();
+    let mut named = task("tq", 3, now);
+    named.unique_name = Some("only-once".into());
+    let ids = s.enqueue_in(&tx, vec![named.clone()], now).await.unwrap();
+    // A second start of the same name in the same transaction is refused, and the
+    // transaction stays usable.
+    let again = s.enqueue_in(&tx, vec![named], now).await;
+    assert!(matches!(again, Err(StoreError::AlreadyExists(ref n)) if n == "only-once"), "{again:?}");
+    tx.commit().await.unwrap();
+    let info = s.task(ids[0]).await.unwrap().unwrap().info;
+    assert_eq!(info.state, TaskState::Pending);
+    assert_eq!(info.unique_name.as_deref(), Some("only-once"));
+    let got = s.claim(&req("tq", "w", 10, 1_000, now)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    drop(s);
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_unique_names_one_wins() {
+    let Some(url) = url() else { return };
+    let _g = SERVER.read().await;
+    let schema = schema_name("uniq");
+    let s = Arc::new(store(&url, &schema).await);
+    let now = Timestamp(2_000_000);
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            let mut t = task("u", i, now);
+            t.unique_name = Some("same".into());
+            s.enqueue(vec![t], now).await
+        }));
+    }
+    let mut ok = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::AlreadyExists(n)) => assert_eq!(n, "same"),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    drop(s);
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_schema_is_refused() {
+    let Some(url) = url() else { return };
+    let _g = SERVER.read().await;
+    let schema = schema_name("newer");
+    drop(store(&url, &schema).await);
+    // Opening again is fine (already migrated).
+    drop(store(&url, &schema).await);
+    let c = client(&url).await;
+    c.batch_execute(&format!("INSERT INTO \"{schema}\".taskq_schema (version) VALUES (999)"))
+        .await
+        .unwrap();
+    match PostgresStore::open_in_schema(&url, &schema).await {
+        Err(StoreError::SchemaTooNew { found, known }) => {
+            assert_eq!(found, 999);
+            assert_eq!(known, PostgresStore::schema_version());
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    // The URL form selects the schema too.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let r = crate::store::open(&format!("{url}{sep}schema={schema}")).await;
+    assert!(matches!(r, Err(StoreError::SchemaTooNew { .. })));
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_migrate_once() {
+    let Some(url) = url() else { return };
+    let _g = SERVER.read().await;
+    let schema = schema_name("race");
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, schema) = (url.clone(), schema.clone());
+            tokio::spawn(async move { PostgresStore::open_in_schema(&url, &schema).await.map(|_| ()) })
+        })
+        .collect();
+    for o in opens {
+        o.await.unwrap().unwrap();
+    }
+    let c = client(&url).await;
+    let n: i64 = c
+        .query_one(&format!("SELECT count(*) FROM \"{schema}\".taskq_schema"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, PostgresStore::schema_version());
+    drop_schema(&url, &schema).await;
+}
+
+/// The test cluster's env file written by `.ci/postgres.sh`.
+fn cluster_env() -> Option<HashMap<String, String>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/taskq-pg.env");
+    let text = std::fs::read_to_string(&path).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('\'').to_string()))
+            .collect(),
+    )
+}
+
+fn pg_ctl_restart(env: &HashMap<String, String>) {
+    let bin = format!("{}/pg_ctl", env["PGBIN"]);
+    let args = ["-D", env["PGDATA"].as_str(), "-m", "fast", "-w", "-t", "60", "restart"];
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let log = format!("{}/../server.log", env["PGDATA"]);
+    let status = if is_root {
+        std::process::Command::new("runuser")
+            .args(["-u", env["PGUSER_OS"].as_str(), "--", bin.as_str()])
+            .args(args)
+            .args(["-l", log.as_str()])
+            .current_dir("/")
+            .stdout(std::process::Stdio::null())
+            .status()
+    } else {
+        std::process::Command::new(&bin)
+            .args(args)
+            .args(["-l", log.as_str()])
+            .stdout(std::process::Stdio::null())
+            .status()
+    };
+    assert!(status.map(|s| s.success()).unwrap_or(false), "pg_ctl restart failed");
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.is_transient(), "{what}: not a transient error: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{what} still failing after 30 s: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_server_restart() {
+    let Some(url) = url() else { return };
+    let Some(env) = cluster_env() else {
+        assert!(!ci(), "CI=true but target/taskq-pg.env is missing: the restart test needs the cluster of .ci/postgres.sh");
+        eprintln!("target/taskq-pg.env is missing (server not started by .ci/postgres.sh); skipping the restart test");
+        return;
+    };
+    let _g = SERVER.write().await;
+    let schema = schema_name("restart");
+    let s = Arc::new(store(&url, &schema).await);
+    let now = Timestamp(3_000_000);
+    let ids = s.enqueue(vec![task("r", 1, now), task("r", 2, now)], now).await.unwrap();
+    let held = s.claim(&req("r", "w", 1, 600_000, now)).await.unwrap();
+    assert_eq!(held.len(), 1);
+
+    let restart = tokio::task::spawn_blocking(move || pg_ctl_restart(&env));
+    restart.await.unwrap();
+
+    // Operations fail with Backend errors until the pool reconnects, then work again.
+    let more = eventually("enqueue", || s.enqueue(vec![task("r", 3, now)], now)).await;
+    let r2 = req("r", "w", 10, 600_000, now);
+    let got = eventually("claim", || s.claim(&r2)).await;
+    let got_ids: HashSet<TaskId> = got.iter().map(|c| c.lease.id).collect();
+    assert_eq!(got_ids, [ids[1], more[0]].into_iter().collect::<HashSet<_>>());
+    // The lease taken before the restart is still good.
+    let mut fin: Vec<Finish> = got
+        .iter()
+        .map(|c| Finish { lease: c.lease, outcome: Outcome::Done, started_at: now })
+        .collect();
+    fin.push(Finish { lease: held[0].lease, outcome: Outcome::Done, started_at: now });
+    let r = s.finish(fin, "w", now).await.unwrap();
+    assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
+
+    // The listener reconnected: a new start wakes a waiting worker at once.
+    let starter = store(&url, &schema).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let w = s.clone();
+        let wait = tokio::spawn(async move {
+            w.wait_for_work(&["r".to_string()], Duration::from_secs(3)).await;
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let sent = Instant::now();
+        starter.enqueue(vec![task("r", 9, now)], now).await.unwrap();
+        let latency = wait.await.unwrap().saturating_duration_since(sent);
+        if latency < Duration::from_millis(500) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the listener did not come back");
+    }
+    drop((s, starter));
+    drop_schema(&url, &schema).await;
+}
+
+/// Claim throughput at 100 rows per statement (a figure, not a check):
+/// `cargo test -p taskq-runtime --lib postgres::tests::claim_rate -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn claim_rate() {
+    let Some(url) = url() else { return };
+    let _g = SERVER.read().await;
+    let schema = schema_name("rate");
+    let s = store(&url, &schema).await;
+    let now = Timestamp(1_000);
+    const N: usize = 50_000;
+    let t = Instant::now();
+    for chunk in 0..(N / 1_000) {
+        let batch = (0..1_000).map(|i| task("b", (chunk * 1_000 + i) as i64, now)).collect();
+        s.enqueue(batch, now).await.unwrap();
+    }
+    let enq = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut claimed = Vec::with_capacity(N);
+    loop {
+        let got = s.claim(&req("b", "w", 100, 600_000, now)).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        claimed.extend(got.into_iter().map(|c| c.lease));
+    }
+    let claim = t.elapsed().as_secs_f64();
+    assert_eq!(claimed.len(), N);
+    let t = Instant::now();
+    for chunk in claimed.chunks(100) {
+        let fin = chunk
+            .iter()
+            .map(|l| Finish { lease: *l, outcome: Outcome::Done, started_at: now })
+            .collect();
+        s.finish(fin, "w", now).await.unwrap();
+    }
+    let fin = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..500 {
+        s.enqueue(vec![task("one", i, now)], now).await.unwrap();
+    }
+    let one = t.elapsed().as_secs_f64();
+    eprintln!(
+        "{{\"enqueue_bulk_per_s\":{:.0},\"claim_100_per_s\":{:.0},\"finish_100_per_s\":{:.0},\"enqueue_one_per_s\":{:.0}}}",
+        N as f64 / enq,
+        N as f64 / claim,
+        N as f64 / fin,
+        500.0 / one
+    );
+    drop(s);
+    drop_schema(&url, &schema).await;
+}
