@@ -6,7 +6,6 @@
 use proc_macro2::TokenStream;
 use syn::meta::ParseNestedMeta;
 use syn::parse::Parser;
-use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ExprUnary, Lit, LitStr, Path, Token, Type, UnOp};
 
 use crate::valid::Errors;
@@ -108,16 +107,14 @@ pub fn parse(tokens: TokenStream, kind: Kind, errors: &mut Errors) -> TaskArgs {
             return skip_value(&meta);
         }
         if seen.contains(&key) {
-            errors.push(syn::Error::new(
-                meta.path.span(),
+            errors.push(syn::Error::new_spanned(&meta.path,
                 format!("duplicate key `{key}`: it is already set earlier in this attribute; keep only one"),
             ));
             return skip_value(&meta);
         }
         seen.push(key.clone());
         if !meta.input.peek(Token![=]) {
-            errors.push(syn::Error::new(
-                meta.path.span(),
+            errors.push(syn::Error::new_spanned(&meta.path,
                 format!("expected a value: write `{key} = {}`", example(&key)),
             ));
             return skip_value(&meta);
@@ -176,7 +173,7 @@ fn unknown_key(meta: &ParseNestedMeta, key: &str, kind: Kind) -> syn::Error {
     } else if let Some(hint) = did_you_mean(key) {
         msg.push_str(&format!("\nhelp: did you mean `{hint}`?"));
     }
-    syn::Error::new(meta.path.span(), msg)
+    syn::Error::new_spanned(&meta.path, msg)
 }
 
 /// Familiar names from other task queues, mapped to taskq's.
@@ -238,8 +235,7 @@ fn parse_crate_path(expr: Expr, errors: &mut Errors) -> Path {
             }
         },
         other => {
-            errors.push(syn::Error::new(
-                other.span(),
+            errors.push(syn::Error::new_spanned(other,
                 "expected a path to taskq_runtime, e.g. `crate = ::taskq_runtime`",
             ));
             default_crate()
@@ -265,8 +261,7 @@ fn string(key: &str, expr: &Expr) -> syn::Result<LitStr> {
                 Ok(s.clone())
             }
         }
-        other => Err(syn::Error::new(
-            other.span(),
+        other => Err(syn::Error::new_spanned(other,
             format!(
                 "expected a string literal: write e.g. `{key} = {}`",
                 example(key)
@@ -298,8 +293,7 @@ where
     };
     let digits = format!("{}{}", if negative { "-" } else { "" }, lit.base10_digits());
     let value: T = digits.parse().map_err(|_| {
-        syn::Error::new(
-            expr.span(),
+        syn::Error::new_spanned(expr,
             format!("`{key} = {digits}` is out of range for `{key}`"),
         )
     })?;
@@ -309,8 +303,7 @@ where
         } else {
             format!(": {why_min}")
         };
-        return Err(syn::Error::new(
-            expr.span(),
+        return Err(syn::Error::new_spanned(expr,
             format!("`{key}` must be at least {min}{why}"),
         ));
     }
@@ -324,8 +317,7 @@ fn not_an_int(key: &str, expr: &Expr) -> syn::Error {
         }) => format!("; remove the quotes: `{key} = {}`", s.value()),
         _ => format!(": write e.g. `{key} = {}`", example(key)),
     };
-    syn::Error::new(
-        expr.span(),
+    syn::Error::new_spanned(expr,
         format!("expected an integer literal for `{key}`{hint}"),
     )
 }
@@ -347,8 +339,7 @@ fn duration(key: &str, expr: &Expr, nonzero: bool) -> syn::Result<Dur> {
             ))
         }
         other => {
-            return Err(syn::Error::new(
-                other.span(),
+            return Err(syn::Error::new_spanned(other,
                 format!(
                     "expected a duration string: write e.g. `{key} = {}` (units: ms, s, m, h, d)",
                     example(key)

@@ -5,7 +5,7 @@
 //! Generated code names everything through `<crate>::__private` or `::core`, and its own
 //! items start with `__taskq_`, so a user's `Result`, `Box` or `Option` cannot break it.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
@@ -131,7 +131,6 @@ impl<'a> Generator<'a> {
         };
         let def = self.def();
         let handler = self.handler();
-        let checks = self.checks();
         let start_builder = self.start_builder();
         quote! {
             #[doc = #mod_doc]
@@ -154,7 +153,6 @@ impl<'a> Generator<'a> {
                 #p::inventory::submit! { __taskq_def() }
 
                 #handler
-                #checks
                 #start_builder
             }
         }
@@ -248,9 +246,11 @@ impl<'a> Generator<'a> {
         };
         match self.kind {
             Kind::Plain => {
+                let pr = self.p_at(self.ret_span);
                 let call = quote_spanned! {self.ret_span=>
-                    #p::plain_future(super::#ident(#ctx #(#vars),*))
+                    #pr::plain_future(super::#ident(#ctx #(#vars),*))
                 };
+                let decode = self.data.iter().map(|a| self.task_arg(&a.ty));
                 quote! {
                     #[allow(unused_variables, unused_mut)]
                     fn __taskq_handler(
@@ -258,19 +258,22 @@ impl<'a> Generator<'a> {
                         __taskq_payload: #p::serde_json::Value,
                     ) -> #handler_output {
                         let mut __taskq_decoder = #p::ArgsDecoder::new(NAME, __taskq_payload)?;
-                        #(let #vars: #tys = __taskq_decoder.take(#keys)?;)*
+                        #(let #vars: #tys = #decode::decode_arg(&mut __taskq_decoder, #keys)?;)*
                         ::core::result::Result::Ok(#call)
                     }
                 }
             }
             Kind::Iterative => {
                 let model = self.model.as_ref().expect("checked by valid");
+                let pm = self.p_at(model.span());
                 let handler = quote_spanned! {model.span()=>
-                    #p::iterative_handler::<#model, (#(#tys,)*)>
+                    #pm::iterative_handler::<#model, (#(#tys,)*)>
                 };
+                let pr = self.p_at(self.ret_span);
                 let call = quote_spanned! {self.ret_span=>
-                    #p::batch_future(super::#ident(#ctx __taskq_batch, #(#vars),*))
+                    #pr::batch_future(super::#ident(#ctx __taskq_batch, #(#vars),*))
                 };
+                let decode = self.data.iter().map(|a| self.task_arg(&a.ty));
                 quote! {
                     fn __taskq_handler(
                         __taskq_ctx: #p::Context,
@@ -285,7 +288,7 @@ impl<'a> Generator<'a> {
                         __taskq_args: #p::serde_json::Value,
                     ) -> ::core::result::Result<(#(#tys,)*), #p::DecodeError> {
                         let mut __taskq_decoder = #p::ArgsDecoder::new(__taskq_task, __taskq_args)?;
-                        ::core::result::Result::Ok((#(__taskq_decoder.take::<#tys>(#keys)?,)*))
+                        ::core::result::Result::Ok((#(#decode::decode_arg(&mut __taskq_decoder, #keys)?,)*))
                     }
 
                     #[allow(unused_variables)]
@@ -304,22 +307,17 @@ impl<'a> Generator<'a> {
 
     /// Trait checks rustc reports at the user's spans: each argument is storable, the
     /// model is a `Model`.
-    fn checks(&self) -> TokenStream {
-        let p = &self.p;
-        let args = self.data.iter().map(|a| {
-            let ty = &a.ty;
-            quote_spanned!(ty.span()=> #p::assert_arg::<#ty>();)
-        });
-        let model = self.model.as_ref().map(|m| {
-            quote_spanned!(m.span()=> #p::assert_model::<#m>();)
-        });
-        quote! {
-            #[allow(dead_code)]
-            fn __taskq_checks() {
-                #model
-                #(#args)*
-            }
-        }
+    /// `<T as TaskArg>` spanned at the argument's type, so that rustc's error about a type
+    /// that cannot be stored lands on the argument (and is reported once, not per use).
+    fn task_arg(&self, ty: &Type) -> TokenStream {
+        let span = ty.span();
+        let p = respan(self.p.clone(), span);
+        quote_spanned!(span=> <#ty as #p::TaskArg>)
+    }
+
+    /// `<crate>::__private` with every token at `span`, so errors of a call land there.
+    fn p_at(&self, span: Span) -> TokenStream {
+        respan(self.p.clone(), span)
     }
 
     fn start_builder(&self) -> TokenStream {
@@ -331,17 +329,22 @@ impl<'a> Generator<'a> {
         } else {
             format_ident!("queue")
         };
-        let filter = if taken("filter") {
-            format_ident!("__taskq_filter")
-        } else {
-            format_ident!("filter")
-        };
+        // At the model, like every other use of its `Filter`, so that a model that is not a
+        // `Model` is reported there, once.
+        let filter_span = self.model.as_ref().map_or_else(Span::call_site, |m| m.span());
+        let filter = Ident::new(
+            if taken("filter") { "__taskq_filter" } else { "filter" },
+            filter_span,
+        );
         let idents: Vec<_> = self.data.iter().map(|a| &a.ident).collect();
         let tys: Vec<_> = self.data.iter().map(|a| &a.ty).collect();
         let keys: Vec<_> = self.data.iter().map(|a| &a.key).collect();
-        let encode = quote! {
-            #p::ArgsEncoder::new(NAME) #(.arg(#keys, &#idents))* .finish()
-        };
+        let encoders: Vec<_> = self.data.iter().map(|a| self.task_arg(&a.ty)).collect();
+        let encode = quote! {{
+            let __taskq_payload = #p::ArgsEncoder::new(NAME);
+            #(let __taskq_payload = #encoders::encode_arg(&#idents, __taskq_payload, #keys);)*
+            __taskq_payload.finish()
+        }};
         let (filter_param, filter_arg, new_builder, what) = match self.kind {
             Kind::Plain => (
                 quote!(),
@@ -351,7 +354,8 @@ impl<'a> Generator<'a> {
             ),
             Kind::Iterative => {
                 let model = self.model.as_ref().expect("checked by valid");
-                let filter_ty = quote_spanned!(model.span()=> <#model as #p::Model>::Filter);
+                let pm = self.p_at(model.span());
+                let filter_ty = quote_spanned!(model.span()=> <#model as #pm::Model>::Filter);
                 (
                     quote!(#filter: #filter_ty,),
                     quote!(#filter,),
@@ -372,24 +376,45 @@ impl<'a> Generator<'a> {
         let builder_doc = format!(
             "A builder that starts {what} `{fn_name}` with these arguments and options (delay, eta, de-duplication name, queue, priority) once `.start(&queue)` is awaited."
         );
+        // Named at the function's name, so rustc's "function defined here" points at it.
+        let start = Ident::new("start", self.task.ident().span());
+        let builder = Ident::new("builder", self.task.ident().span());
         quote! {
             #[doc = #start_doc]
             #[allow(dead_code, clippy::too_many_arguments)]
-            pub async fn start(
+            pub async fn #start(
                 #queue: &#p::Queue,
                 #filter_param
                 #(#idents: #tys),*
             ) -> ::core::result::Result<#p::TaskId, #p::StartError> {
-                builder(#filter_arg #(#idents),*).start(#queue).await
+                #builder(#filter_arg #(#idents),*).start(#queue).await
             }
 
             #[doc = #builder_doc]
             #[allow(dead_code, clippy::too_many_arguments)]
-            pub fn builder(#filter_param #(#idents: #tys),*) -> #p::TaskBuilder {
+            pub fn #builder(#filter_param #(#idents: #tys),*) -> #p::TaskBuilder {
                 #new_builder
             }
         }
     }
+}
+
+/// `tokens` with every token, nested ones included, at `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|tt| match tt {
+            TokenTree::Group(g) => {
+                let mut n = Group::new(g.delimiter(), respan(g.stream(), span));
+                n.set_span(span);
+                TokenTree::Group(n)
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        })
+        .collect()
 }
 
 /// Rewrites relative paths written next to the function so they still resolve one module

@@ -4,7 +4,6 @@
 
 use proc_macro2::Span;
 use quote::ToTokens;
-use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::{Pat, Type};
 
@@ -30,6 +29,11 @@ impl Errors {
 
 fn err(span: Span, msg: impl std::fmt::Display) -> syn::Error {
     syn::Error::new(span, msg)
+}
+
+/// An error covering all of `node`, not only its first token.
+fn err_at(node: impl ToTokens, msg: impl std::fmt::Display) -> syn::Error {
+    syn::Error::new_spanned(node, msg)
 }
 
 /// Checks the keys together (each was checked alone while parsing).
@@ -88,17 +92,15 @@ pub fn check_fn(task: &TaskFn, args: &TaskArgs, kind: Kind, errors: &mut Errors)
         ));
     }
     if let Some(v) = &sig.variadic {
-        errors.push(err(v.span(), "a task cannot be variadic"));
+        errors.push(err_at(v, "a task cannot be variadic"));
     }
     if !sig.generics.params.is_empty() {
-        errors.push(err(
-            sig.generics.span(),
+        errors.push(err_at(&sig.generics,
             "a task cannot be generic: the worker decodes its arguments from JSON and must know their concrete types; use concrete types, or write one task per type",
         ));
     }
     if let Some(w) = &sig.generics.where_clause {
-        errors.push(err(
-            w.span(),
+        errors.push(err_at(w,
             "a task cannot have a `where` clause: the worker must know its concrete argument types; remove it and use concrete types",
         ));
     }
@@ -113,13 +115,11 @@ pub fn check_fn(task: &TaskFn, args: &TaskArgs, kind: Kind, errors: &mut Errors)
             continue;
         }
         if i > 0 {
-            errors.push(err(
-                p.pat_type.span(),
+            errors.push(err_at(p.pat_type,
                 "`Context` must be the first parameter of a task: move it before the task's arguments",
             ));
         } else if let Type::Reference(r) = p.ty {
-            errors.push(err(
-                r.span(),
+            errors.push(err_at(r,
                 "take the `Context` by value: write `ctx: Context` (it is cheap to clone)",
             ));
         }
@@ -150,8 +150,7 @@ fn check_arg_pattern(pat: &Pat, errors: &mut Errors) {
         }
         _ => "write `name: Type` and destructure it in the body (the name is the key under which the argument is stored)".to_string(),
     };
-    errors.push(err(
-        pat.span(),
+    errors.push(err_at(pat,
         format!("a task argument must be a plain name (`x` or `mut x`): {hint}"),
     ));
 }
@@ -166,16 +165,14 @@ fn check_arg_type(ty: &Type, errors: &mut Errors) {
         fn visit_type_reference(&mut self, r: &'ast syn::TypeReference) {
             let owned = owned_suggestion(r);
             let place = if self.top { "" } else { " inside a task argument" };
-            self.errors.push(err(
-                r.span(),
+            self.errors.push(err_at(r,
                 format!(
                     "a task argument cannot be borrowed{place}: it is stored as JSON and decoded again when the task runs, so it must own its data; use `{owned}` instead"
                 ),
             ));
         }
         fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
-            self.errors.push(err(
-                t.span(),
+            self.errors.push(err_at(t,
                 "`impl Trait` cannot be a task argument: the worker decodes the argument from JSON and must know its concrete type; name the type (e.g. `String` rather than `impl Into<String>`)",
             ));
         }
@@ -234,16 +231,14 @@ fn check_output(task: &TaskFn, errors: &mut Errors) {
     };
     let found = tokens(ty);
     let Some(ok) = generic_of(ty, "Result") else {
-        errors.push(err(
-            ty.span(),
+        errors.push(err_at(ty,
             format!("a task must return `Result<(), E>`, not `{found}`: write `-> Result<(), TaskError>` {RETURN_HINT}"),
         ));
         return;
     };
     let unit = matches!(ok, Type::Tuple(t) if t.elems.is_empty());
     if !unit {
-        errors.push(err(
-            ok.span(),
+        errors.push(err_at(ok,
             format!("a task returns `Result<(), E>`: nothing it returns on success is kept, so replace `{}` with `()` and return `Ok(())`", tokens(ok)),
         ));
     }
@@ -262,8 +257,7 @@ fn check_batch_param(task: &TaskFn, args: &TaskArgs, errors: &mut Errors) {
         return;
     };
     let wrong = |errors: &mut Errors| {
-        errors.push(err(
-            batch.ty.span(),
+        errors.push(err_at(batch.ty,
             format!(
                 "the first argument of an iterative task is the batch: expected `Vec<{model}>` (the task's `model`), found `{}`",
                 tokens(batch.ty)

@@ -74,15 +74,27 @@ pub mod __private {
         label = "this argument cannot be stored as JSON and decoded on the worker",
         note = "task arguments are stored as JSON: derive `serde::Serialize` and `serde::Deserialize` for `{Self}`, or pass an owned type that does"
     )]
-    pub trait TaskArg: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static {}
-    impl<T: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static> TaskArg for T {}
+    pub trait TaskArg: Sized {
+        /// Adds this argument to a payload. Generated code calls it as
+        /// `<T as TaskArg>::encode_arg`, so an unfit type fails here, at the argument.
+        fn encode_arg(&self, payload: ArgsEncoder, name: &str) -> ArgsEncoder;
+
+        /// Takes this argument back out of a payload.
+        fn decode_arg(payload: &mut ArgsDecoder, name: &str) -> Result<Self, DecodeError>;
+    }
+
+    impl<T: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static> TaskArg for T {
+        fn encode_arg(&self, payload: ArgsEncoder, name: &str) -> ArgsEncoder {
+            payload.arg(name, self)
+        }
+
+        fn decode_arg(payload: &mut ArgsDecoder, name: &str) -> Result<Self, DecodeError> {
+            payload.take(name)
+        }
+    }
 
     /// Fails to compile, at the argument's span, when a task argument cannot be stored.
     pub fn assert_arg<T: TaskArg>() {}
-
-    /// Fails to compile, at the model's span, when `#[iterative_task(model = M)]` names a
-    /// type that is not a [`Model`].
-    pub fn assert_model<M: Model>() {}
 
     /// The filter of an iterative run, as JSON.
     pub fn encode_filter<F: ::serde::Serialize>(

@@ -1,0 +1,18 @@
+use taskq_runtime::{task, TaskError};
+
+#[task(timeout = "3 parsecs")]
+async fn a() -> Result<(), TaskError> {
+    Ok(())
+}
+
+#[task(min_backoff = "1.5s", max_backoff = "10")]
+async fn b() -> Result<(), TaskError> {
+    Ok(())
+}
+
+#[task(timeout = "0s", age_limit = "")]
+async fn c() -> Result<(), TaskError> {
+    Ok(())
+}
+
+fn main() {}

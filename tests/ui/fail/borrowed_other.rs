@@ -1,0 +1,14 @@
+use taskq_runtime::{task, TaskError};
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Invoice {
+    id: u64,
+}
+
+#[task]
+async fn bill(invoice: &mut Invoice, lines: Vec<&str>) -> Result<(), TaskError> {
+    let _ = (invoice, lines);
+    Ok(())
+}
+
+fn main() {}

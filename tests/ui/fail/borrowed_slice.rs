@@ -1,0 +1,9 @@
+use taskq_runtime::{task, TaskError};
+
+#[task]
+async fn upload(bytes: &[u8]) -> Result<(), TaskError> {
+    let _ = bytes;
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+use taskq_runtime::{task, Context, TaskError};
+
+#[task]
+async fn send_email(to: String, ctx: Context) -> Result<(), TaskError> {
+    let _ = (ctx, to);
+    Ok(())
+}
+
+#[task]
+async fn by_ref(ctx: &Context, to: String) -> Result<(), TaskError> {
+    let _ = (ctx, to);
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use taskq_runtime::{task, TaskError};
+
+#[task]
+async fn store<T: serde::Serialize>(value: T) -> Result<(), TaskError> {
+    let _ = value;
+    Ok(())
+}
+
+fn main() {}

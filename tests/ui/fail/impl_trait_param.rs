@@ -1,0 +1,9 @@
+use taskq_runtime::{task, TaskError};
+
+#[task]
+async fn greet(name: impl Into<String>) -> Result<(), TaskError> {
+    let _ = name.into();
+    Ok(())
+}
+
+fn main() {}

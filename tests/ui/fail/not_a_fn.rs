@@ -1,0 +1,8 @@
+use taskq_runtime::task;
+
+#[task]
+struct SendEmail {
+    to: String,
+}
+
+fn main() {}

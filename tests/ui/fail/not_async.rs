@@ -1,0 +1,9 @@
+use taskq_runtime::{task, Context, TaskError};
+
+#[task]
+fn send_email(ctx: Context, to: String) -> Result<(), TaskError> {
+    let _ = (ctx, to);
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,14 @@
+use taskq_runtime::{task, TaskError};
+
+#[task]
+async fn count(n: u32) -> Option<TaskError> {
+    let _ = n;
+    None
+}
+
+#[task]
+async fn total(n: u32) -> Result<u32, TaskError> {
+    Ok(n)
+}
+
+fn main() {}

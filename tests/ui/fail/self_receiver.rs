@@ -1,0 +1,13 @@
+use taskq_runtime::{task, TaskError};
+
+struct Mailer;
+
+impl Mailer {
+    #[task]
+    async fn send(&self, to: String) -> Result<(), TaskError> {
+        let _ = to;
+        Ok(())
+    }
+}
+
+fn main() {}
