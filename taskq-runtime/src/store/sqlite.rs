@@ -1970,6 +1970,100 @@ mod tests {
         Ok(())
     }
 
+    /// The child side of [`kill_9_loses_no_acknowledged_task`]: when the variable is set,
+    /// enqueues tasks one by one on that file and appends each acknowledged id to the
+    /// `.acks` file beside it, until it is killed. A no-op in a normal test run.
+    #[tokio::test]
+    async fn child_enqueue_until_killed() -> Result<(), StoreError> {
+        let Ok(path) = std::env::var("TASKQ_SQLITE_TEST_CHILD_DB") else {
+            return Ok(());
+        };
+        use std::io::Write;
+        let s = SqliteStore::open(&path).await?;
+        let mut acks = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(format!("{path}.acks"))
+            .map_err(StoreError::backend)?;
+        for i in 0..100_000 {
+            let ids = s
+                .enqueue(vec![new_task("crash", i % 3, at(0))], at(0))
+                .await?;
+            writeln!(acks, "{}", ids[0].0).map_err(StoreError::backend)?;
+        }
+        Ok(())
+    }
+
+    /// Another process enqueues on the same file while this one claims from it; the other
+    /// process is killed with SIGKILL; every id it was acknowledged is in the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kill_9_loses_no_acknowledged_task() -> Result<(), StoreError> {
+        let db = TempDb::new("kill9");
+        let acks_path = format!("{}.acks", db.0);
+        let _ = std::fs::remove_file(&acks_path);
+        let s = open(&db).await;
+        let exe = std::env::current_exe().map_err(StoreError::backend)?;
+        let mut child = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "store::sqlite::tests::child_enqueue_until_killed",
+                "--test-threads=1",
+            ])
+            .env("TASKQ_SQLITE_TEST_CHILD_DB", &db.0)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(StoreError::backend)?;
+        let read_acks = || -> Vec<i64> {
+            std::fs::read_to_string(&acks_path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect()
+        };
+        let started = std::time::Instant::now();
+        let mut claimed = 0;
+        while read_acks().len() < 200 {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("the child process acknowledged too few tasks in 60 s");
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the child process exited early: {status}");
+            }
+            // Claim and finish from this process meanwhile: two writers on one file.
+            let c = s.claim(&req(&["crash"], 10, at(0))).await?;
+            claimed += c.len();
+            let fs = c
+                .iter()
+                .map(|c| finish(c.lease, Outcome::Done, at(0)))
+                .collect();
+            s.finish(fs, "w1", at(0)).await?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        child.kill().map_err(StoreError::backend)?;
+        let _ = child.wait();
+        let acked = read_acks();
+        drop(s);
+        let s = open(&db).await;
+        let stored: HashSet<i64> = s
+            .list_tasks(&TaskQuery {
+                limit: 1_000_000,
+                ..TaskQuery::default()
+            })
+            .await?
+            .iter()
+            .map(|t| t.id.0)
+            .collect();
+        let missing: Vec<&i64> = acked.iter().filter(|id| !stored.contains(id)).collect();
+        assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+        assert!(
+            claimed > 0,
+            "the parent never claimed while the child wrote"
+        );
+        let _ = std::fs::remove_file(&acks_path);
+        Ok(())
+    }
+
     /// Runs one random sequence of operations against this store and the in-memory
     /// reference, comparing every answer.
     #[tokio::test]
