@@ -32,9 +32,7 @@ impl<'a> TaskFn<'a> {
                 FnArg::Typed(pat_type) => params.push(Param {
                     pat_type,
                     ident: match &*pat_type.pat {
-                        Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => {
-                            Some(&p.ident)
-                        }
+                        Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => Some(&p.ident),
                         _ => None,
                     },
                     ty: &pat_type.ty,

@@ -114,7 +114,8 @@ pub fn parse(tokens: TokenStream, kind: Kind, errors: &mut Errors) -> TaskArgs {
         }
         seen.push(key.clone());
         if !meta.input.peek(Token![=]) {
-            errors.push(syn::Error::new_spanned(&meta.path,
+            errors.push(syn::Error::new_spanned(
+                &meta.path,
                 format!("expected a value: write `{key} = {}`", example(&key)),
             ));
             return skip_value(&meta);
@@ -235,7 +236,8 @@ fn parse_crate_path(expr: Expr, errors: &mut Errors) -> Path {
             }
         },
         other => {
-            errors.push(syn::Error::new_spanned(other,
+            errors.push(syn::Error::new_spanned(
+                other,
                 "expected a path to taskq_runtime, e.g. `crate = ::taskq_runtime`",
             ));
             default_crate()
@@ -255,13 +257,17 @@ fn string(key: &str, expr: &Expr) -> syn::Result<LitStr> {
             if s.value().trim().is_empty() {
                 Err(syn::Error::new(
                     s.span(),
-                    format!("`{key}` cannot be empty: write e.g. `{key} = {}`", example(key)),
+                    format!(
+                        "`{key}` cannot be empty: write e.g. `{key} = {}`",
+                        example(key)
+                    ),
                 ))
             } else {
                 Ok(s.clone())
             }
         }
-        other => Err(syn::Error::new_spanned(other,
+        other => Err(syn::Error::new_spanned(
+            other,
             format!(
                 "expected a string literal: write e.g. `{key} = {}`",
                 example(key)
@@ -293,7 +299,8 @@ where
     };
     let digits = format!("{}{}", if negative { "-" } else { "" }, lit.base10_digits());
     let value: T = digits.parse().map_err(|_| {
-        syn::Error::new_spanned(expr,
+        syn::Error::new_spanned(
+            expr,
             format!("`{key} = {digits}` is out of range for `{key}`"),
         )
     })?;
@@ -303,7 +310,8 @@ where
         } else {
             format!(": {why_min}")
         };
-        return Err(syn::Error::new_spanned(expr,
+        return Err(syn::Error::new_spanned(
+            expr,
             format!("`{key}` must be at least {min}{why}"),
         ));
     }
@@ -317,7 +325,8 @@ fn not_an_int(key: &str, expr: &Expr) -> syn::Error {
         }) => format!("; remove the quotes: `{key} = {}`", s.value()),
         _ => format!(": write e.g. `{key} = {}`", example(key)),
     };
-    syn::Error::new_spanned(expr,
+    syn::Error::new_spanned(
+        expr,
         format!("expected an integer literal for `{key}`{hint}"),
     )
 }
@@ -356,7 +365,10 @@ fn duration(key: &str, expr: &Expr, nonzero: bool) -> syn::Result<Dur> {
     if nonzero && millis == 0 {
         return Err(syn::Error::new(
             lit.span(),
-            format!("`{key}` must be longer than zero, e.g. `{key} = {}`", example(key)),
+            format!(
+                "`{key}` must be longer than zero, e.g. `{key} = {}`",
+                example(key)
+            ),
         ));
     }
     Ok(Dur {
@@ -374,7 +386,9 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
     }
     let mut total: u64 = 0;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             let bad: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
             return Err(format!("expected a whole number, found `{bad}`"));
@@ -451,7 +465,9 @@ mod tests {
         );
         assert_eq!(parse_duration("30"), Err("`30` has no unit".into()));
         assert_eq!(parse_duration(""), Err("the duration is empty".into()));
-        assert!(parse_duration("1.5h").unwrap_err().contains("fractions"));
+        assert!(parse_duration("1.5h")
+            .expect_err("fractions are refused")
+            .contains("fractions"));
         assert!(parse_duration("99999999999999999999d").is_err());
     }
 

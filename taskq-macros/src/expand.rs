@@ -331,9 +331,16 @@ impl<'a> Generator<'a> {
         };
         // At the model, like every other use of its `Filter`, so that a model that is not a
         // `Model` is reported there, once.
-        let filter_span = self.model.as_ref().map_or_else(Span::call_site, |m| m.span());
+        let filter_span = self
+            .model
+            .as_ref()
+            .map_or_else(Span::call_site, |m| m.span());
         let filter = Ident::new(
-            if taken("filter") { "__taskq_filter" } else { "filter" },
+            if taken("filter") {
+                "__taskq_filter"
+            } else {
+                "filter"
+            },
             filter_span,
         );
         let idents: Vec<_> = self.data.iter().map(|a| &a.ident).collect();

@@ -12,13 +12,109 @@ use proc_macro::TokenStream;
 
 use crate::attr::Kind;
 
-/// PLACEHOLDER_TASK_DOC
+/// Turns an `async fn` into a background task.
+///
+/// ```ignore
+/// use taskq_runtime::{task, Context, TaskError};
+///
+/// #[task(queue = "email", max_attempts = 5, timeout = "30s")]
+/// async fn send_email(ctx: Context, to: String, subject: String) -> Result<(), TaskError> {
+///     Ok(())
+/// }
+///
+/// let id = send_email::start(&queue, "ada@example.org".into(), "Welcome".into()).await?;
+/// send_email::builder("ada@example.org".into(), "Welcome".into())
+///     .delay(Duration::from_secs(60))
+///     .name("welcome-ada")
+///     .start(&queue)
+///     .await?;
+/// ```
+///
+/// # The function
+///
+/// - It is an `async fn` without generics, `where` clause or `self`.
+/// - Its optional first parameter is the `taskq_runtime::Context`
+///   (a type whose last path segment is `Context`), taken by value.
+/// - The other parameters are the task's arguments: plain names (`x` or `mut x`) of owned
+///   types that are `Serialize + DeserializeOwned + Send + 'static` (`String`, not `&str`).
+///   They are stored as a JSON object keyed by parameter name.
+/// - It returns `Result<(), E>` where `E: Into<TaskError>`: `TaskError` itself, or any
+///   `std::error::Error + Send + Sync + 'static`, so `?` works in the body.
+///
+/// The function is left as it is, so it can still be called (and unit-tested) directly.
+///
+/// # What is generated
+///
+/// Next to the function, a module of the same name and visibility holding:
+///
+/// - `NAME: &str`, the registered name;
+/// - `start(&queue, args..) -> Result<TaskId, StartError>`, which stores the task, due now;
+/// - `builder(args..) -> TaskBuilder`, to add a delay or eta, a de-duplication name,
+///   another queue or priority before `.start(&queue)`;
+/// - the task's definition, registered through `inventory`, so a worker finds it without
+///   any wiring.
+///
+/// # Keys
+///
+/// Durations are strings of whole numbers with a unit, `ms`, `s`, `m`, `h` or `d`, and sums
+/// of them: `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"`, `"1h30m"`.
+///
+/// | key | value | default |
+/// |-----|-------|---------|
+/// | `name` | string: the registered name; a worker refuses two tasks of one name | the function's path, `module_path!()::fn_name` |
+/// | `queue` | string: the queue it is started on | `"default"` |
+/// | `max_attempts` | integer >= 1: attempts before the task may go dead | `25` |
+/// | `timeout` | duration: the soft deadline of one attempt, seen through `Context`; a grace period later the attempt is cancelled | `"10m"` |
+/// | `min_backoff` | duration: the first wait before a retry | `"1s"` |
+/// | `max_backoff` | duration: the longest wait between retries (at least `min_backoff`) | `"1h"` |
+/// | `max_doublings` | integer: how many times the backoff doubles before it grows linearly | `16` |
+/// | `age_limit` | duration: how long after being enqueued a failing task keeps being retried (it goes dead once both this and `max_attempts` are spent) | none: `max_attempts` alone decides |
+/// | `priority` | integer (`i32`): higher runs first among due tasks | `0` |
+/// | `crate` | path to the runtime crate, for a renamed dependency: `crate = tq` | `::taskq_runtime` |
+///
+/// Every mistake (an unknown or repeated key, a bad value, a borrowed argument, a missing
+/// `async`, ...) is a compile error at the mistake, all of them reported in one compile.
 #[proc_macro_attribute]
 pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::task(args.into(), item.into(), Kind::Plain).into()
 }
 
-/// PLACEHOLDER_ITER_DOC
+/// Turns an `async fn` into an iterative task: one logical run that walks through every
+/// entity of a model in batches, chained across executions with a stored cursor.
+///
+/// ```ignore
+/// use taskq_runtime::{iterative_task, Context, TaskError};
+///
+/// #[iterative_task(model = Student, batch_size = 200, queue = "email")]
+/// async fn email_all_students(ctx: Context, students: Vec<Student>, subject: String)
+///     -> Result<(), TaskError> {
+///     Ok(())
+/// }
+///
+/// let run = email_all_students::start(
+///     &queue,
+///     StudentFilter { program: "gsoc2009".into() },
+///     "Results are out".into(),
+/// ).await?;
+/// let progress = queue.iteration(run).await?;
+/// ```
+///
+/// The function is as for [`task`](macro@task), except that its first parameter after the
+/// optional `Context` receives each batch, `Vec<M>` for the model `M`; the parameters after
+/// it are the run's arguments. The generated `start(&queue, filter, args..)` and
+/// `builder(filter, args..)` take the model's `Filter` first.
+///
+/// # Keys
+///
+/// | key | value | default |
+/// |-----|-------|---------|
+/// | `model` | the type walked through; it implements `taskq_runtime::Model` | required |
+/// | `batch_size` | integer >= 1: entities per call of the function | `100` |
+///
+/// and every key of [`task`](macro@task), with the same defaults: `name`, `queue`,
+/// `max_attempts`, `timeout`, `min_backoff`, `max_backoff`, `max_doublings`, `age_limit`,
+/// `priority`, `crate`. The `timeout` bounds one step: a step goes on with the next batch
+/// while inside half of it, then hands over to a continuation step.
 #[proc_macro_attribute]
 pub fn iterative_task(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::task(args.into(), item.into(), Kind::Iterative).into()

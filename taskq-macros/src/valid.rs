@@ -119,7 +119,8 @@ pub fn check_fn(task: &TaskFn, args: &TaskArgs, kind: Kind, errors: &mut Errors)
                 "`Context` must be the first parameter of a task: move it before the task's arguments",
             ));
         } else if let Type::Reference(r) = p.ty {
-            errors.push(err_at(r,
+            errors.push(err_at(
+                r,
                 "take the `Context` by value: write `ctx: Context` (it is cheap to clone)",
             ));
         }
@@ -150,7 +151,8 @@ fn check_arg_pattern(pat: &Pat, errors: &mut Errors) {
         }
         _ => "write `name: Type` and destructure it in the body (the name is the key under which the argument is stored)".to_string(),
     };
-    errors.push(err_at(pat,
+    errors.push(err_at(
+        pat,
         format!("a task argument must be a plain name (`x` or `mut x`): {hint}"),
     ));
 }
@@ -164,7 +166,11 @@ fn check_arg_type(ty: &Type, errors: &mut Errors) {
     impl<'ast> Visit<'ast> for Finder<'_> {
         fn visit_type_reference(&mut self, r: &'ast syn::TypeReference) {
             let owned = owned_suggestion(r);
-            let place = if self.top { "" } else { " inside a task argument" };
+            let place = if self.top {
+                ""
+            } else {
+                " inside a task argument"
+            };
             self.errors.push(err_at(r,
                 format!(
                     "a task argument cannot be borrowed{place}: it is stored as JSON and decoded again when the task runs, so it must own its data; use `{owned}` instead"
@@ -219,7 +225,8 @@ pub fn tokens(t: &impl ToTokens) -> String {
     out
 }
 
-const RETURN_HINT: &str = "(`E` may be any error type that converts into `TaskError`, such as `std::io::Error`)";
+const RETURN_HINT: &str =
+    "(`E` may be any error type that converts into `TaskError`, such as `std::io::Error`)";
 
 fn check_output(task: &TaskFn, errors: &mut Errors) {
     let Some(ty) = task.output() else {

@@ -119,7 +119,9 @@ fn name_defaults_to_the_module_path_and_can_be_overridden() {
 #[test]
 fn the_registry_finds_the_tasks_with_their_options() {
     let registry = Registry::collect().expect("no duplicate task names");
-    let def = registry.get(send_email::NAME).expect("send_email registered");
+    let def = registry
+        .get(send_email::NAME)
+        .expect("send_email registered");
     assert_eq!(def.queue, "macro_pass");
     assert_eq!(def.options.max_attempts, 3);
     assert_eq!(def.options.timeout, Duration::from_secs(30));
@@ -130,7 +132,9 @@ fn the_registry_finds_the_tasks_with_their_options() {
     assert!(def.file.ends_with("macro_pass.rs"), "{}", def.file);
     assert!(def.line > 0);
 
-    let custom = registry.get("custom::name").expect("renamed task registered");
+    let custom = registry
+        .get("custom::name")
+        .expect("renamed task registered");
     assert_eq!(custom.options.priority, 7);
     let iterative = registry
         .get(greet_students::NAME)
@@ -291,7 +295,10 @@ async fn a_worker_runs_the_generated_handlers() {
 
     let fx = effects();
     assert!(
-        fx.contains(&"send_email(ada@example.org, Via worker) attempt 1 as macro_pass::send_email".to_string()),
+        fx.contains(
+            &"send_email(ada@example.org, Via worker) attempt 1 as macro_pass::send_email"
+                .to_string()
+        ),
         "{fx:?}"
     );
     assert!(fx.contains(&"no_context(9, worker!)".to_string()), "{fx:?}");

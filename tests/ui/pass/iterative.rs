@@ -60,9 +60,14 @@ pub async fn count_students(students: Vec<Student>) -> Result<(), TaskError> {
 
 /// Starts both.
 pub async fn demo(queue: &Queue) -> Result<(), taskq_runtime::StartError> {
-    let filter = StudentFilter { program: "gsoc2009".into() };
+    let filter = StudentFilter {
+        program: "gsoc2009".into(),
+    };
     email_all_students::start(queue, filter.clone(), "Results are out".into(), false).await?;
-    count_students::builder(filter).name("count-once").start(queue).await?;
+    count_students::builder(filter)
+        .name("count-once")
+        .start(queue)
+        .await?;
     Ok(())
 }
 
