@@ -2,6 +2,8 @@
 //! each test runs on.
 
 pub mod conformance;
+pub mod models;
+pub mod tasks;
 
 use std::sync::Arc;
 

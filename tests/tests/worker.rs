@@ -1,0 +1,362 @@
+//! The worker on real time: concurrency, leases, deadlines, shutdown, tracing.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use taskq_runtime::store::memory::MemoryStore;
+use taskq_runtime::store::{ClaimRequest, TaskQuery};
+use taskq_runtime::{task, Context, Queue, Store, TaskError, TaskState, Timestamp, Worker};
+
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+#[task(queue = "conc")]
+async fn busy(ms: u64) -> Result<(), TaskError> {
+    let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+    PEAK.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    RUNNING.fetch_sub(1, Ordering::SeqCst);
+    Ok(())
+}
+
+static LONG_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[task(queue = "lease")]
+async fn long_task(ms: u64) -> Result<(), TaskError> {
+    LONG_RUNS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(())
+}
+
+#[task(queue = "deadline", timeout = "100ms", max_attempts = 1)]
+async fn overruns(ms: u64) -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(())
+}
+
+#[task(queue = "soft", timeout = "80ms", max_attempts = 1)]
+async fn watches_deadline(ctx: Context) -> Result<(), TaskError> {
+    let left = ctx.remaining();
+    if left > Duration::from_millis(80) || left < Duration::from_millis(40) {
+        return Err(TaskError::fatal(format!("remaining {left:?} at start")));
+    }
+    while !ctx.deadline_exceeded() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Wrap up within the grace period, as the seed's DeadlineExceededError handler did.
+    Ok(())
+}
+
+#[task(queue = "shutdown")]
+async fn sleepy(ms: u64) -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(())
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn count(q: &Queue, queue: &str, state: TaskState) -> u64 {
+    q.queues()
+        .await
+        .expect("queues")
+        .iter()
+        .find(|x| x.name == queue)
+        .map(|x| x.count(state))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_is_honoured() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let q = Queue::new(store.clone());
+    q.start_many((0..40).map(|_| busy::builder(20))).await.expect("start");
+    let w = Worker::builder(store)
+        .queues(["conc"])
+        .concurrency(4)
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("40 done", Duration::from_secs(30), || async { count(&q, "conc", TaskState::Done).await == 40 }).await;
+    let stats = w.stats().clone();
+    w.shutdown().await.expect("shutdown");
+    assert!(PEAK.load(Ordering::SeqCst) <= 4, "peak {}", PEAK.load(Ordering::SeqCst));
+    assert!(PEAK.load(Ordering::SeqCst) >= 2, "ran concurrently");
+    assert_eq!(stats.done.load(Ordering::Relaxed), 40);
+    assert_eq!(stats.claimed.load(Ordering::Relaxed), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_renewed_while_a_task_runs() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let q = Queue::new(store.clone());
+    let id = long_task::start(&q, 1200).await.expect("start");
+    let w = Worker::builder(store.clone())
+        .queues(["lease"])
+        .lease(Duration::from_millis(300))
+        .build()
+        .expect("worker")
+        .spawn();
+    // Meanwhile another "worker" keeps trying to claim: the renewed lease never lapses.
+    let mut stolen = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let c = store
+            .claim(&ClaimRequest {
+                queues: vec!["lease".into()],
+                worker: "thief".into(),
+                limit: 10,
+                lease: Duration::from_secs(60),
+                now: Timestamp::now(),
+            })
+            .await
+            .expect("claim");
+        stolen += c.len();
+    }
+    assert_eq!(stolen, 0);
+    wait_until("done", Duration::from_secs(10), || async {
+        q.task(id).await.ok().flatten().map(|t| t.info.state) == Some(TaskState::Done)
+    })
+    .await;
+    w.shutdown().await.expect("shutdown");
+    assert_eq!(LONG_RUNS.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_task_runs_again_when_its_lease_lapses() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let q = Queue::new(store.clone());
+    let id = sleepy::start(&q, 1).await.expect("start");
+    // A worker claims it and "dies": it never renews nor finishes.
+    let c = store
+        .claim(&ClaimRequest {
+            queues: vec![],
+            worker: "doomed".into(),
+            limit: 1,
+            lease: Duration::from_millis(300),
+            now: Timestamp::now(),
+        })
+        .await
+        .expect("claim");
+    assert_eq!(c.len(), 1);
+    let w = Worker::builder(store.clone())
+        .queues(["shutdown"])
+        .poll_interval(Duration::from_millis(50))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("re-run after the lapse", Duration::from_secs(10), || async {
+        q.task(id).await.ok().flatten().map(|t| t.info.state) == Some(TaskState::Done)
+    })
+    .await;
+    w.shutdown().await.expect("shutdown");
+    let t = q.task(id).await.expect("task").expect("exists");
+    let outcomes: Vec<_> = t.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, vec!["lease lapsed", "done"]);
+    assert_eq!(t.attempts[0].worker, "doomed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_deadline_cancels_the_attempt() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let q = Queue::new(store.clone());
+    let id = overruns::start(&q, 10_000).await.expect("start");
+    let started = std::time::Instant::now();
+    let w = Worker::builder(store)
+        .queues(["deadline"])
+        .deadline_grace(Duration::from_millis(100))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("dead", Duration::from_secs(5), || async {
+        q.task(id).await.ok().flatten().map(|t| t.info.state) == Some(TaskState::Dead)
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5), "cancelled long before its 10 s sleep");
+    w.shutdown().await.expect("shutdown");
+    let t = q.task(id).await.expect("task").expect("exists");
+    let err = t.attempts[0].error.clone().unwrap_or_default();
+    assert!(err.contains("hard deadline exceeded"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_deadline_is_observable_through_context() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let q = Queue::new(store.clone());
+    let id = watches_deadline::start(&q).await.expect("start");
+    let w = Worker::builder(store)
+        .queues(["soft"])
+        .deadline_grace(Duration::from_secs(5))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("finished", Duration::from_secs(5), || async {
+        q.task(id).await.ok().flatten().map(|t| !t.info.state.is_live()) == Some(true)
+    })
+    .await;
+    w.shutdown().await.expect("shutdown");
+    let t = q.task(id).await.expect("task").expect("exists");
+    assert_eq!(t.info.state, TaskState::Done, "{:?}", t.attempts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_short_tasks_and_releases_long_ones() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let q = Queue::new(store.clone());
+    let short = sleepy::start(&q, 50).await.expect("start");
+    let long = sleepy::start(&q, 60_000).await.expect("start");
+    let w = Worker::builder(store.clone())
+        .queues(["shutdown"])
+        .shutdown_grace(Duration::from_millis(400))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("both running", Duration::from_secs(5), || async {
+        count(&q, "shutdown", TaskState::Running).await == 2
+    })
+    .await;
+    let t = std::time::Instant::now();
+    w.shutdown().await.expect("shutdown");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(q.task(short).await.expect("t").expect("e").info.state, TaskState::Done);
+    let l = q.task(long).await.expect("t").expect("e");
+    assert_eq!(l.info.state, TaskState::Pending, "released to run again at once");
+    assert_eq!(l.info.attempts, 0, "a released attempt does not count");
+    assert!(l.info.run_at <= Timestamp::now());
+    assert_eq!(l.attempts.last().map(|a| a.outcome.as_str()), Some("released"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_keeps_serving_after_bad_payloads() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let q = Queue::new(store.clone());
+    let now = Timestamp::now();
+    let bad = store
+        .enqueue(
+            vec![taskq_runtime::store::NewTask {
+                task: sleepy::NAME.into(),
+                queue: "shutdown".into(),
+                payload: serde_json::json!({ "ms": "soon" }),
+                priority: 0,
+                run_at: now,
+                unique_name: None,
+                tombstone: Duration::ZERO,
+                iteration: None,
+            }],
+            now,
+        )
+        .await
+        .expect("enqueue")[0];
+    let good = sleepy::start(&q, 1).await.expect("start");
+    let w = Worker::builder(store)
+        .queues(["shutdown"])
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("good one done", Duration::from_secs(5), || async {
+        q.task(good).await.ok().flatten().map(|t| t.info.state) == Some(TaskState::Done)
+    })
+    .await;
+    w.shutdown().await.expect("shutdown");
+    let b = q.task(bad).await.expect("t").expect("e");
+    assert_eq!(b.info.state, TaskState::Dead);
+    assert!(b.info.last_error.unwrap_or_default().contains("argument `ms`"));
+}
+
+/// Captures `taskq.attempt` spans and the fields recorded on them.
+#[derive(Clone, Default)]
+struct SpanCapture(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanCapture {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() == "taskq.attempt" {
+            let mut v = Visit::default();
+            attrs.record(&mut v);
+            self.0.lock().expect("lock").push(v.0);
+        }
+    }
+
+    fn on_record(
+        &self,
+        _id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut v = Visit::default();
+        values.record(&mut v);
+        self.0.lock().expect("lock").push(v.0);
+    }
+}
+
+#[derive(Default)]
+struct Visit(String);
+
+impl tracing::field::Visit for Visit {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!("{}={:?} ", field.name(), value));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.push_str(&format!("{}={} ", field.name(), value));
+    }
+}
+
+// Current-thread runtime: `set_default` installs the subscriber for this thread only.
+#[tokio::test]
+async fn every_attempt_has_a_tracing_span() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let cap = SpanCapture::default();
+    let subscriber = tracing_subscriber::registry().with(cap.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let q = Queue::new(store.clone());
+    let id = sleepy::start(&q, 1).await.expect("start");
+    let w = Worker::builder(store)
+        .queues(["shutdown"])
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("done", Duration::from_secs(5), || async {
+        q.task(id).await.ok().flatten().map(|t| t.info.state) == Some(TaskState::Done)
+    })
+    .await;
+    w.shutdown().await.expect("shutdown");
+    let seen = cap.0.lock().expect("lock").join("|");
+    assert!(seen.contains(&format!("task={}", sleepy::NAME)), "{seen}");
+    assert!(seen.contains(&format!("id={id}")), "{seen}");
+    assert!(seen.contains("attempt=1"), "{seen}");
+    assert!(seen.contains("outcome=done"), "{seen}");
+}
+
+#[tokio::test]
+async fn list_tasks_through_the_queue() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let q = Queue::new(store);
+    for i in 0..5 {
+        sleepy::start(&q, i).await.expect("start");
+    }
+    let l = q
+        .list(&TaskQuery {
+            state: Some(TaskState::Pending),
+            limit: 3,
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(l.len(), 3);
+    assert!(l[0].id > l[1].id);
+}
