@@ -26,7 +26,7 @@ pub struct Registry {
 impl Registry {
     /// Collects every task linked into this program, refusing duplicate names.
     pub fn collect() -> Result<Registry, DuplicateTask> {
-        Registry::from_defs(inventory::iter::<TaskDef>.into_iter())
+        Registry::from_defs(inventory::iter::<TaskDef>)
     }
 
     /// Builds a registry from the given definitions, refusing duplicate names.

@@ -40,6 +40,8 @@ impl Timestamp {
     }
 
     /// This time plus a duration (saturating).
+    // Inherent rather than `ops::Add`, so callers need no trait import.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, d: Duration) -> Timestamp {
         Timestamp(
             self.0
@@ -48,6 +50,7 @@ impl Timestamp {
     }
 
     /// This time minus a duration (saturating).
+    #[allow(clippy::should_implement_trait)]
     pub fn sub(self, d: Duration) -> Timestamp {
         Timestamp(
             self.0
@@ -197,9 +200,9 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("3 parsecs")
-            .unwrap_err()
+            .expect_err("bad unit")
             .contains("unknown unit `parsecs`"));
-        assert!(parse_duration("30").unwrap_err().contains("without a unit"));
+        assert!(parse_duration("30").expect_err("no unit").contains("without a unit"));
         assert!(parse_duration("").is_err());
     }
 
