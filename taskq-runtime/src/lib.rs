@@ -18,12 +18,22 @@
 //!     Ok(())
 //! }
 //!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let queue = Queue::open("sqlite://taskq.db").await?;
-//! let id = send_email::start(&queue, "ada@example.org".into(), "Welcome".into()).await?;
-//! Worker::builder(queue.store().clone()).queues(["email"]).build()?.run_until_shutdown().await?;
-//! # let _ = id; Ok(()) }
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let queue = Queue::open("sqlite://taskq.db").await?;
+//!     let id = send_email::start(&queue, "ada@example.org".into(), "Welcome".into()).await?;
+//!     println!("started task {id}");
+//!     Worker::builder(queue.store().clone())
+//!         .queues(["email"])
+//!         .build()?
+//!         .run_until_shutdown()
+//!         .await?;
+//!     Ok(())
+//! }
 //! ```
+//!
+//! Tasks are declared at module level (not inside a function body): the start helpers
+//! live in a module named after the function, next to it.
 //!
 //! Delivery is at least once: a task whose worker died runs again when its lease lapses,
 //! so task bodies should be idempotent.
