@@ -27,18 +27,40 @@ pub async fn sqlite_store() -> Arc<dyn Store> {
 
 /// The URL of the test PostgreSQL server, from `TASKQ_TEST_POSTGRES_URL`.
 ///
-/// `.ci/postgres.sh` starts a server and sets it. Without one: under `CI=true` this
-/// panics (a Postgres test must fail, never pass by skipping); elsewhere it returns `None`
-/// and the caller prints why it did nothing.
-pub fn postgres_url() -> Option<String> {
+/// `./test.sh` (through `.ci/postgres.sh`) starts a server and sets it. Without one, a
+/// Postgres test fails with this message: it never passes by skipping.
+pub fn postgres_url() -> String {
     match std::env::var("TASKQ_TEST_POSTGRES_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            if std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false) {
-                panic!("CI=true but TASKQ_TEST_POSTGRES_URL is not set: start PostgreSQL with .ci/postgres.sh (the README's test command does)");
-            }
-            eprintln!("TASKQ_TEST_POSTGRES_URL is not set: run the tests through the README's test command to include PostgreSQL");
-            None
-        }
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!(
+            "TASKQ_TEST_POSTGRES_URL is not set: run the tests with ./test.sh (it starts PostgreSQL), \
+             or `source .ci/postgres.sh` first, or point it at a server you run"
+        ),
     }
+}
+
+/// A name no other test (in this or an earlier run) uses: for a schema or a file.
+pub fn unique_name(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}_{}_{n}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// The URL of a fresh, empty PostgreSQL store: its own schema in the test database.
+pub fn postgres_store_url() -> String {
+    let url = postgres_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}schema={}", unique_name("t"))
+}
+
+/// A fresh PostgreSQL store in a schema of its own.
+pub async fn postgres_store() -> Arc<dyn Store> {
+    let url = postgres_store_url();
+    taskq_runtime::store::open(&url)
+        .await
+        .unwrap_or_else(|e| panic!("open the test PostgreSQL store at {url}: {e}"))
 }
