@@ -29,10 +29,11 @@ CREATE TABLE {S}.taskq_tasks (
     lease_token   bigint  NOT NULL DEFAULT 0,
     started_at    bigint
 );
-CREATE INDEX taskq_tasks_claim_idx ON {S}.taskq_tasks (priority DESC, run_at, id)
-    WHERE state IN ('pending', 'running');
-CREATE INDEX taskq_tasks_queue_claim_idx ON {S}.taskq_tasks (queue, priority DESC, run_at, id)
-    WHERE state IN ('pending', 'running');
+CREATE INDEX taskq_tasks_pending_idx ON {S}.taskq_tasks (priority DESC, run_at, id)
+    WHERE state = 'pending';
+CREATE INDEX taskq_tasks_queue_pending_idx ON {S}.taskq_tasks (queue, priority DESC, run_at, id)
+    WHERE state = 'pending';
+CREATE INDEX taskq_tasks_lease_idx ON {S}.taskq_tasks (lease_until) WHERE state = 'running';
 CREATE UNIQUE INDEX taskq_tasks_live_name_idx ON {S}.taskq_tasks (unique_name)
     WHERE unique_name IS NOT NULL AND state IN ('pending', 'running');
 CREATE INDEX taskq_tasks_name_idx ON {S}.taskq_tasks (unique_name, finished_at)
