@@ -172,7 +172,11 @@ impl Harness {
                     Some(t) => {
                         // A rate-limited queue can have due tasks the bucket refuses now:
                         // move at least a little so its tokens refill.
-                        let to = if t > now { t } else { now.add(Duration::from_millis(10)) };
+                        let to = if t > now {
+                            t
+                        } else {
+                            now.add(Duration::from_millis(10))
+                        };
                         self.clock.advance_to(to);
                         continue;
                     }

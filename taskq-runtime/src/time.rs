@@ -202,7 +202,9 @@ mod tests {
         assert!(parse_duration("3 parsecs")
             .expect_err("bad unit")
             .contains("unknown unit `parsecs`"));
-        assert!(parse_duration("30").expect_err("no unit").contains("without a unit"));
+        assert!(parse_duration("30")
+            .expect_err("no unit")
+            .contains("without a unit"));
         assert!(parse_duration("").is_err());
     }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskq_runtime::store::{
-    Checkpoint, ClaimRequest, ClaimedTask, Finish, NewIteration, NewTask, Outcome, QueueConfig, RunState, Store,
-    StoreError, TaskQuery, TaskState,
+    Checkpoint, ClaimRequest, ClaimedTask, Finish, NewIteration, NewTask, Outcome, QueueConfig,
+    RunState, Store, StoreError, TaskQuery, TaskState,
 };
 use taskq_runtime::{TaskId, Timestamp};
 
@@ -46,7 +46,12 @@ fn req(queues: &[&str], limit: usize, lease_ms: u64, now: Timestamp) -> ClaimReq
     }
 }
 
-async fn finish_one(s: &dyn Store, c: &ClaimedTask, outcome: Outcome, now: Timestamp) -> Result<(), StoreError> {
+async fn finish_one(
+    s: &dyn Store,
+    c: &ClaimedTask,
+    outcome: Outcome,
+    now: Timestamp,
+) -> Result<(), StoreError> {
     let mut r = s
         .finish(
             vec![Finish {
@@ -62,24 +67,37 @@ async fn finish_one(s: &dyn Store, c: &ClaimedTask, outcome: Outcome, now: Times
 }
 
 async fn state_of(s: &dyn Store, id: TaskId) -> TaskState {
-    s.task(id).await.expect("task() works").expect("task exists").info.state
+    s.task(id)
+        .await
+        .expect("task() works")
+        .expect("task exists")
+        .info
+        .state
 }
 
 /// Enqueue, claim in id order with attempt 1, finish done with one attempt recorded.
 pub async fn claim_and_finish(s: Arc<dyn Store>) {
     let ids = s
-        .enqueue(vec![new_task("q", 1), new_task("q", 2), new_task("q", 3)], T0)
+        .enqueue(
+            vec![new_task("q", 1), new_task("q", 2), new_task("q", 3)],
+            T0,
+        )
         .await
         .expect("enqueue");
     assert_eq!(ids.len(), 3);
     let c = s.claim(&req(&["q"], 2, 30_000, T0)).await.expect("claim");
-    assert_eq!(c.iter().map(|c| c.lease.id).collect::<Vec<_>>(), ids[..2].to_vec());
+    assert_eq!(
+        c.iter().map(|c| c.lease.id).collect::<Vec<_>>(),
+        ids[..2].to_vec()
+    );
     assert_eq!(c[0].attempt, 1);
     assert_eq!(c[0].payload, json!({ "n": 1 }));
     assert_eq!(c[0].task, "conformance::noop");
     assert_eq!(c[0].enqueued_at, T0);
     assert_eq!(state_of(&*s, ids[0]).await, TaskState::Running);
-    finish_one(&*s, &c[0], Outcome::Done, at(5)).await.expect("finish");
+    finish_one(&*s, &c[0], Outcome::Done, at(5))
+        .await
+        .expect("finish");
     let d = s.task(ids[0]).await.expect("task").expect("exists");
     assert_eq!(d.info.state, TaskState::Done);
     assert_eq!(d.info.finished_at, Some(at(5)));
@@ -87,8 +105,14 @@ pub async fn claim_and_finish(s: Arc<dyn Store>) {
     assert_eq!(d.attempts[0].outcome, "done");
     assert_eq!(d.attempts[0].worker, "w1");
     // The third is still there; the two running are not claimed again.
-    let c2 = s.claim(&req(&["q"], 10, 30_000, at(10))).await.expect("claim");
-    assert_eq!(c2.iter().map(|c| c.lease.id).collect::<Vec<_>>(), vec![ids[2]]);
+    let c2 = s
+        .claim(&req(&["q"], 10, 30_000, at(10)))
+        .await
+        .expect("claim");
+    assert_eq!(
+        c2.iter().map(|c| c.lease.id).collect::<Vec<_>>(),
+        vec![ids[2]]
+    );
 }
 
 /// Higher priority first, then earlier run_at, then lower id; future tasks wait.
@@ -103,7 +127,10 @@ pub async fn claim_order_and_delay(s: Arc<dyn Store>) {
     let mut later = new_task("q", 4);
     later.run_at = at(60_000);
     let ids = s.enqueue(vec![a, b, c, later], T0).await.expect("enqueue");
-    let got = s.claim(&req(&[], 10, 600_000, at(100))).await.expect("claim");
+    let got = s
+        .claim(&req(&[], 10, 600_000, at(100)))
+        .await
+        .expect("claim");
     assert_eq!(
         got.iter().map(|c| c.lease.id).collect::<Vec<_>>(),
         vec![ids[1], ids[2], ids[0]],
@@ -111,8 +138,15 @@ pub async fn claim_order_and_delay(s: Arc<dyn Store>) {
     );
     // The earliest of: the delayed task's run_at, and the claimed tasks' lease expiry.
     assert_eq!(s.next_due(&[]).await.expect("next_due"), Some(at(60_000)));
-    assert!(s.claim(&req(&[], 10, 600_000, at(59_999))).await.expect("claim").is_empty());
-    let got = s.claim(&req(&[], 10, 600_000, at(60_000))).await.expect("claim");
+    assert!(s
+        .claim(&req(&[], 10, 600_000, at(59_999)))
+        .await
+        .expect("claim")
+        .is_empty());
+    let got = s
+        .claim(&req(&[], 10, 600_000, at(60_000)))
+        .await
+        .expect("claim");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].lease.id, ids[3]);
 }
@@ -120,32 +154,53 @@ pub async fn claim_order_and_delay(s: Arc<dyn Store>) {
 /// Claims only from the queues asked for.
 pub async fn claim_filters_queues(s: Arc<dyn Store>) {
     let ids = s
-        .enqueue(vec![new_task("a", 1), new_task("b", 2), new_task("c", 3)], T0)
+        .enqueue(
+            vec![new_task("a", 1), new_task("b", 2), new_task("c", 3)],
+            T0,
+        )
         .await
         .expect("enqueue");
-    let got = s.claim(&req(&["b", "c"], 10, 30_000, T0)).await.expect("claim");
+    let got = s
+        .claim(&req(&["b", "c"], 10, 30_000, T0))
+        .await
+        .expect("claim");
     let got: HashSet<_> = got.iter().map(|c| c.lease.id).collect();
     assert_eq!(got, HashSet::from([ids[1], ids[2]]));
 }
 
 /// A lapsed lease is claimed again with a new token; the old holder is fenced off.
 pub async fn lapsed_lease_is_reclaimed_and_fenced(s: Arc<dyn Store>) {
-    let ids = s.enqueue(vec![new_task("q", 1)], T0).await.expect("enqueue");
+    let ids = s
+        .enqueue(vec![new_task("q", 1)], T0)
+        .await
+        .expect("enqueue");
     let first = s.claim(&req(&[], 1, 1_000, T0)).await.expect("claim");
     assert_eq!(first.len(), 1);
-    assert!(s.claim(&req(&[], 1, 1_000, at(999))).await.expect("claim").is_empty());
-    let second = s.claim(&req(&[], 1, 1_000, at(1_001))).await.expect("claim");
+    assert!(s
+        .claim(&req(&[], 1, 1_000, at(999)))
+        .await
+        .expect("claim")
+        .is_empty());
+    let second = s
+        .claim(&req(&[], 1, 1_000, at(1_001)))
+        .await
+        .expect("claim");
     assert_eq!(second.len(), 1, "a lapsed lease is claimable again");
     assert_eq!(second[0].lease.id, ids[0]);
     assert_eq!(second[0].attempt, 2);
     assert_ne!(second[0].lease.token, first[0].lease.token);
     // The old holder can neither heartbeat nor finish nor checkpoint.
-    let lost = s.heartbeat(&[first[0].lease], "w0", at(5_000)).await.expect("heartbeat");
+    let lost = s
+        .heartbeat(&[first[0].lease], "w0", at(5_000))
+        .await
+        .expect("heartbeat");
     assert_eq!(lost, vec![ids[0]]);
     let r = finish_one(&*s, &first[0], Outcome::Done, at(1_002)).await;
     assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
     assert_eq!(state_of(&*s, ids[0]).await, TaskState::Running);
-    finish_one(&*s, &second[0], Outcome::Done, at(1_003)).await.expect("new holder finishes");
+    finish_one(&*s, &second[0], Outcome::Done, at(1_003))
+        .await
+        .expect("new holder finishes");
     let d = s.task(ids[0]).await.expect("task").expect("exists");
     assert_eq!(d.info.state, TaskState::Done);
     let outcomes: Vec<_> = d.attempts.iter().map(|a| a.outcome.as_str()).collect();
@@ -156,19 +211,36 @@ pub async fn lapsed_lease_is_reclaimed_and_fenced(s: Arc<dyn Store>) {
 
 /// A heartbeat extends the lease so the task is not claimed again.
 pub async fn heartbeat_extends_lease(s: Arc<dyn Store>) {
-    s.enqueue(vec![new_task("q", 1)], T0).await.expect("enqueue");
+    s.enqueue(vec![new_task("q", 1)], T0)
+        .await
+        .expect("enqueue");
     let c = s.claim(&req(&[], 1, 1_000, T0)).await.expect("claim");
-    let lost = s.heartbeat(&[c[0].lease], "w1", at(10_000)).await.expect("heartbeat");
+    let lost = s
+        .heartbeat(&[c[0].lease], "w1", at(10_000))
+        .await
+        .expect("heartbeat");
     assert!(lost.is_empty());
-    assert!(s.claim(&req(&[], 1, 1_000, at(5_000))).await.expect("claim").is_empty());
-    let info = s.task(c[0].lease.id).await.expect("task").expect("exists").info;
+    assert!(s
+        .claim(&req(&[], 1, 1_000, at(5_000)))
+        .await
+        .expect("claim")
+        .is_empty());
+    let info = s
+        .task(c[0].lease.id)
+        .await
+        .expect("task")
+        .expect("exists")
+        .info;
     assert_eq!(info.lease_until, Some(at(10_000)));
     assert_eq!(info.worker.as_deref(), Some("w1"));
 }
 
 /// Retry puts the task back at its backoff time with the error kept.
 pub async fn retry_waits_for_backoff(s: Arc<dyn Store>) {
-    let ids = s.enqueue(vec![new_task("q", 1)], T0).await.expect("enqueue");
+    let ids = s
+        .enqueue(vec![new_task("q", 1)], T0)
+        .await
+        .expect("enqueue");
     let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
     finish_one(
         &*s,
@@ -186,8 +258,15 @@ pub async fn retry_waits_for_backoff(s: Arc<dyn Store>) {
     assert_eq!(info.run_at, at(60_000));
     assert_eq!(info.last_error.as_deref(), Some("smtp 451"));
     assert_eq!(info.attempts, 1);
-    assert!(s.claim(&req(&[], 1, 30_000, at(59_999))).await.expect("claim").is_empty());
-    let c = s.claim(&req(&[], 1, 30_000, at(60_000))).await.expect("claim");
+    assert!(s
+        .claim(&req(&[], 1, 30_000, at(59_999)))
+        .await
+        .expect("claim")
+        .is_empty());
+    let c = s
+        .claim(&req(&[], 1, 30_000, at(60_000)))
+        .await
+        .expect("claim");
     assert_eq!(c[0].attempt, 2);
 }
 
@@ -198,23 +277,47 @@ pub async fn failed_dead_and_retry_from_dead(s: Arc<dyn Store>) {
         .await
         .expect("enqueue");
     let c = s.claim(&req(&[], 2, 30_000, T0)).await.expect("claim");
-    finish_one(&*s, &c[0], Outcome::Failed { error: "bad address".into() }, at(1))
-        .await
-        .expect("finish");
-    finish_one(&*s, &c[1], Outcome::Dead { error: "gave up".into() }, at(1))
-        .await
-        .expect("finish");
+    finish_one(
+        &*s,
+        &c[0],
+        Outcome::Failed {
+            error: "bad address".into(),
+        },
+        at(1),
+    )
+    .await
+    .expect("finish");
+    finish_one(
+        &*s,
+        &c[1],
+        Outcome::Dead {
+            error: "gave up".into(),
+        },
+        at(1),
+    )
+    .await
+    .expect("finish");
     assert_eq!(state_of(&*s, ids[0]).await, TaskState::Failed);
     assert_eq!(state_of(&*s, ids[1]).await, TaskState::Dead);
-    assert!(s.claim(&req(&[], 10, 30_000, at(1_000_000))).await.expect("claim").is_empty());
-    assert!(matches!(s.retry(TaskId(i64::MAX - 1), at(2)).await, Err(StoreError::NotFound(_))));
+    assert!(s
+        .claim(&req(&[], 10, 30_000, at(1_000_000)))
+        .await
+        .expect("claim")
+        .is_empty());
+    assert!(matches!(
+        s.retry(TaskId(i64::MAX - 1), at(2)).await,
+        Err(StoreError::NotFound(_))
+    ));
     s.retry(ids[1], at(100)).await.expect("retry dead");
     let info = s.task(ids[1]).await.expect("task").expect("exists").info;
     assert_eq!(info.state, TaskState::Pending);
     assert_eq!(info.attempts, 0);
     assert_eq!(info.enqueued_at, at(100));
     assert_eq!(info.finished_at, None);
-    let c = s.claim(&req(&[], 10, 30_000, at(100))).await.expect("claim");
+    let c = s
+        .claim(&req(&[], 10, 30_000, at(100)))
+        .await
+        .expect("claim");
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].attempt, 1);
     assert_eq!(c[0].enqueued_at, at(100));
@@ -229,9 +332,14 @@ pub async fn failed_dead_and_retry_from_dead(s: Arc<dyn Store>) {
 
 /// Released at shutdown: due at once, the attempt does not count.
 pub async fn release_does_not_count(s: Arc<dyn Store>) {
-    let ids = s.enqueue(vec![new_task("q", 1)], T0).await.expect("enqueue");
+    let ids = s
+        .enqueue(vec![new_task("q", 1)], T0)
+        .await
+        .expect("enqueue");
     let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
-    finish_one(&*s, &c[0], Outcome::Release, at(50)).await.expect("finish");
+    finish_one(&*s, &c[0], Outcome::Release, at(50))
+        .await
+        .expect("finish");
     let info = s.task(ids[0]).await.expect("task").expect("exists").info;
     assert_eq!(info.state, TaskState::Pending);
     assert_eq!(info.attempts, 0);
@@ -246,12 +354,25 @@ pub async fn unique_names_and_tombstones(s: Arc<dyn Store>) {
     a.unique_name = Some("welcome-ada".into());
     let ids = s.enqueue(vec![a.clone()], T0).await.expect("enqueue");
     let r = s.enqueue(vec![a.clone()], at(1)).await;
-    assert!(matches!(&r, Err(StoreError::AlreadyExists(n)) if n == "welcome-ada"), "{r:?}");
+    assert!(
+        matches!(&r, Err(StoreError::AlreadyExists(n)) if n == "welcome-ada"),
+        "{r:?}"
+    );
     // All-or-nothing: a good task beside a conflicting one is not stored either.
-    let before = s.list_tasks(&TaskQuery::default()).await.expect("list").len();
+    let before = s
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect("list")
+        .len();
     let r = s.enqueue(vec![new_task("q", 9), a.clone()], at(2)).await;
     assert!(matches!(r, Err(StoreError::AlreadyExists(_))));
-    assert_eq!(s.list_tasks(&TaskQuery::default()).await.expect("list").len(), before);
+    assert_eq!(
+        s.list_tasks(&TaskQuery::default())
+            .await
+            .expect("list")
+            .len(),
+        before
+    );
     // The same name twice in one call.
     let mut b = new_task("q", 2);
     b.unique_name = Some("twice".into());
@@ -260,9 +381,17 @@ pub async fn unique_names_and_tombstones(s: Arc<dyn Store>) {
     // Finished: still taken inside the 60 s tombstone, free after it.
     let c = s.claim(&req(&[], 1, 30_000, at(10))).await.expect("claim");
     assert_eq!(c[0].lease.id, ids[0]);
-    finish_one(&*s, &c[0], Outcome::Done, at(20)).await.expect("finish");
-    assert!(matches!(s.enqueue(vec![a.clone()], at(59_000)).await, Err(StoreError::AlreadyExists(_))));
-    let again = s.enqueue(vec![a.clone()], at(80_021)).await.expect("free after the tombstone");
+    finish_one(&*s, &c[0], Outcome::Done, at(20))
+        .await
+        .expect("finish");
+    assert!(matches!(
+        s.enqueue(vec![a.clone()], at(59_000)).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let again = s
+        .enqueue(vec![a.clone()], at(80_021))
+        .await
+        .expect("free after the tombstone");
     assert_ne!(again[0], ids[0]);
 }
 
@@ -275,10 +404,15 @@ pub async fn pause_and_resume(s: Arc<dyn Store>) {
     let c = s.claim(&req(&[], 10, 30_000, T0)).await.expect("claim");
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].queue, "other");
-    finish_one(&*s, &c[0], Outcome::Done, T0).await.expect("finish");
+    finish_one(&*s, &c[0], Outcome::Done, T0)
+        .await
+        .expect("finish");
     assert_eq!(s.next_due(&[]).await.expect("next_due"), None);
     let q = s.queues().await.expect("queues");
-    let email = q.iter().find(|q| q.name == "email").expect("email queue listed");
+    let email = q
+        .iter()
+        .find(|q| q.name == "email")
+        .expect("email queue listed");
     assert!(email.paused);
     assert_eq!(email.count(TaskState::Pending), 1);
     s.set_paused("email", false).await.expect("resume");
@@ -303,9 +437,21 @@ pub async fn max_concurrent_limits_claims(s: Arc<dyn Store>) {
         .expect("enqueue");
     let c = s.claim(&req(&[], 10, 30_000, T0)).await.expect("claim");
     assert_eq!(c.len(), 2);
-    assert!(s.claim(&req(&[], 10, 30_000, T0)).await.expect("claim").is_empty());
-    finish_one(&*s, &c[0], Outcome::Done, at(1)).await.expect("finish");
-    assert_eq!(s.claim(&req(&[], 10, 30_000, at(1))).await.expect("claim").len(), 1);
+    assert!(s
+        .claim(&req(&[], 10, 30_000, T0))
+        .await
+        .expect("claim")
+        .is_empty());
+    finish_one(&*s, &c[0], Outcome::Done, at(1))
+        .await
+        .expect("finish");
+    assert_eq!(
+        s.claim(&req(&[], 10, 30_000, at(1)))
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
     let q = s.queues().await.expect("queues");
     assert_eq!(q[0].config.max_concurrent, Some(2));
 }
@@ -325,12 +471,42 @@ pub async fn rate_limit_token_bucket(s: Arc<dyn Store>) {
     s.enqueue((0..20).map(|n| new_task("q", n)).collect(), T0)
         .await
         .expect("enqueue");
-    assert_eq!(s.claim(&req(&[], 10, 30_000, T0)).await.expect("claim").len(), 3);
-    assert_eq!(s.claim(&req(&[], 10, 30_000, T0)).await.expect("claim").len(), 0);
-    assert_eq!(s.claim(&req(&[], 10, 30_000, at(500))).await.expect("claim").len(), 1);
-    assert_eq!(s.claim(&req(&[], 10, 30_000, at(1_500))).await.expect("claim").len(), 2);
+    assert_eq!(
+        s.claim(&req(&[], 10, 30_000, T0))
+            .await
+            .expect("claim")
+            .len(),
+        3
+    );
+    assert_eq!(
+        s.claim(&req(&[], 10, 30_000, T0))
+            .await
+            .expect("claim")
+            .len(),
+        0
+    );
+    assert_eq!(
+        s.claim(&req(&[], 10, 30_000, at(500)))
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.claim(&req(&[], 10, 30_000, at(1_500)))
+            .await
+            .expect("claim")
+            .len(),
+        2
+    );
     // Idle for long: refills only up to the burst.
-    assert_eq!(s.claim(&req(&[], 10, 30_000, at(60_000))).await.expect("claim").len(), 3);
+    assert_eq!(
+        s.claim(&req(&[], 10, 30_000, at(60_000)))
+            .await
+            .expect("claim")
+            .len(),
+        3
+    );
 }
 
 /// Purge deletes pending tasks of one queue only.
@@ -338,7 +514,9 @@ pub async fn purge_pending_only(s: Arc<dyn Store>) {
     s.enqueue((0..4).map(|n| new_task("q", n)).collect(), T0)
         .await
         .expect("enqueue");
-    s.enqueue(vec![new_task("keep", 9)], T0).await.expect("enqueue");
+    s.enqueue(vec![new_task("keep", 9)], T0)
+        .await
+        .expect("enqueue");
     let c = s.claim(&req(&["q"], 1, 30_000, T0)).await.expect("claim");
     assert_eq!(s.purge("q").await.expect("purge"), 3);
     assert_eq!(state_of(&*s, c[0].lease.id).await, TaskState::Running);
@@ -349,11 +527,16 @@ pub async fn purge_pending_only(s: Arc<dyn Store>) {
 
 /// Listing: newest first, filters, paging; queue counts by state.
 pub async fn list_filter_page_and_counts(s: Arc<dyn Store>) {
-    let mut tasks: Vec<NewTask> = (0..6).map(|n| new_task(if n % 2 == 0 { "a" } else { "b" }, n)).collect();
+    let mut tasks: Vec<NewTask> = (0..6)
+        .map(|n| new_task(if n % 2 == 0 { "a" } else { "b" }, n))
+        .collect();
     tasks[5].task = "conformance::other".into();
     let ids = s.enqueue(tasks, T0).await.expect("enqueue");
     let all = s.list_tasks(&TaskQuery::default()).await.expect("list");
-    assert_eq!(all.iter().map(|t| t.id).collect::<Vec<_>>(), ids.iter().rev().copied().collect::<Vec<_>>());
+    assert_eq!(
+        all.iter().map(|t| t.id).collect::<Vec<_>>(),
+        ids.iter().rev().copied().collect::<Vec<_>>()
+    );
     let a = s
         .list_tasks(&TaskQuery {
             queue: Some("a".into()),
@@ -370,7 +553,10 @@ pub async fn list_filter_page_and_counts(s: Arc<dyn Store>) {
         })
         .await
         .expect("list");
-    assert_eq!(page.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[3], ids[2]]);
+    assert_eq!(
+        page.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ids[3], ids[2]]
+    );
     let other = s
         .list_tasks(&TaskQuery {
             task: Some("conformance::other".into()),
@@ -380,7 +566,9 @@ pub async fn list_filter_page_and_counts(s: Arc<dyn Store>) {
         .expect("list");
     assert_eq!(other.len(), 1);
     let c = s.claim(&req(&["b"], 1, 30_000, T0)).await.expect("claim");
-    finish_one(&*s, &c[0], Outcome::Done, T0).await.expect("finish");
+    finish_one(&*s, &c[0], Outcome::Done, T0)
+        .await
+        .expect("finish");
     let done = s
         .list_tasks(&TaskQuery {
             state: Some(TaskState::Done),
@@ -400,20 +588,32 @@ pub async fn list_filter_page_and_counts(s: Arc<dyn Store>) {
 pub async fn run_now_and_delete(s: Arc<dyn Store>) {
     let mut later = new_task("q", 1);
     later.run_at = at(3_600_000);
-    let ids = s.enqueue(vec![later, new_task("q", 2)], T0).await.expect("enqueue");
+    let ids = s
+        .enqueue(vec![later, new_task("q", 2)], T0)
+        .await
+        .expect("enqueue");
     s.run_now(ids[0], at(10)).await.expect("run now");
     let c = s.claim(&req(&[], 10, 30_000, at(10))).await.expect("claim");
     assert_eq!(c.len(), 2);
     let r = s.run_now(ids[0], at(11)).await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
-    assert!(matches!(s.run_now(TaskId(i64::MAX - 1), at(11)).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.run_now(TaskId(i64::MAX - 1), at(11)).await,
+        Err(StoreError::NotFound(_))
+    ));
     // Deleting a running task fences its worker off.
     s.delete(ids[1]).await.expect("delete");
     assert!(s.task(ids[1]).await.expect("task").is_none());
-    let held = c.iter().find(|c| c.lease.id == ids[1]).expect("ids[1] was claimed");
+    let held = c
+        .iter()
+        .find(|c| c.lease.id == ids[1])
+        .expect("ids[1] was claimed");
     let r = finish_one(&*s, held, Outcome::Done, at(12)).await;
     assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
-    assert!(matches!(s.delete(ids[1]).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.delete(ids[1]).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 /// Payloads round-trip exactly, unicode and nesting included.
@@ -439,7 +639,10 @@ fn iteration_task() -> NewTask {
 
 /// An iterative run: checkpoints, continuation steps that see the cursor, done.
 pub async fn iteration_checkpoint_continue_done(s: Arc<dyn Store>) {
-    let run = s.enqueue(vec![iteration_task()], T0).await.expect("enqueue")[0];
+    let run = s
+        .enqueue(vec![iteration_task()], T0)
+        .await
+        .expect("enqueue")[0];
     let it = s.iteration(run).await.expect("iteration").expect("exists");
     assert_eq!(it.state, RunState::Running);
     assert_eq!(it.processed, 0);
@@ -471,13 +674,20 @@ pub async fn iteration_checkpoint_continue_done(s: Arc<dyn Store>) {
         .expect("continue");
     assert_eq!(state_of(&*s, c[0].lease.id).await, TaskState::Done);
     let c2 = s.claim(&req(&[], 1, 30_000, at(20))).await.expect("claim");
-    assert_eq!(c2.len(), 1, "the continuation step is stored with the step's outcome");
+    assert_eq!(
+        c2.len(),
+        1,
+        "the continuation step is stored with the step's outcome"
+    );
     assert_ne!(c2[0].lease.id, c[0].lease.id);
     assert_eq!(c2[0].attempt, 1);
     assert_eq!(c2[0].payload, c[0].payload);
     assert_eq!(c2[0].task, "conformance::walk");
     let cur = c2[0].iteration.clone().expect("run");
-    assert_eq!((cur.run, cur.cursor.clone(), cur.processed, cur.batches), (run, Some(json!(200)), 200, 2));
+    assert_eq!(
+        (cur.run, cur.cursor.clone(), cur.processed, cur.batches),
+        (run, Some(json!(200)), 200, 2)
+    );
     assert_eq!(cur.total, Some(250));
     s.checkpoint(
         c2[0].lease,
@@ -490,7 +700,9 @@ pub async fn iteration_checkpoint_continue_done(s: Arc<dyn Store>) {
     )
     .await
     .expect("checkpoint");
-    finish_one(&*s, &c2[0], Outcome::Done, at(31)).await.expect("done");
+    finish_one(&*s, &c2[0], Outcome::Done, at(31))
+        .await
+        .expect("done");
     let it = s.iteration(run).await.expect("iteration").expect("exists");
     assert_eq!(it.state, RunState::Done);
     assert_eq!(it.processed, 250);
@@ -504,7 +716,10 @@ pub async fn iteration_checkpoint_continue_done(s: Arc<dyn Store>) {
 
 /// A step's failure ends the run; a retry from dead revives it at its cursor.
 pub async fn iteration_failure_and_revival(s: Arc<dyn Store>) {
-    let run = s.enqueue(vec![iteration_task()], T0).await.expect("enqueue")[0];
+    let run = s
+        .enqueue(vec![iteration_task()], T0)
+        .await
+        .expect("enqueue")[0];
     let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
     s.checkpoint(
         c[0].lease,
@@ -517,19 +732,37 @@ pub async fn iteration_failure_and_revival(s: Arc<dyn Store>) {
     )
     .await
     .expect("checkpoint");
-    finish_one(&*s, &c[0], Outcome::Dead { error: "db down".into() }, at(2))
-        .await
-        .expect("dead");
+    finish_one(
+        &*s,
+        &c[0],
+        Outcome::Dead {
+            error: "db down".into(),
+        },
+        at(2),
+    )
+    .await
+    .expect("dead");
     let it = s.iteration(run).await.expect("iteration").expect("exists");
     assert_eq!(it.state, RunState::Dead);
     assert_eq!(it.error.as_deref(), Some("db down"));
     s.retry(c[0].lease.id, at(3)).await.expect("retry");
-    assert_eq!(s.iteration(run).await.expect("it").expect("exists").state, RunState::Running);
+    assert_eq!(
+        s.iteration(run).await.expect("it").expect("exists").state,
+        RunState::Running
+    );
     let c = s.claim(&req(&[], 1, 30_000, at(3))).await.expect("claim");
-    assert_eq!(c[0].iteration.as_ref().and_then(|i| i.cursor.clone()), Some(json!(7)));
+    assert_eq!(
+        c[0].iteration.as_ref().and_then(|i| i.cursor.clone()),
+        Some(json!(7))
+    );
     // A plain task cannot checkpoint.
-    s.enqueue(vec![new_task("plain", 1)], at(4)).await.expect("enqueue");
-    let p = s.claim(&req(&["plain"], 1, 30_000, at(4))).await.expect("claim");
+    s.enqueue(vec![new_task("plain", 1)], at(4))
+        .await
+        .expect("enqueue");
+    let p = s
+        .claim(&req(&["plain"], 1, 30_000, at(4)))
+        .await
+        .expect("claim");
     let r = s
         .checkpoint(
             p[0].lease,
@@ -546,7 +779,10 @@ pub async fn iteration_failure_and_revival(s: Arc<dyn Store>) {
 
 /// Cancelling a run cancels its pending step and fences off a running one.
 pub async fn iteration_cancel(s: Arc<dyn Store>) {
-    let run = s.enqueue(vec![iteration_task()], T0).await.expect("enqueue")[0];
+    let run = s
+        .enqueue(vec![iteration_task()], T0)
+        .await
+        .expect("enqueue")[0];
     let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
     s.cancel_iteration(run, at(1)).await.expect("cancel");
     let r = s
@@ -564,8 +800,15 @@ pub async fn iteration_cancel(s: Arc<dyn Store>) {
     let it = s.iteration(run).await.expect("iteration").expect("exists");
     assert_eq!(it.state, RunState::Cancelled);
     assert_eq!(state_of(&*s, c[0].lease.id).await, TaskState::Cancelled);
-    assert!(s.claim(&req(&[], 1, 30_000, at(100_000))).await.expect("claim").is_empty());
-    assert!(matches!(s.cancel_iteration(run, at(3)).await, Err(StoreError::Conflict(_))));
+    assert!(s
+        .claim(&req(&[], 1, 30_000, at(100_000)))
+        .await
+        .expect("claim")
+        .is_empty());
+    assert!(matches!(
+        s.cancel_iteration(run, at(3)).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert!(matches!(s.iteration(TaskId(i64::MAX - 1)).await, Ok(None)));
 }
 

@@ -47,7 +47,11 @@ pub fn unique_name(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{prefix}_{}_{n}_{}", std::process::id(), nanos % 1_000_000_000)
+    format!(
+        "{prefix}_{}_{n}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000
+    )
 }
 
 /// The URL of a fresh, empty PostgreSQL store: its own schema in the test database.

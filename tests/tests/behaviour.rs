@@ -19,7 +19,10 @@ async fn greet(name: String) -> Result<(), TaskError> {
 
 #[task(max_attempts = 3, min_backoff = "10s", max_backoff = "1m")]
 async fn always_fails(ctx: Context, label: String) -> Result<(), TaskError> {
-    Err(TaskError::retry(format!("{label} failed on attempt {}", ctx.attempt())))
+    Err(TaskError::retry(format!(
+        "{label} failed on attempt {}",
+        ctx.attempt()
+    )))
 }
 
 static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);
@@ -43,7 +46,12 @@ async fn panics(n: u32) -> Result<(), TaskError> {
     Ok(())
 }
 
-#[task(max_attempts = 2, age_limit = "1h", min_backoff = "10m", max_backoff = "10m")]
+#[task(
+    max_attempts = 2,
+    age_limit = "1h",
+    min_backoff = "10m",
+    max_backoff = "10m"
+)]
 async fn aged(_x: u8) -> Result<(), TaskError> {
     Err(TaskError::retry("still down"))
 }
@@ -83,7 +91,9 @@ async fn ok_is_done_and_fn_stays_callable() {
 #[tokio::test]
 async fn fatal_error_fails_without_retry() {
     let h = Harness::new();
-    let id = greet::start(&h.queue(), String::new()).await.expect("start");
+    let id = greet::start(&h.queue(), String::new())
+        .await
+        .expect("start");
     let report = h.drain().await.expect("drain");
     assert_eq!(report.of(id).len(), 1);
     let t = h.queue().task(id).await.expect("task").expect("exists");
@@ -96,22 +106,41 @@ async fn fatal_error_fails_without_retry() {
 async fn retries_with_backoff_then_dead_keeping_every_error() {
     let h = Harness::new();
     let t0 = h.clock().now();
-    let id = always_fails::start(&h.queue(), "smtp".into()).await.expect("start");
+    let id = always_fails::start(&h.queue(), "smtp".into())
+        .await
+        .expect("start");
     let report = h.drain().await.expect("drain");
     let runs = report.of(id);
-    assert_eq!(runs.iter().map(|r| r.outcome).collect::<Vec<_>>(), vec!["retry", "retry", "dead"]);
+    assert_eq!(
+        runs.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+        vec!["retry", "retry", "dead"]
+    );
     // Backoff with jitter: 10 s then 20 s, each in [b/2, b].
     let gap1 = runs[1].at.since(runs[0].at);
     let gap2 = runs[2].at.since(runs[1].at);
-    assert!(gap1 >= Duration::from_secs(5) && gap1 <= Duration::from_secs(10), "{gap1:?}");
-    assert!(gap2 >= Duration::from_secs(10) && gap2 <= Duration::from_secs(20), "{gap2:?}");
+    assert!(
+        gap1 >= Duration::from_secs(5) && gap1 <= Duration::from_secs(10),
+        "{gap1:?}"
+    );
+    assert!(
+        gap2 >= Duration::from_secs(10) && gap2 <= Duration::from_secs(20),
+        "{gap2:?}"
+    );
     assert!(runs[0].at.since(t0) < Duration::from_secs(1));
     let t = h.queue().task(id).await.expect("task").expect("exists");
     assert_eq!(t.info.state, TaskState::Dead);
-    let errors: Vec<_> = t.attempts.iter().map(|a| a.error.clone().unwrap_or_default()).collect();
+    let errors: Vec<_> = t
+        .attempts
+        .iter()
+        .map(|a| a.error.clone().unwrap_or_default())
+        .collect();
     assert_eq!(errors[0], "smtp failed on attempt 1");
     assert_eq!(errors[1], "smtp failed on attempt 2");
-    assert!(errors[2].contains("gave up after 3 attempts") && errors[2].contains("attempt 3"), "{}", errors[2]);
+    assert!(
+        errors[2].contains("gave up after 3 attempts") && errors[2].contains("attempt 3"),
+        "{}",
+        errors[2]
+    );
 }
 
 #[tokio::test]
@@ -120,7 +149,10 @@ async fn question_mark_errors_are_retried_until_success() {
     let id = flaky::start(&h.queue()).await.expect("start");
     let report = h.drain().await.expect("drain");
     let runs = report.of(id);
-    assert_eq!(runs.iter().map(|r| r.outcome).collect::<Vec<_>>(), vec!["retry", "retry", "done"]);
+    assert_eq!(
+        runs.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+        vec!["retry", "retry", "done"]
+    );
     assert_eq!(runs[0].error.as_deref(), Some("connection reset"));
 }
 
@@ -143,7 +175,11 @@ async fn dead_only_when_attempts_and_age_are_both_spent() {
     let report = h.drain().await.expect("drain");
     let runs = report.of(id);
     // 10-minute backoff (jitter: 5..10 min), age limit 1 h: well over 2 attempts.
-    assert!(runs.len() >= 7 && runs.len() <= 14, "{} attempts", runs.len());
+    assert!(
+        runs.len() >= 7 && runs.len() <= 14,
+        "{} attempts",
+        runs.len()
+    );
     assert_eq!(runs.last().map(|r| r.outcome), Some("dead"));
     let first = runs[0].at;
     let last = runs[runs.len() - 1].at;
@@ -154,7 +190,9 @@ async fn dead_only_when_attempts_and_age_are_both_spent() {
 #[tokio::test]
 async fn retry_from_dead_runs_again_with_fresh_attempts() {
     let h = Harness::new();
-    let id = always_fails::start(&h.queue(), "x".into()).await.expect("start");
+    let id = always_fails::start(&h.queue(), "x".into())
+        .await
+        .expect("start");
     h.drain().await.expect("drain");
     h.queue().retry(id).await.expect("retry");
     let report = h.drain().await.expect("drain");
@@ -179,9 +217,20 @@ async fn delay_eta_priority_and_queue_override() {
         .await
         .expect("start");
     let low = greet::start(&q, "low".into()).await.expect("start");
-    let high = greet::builder("high".into()).priority(10).start(&q).await.expect("start");
-    let other = greet::builder("other".into()).queue("elsewhere").start(&q).await.expect("start");
-    assert_eq!(q.task(other).await.expect("t").expect("e").info.queue, "elsewhere");
+    let high = greet::builder("high".into())
+        .priority(10)
+        .start(&q)
+        .await
+        .expect("start");
+    let other = greet::builder("other".into())
+        .queue("elsewhere")
+        .start(&q)
+        .await
+        .expect("start");
+    assert_eq!(
+        q.task(other).await.expect("t").expect("e").info.queue,
+        "elsewhere"
+    );
     assert_eq!(q.task(high).await.expect("t").expect("e").info.priority, 10);
     let report = h.drain().await.expect("drain");
     let order: Vec<_> = report.runs.iter().map(|r| r.id).collect();
@@ -197,8 +246,15 @@ async fn delay_eta_priority_and_queue_override() {
 async fn named_tasks_deduplicate_with_a_tombstone() {
     let h = Harness::new();
     let q = h.queue();
-    greet::builder("ada".into()).name("welcome-ada").start(&q).await.expect("start");
-    let again = greet::builder("ada".into()).name("welcome-ada").start(&q).await;
+    greet::builder("ada".into())
+        .name("welcome-ada")
+        .start(&q)
+        .await
+        .expect("start");
+    let again = greet::builder("ada".into())
+        .name("welcome-ada")
+        .start(&q)
+        .await;
     assert!(
         matches!(&again, Err(StartError::Store(StoreError::AlreadyExists(n))) if n == "welcome-ada"),
         "{again:?}"
@@ -207,7 +263,11 @@ async fn named_tasks_deduplicate_with_a_tombstone() {
     assert!(msg.contains("already exists"), "{msg}");
     h.drain().await.expect("drain");
     // Done, but inside the default one-hour tombstone.
-    assert!(greet::builder("ada".into()).name("welcome-ada").start(&q).await.is_err());
+    assert!(greet::builder("ada".into())
+        .name("welcome-ada")
+        .start(&q)
+        .await
+        .is_err());
     h.advance(Duration::from_secs(3601));
     greet::builder("ada".into())
         .name("welcome-ada")
@@ -225,7 +285,11 @@ async fn bulk_start_is_all_or_nothing() {
         .await
         .expect("bulk");
     assert_eq!(ids.len(), 50);
-    greet::builder("x".into()).name("taken").start(&q).await.expect("start");
+    greet::builder("x".into())
+        .name("taken")
+        .start(&q)
+        .await
+        .expect("start");
     let r = q
         .start_many(vec![
             greet::builder("a".into()),
@@ -233,7 +297,16 @@ async fn bulk_start_is_all_or_nothing() {
         ])
         .await;
     assert!(r.is_err());
-    assert_eq!(q.list(&TaskQuery { limit: 1000, ..TaskQuery::default() }).await.expect("list").len(), 51);
+    assert_eq!(
+        q.list(&TaskQuery {
+            limit: 1000,
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list")
+        .len(),
+        51
+    );
     assert_eq!(h.drain().await.expect("drain").count("done"), 51);
 }
 
@@ -244,9 +317,17 @@ async fn arguments_that_cannot_serialize_store_nothing() {
     m.insert((1u8, 2u8), 3u8);
     let r = bad_args::start(&h.queue(), m).await;
     let err = r.expect_err("a map with tuple keys is not JSON");
-    assert!(matches!(&err, StartError::Serialize { arg, .. } if arg == "map"), "{err}");
+    assert!(
+        matches!(&err, StartError::Serialize { arg, .. } if arg == "map"),
+        "{err}"
+    );
     assert!(err.to_string().contains("argument `map`"), "{err}");
-    assert!(h.queue().list(&TaskQuery::default()).await.expect("list").is_empty());
+    assert!(h
+        .queue()
+        .list(&TaskQuery::default())
+        .await
+        .expect("list")
+        .is_empty());
 }
 
 #[tokio::test]
@@ -283,11 +364,34 @@ async fn undecodable_payload_and_unknown_task_go_dead_and_the_rest_runs() {
         assert_eq!(t.info.state, TaskState::Dead, "{id}");
         assert_eq!(report.of(*id).len(), 1, "not retried");
     }
-    let e0 = q.task(ids[0]).await.expect("t").expect("e").info.last_error.unwrap_or_default();
-    assert!(e0.contains("argument `name`") && e0.contains("does not decode"), "{e0}");
-    let e2 = q.task(ids[2]).await.expect("t").expect("e").info.last_error.unwrap_or_default();
-    assert!(e2.contains("no registered task is named `old::renamed_task`"), "{e2}");
-    assert_eq!(q.task(good).await.expect("t").expect("e").info.state, TaskState::Done);
+    let e0 = q
+        .task(ids[0])
+        .await
+        .expect("t")
+        .expect("e")
+        .info
+        .last_error
+        .unwrap_or_default();
+    assert!(
+        e0.contains("argument `name`") && e0.contains("does not decode"),
+        "{e0}"
+    );
+    let e2 = q
+        .task(ids[2])
+        .await
+        .expect("t")
+        .expect("e")
+        .info
+        .last_error
+        .unwrap_or_default();
+    assert!(
+        e2.contains("no registered task is named `old::renamed_task`"),
+        "{e2}"
+    );
+    assert_eq!(
+        q.task(good).await.expect("t").expect("e").info.state,
+        TaskState::Done
+    );
 }
 
 #[tokio::test]
@@ -295,11 +399,25 @@ async fn payload_is_json_keyed_by_argument_names() {
     let h = Harness::new();
     let mut extra = HashMap::new();
     extra.insert("k".to_string(), 1);
-    let id = mail::start(&h.queue(), "ada@example.org".into(), vec!["a".into()], extra)
+    let id = mail::start(
+        &h.queue(),
+        "ada@example.org".into(),
+        vec!["a".into()],
+        extra,
+    )
+    .await
+    .expect("start");
+    let t = h
+        .queue()
+        .task(id)
         .await
-        .expect("start");
-    let t = h.queue().task(id).await.expect("task").expect("exists").info;
-    assert_eq!(t.payload, json!({ "to": "ada@example.org", "tags": ["a"], "extra": { "k": 1 } }));
+        .expect("task")
+        .expect("exists")
+        .info;
+    assert_eq!(
+        t.payload,
+        json!({ "to": "ada@example.org", "tags": ["a"], "extra": { "k": 1 } })
+    );
     assert_eq!(t.queue, "mail");
     assert_eq!(t.priority, 3);
 }
@@ -309,7 +427,9 @@ async fn pause_resume_purge() {
     let h = Harness::new();
     let q = h.queue();
     for i in 0..3 {
-        mail::start(&q, format!("{i}"), vec![], HashMap::new()).await.expect("start");
+        mail::start(&q, format!("{i}"), vec![], HashMap::new())
+            .await
+            .expect("start");
     }
     greet::start(&q, "g".into()).await.expect("start");
     q.pause("mail").await.expect("pause");
@@ -320,7 +440,9 @@ async fn pause_resume_purge() {
     assert!(m.paused);
     assert_eq!(m.count(TaskState::Pending), 3);
     q.resume("mail").await.expect("resume");
-    mail::start(&q, "x".into(), vec![], HashMap::new()).await.expect("start");
+    mail::start(&q, "x".into(), vec![], HashMap::new())
+        .await
+        .expect("start");
     q.pause("mail").await.expect("pause");
     assert_eq!(q.purge("mail").await.expect("purge"), 4);
     q.resume("mail").await.expect("resume");
@@ -339,7 +461,11 @@ async fn run_now_and_delete_through_the_queue() {
     assert!(h.run_due().await.expect("run").runs.is_empty());
     q.run_now(id).await.expect("run now");
     assert_eq!(h.run_due().await.expect("run").count("done"), 1);
-    let gone = greet::builder("gone".into()).delay(Duration::from_secs(10)).start(&q).await.expect("start");
+    let gone = greet::builder("gone".into())
+        .delay(Duration::from_secs(10))
+        .start(&q)
+        .await
+        .expect("start");
     q.delete(gone).await.expect("delete");
     assert!(q.task(gone).await.expect("task").is_none());
     assert!(h.drain().await.expect("drain").runs.is_empty());
@@ -365,7 +491,10 @@ async fn queue_rate_limit_spaces_runs_on_virtual_time() {
     let r = h.drain().await.expect("drain");
     assert_eq!(r.count("done"), 6);
     let span = r.runs[5].at.since(r.runs[0].at);
-    assert!(span >= Duration::from_millis(2500), "6 runs at 2/s with burst 1 take >= 2.5 s, took {span:?}");
+    assert!(
+        span >= Duration::from_millis(2500),
+        "6 runs at 2/s with burst 1 take >= 2.5 s, took {span:?}"
+    );
     let bad = q
         .configure(
             "rated",
@@ -375,5 +504,8 @@ async fn queue_rate_limit_spaces_runs_on_virtual_time() {
             },
         )
         .await;
-    assert!(bad.expect_err("negative rate").to_string().contains("rate must be a positive number"));
+    assert!(bad
+        .expect_err("negative rate")
+        .to_string()
+        .contains("rate must be a positive number"));
 }

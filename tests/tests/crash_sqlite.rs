@@ -32,7 +32,10 @@ async fn sigkill_mid_run_loses_nothing() {
         .expect("spawn worker");
     let start = Instant::now();
     while read_log(&log).len() < 300 {
-        assert!(start.elapsed() < Duration::from_secs(60), "the child worker made no progress");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the child worker made no progress"
+        );
         if let Ok(Some(status)) = child.try_wait() {
             panic!("the child worker exited early: {status}");
         }
@@ -60,7 +63,10 @@ async fn sigkill_mid_run_loses_nothing() {
         if crash.count(TaskState::Done) == N {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "not finished: {crash:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "not finished: {crash:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     w.shutdown().await.expect("shutdown");
@@ -68,7 +74,10 @@ async fn sigkill_mid_run_loses_nothing() {
     let qs = q.queues().await.expect("queues");
     let crash = qs.iter().find(|x| x.name == "crash").expect("crash queue");
     assert_eq!(crash.count(TaskState::Done), N);
-    assert_eq!(crash.count(TaskState::Dead) + crash.count(TaskState::Failed), 0);
+    assert_eq!(
+        crash.count(TaskState::Dead) + crash.count(TaskState::Failed),
+        0
+    );
     let effects = read_log(&log);
     let distinct: HashSet<u64> = effects.iter().copied().collect();
     assert_eq!(distinct.len() as u64, N, "every task ran");
@@ -79,7 +88,11 @@ async fn sigkill_mid_run_loses_nothing() {
     for n in effects {
         if !seen.insert(n) {
             dupes += 1;
-            let t = q.task(ids[n as usize]).await.expect("task").expect("exists");
+            let t = q
+                .task(ids[n as usize])
+                .await
+                .expect("task")
+                .expect("exists");
             assert!(
                 t.attempts.iter().any(|a| a.outcome == "lease lapsed"),
                 "task {n} ran twice but was not in flight at the kill: {:?}",

@@ -80,17 +80,26 @@ async fn count(q: &Queue, queue: &str, state: TaskState) -> u64 {
 async fn concurrency_limit_is_honoured() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let q = Queue::new(store.clone());
-    q.start_many((0..40).map(|_| busy::builder(20))).await.expect("start");
+    q.start_many((0..40).map(|_| busy::builder(20)))
+        .await
+        .expect("start");
     let w = Worker::builder(store)
         .queues(["conc"])
         .concurrency(4)
         .build()
         .expect("worker")
         .spawn();
-    wait_until("40 done", Duration::from_secs(30), || async { count(&q, "conc", TaskState::Done).await == 40 }).await;
+    wait_until("40 done", Duration::from_secs(30), || async {
+        count(&q, "conc", TaskState::Done).await == 40
+    })
+    .await;
     let stats = w.stats().clone();
     w.shutdown().await.expect("shutdown");
-    assert!(PEAK.load(Ordering::SeqCst) <= 4, "peak {}", PEAK.load(Ordering::SeqCst));
+    assert!(
+        PEAK.load(Ordering::SeqCst) <= 4,
+        "peak {}",
+        PEAK.load(Ordering::SeqCst)
+    );
     assert!(PEAK.load(Ordering::SeqCst) >= 2, "ran concurrently");
     assert_eq!(stats.done.load(Ordering::Relaxed), 40);
     assert_eq!(stats.claimed.load(Ordering::Relaxed), 40);
@@ -155,9 +164,11 @@ async fn a_dead_workers_task_runs_again_when_its_lease_lapses() {
         .build()
         .expect("worker")
         .spawn();
-    wait_until("re-run after the lapse", Duration::from_secs(10), || async {
-        q.task(id).await.ok().flatten().map(|t| t.info.state) == Some(TaskState::Done)
-    })
+    wait_until(
+        "re-run after the lapse",
+        Duration::from_secs(10),
+        || async { q.task(id).await.ok().flatten().map(|t| t.info.state) == Some(TaskState::Done) },
+    )
     .await;
     w.shutdown().await.expect("shutdown");
     let t = q.task(id).await.expect("task").expect("exists");
@@ -182,7 +193,10 @@ async fn hard_deadline_cancels_the_attempt() {
         q.task(id).await.ok().flatten().map(|t| t.info.state) == Some(TaskState::Dead)
     })
     .await;
-    assert!(started.elapsed() < Duration::from_secs(5), "cancelled long before its 10 s sleep");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cancelled long before its 10 s sleep"
+    );
     w.shutdown().await.expect("shutdown");
     let t = q.task(id).await.expect("task").expect("exists");
     let err = t.attempts[0].error.clone().unwrap_or_default();
@@ -201,7 +215,12 @@ async fn soft_deadline_is_observable_through_context() {
         .expect("worker")
         .spawn();
     wait_until("finished", Duration::from_secs(5), || async {
-        q.task(id).await.ok().flatten().map(|t| !t.info.state.is_live()) == Some(true)
+        q.task(id)
+            .await
+            .ok()
+            .flatten()
+            .map(|t| !t.info.state.is_live())
+            == Some(true)
     })
     .await;
     w.shutdown().await.expect("shutdown");
@@ -228,12 +247,22 @@ async fn graceful_shutdown_finishes_short_tasks_and_releases_long_ones() {
     let t = std::time::Instant::now();
     w.shutdown().await.expect("shutdown");
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert_eq!(q.task(short).await.expect("t").expect("e").info.state, TaskState::Done);
+    assert_eq!(
+        q.task(short).await.expect("t").expect("e").info.state,
+        TaskState::Done
+    );
     let l = q.task(long).await.expect("t").expect("e");
-    assert_eq!(l.info.state, TaskState::Pending, "released to run again at once");
+    assert_eq!(
+        l.info.state,
+        TaskState::Pending,
+        "released to run again at once"
+    );
     assert_eq!(l.info.attempts, 0, "a released attempt does not count");
     assert!(l.info.run_at <= Timestamp::now());
-    assert_eq!(l.attempts.last().map(|a| a.outcome.as_str()), Some("released"));
+    assert_eq!(
+        l.attempts.last().map(|a| a.outcome.as_str()),
+        Some("released")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +299,11 @@ async fn a_worker_keeps_serving_after_bad_payloads() {
     w.shutdown().await.expect("shutdown");
     let b = q.task(bad).await.expect("t").expect("e");
     assert_eq!(b.info.state, TaskState::Dead);
-    assert!(b.info.last_error.unwrap_or_default().contains("argument `ms`"));
+    assert!(b
+        .info
+        .last_error
+        .unwrap_or_default()
+        .contains("argument `ms`"));
 }
 
 /// Captures `taskq.attempt` spans and the fields recorded on them.
