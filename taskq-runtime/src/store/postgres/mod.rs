@@ -113,11 +113,7 @@ type Param<'a> = &'a (dyn ToSql + Sync);
 fn pg_err(e: &tokio_postgres::Error) -> StoreError {
     use std::error::Error as _;
     if let Some(db) = e.as_db_error() {
-        let mut msg = format!(
-            "PostgreSQL error {}: {}",
-            db.code().code(),
-            db.message()
-        );
+        let mut msg = format!("PostgreSQL error {}: {}", db.code().code(), db.message());
         if let Some(d) = db.detail() {
             msg.push_str(&format!(" ({d})"));
         }
@@ -414,7 +410,10 @@ fn task_from_row(r: &Row) -> Result<TaskInfo, StoreError> {
             .map_err(e)?
             .map(Timestamp),
         last_error: r.try_get("last_error").map_err(e)?,
-        run: r.try_get::<_, Option<i64>>("run_id").map_err(e)?.map(TaskId),
+        run: r
+            .try_get::<_, Option<i64>>("run_id")
+            .map_err(e)?
+            .map(TaskId),
         worker: r.try_get("worker").map_err(e)?,
         lease_until: r
             .try_get::<_, Option<i64>>("lease_until")
@@ -423,7 +422,8 @@ fn task_from_row(r: &Row) -> Result<TaskInfo, StoreError> {
     })
 }
 
-const ITERATION_COLUMNS: &str = "run_id, task, queue, filter::text AS filter, cursor::text AS cursor, \
+const ITERATION_COLUMNS: &str =
+    "run_id, task, queue, filter::text AS filter, cursor::text AS cursor, \
      processed, batches, steps, total, state, started_at, updated_at, finished_at, error";
 
 fn iteration_from_row(r: &Row) -> Result<IterationInfo, StoreError> {
@@ -529,7 +529,12 @@ impl EnqueueArgs {
     }
 
     fn first_name(&self) -> String {
-        self.unique_name.iter().flatten().next().cloned().unwrap_or_default()
+        self.unique_name
+            .iter()
+            .flatten()
+            .next()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -682,7 +687,10 @@ SELECT NULL, NULL, c.unique_name FROM conflict c
         let n = tasks.len();
         let args = EnqueueArgs::new(tasks)?;
         let now_ms = now.0;
-        let rows = match tx.query(&self.enqueue_sql(args.has_names()), &args.params(&now_ms)).await {
+        let rows = match tx
+            .query(&self.enqueue_sql(args.has_names()), &args.params(&now_ms))
+            .await
+        {
             Ok(rows) => rows,
             Err(e) if is_unique_violation(&e) => {
                 return Err(StoreError::AlreadyExists(
@@ -871,10 +879,7 @@ ORDER BY c.priority DESC, c.run_at, c.id
                 if cap > 0 {
                     let limit = limit_i64(cap);
                     let rows = tx
-                        .query(
-                            &st_claim,
-                            &[&now, &lease_until, &req.worker, &limit, &name],
-                        )
+                        .query(&st_claim, &[&now, &lease_until, &req.worker, &limit, &name])
                         .await?;
                     claimed = rows.len();
                     got.extend(rows);
@@ -896,7 +901,11 @@ ORDER BY c.priority DESC, c.run_at, c.id
         Ok(())
     }
 
-    async fn notify_sql_exec(&self, c: &mut PooledConn<'_>, queues: &[String]) -> Result<(), StoreError> {
+    async fn notify_sql_exec(
+        &self,
+        c: &mut PooledConn<'_>,
+        queues: &[String],
+    ) -> Result<(), StoreError> {
         let st = c.prep(Self::NOTIFY_SQL).await?;
         let client = c.client()?;
         let r = client.query(&st, &[&queues]).await;
@@ -927,8 +936,7 @@ impl Store for PostgresStore {
         let st_notify = c.prep(Self::NOTIFY_SQL).await?;
         let params = args.params(&now_ms);
         let notify_params: [Param<'_>; 1] = [&args.queues];
-        match Self::pipelined_tx(&mut c, (&st, &params), Some((&st_notify, &notify_params)))
-            .await?
+        match Self::pipelined_tx(&mut c, (&st, &params), Some((&st_notify, &notify_params))).await?
         {
             Ok(rows) => enqueue_result(&rows, n),
             Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists(
@@ -1160,7 +1168,14 @@ LEFT JOIN LATERAL (
         let r = client
             .query(
                 &st,
-                &[&lease.id.0, &lease.token, &cursor, &processed, &total, &now.0],
+                &[
+                    &lease.id.0,
+                    &lease.token,
+                    &cursor,
+                    &processed,
+                    &total,
+                    &now.0,
+                ],
             )
             .await;
         if !c.check(r)?.is_empty() {
@@ -1225,7 +1240,11 @@ LEFT JOIN LATERAL (
         let wanted = async {
             loop {
                 match rx.recv().await {
-                    Ok(q) if q.is_empty() || queues.is_empty() || queues.iter().any(|x| **x == *q) => {
+                    Ok(q)
+                        if q.is_empty()
+                            || queues.is_empty()
+                            || queues.iter().any(|x| **x == *q) =>
+                    {
                         return
                     }
                     Ok(_) => {}
@@ -1240,12 +1259,10 @@ LEFT JOIN LATERAL (
     }
 
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
-        let cfg_sql = self.sql(
-            "SELECT name, paused, rate, burst, max_concurrent FROM {S}.taskq_queues",
-        );
-        let count_sql = self.sql(
-            "SELECT queue, state, count(*) FROM {S}.taskq_tasks GROUP BY queue, state",
-        );
+        let cfg_sql =
+            self.sql("SELECT name, paused, rate, burst, max_concurrent FROM {S}.taskq_queues");
+        let count_sql =
+            self.sql("SELECT queue, state, count(*) FROM {S}.taskq_tasks GROUP BY queue, state");
         let mut c = self.pool.get().await?;
         let st_cfg = c.prep(&cfg_sql).await?;
         let st_count = c.prep(&count_sql).await?;

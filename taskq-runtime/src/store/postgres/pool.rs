@@ -184,7 +184,10 @@ impl PooledConn<'_> {
     }
 
     /// Marks the connection broken if `e` is not a plain SQL error.
-    pub(crate) fn check<T>(&mut self, r: Result<T, tokio_postgres::Error>) -> Result<T, StoreError> {
+    pub(crate) fn check<T>(
+        &mut self,
+        r: Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
         match r {
             Ok(v) => Ok(v),
             Err(e) => {

@@ -30,7 +30,9 @@ fn url() -> Option<String> {
                 !ci(),
                 "CI=true but TASKQ_TEST_POSTGRES_URL is not set: start PostgreSQL with .ci/postgres.sh"
             );
-            eprintln!("TASKQ_TEST_POSTGRES_URL is not set; skipping (run `source .ci/postgres.sh` first)");
+            eprintln!(
+                "TASKQ_TEST_POSTGRES_URL is not set; skipping (run `source .ci/postgres.sh` first)"
+            );
             None
         }
     }
@@ -130,11 +132,18 @@ async fn claim_finish_and_fencing() {
     assert_eq!(b0.attempt, 2);
 
     // A is fenced off everywhere.
-    let lost = s.heartbeat(&[a[0].lease], "A", t1.add(Duration::from_secs(60))).await.unwrap();
+    let lost = s
+        .heartbeat(&[a[0].lease], "A", t1.add(Duration::from_secs(60)))
+        .await
+        .unwrap();
     assert_eq!(lost, vec![ids[0]]);
     let r = s
         .finish(
-            vec![Finish { lease: a[0].lease, outcome: Outcome::Done, started_at: t0 }],
+            vec![Finish {
+                lease: a[0].lease,
+                outcome: Outcome::Done,
+                started_at: t0,
+            }],
             "A",
             t1,
         )
@@ -143,14 +152,25 @@ async fn claim_finish_and_fencing() {
     assert!(matches!(r[0], Err(StoreError::LeaseLost(id)) if id == ids[0]));
 
     // B heartbeats and finishes both in one batch (one done, one retry).
-    assert!(s.heartbeat(&[b[0].lease, b[1].lease], "B", Timestamp(t1.0 + 90_000)).await.unwrap().is_empty());
+    assert!(s
+        .heartbeat(&[b[0].lease, b[1].lease], "B", Timestamp(t1.0 + 90_000))
+        .await
+        .unwrap()
+        .is_empty());
     let r = s
         .finish(
             vec![
-                Finish { lease: b0.lease, outcome: Outcome::Done, started_at: t1 },
+                Finish {
+                    lease: b0.lease,
+                    outcome: Outcome::Done,
+                    started_at: t1,
+                },
                 Finish {
                     lease: b.iter().find(|c| c.lease.id == ids[1]).unwrap().lease,
-                    outcome: Outcome::Retry { error: "boom".into(), run_at: Timestamp(t1.0 + 5_000) },
+                    outcome: Outcome::Retry {
+                        error: "boom".into(),
+                        run_at: Timestamp(t1.0 + 5_000),
+                    },
                     started_at: t1,
                 },
             ],
@@ -167,7 +187,10 @@ async fn claim_finish_and_fencing() {
     let d = s.task(ids[1]).await.unwrap().unwrap();
     assert_eq!(d.info.state, TaskState::Pending);
     assert_eq!(d.info.last_error.as_deref(), Some("boom"));
-    assert_eq!(s.next_due(&["q".into()]).await.unwrap(), Some(Timestamp(t1.0 + 5_000)));
+    assert_eq!(
+        s.next_due(&["q".into()]).await.unwrap(),
+        Some(Timestamp(t1.0 + 5_000))
+    );
     drop(s);
     drop_schema(&url, &schema).await;
 }
@@ -182,7 +205,9 @@ async fn two_claimers_never_double_claim() {
     let now = Timestamp(5_000_000);
     const N: usize = 2_000;
     for chunk in 0..(N / 500) {
-        let batch = (0..500).map(|i| task("bulk", (chunk * 500 + i) as i64, now)).collect();
+        let batch = (0..500)
+            .map(|i| task("bulk", (chunk * 500 + i) as i64, now))
+            .collect();
         s1.enqueue(batch, now).await.unwrap();
     }
     let started = Instant::now();
@@ -190,13 +215,20 @@ async fn two_claimers_never_double_claim() {
         tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = s.claim(&req("bulk", name, 100, 600_000, now)).await.unwrap();
+                let got = s
+                    .claim(&req("bulk", name, 100, 600_000, now))
+                    .await
+                    .unwrap();
                 if got.is_empty() {
                     break;
                 }
                 let fin = got
                     .iter()
-                    .map(|c| Finish { lease: c.lease, outcome: Outcome::Done, started_at: now })
+                    .map(|c| Finish {
+                        lease: c.lease,
+                        outcome: Outcome::Done,
+                        started_at: now,
+                    })
                     .collect();
                 let r = s.finish(fin, name, now).await.unwrap();
                 assert!(r.iter().all(|x| x.is_ok()));
@@ -237,21 +269,31 @@ async fn notify_wakes_idle_workers_quickly() {
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         let sent = Instant::now();
-        starter.enqueue(vec![task("wq", 1, Timestamp::now())], Timestamp::now()).await.unwrap();
+        starter
+            .enqueue(vec![task("wq", 1, Timestamp::now())], Timestamp::now())
+            .await
+            .unwrap();
         let woke = wait.await.unwrap();
         let latency = woke.saturating_duration_since(sent);
         eprintln!("LISTEN/NOTIFY wake-up latency: {latency:?}");
-        assert!(latency < Duration::from_millis(500), "woken after {latency:?}");
+        assert!(
+            latency < Duration::from_millis(500),
+            "woken after {latency:?}"
+        );
     }
     // Work on another queue does not wake a worker of this one.
     let w = waiter.clone();
     let wait = tokio::spawn(async move {
         let t = Instant::now();
-        w.wait_for_work(&["wq".to_string()], Duration::from_millis(700)).await;
+        w.wait_for_work(&["wq".to_string()], Duration::from_millis(700))
+            .await;
         t.elapsed()
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    starter.enqueue(vec![task("other", 1, Timestamp::now())], Timestamp::now()).await.unwrap();
+    starter
+        .enqueue(vec![task("other", 1, Timestamp::now())], Timestamp::now())
+        .await
+        .unwrap();
     assert!(wait.await.unwrap() >= Duration::from_millis(650));
     drop((waiter, starter));
     drop_schema(&url, &schema).await;
@@ -268,30 +310,53 @@ async fn transactional_start_commits_or_leaves_nothing() {
 
     // Rolled back: no task.
     let tx = c.transaction().await.unwrap();
-    let ids = s.enqueue_in(&tx, vec![task("tq", 1, now)], now).await.unwrap();
+    let ids = s
+        .enqueue_in(&tx, vec![task("tq", 1, now)], now)
+        .await
+        .unwrap();
     assert_eq!(ids.len(), 1);
     tx.rollback().await.unwrap();
     assert!(s.task(ids[0]).await.unwrap().is_none());
-    assert!(s.list_tasks(&TaskQuery::default()).await.unwrap().is_empty());
+    assert!(s
+        .list_tasks(&TaskQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
 
     // Dropped without commit: no task either.
     {
         let tx = c.transaction().await.unwrap();
-        s.enqueue_in(&tx, vec![task("tq", 2, now)], now).await.unwrap();
+        s.enqueue_in(&tx, vec![task("tq", 2, now)], now)
+            .await
+            .unwrap();
     }
-    assert!(s.list_tasks(&TaskQuery::default()).await.unwrap().is_empty());
+    assert!(s
+        .list_tasks(&TaskQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
 
     // Committed with the application's own write: the task exists, and is claimable.
-    c.batch_execute(&format!("CREATE TABLE \"{schema}\".app_rows (id int)")).await.unwrap();
+    c.batch_execute(&format!("CREATE TABLE \"{schema}\".app_rows (id int)"))
+        .await
+        .unwrap();
     let tx = c.transaction().await.unwrap();
-    tx.execute(&format!("INSERT INTO \"{schema}\".app_rows VALUES (1)"), &[]).await.unwrap();
+    tx.execute(
+        &format!("INSERT INTO \"{schema}\".app_rows VALUES (1)"),
+        &[],
+    )
+    .await
+    .unwrap();
     let mut named = task("tq", 3, now);
     named.unique_name = Some("only-once".into());
     let ids = s.enqueue_in(&tx, vec![named.clone()], now).await.unwrap();
     // A second start of the same name in the same transaction is refused, and the
     // transaction stays usable.
     let again = s.enqueue_in(&tx, vec![named], now).await;
-    assert!(matches!(again, Err(StoreError::AlreadyExists(ref n)) if n == "only-once"), "{again:?}");
+    assert!(
+        matches!(again, Err(StoreError::AlreadyExists(ref n)) if n == "only-once"),
+        "{again:?}"
+    );
     tx.commit().await.unwrap();
     let info = s.task(ids[0]).await.unwrap().unwrap().info;
     assert_eq!(info.state, TaskState::Pending);
@@ -340,9 +405,11 @@ async fn newer_schema_is_refused() {
     // Opening again is fine (already migrated).
     drop(store(&url, &schema).await);
     let c = client(&url).await;
-    c.batch_execute(&format!("INSERT INTO \"{schema}\".taskq_schema (version) VALUES (999)"))
-        .await
-        .unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO \"{schema}\".taskq_schema (version) VALUES (999)"
+    ))
+    .await
+    .unwrap();
     match PostgresStore::open_in_schema(&url, &schema).await {
         Err(StoreError::SchemaTooNew { found, known }) => {
             assert_eq!(found, 999);
@@ -365,7 +432,11 @@ async fn concurrent_opens_migrate_once() {
     let opens: Vec<_> = (0..4)
         .map(|_| {
             let (url, schema) = (url.clone(), schema.clone());
-            tokio::spawn(async move { PostgresStore::open_in_schema(&url, &schema).await.map(|_| ()) })
+            tokio::spawn(async move {
+                PostgresStore::open_in_schema(&url, &schema)
+                    .await
+                    .map(|_| ())
+            })
         })
         .collect();
     for o in opens {
@@ -373,7 +444,10 @@ async fn concurrent_opens_migrate_once() {
     }
     let c = client(&url).await;
     let n: i64 = c
-        .query_one(&format!("SELECT count(*) FROM \"{schema}\".taskq_schema"), &[])
+        .query_one(
+            &format!("SELECT count(*) FROM \"{schema}\".taskq_schema"),
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -388,14 +462,28 @@ fn cluster_env() -> Option<HashMap<String, String>> {
     Some(
         text.lines()
             .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('\'').to_string()))
+            .map(|(k, v)| {
+                (
+                    k.trim().to_string(),
+                    v.trim().trim_matches('\'').to_string(),
+                )
+            })
             .collect(),
     )
 }
 
 fn pg_ctl_restart(env: &HashMap<String, String>) {
     let bin = format!("{}/pg_ctl", env["PGBIN"]);
-    let args = ["-D", env["PGDATA"].as_str(), "-m", "fast", "-w", "-t", "60", "restart"];
+    let args = [
+        "-D",
+        env["PGDATA"].as_str(),
+        "-m",
+        "fast",
+        "-w",
+        "-t",
+        "60",
+        "restart",
+    ];
     let is_root = std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -417,7 +505,10 @@ fn pg_ctl_restart(env: &HashMap<String, String>) {
             .stdout(std::process::Stdio::null())
             .status()
     };
-    assert!(status.map(|s| s.success()).unwrap_or(false), "pg_ctl restart failed");
+    assert!(
+        status.map(|s| s.success()).unwrap_or(false),
+        "pg_ctl restart failed"
+    );
 }
 
 async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
@@ -450,7 +541,10 @@ async fn survives_a_server_restart() {
     let schema = schema_name("restart");
     let s = Arc::new(store(&url, &schema).await);
     let now = Timestamp(3_000_000);
-    let ids = s.enqueue(vec![task("r", 1, now), task("r", 2, now)], now).await.unwrap();
+    let ids = s
+        .enqueue(vec![task("r", 1, now), task("r", 2, now)], now)
+        .await
+        .unwrap();
     let held = s.claim(&req("r", "w", 1, 600_000, now)).await.unwrap();
     assert_eq!(held.len(), 1);
 
@@ -462,13 +556,24 @@ async fn survives_a_server_restart() {
     let r2 = req("r", "w", 10, 600_000, now);
     let got = eventually("claim", || s.claim(&r2)).await;
     let got_ids: HashSet<TaskId> = got.iter().map(|c| c.lease.id).collect();
-    assert_eq!(got_ids, [ids[1], more[0]].into_iter().collect::<HashSet<_>>());
+    assert_eq!(
+        got_ids,
+        [ids[1], more[0]].into_iter().collect::<HashSet<_>>()
+    );
     // The lease taken before the restart is still good.
     let mut fin: Vec<Finish> = got
         .iter()
-        .map(|c| Finish { lease: c.lease, outcome: Outcome::Done, started_at: now })
+        .map(|c| Finish {
+            lease: c.lease,
+            outcome: Outcome::Done,
+            started_at: now,
+        })
         .collect();
-    fin.push(Finish { lease: held[0].lease, outcome: Outcome::Done, started_at: now });
+    fin.push(Finish {
+        lease: held[0].lease,
+        outcome: Outcome::Done,
+        started_at: now,
+    });
     let r = s.finish(fin, "w", now).await.unwrap();
     assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
 
@@ -478,7 +583,8 @@ async fn survives_a_server_restart() {
     loop {
         let w = s.clone();
         let wait = tokio::spawn(async move {
-            w.wait_for_work(&["r".to_string()], Duration::from_secs(3)).await;
+            w.wait_for_work(&["r".to_string()], Duration::from_secs(3))
+                .await;
             Instant::now()
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -507,7 +613,9 @@ async fn claim_rate() {
     const N: usize = 50_000;
     let t = Instant::now();
     for chunk in 0..(N / 1_000) {
-        let batch = (0..1_000).map(|i| task("b", (chunk * 1_000 + i) as i64, now)).collect();
+        let batch = (0..1_000)
+            .map(|i| task("b", (chunk * 1_000 + i) as i64, now))
+            .collect();
         s.enqueue(batch, now).await.unwrap();
     }
     let enq = t.elapsed().as_secs_f64();
@@ -526,7 +634,11 @@ async fn claim_rate() {
     for chunk in claimed.chunks(100) {
         let fin = chunk
             .iter()
-            .map(|l| Finish { lease: *l, outcome: Outcome::Done, started_at: now })
+            .map(|l| Finish {
+                lease: *l,
+                outcome: Outcome::Done,
+                started_at: now,
+            })
             .collect();
         s.finish(fin, "w", now).await.unwrap();
     }
