@@ -1,0 +1,185 @@
+//! Models over a real SQLite table for the iterative-task tests, and the iterative task the
+//! crash-test worker process (`taskq-iter-worker`) serves.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+use taskq_runtime::{iterative_task, Context, Model, TaskError};
+
+/// A SQLite database with an `items (id, grp)` table. Cheap to clone; the connection is
+/// behind a mutex and the model's queries run on tokio's blocking pool.
+#[derive(Clone, Debug)]
+pub struct ItemDb {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// One row of `items`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    /// Primary key, the cursor.
+    pub id: i64,
+    /// A group, to filter on.
+    pub grp: String,
+}
+
+/// Which items a run walks: one group, or all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ItemFilter {
+    /// Only this group; `None` for every item.
+    pub grp: Option<String>,
+}
+
+impl ItemDb {
+    /// Opens (creating) the database at `path` with its table.
+    pub fn open(path: impl AsRef<Path>) -> ItemDb {
+        let conn = Connection::open(path).expect("open the items database");
+        conn.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .expect("WAL");
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, grp TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS items_grp ON items (grp, id);",
+        )
+        .expect("create items");
+        ItemDb {
+            conn: Arc::new(Mutex::new(conn)),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> T {
+        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut c).expect("items database")
+    }
+
+    /// Inserts rows (one transaction).
+    pub fn insert<'a>(&self, rows: impl IntoIterator<Item = (i64, &'a str)>) {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare("INSERT INTO items (id, grp) VALUES (?1, ?2)")?;
+                for (id, grp) in rows {
+                    st.execute(params![id, grp])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Deletes one row.
+    pub fn delete(&self, id: i64) {
+        self.with(|c| {
+            c.execute("DELETE FROM items WHERE id = ?1", [id])
+                .map(|_| ())
+        })
+    }
+
+    /// The ids of a group (or all), ascending.
+    pub fn ids(&self, grp: Option<&str>) -> Vec<i64> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT id FROM items WHERE (?1 IS NULL OR grp = ?1) ORDER BY id")?;
+            let rows = st.query_map([grp], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+}
+
+impl Model for Item {
+    type Key = i64;
+    type Filter = ItemFilter;
+    type Source = ItemDb;
+
+    fn key(&self) -> i64 {
+        self.id
+    }
+
+    async fn batch(
+        db: &ItemDb,
+        f: &ItemFilter,
+        after: Option<&i64>,
+        limit: usize,
+    ) -> Result<Vec<Item>, TaskError> {
+        let conn = db.conn.clone();
+        let grp = f.grp.clone();
+        let after = after.copied().unwrap_or(i64::MIN);
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = c.prepare_cached(
+                "SELECT id, grp FROM items WHERE (?1 IS NULL OR grp = ?1) AND id > ?2
+                 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![grp, after, limit as i64], |r| {
+                Ok(Item {
+                    id: r.get(0)?,
+                    grp: r.get(1)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<Item>>>()
+        })
+        .await?
+        .map_err(TaskError::from)
+    }
+
+    async fn count(db: &ItemDb, f: &ItemFilter) -> Result<Option<u64>, TaskError> {
+        let conn = db.conn.clone();
+        let grp = f.grp.clone();
+        let n = tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            c.query_row(
+                "SELECT COUNT(*) FROM items WHERE (?1 IS NULL OR grp = ?1)",
+                [grp],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .await??;
+        Ok(Some(n as u64))
+    }
+}
+
+/// Where [`crash_walk`] records what it processed: one id per line, one `write` per id, so
+/// a kill mid-batch leaves the part of the batch that was done.
+#[derive(Clone, Debug)]
+pub struct IterLog(pub PathBuf);
+
+/// Batch size of [`crash_walk`].
+pub const CRASH_BATCH: usize = 200;
+
+/// The iterative task of the crash test: records each item's id, then pretends to work
+/// for `work_ms` per batch.
+#[iterative_task(
+    model = Item,
+    batch_size = 200,
+    queue = "crash-iter",
+    timeout = "10s",
+    min_backoff = "50ms",
+    max_backoff = "500ms"
+)]
+pub async fn crash_walk(ctx: Context, items: Vec<Item>, work_ms: u64) -> Result<(), TaskError> {
+    let log = ctx.state::<IterLog>()?.0.clone();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    for (i, item) in items.iter().enumerate() {
+        f.write_all(format!("{}\n", item.id).as_bytes())?;
+        if i == items.len() / 2 {
+            // Half-way through the batch: a kill now leaves a partial batch behind.
+            tokio::time::sleep(Duration::from_millis(work_ms)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The ids an [`IterLog`] holds, in the order they were written.
+pub fn read_iter_log(path: &Path) -> Vec<i64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
