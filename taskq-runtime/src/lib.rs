@@ -59,6 +59,11 @@ pub use taskq_macros::{iterative_task, task};
 pub use time::{Clock, Timestamp};
 pub use worker::{Worker, WorkerBuilder};
 
+/// The PostgreSQL driver taskq uses, for starting tasks inside your own transaction
+/// ([`TaskBuilder::start_in`]) with the same version of its types.
+#[cfg(feature = "postgres")]
+pub use tokio_postgres;
+
 /// What generated code reaches through absolute paths. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {

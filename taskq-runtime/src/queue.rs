@@ -261,6 +261,39 @@ impl TaskBuilder {
         })
     }
 
+    /// Starts the task inside the application's own PostgreSQL transaction: it exists if
+    /// and only if `tx` commits, and workers are woken at that commit.
+    ///
+    /// ```no_run
+    /// # use taskq_runtime::{task, TaskError};
+    /// # #[task] async fn send_email(to: String) -> Result<(), TaskError> { Ok(()) }
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use taskq_runtime::store::postgres::PostgresStore;
+    /// use taskq_runtime::tokio_postgres::{self, NoTls};
+    ///
+    /// let store = PostgresStore::open("postgres://app@127.0.0.1/app").await?;
+    /// let (mut client, conn) = tokio_postgres::connect("host=127.0.0.1 user=app dbname=app", NoTls).await?;
+    /// tokio::spawn(conn);
+    /// let tx = client.transaction().await?;
+    /// tx.execute("INSERT INTO users (email) VALUES ($1)", &[&"ada@example.org"]).await?;
+    /// send_email::builder("ada@example.org".into()).start_in(&store, &tx).await?;
+    /// tx.commit().await?; // the user and the welcome email, or neither
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub async fn start_in(
+        self,
+        store: &crate::store::postgres::PostgresStore,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<TaskId, StartError> {
+        let now = Timestamp::now();
+        let task = self.into_new_task(now)?;
+        let ids = store.enqueue_in(tx, vec![task], now).await?;
+        ids.into_iter().next().ok_or_else(|| {
+            StartError::Store(StoreError::Backend("the store returned no id".into()))
+        })
+    }
+
     pub(crate) fn into_new_task(self, now: Timestamp) -> Result<NewTask, StartError> {
         let payload = self.payload?;
         let run_at = match self.when {

@@ -59,8 +59,6 @@ pub struct WorkerStats {
     pub dead: AtomicU64,
     /// Tasks released at shutdown.
     pub released: AtomicU64,
-    /// Sum of start-to-run latencies in milliseconds (claim time minus due time).
-    pub latency_ms_total: AtomicU64,
 }
 
 impl WorkerStats {
