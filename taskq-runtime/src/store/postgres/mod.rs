@@ -14,7 +14,9 @@
 //! - **Claim**: one statement claims up to N due tasks with `FOR UPDATE SKIP LOCKED`, so
 //!   any number of workers claim concurrently and never get the same task. A queue with a
 //!   rate or a `max_concurrent` is claimed from in a transaction that locks its
-//!   `taskq_queues` row first, so its limits hold across every worker and host.
+//!   `taskq_queues` row first, so its limits hold across every worker and host. (A claim
+//!   over several queues fills from the unlimited ones first, then from the limited ones;
+//!   within each group the order is priority, `run_at`, id, as in every store.)
 //! - **Complete**: one statement per batch of finished attempts (arrays passed with
 //!   `unnest`) applies each outcome, records the attempt, updates iteration runs and
 //!   inserts continuation steps.
