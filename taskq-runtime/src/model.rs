@@ -15,14 +15,29 @@ use crate::error::TaskError;
 /// deadlines, crashes and deploys. Rows inserted behind the cursor during a run are not
 /// visited; rows inserted ahead of it are; rows deleted ahead of it are not.
 ///
-/// ```ignore
+/// ```
+/// use taskq_runtime::{Model, TaskError};
+///
+/// struct Student { id: i64, program: String }
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct StudentFilter { program: String }
+/// /// The app state holding the students (a database pool in a real app).
+/// struct Db { students: Vec<Student> }
+///
 /// impl Model for Student {
 ///     type Key = i64;
 ///     type Filter = StudentFilter;
 ///     type Source = Db;
 ///     fn key(&self) -> i64 { self.id }
 ///     async fn batch(db: &Db, f: &StudentFilter, after: Option<&i64>, limit: usize)
-///         -> Result<Vec<Student>, TaskError> { db.students_after(f, after, limit).await }
+///         -> Result<Vec<Student>, TaskError> {
+///         // A keyset page: `WHERE program = ? AND id > ? ORDER BY id LIMIT ?`.
+///         Ok(db.students.iter()
+///             .filter(|s| s.program == f.program && after.map_or(true, |a| s.id > *a))
+///             .take(limit)
+///             .map(|s| Student { id: s.id, program: s.program.clone() })
+///             .collect())
+///     }
 /// }
 /// ```
 #[diagnostic::on_unimplemented(

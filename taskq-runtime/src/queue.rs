@@ -279,6 +279,7 @@ impl TaskBuilder {
     /// send_email::builder("ada@example.org".into()).start_in(&store, &tx).await?;
     /// tx.commit().await?; // the user and the welcome email, or neither
     /// # Ok(()) }
+    /// # fn main() {}
     /// ```
     #[cfg(feature = "postgres")]
     pub async fn start_in(

@@ -1,10 +1,27 @@
 //! A test harness: run every due task, retries and delays included, on virtual time.
 //!
-//! ```ignore
-//! let h = Harness::new().state(db);
-//! send_email::start(&h.queue(), "ada@example.org".into(), "Hi".into()).await?;
-//! let report = h.drain().await?;
-//! assert_eq!(report.count("done"), 1);
+//! ```
+//! use std::time::Duration;
+//! use taskq_runtime::{task, testing::Harness, Context, TaskError};
+//!
+//! #[task(min_backoff = "1h")]
+//! async fn send_email(ctx: Context, to: String) -> Result<(), TaskError> {
+//!     if ctx.attempt() == 1 {
+//!         return Err(TaskError::retry("smtp busy"));
+//!     }
+//!     Ok(())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let h = Harness::new();
+//!     send_email::start(&h.queue(), "ada@example.org".into()).await?;
+//!     let report = h.drain().await?; // an hour of backoff, no real sleeping
+//!     assert_eq!(report.count("retry"), 1);
+//!     assert_eq!(report.count("done"), 1);
+//!     assert!(report.runs[1].at.since(report.runs[0].at) >= Duration::from_secs(1800));
+//!     Ok(())
+//! }
 //! ```
 //!
 //! The harness claims and runs tasks itself, with the worker's own execution and retry
