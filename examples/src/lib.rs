@@ -10,7 +10,11 @@ use taskq_runtime::{Queue, TaskId};
 
 /// Waits until task `id` is no longer pending or running (done, failed, dead, cancelled),
 /// polling its detail; gives up after `timeout`.
-pub async fn wait_finished(queue: &Queue, id: TaskId, timeout: Duration) -> Result<TaskDetail, String> {
+pub async fn wait_finished(
+    queue: &Queue,
+    id: TaskId,
+    timeout: Duration,
+) -> Result<TaskDetail, String> {
     let start = Instant::now();
     loop {
         match queue.task(id).await {
@@ -35,7 +39,10 @@ pub fn print_attempts(t: &TaskDetail) {
             a.attempt,
             a.worker,
             a.outcome,
-            a.error.as_deref().map(|e| format!(" — {e}")).unwrap_or_default(),
+            a.error
+                .as_deref()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default(),
             a.finished_at.0 - a.started_at.0
         );
     }

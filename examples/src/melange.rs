@@ -111,7 +111,9 @@ impl AppDb {
     pub async fn ensure_students(&self, n: u64) -> Result<bool, TaskError> {
         self.call(move |c| {
             let have: Option<String> = c
-                .query_row("SELECT value FROM meta WHERE key = 'students'", [], |r| r.get(0))
+                .query_row("SELECT value FROM meta WHERE key = 'students'", [], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             if have.as_deref() == Some(n.to_string().as_str()) {
                 return Ok(false);
@@ -255,6 +257,8 @@ pub struct Mailer {
     pub redone: AtomicU64,
     /// Batch sends that failed transiently.
     pub failures: AtomicU64,
+    /// The pretend bulk-mail API's round trip, per batch.
+    pub latency: std::time::Duration,
 }
 
 impl Mailer {
@@ -280,6 +284,9 @@ impl Mailer {
         } else {
             None
         };
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         let (sent, redone) = db
             .call(move |c| {
                 let now = std::time::SystemTime::now()

@@ -53,8 +53,8 @@ async fn sigkill_mid_iteration_redoes_only_the_batch_in_flight() {
     // What the store says was done when the worker died: the last checkpoint.
     let at_kill = q.iteration(run).await.expect("progress");
     assert_eq!(at_kill.state, RunState::Running);
-    let cursor: i64 = serde_json::from_value(at_kill.cursor.clone().expect("a checkpoint"))
-        .expect("cursor");
+    let cursor: i64 =
+        serde_json::from_value(at_kill.cursor.clone().expect("a checkpoint")).expect("cursor");
     let before = read_iter_log(&log);
     assert!(
         (before.len() as i64) < N,

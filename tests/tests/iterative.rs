@@ -12,6 +12,9 @@ use taskq_runtime::testing::Harness;
 use taskq_runtime::{iterative_task, Context, Queue, Store, TaskError, TaskId, Worker};
 use taskq_tests::models::{Item, ItemDb, ItemFilter};
 
+/// A change to the table made by a batch, once.
+type Hook = Box<dyn FnOnce() + Send>;
+
 /// What the test tasks do per batch, given to the worker (or harness) as state.
 #[derive(Default)]
 struct Knobs {
@@ -26,7 +29,7 @@ struct Knobs {
     /// Pretend work per batch.
     work: Duration,
     /// Runs once, on the first batch whose last id is at least the given id.
-    hook: Mutex<Option<(i64, Box<dyn FnOnce() + Send>)>>,
+    hook: Mutex<Option<(i64, Hook)>>,
 }
 
 impl Knobs {
@@ -535,7 +538,10 @@ async fn a_cancelled_run_stops() {
     // after it runs.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let n = knobs.ids().len();
-    assert!(n - at_cancel <= 50, "at most the batch in flight ran after the cancel: {at_cancel} -> {n}");
+    assert!(
+        n - at_cancel <= 50,
+        "at most the batch in flight ran after the cancel: {at_cancel} -> {n}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         knobs.ids().len(),
@@ -546,10 +552,13 @@ async fn a_cancelled_run_stops() {
     let it = q.iteration(run).await.expect("progress");
     assert_eq!(it.state, RunState::Cancelled, "stays cancelled: {it:?}");
     assert!(it.processed < 2_000, "stopped early: {it:?}");
-    assert_eq!(it.processed, processed_at_cancel, "no checkpoint after the cancel");
+    assert_eq!(
+        it.processed, processed_at_cancel,
+        "no checkpoint after the cancel"
+    );
     assert!(n < 2_000);
     assert!(
-        matches!(q.cancel_iteration(run).await, Err(_)),
+        q.cancel_iteration(run).await.is_err(),
         "cancelling twice is refused"
     );
 }

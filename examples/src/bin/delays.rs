@@ -15,7 +15,10 @@ struct Log(Instant, Mutex<Vec<(String, u128)>>);
 async fn remind(ctx: Context, what: String) -> Result<(), TaskError> {
     let log = ctx.state::<Arc<Log>>()?;
     let ms = log.0.elapsed().as_millis();
-    log.1.lock().unwrap_or_else(|p| p.into_inner()).push((what, ms));
+    log.1
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((what, ms));
     Ok(())
 }
 
@@ -35,10 +38,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start(&queue)
         .await?;
     let eta = Timestamp::now().add(Duration::from_millis(600));
-    let at = remind::builder("at now + 600 ms (eta)".into()).at(eta).start(&queue).await?;
+    let at = remind::builder("at now + 600 ms (eta)".into())
+        .at(eta)
+        .start(&queue)
+        .await?;
     let now = remind::start(&queue, "right away".into()).await?;
     let t = queue.task(later).await?.ok_or("task vanished")?;
-    println!("task {later} is {} until run_at {} ms from now", t.info.state, t.info.run_at.0 - Timestamp::now().0);
+    println!(
+        "task {later} is {} until run_at {} ms from now",
+        t.info.state,
+        t.info.run_at.0 - Timestamp::now().0
+    );
 
     for id in [now, later, at] {
         wait_finished(&queue, id, Duration::from_secs(10)).await?;

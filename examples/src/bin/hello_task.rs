@@ -20,7 +20,11 @@ async fn greet(ctx: Context, name: String, times: u32) -> Result<(), TaskError> 
         out.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(format!("hello, {name}! (task {}, attempt {})", ctx.id(), ctx.attempt()));
+            .push(format!(
+                "hello, {name}! (task {}, attempt {})",
+                ctx.id(),
+                ctx.attempt()
+            ));
     }
     Ok(())
 }
@@ -44,7 +48,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for line in greetings.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         println!("  {line}");
     }
-    println!("task {id} is {} after {} attempt(s); payload {}", t.info.state, t.info.attempts, t.info.payload);
+    println!(
+        "task {id} is {} after {} attempt(s); payload {}",
+        t.info.state, t.info.attempts, t.info.payload
+    );
     // The function stays an ordinary async fn, callable (and unit-testable) directly.
     Ok(())
 }

@@ -89,9 +89,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "  {:>9}: processed {:>4} of {}, {:>2} batches, cursor {}",
             it.state.as_str(),
             it.processed,
-            it.total.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+            it.total
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "?".into()),
             it.batches,
-            it.cursor.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "-".into())
+            it.cursor
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into())
         );
         if it.state != RunState::Running {
             break it;

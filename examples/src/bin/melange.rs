@@ -24,15 +24,21 @@ use taskq_runtime::{iterative_task, Context, Queue, TaskError, TaskId, Worker};
 /// Mails `subject` to one batch of students.
 ///
 /// The run's id is the idempotency key of the outbox: a redone batch (after a transient
-/// failure or a worker crash) does not mail anyone twice. The 2 s timeout gives each step a
-/// 1 s time slice (half the soft deadline), after which a continuation step takes over.
+/// failure or a worker crash) does not mail anyone twice. The 500 ms timeout (App Engine
+/// gave the seed 30 s) gives each step a 250 ms time slice, half the soft deadline, after
+/// which a continuation step takes over: a run is many short steps.
+///
+/// Attempts are counted per step, and a retried step starts a fresh time slice: with a high
+/// `--fail-rate` a step keeps failing (and making progress) before its slice ends, so its
+/// attempts pile up. Hence the short maximum backoff and the 100 attempts.
 #[iterative_task(
     model = Student,
     batch_size = 200,
     queue = "email",
-    timeout = "2s",
+    timeout = "500ms",
     min_backoff = "20ms",
-    max_backoff = "2s"
+    max_backoff = "200ms",
+    max_attempts = 100
 )]
 async fn email_all_students(
     ctx: Context,
@@ -56,6 +62,7 @@ options:
                    with the same number is reused
   --fail-rate F    fraction of the mailer's batch sends that fail transiently partway,
                    0 to 1 (default 0.01); failed batches are retried from the cursor
+  --latency-ms N   the pretend bulk-mail API's round trip per batch (default 2)
   --store URL      the task store: sqlite://PATH (default sqlite://melange.db),
                    memory://, or postgres://USER@HOST/DB
   --app-db PATH    the app's own SQLite database (default melange-app.db)
@@ -68,6 +75,7 @@ options:
 struct Args {
     students: u64,
     fail_rate: f64,
+    latency_ms: u64,
     store: String,
     app_db: String,
     program: String,
@@ -79,6 +87,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     let mut a = Args {
         students: 100_000,
         fail_rate: 0.01,
+        latency_ms: 2,
         store: "sqlite://melange.db".into(),
         app_db: "melange-app.db".into(),
         program: "gsoc2009".into(),
@@ -117,8 +126,16 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                     .filter(|f: &f64| (0.0..=1.0).contains(f))
                     .ok_or_else(|| format!("--fail-rate: `{v}` is not a number from 0 to 1"))?;
                 if a.fail_rate >= 1.0 {
-                    return Err("--fail-rate 1 would fail every send forever; use less than 1".into());
+                    return Err(
+                        "--fail-rate 1 would fail every send forever; use less than 1".into(),
+                    );
                 }
+            }
+            "--latency-ms" => {
+                let v = value()?;
+                a.latency_ms = v.parse().ok().filter(|n| *n <= 60_000).ok_or_else(|| {
+                    format!("--latency-ms: `{v}` is not a number of milliseconds")
+                })?;
             }
             "--store" => a.store = value()?,
             "--app-db" => a.app_db = value()?,
@@ -169,7 +186,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let created = db.ensure_students(args.students).await.map_err(|e| e.to_string())?;
+    let created = db
+        .ensure_students(args.students)
+        .await
+        .map_err(|e| e.to_string())?;
     println!(
         "{} in {:.2} s",
         if created { "created" } else { "reused" },
@@ -178,7 +198,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let programs = db.programs().await.map_err(|e| e.to_string())?;
     let queue = Queue::open(&args.store).await?;
     println!("task store {}", args.store);
-    let mailer = Arc::new(Mailer::new(args.fail_rate));
+    let mut mailer = Mailer::new(args.fail_rate);
+    mailer.latency = Duration::from_millis(args.latency_ms);
+    let mailer = Arc::new(mailer);
     let worker = Worker::builder(queue.store().clone())
         .state(db.clone())
         .state(mailer.clone())
@@ -205,7 +227,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
         percent(args.fail_rate)
     );
 
-    let worker = worker.spawn();
     let started = Instant::now();
     // The seed's emailAllTaskStarter, typed: the filter and the subject are checked by rustc.
     let run = email_all_students::start(
@@ -216,6 +237,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
         args.subject.clone(),
     )
     .await?;
+    // Outbox rows of an earlier run with this id (a store deleted, the app database kept)
+    // would count as sent: clear them before the worker starts.
+    db.call(move |c| c.execute("DELETE FROM outbox WHERE run = ?1", [run.0]))
+        .await
+        .map_err(|e| e.to_string())?;
+    let worker = worker.spawn();
     let info = loop {
         let info = queue.iteration(run).await?;
         draw(&info, started.elapsed());
@@ -230,7 +257,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
     worker.shutdown().await?;
 
     let sent = db.outbox_count(run.0).await.map_err(|e| e.to_string())?;
-    let unsent = db.unsent(run.0, args.program.clone()).await.map_err(|e| e.to_string())?;
+    let unsent = db
+        .unsent(run.0, args.program.clone())
+        .await
+        .map_err(|e| e.to_string())?;
     let retried = stats.retried.load(Ordering::Relaxed);
     let secs = elapsed.as_secs_f64().max(1e-9);
     println!(
@@ -253,7 +283,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         thousands(info.processed)
     );
     println!(
-        "  steps                {} (each a 1 s time slice, then a continuation step)",
+        "  steps                {} (each a 250 ms time slice, then a continuation step)",
         info.steps
     );
     println!(
@@ -269,7 +299,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
         thousands((sent as f64 / secs) as u64)
     );
     if info.state != RunState::Done || unsent != 0 {
-        return Err(format!("the run ended {} with {unsent} students unsent", info.state.as_str()).into());
+        return Err(format!(
+            "the run ended {} with {unsent} students unsent",
+            info.state.as_str()
+        )
+        .into());
     }
     Ok(())
 }
@@ -317,7 +351,12 @@ mod web {
         token: Arc<String>,
     }
 
-    pub async fn serve(addr: &str, queue: Queue, db: AppDb, worker: Worker) -> Result<(), BoxError> {
+    pub async fn serve(
+        addr: &str,
+        queue: Queue,
+        db: AppDb,
+        worker: Worker,
+    ) -> Result<(), BoxError> {
         let token = std::env::var("MELANGE_TOKEN")
             .ok()
             .filter(|t| t.len() >= 16)
@@ -365,7 +404,11 @@ mod web {
     fn forbidden() -> Response {
         (
             StatusCode::UNAUTHORIZED,
-            Html(page("Log in", "<p>Open the <code>/login?token=..</code> link melange printed at start-up.</p>", false)),
+            Html(page(
+                "Log in",
+                "<p>Open the <code>/login?token=..</code> link melange printed at start-up.</p>",
+                false,
+            )),
         )
             .into_response()
     }
@@ -377,7 +420,11 @@ mod web {
              progress{{width:100%;height:1.4em}} td,th{{padding:.2em .8em;text-align:left}}</style>\
              </head><body><h1>{t}</h1>{body}<p><a href=\"/\">Programs</a></p></body></html>",
             t = html_escape(title),
-            r = if refresh { "<meta http-equiv=\"refresh\" content=\"1\">" } else { "" },
+            r = if refresh {
+                "<meta http-equiv=\"refresh\" content=\"1\">"
+            } else {
+                ""
+            },
         )
     }
 
@@ -395,7 +442,10 @@ mod web {
             [
                 (
                     header::SET_COOKIE,
-                    format!("melange_session={}; HttpOnly; SameSite=Strict; Path=/", app.token),
+                    format!(
+                        "melange_session={}; HttpOnly; SameSite=Strict; Path=/",
+                        app.token
+                    ),
                 ),
                 (header::LOCATION, "/".to_string()),
             ],
@@ -460,7 +510,14 @@ mod web {
         if !known {
             return (
                 StatusCode::NOT_FOUND,
-                Html(page("No such program", &format!("<p>There is no program <code>{}</code>.</p>", html_escape(&program)), false)),
+                Html(page(
+                    "No such program",
+                    &format!(
+                        "<p>There is no program <code>{}</code>.</p>",
+                        html_escape(&program)
+                    ),
+                    false,
+                )),
             )
                 .into_response();
         }
@@ -468,7 +525,11 @@ mod web {
         if subject.is_empty() || subject.len() > 200 {
             return (
                 StatusCode::BAD_REQUEST,
-                Html(page("Bad subject", "<p>The subject must have 1 to 200 characters.</p>", false)),
+                Html(page(
+                    "Bad subject",
+                    "<p>The subject must have 1 to 200 characters.</p>",
+                    false,
+                )),
             )
                 .into_response();
         }
@@ -478,17 +539,29 @@ mod web {
         }
     }
 
-    async fn progress(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    async fn progress(
+        State(app): State<App>,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+    ) -> Response {
         if !authorized(&app, &headers) {
             return forbidden();
         }
         let Ok(run) = id.parse::<TaskId>() else {
-            return (StatusCode::NOT_FOUND, Html(page("No such run", "<p>Not a run id.</p>", false))).into_response();
+            return (
+                StatusCode::NOT_FOUND,
+                Html(page("No such run", "<p>Not a run id.</p>", false)),
+            )
+                .into_response();
         };
         let info = match app.queue.iteration(run).await {
             Ok(i) => i,
             Err(taskq_runtime::StoreError::NotFound(_)) => {
-                return (StatusCode::NOT_FOUND, Html(page("No such run", "<p>No run has this id.</p>", false))).into_response()
+                return (
+                    StatusCode::NOT_FOUND,
+                    Html(page("No such run", "<p>No run has this id.</p>", false)),
+                )
+                    .into_response()
             }
             Err(e) => return error(e.to_string()),
         };
@@ -513,7 +586,13 @@ mod web {
             thousands(sent),
             thousands(info.batches),
             info.steps,
-            html_escape(&info.cursor.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "-".into())),
+            html_escape(
+                &info
+                    .cursor
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into())
+            ),
             thousands((info.processed as f64 / secs) as u64),
         );
         if let Some(e) = &info.error {
@@ -542,14 +621,31 @@ mod tests {
 
     #[test]
     fn parses_options_and_refuses_bad_ones() {
-        let a = args(&["--students", "1000", "--fail-rate=0.2", "--store", "memory://"])
-            .expect("ok")
-            .expect("args");
-        assert_eq!((a.students, a.fail_rate, a.store.as_str()), (1000, 0.2, "memory://"));
+        let a = args(&[
+            "--students",
+            "1000",
+            "--fail-rate=0.2",
+            "--store",
+            "memory://",
+        ])
+        .expect("ok")
+        .expect("args");
+        assert_eq!(
+            (a.students, a.fail_rate, a.store.as_str()),
+            (1000, 0.2, "memory://")
+        );
         assert!(args(&["--help"]).expect("ok").is_none());
-        assert!(args(&["--students", "x"]).unwrap_err().contains("--students"));
-        assert!(args(&["--fail-rate", "2"]).unwrap_err().contains("0 to 1"));
-        assert!(args(&["--bogus"]).unwrap_err().contains("unknown option"));
-        assert!(args(&["--store"]).unwrap_err().contains("needs a value"));
+        assert!(args(&["--students", "x"])
+            .expect_err("refused")
+            .contains("--students"));
+        assert!(args(&["--fail-rate", "2"])
+            .expect_err("refused")
+            .contains("0 to 1"));
+        assert!(args(&["--bogus"])
+            .expect_err("refused")
+            .contains("unknown option"));
+        assert!(args(&["--store"])
+            .expect_err("refused")
+            .contains("needs a value"));
     }
 }

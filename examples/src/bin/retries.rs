@@ -12,7 +12,9 @@ use taskq_runtime::{task, Context, Queue, TaskError, Worker};
 #[task(queue = "retries", min_backoff = "100ms", max_backoff = "1s")]
 async fn flaky_upload(ctx: Context, file: String) -> Result<(), TaskError> {
     if ctx.attempt() < 3 {
-        return Err(TaskError::retry(format!("upload of {file}: 503 Service Unavailable")));
+        return Err(TaskError::retry(format!(
+            "upload of {file}: 503 Service Unavailable"
+        )));
     }
     Ok(())
 }
@@ -21,13 +23,17 @@ async fn flaky_upload(ctx: Context, file: String) -> Result<(), TaskError> {
 /// attempts it is dead, with every error kept.
 #[task(queue = "retries", max_attempts = 3, min_backoff = "50ms")]
 async fn broken_report(week: u32) -> Result<(), std::io::Error> {
-    Err(std::io::Error::other(format!("week {week}: the report template is missing")))
+    Err(std::io::Error::other(format!(
+        "week {week}: the report template is missing"
+    )))
 }
 
 /// A fatal error is never retried: failed after one attempt.
 #[task(queue = "retries")]
 async fn bad_input(email: String) -> Result<(), TaskError> {
-    Err(TaskError::fatal(format!("`{email}` is not an email address")))
+    Err(TaskError::fatal(format!(
+        "`{email}` is not an email address"
+    )))
 }
 
 #[tokio::main]

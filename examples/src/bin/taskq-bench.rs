@@ -1,0 +1,432 @@
+//! The benchmark binary (DESIGN §7): one JSON line per workload. Not a test: run it in
+//! release and compare ratios from one run, not absolute times.
+//!
+//! ```text
+//! cargo run --release -p taskq-examples --bin taskq-bench -- [--workloads iteration,throughput,memory]
+//!     [--rows N] [--tasks N] [--data DIR] [--postgres URL]
+//! ```
+//!
+//! - `iteration`: a no-op `#[iterative_task]` over the rows of a SQLite table (1,000,000 by
+//!   default, created once in the data dir), entities/s, beside a plain keyset scan of the
+//!   same table in the same process (same batch size, same query, same blocking-pool hop),
+//!   and their ratio. After a warm-up scan, the scan runs before and after the task; their
+//!   mean is the baseline.
+//! - `throughput`: per store, N no-op tasks started one by one and in bulk (tasks/s), then
+//!   processed by a worker (tasks/s), and start-to-run latency p50/p99 of tasks started
+//!   one at a time while a worker runs.
+//! - `memory`: resident memory per queued task in the memory store.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use taskq_runtime::store::{RunState, TaskState};
+use taskq_runtime::{iterative_task, task, Context, Model, Queue, TaskError, Timestamp, Worker};
+
+/// The benchmark table, behind one mutex-guarded connection.
+#[derive(Clone)]
+struct BenchDb(Arc<Mutex<Connection>>);
+
+/// One row of `rows`.
+struct Row {
+    id: i64,
+    #[allow(dead_code)]
+    payload: String,
+}
+
+/// Every row.
+#[derive(Serialize, Deserialize)]
+struct AllRows;
+
+/// Rows per batch, for the task and for the plain scan.
+const BATCH: usize = 1000;
+
+impl Model for Row {
+    type Key = i64;
+    type Filter = AllRows;
+    type Source = BenchDb;
+
+    fn key(&self) -> i64 {
+        self.id
+    }
+
+    async fn batch(
+        db: &BenchDb,
+        _f: &AllRows,
+        after: Option<&i64>,
+        limit: usize,
+    ) -> Result<Vec<Row>, TaskError> {
+        let conn = db.0.clone();
+        let after = after.copied().unwrap_or(i64::MIN);
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = c.prepare_cached(
+                "SELECT id, payload FROM rows WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![after, limit as i64], |r| {
+                Ok(Row {
+                    id: r.get(0)?,
+                    payload: r.get(1)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<Row>>>()
+        })
+        .await?
+        .map_err(TaskError::from)
+    }
+
+    async fn count(db: &BenchDb, _f: &AllRows) -> Result<Option<u64>, TaskError> {
+        let conn = db.0.clone();
+        let n = tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            c.query_row("SELECT COUNT(*) FROM rows", [], |r| r.get::<_, i64>(0))
+        })
+        .await??;
+        Ok(Some(n as u64))
+    }
+}
+
+/// The no-op iterative task (default 10-minute timeout: one step unless it is slow).
+#[iterative_task(model = Row, batch_size = 1000, queue = "bench-iter")]
+async fn noop_iteration(rows: Vec<Row>) -> Result<(), TaskError> {
+    std::hint::black_box(&rows);
+    Ok(())
+}
+
+/// Start-to-run latencies (ms) recorded by [`noop`].
+#[derive(Default)]
+struct Latencies(Mutex<Vec<i64>>);
+
+/// The no-op task of the throughput workload; records when it ran against `started_ms`.
+#[task(queue = "bench")]
+async fn noop(ctx: Context, started_ms: i64) -> Result<(), TaskError> {
+    if started_ms > 0 {
+        let l = ctx.state::<Arc<Latencies>>()?;
+        let now = Timestamp::now().0;
+        l.0.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(now - started_ms);
+    }
+    Ok(())
+}
+
+struct Args {
+    workloads: Vec<String>,
+    rows: u64,
+    tasks: u64,
+    data: PathBuf,
+    postgres: Option<String>,
+}
+
+const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,memory] [--rows N] [--tasks N] [--data DIR] [--postgres URL]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        workloads: vec!["iteration".into(), "throughput".into(), "memory".into()],
+        rows: 1_000_000,
+        tasks: 20_000,
+        data: std::env::temp_dir().join("taskq-bench"),
+        postgres: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let v = it.next().ok_or_else(|| format!("`{flag}` needs a value"))?;
+        let num = |v: &str| {
+            v.replace('_', "")
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{flag}: `{v}` is not a positive whole number"))
+        };
+        match flag.as_str() {
+            "--workloads" => {
+                a.workloads = v.split(',').map(|s| s.trim().to_string()).collect();
+                for w in &a.workloads {
+                    if !["iteration", "throughput", "memory"].contains(&w.as_str()) {
+                        return Err(format!("unknown workload `{w}`"));
+                    }
+                }
+            }
+            "--rows" => a.rows = num(&v)?,
+            "--tasks" => a.tasks = num(&v)?,
+            "--data" => a.data = v.into(),
+            "--postgres" => a.postgres = Some(v),
+            other => return Err(format!("unknown option `{other}`")),
+        }
+    }
+    Ok(a)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("taskq-bench: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(args).await {
+        eprintln!("taskq-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    std::fs::create_dir_all(&args.data)?;
+    for w in &args.workloads {
+        match w.as_str() {
+            "iteration" => iteration(&args).await?,
+            "throughput" => {
+                throughput("memory", "memory://".into(), args.tasks).await?;
+                let path = args.data.join("throughput.db");
+                remove_db(&path);
+                throughput("sqlite", format!("sqlite://{}", path.display()), args.tasks).await?;
+                if let Some(url) = &args.postgres {
+                    throughput("postgres", url.clone(), args.tasks).await?;
+                }
+            }
+            "memory" => memory(args.tasks.max(100_000)).await?,
+            _ => unreachable!("checked by parse_args"),
+        }
+    }
+    Ok(())
+}
+
+fn remove_db(path: &std::path::Path) {
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
+
+/// Opens the table, creating it with `n` rows unless it already has them.
+fn bench_table(path: &std::path::Path, n: u64) -> Result<BenchDb, BoxError> {
+    let c = Connection::open(path)?;
+    c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)",
+    )?;
+    let have: i64 = c.query_row("SELECT COUNT(*) FROM rows", [], |r| r.get(0))?;
+    if have as u64 != n {
+        eprintln!("creating {n} rows in {}", path.display());
+        let mut c = c;
+        let tx = c.transaction()?;
+        tx.execute("DELETE FROM rows", [])?;
+        {
+            let mut st = tx.prepare("INSERT INTO rows (id, payload) VALUES (?1, ?2)")?;
+            for id in 1..=n as i64 {
+                st.execute(params![
+                    id,
+                    format!("row {id}: some payload of a realistic size")
+                ])?;
+            }
+        }
+        tx.commit()?;
+        return Ok(BenchDb(Arc::new(Mutex::new(c))));
+    }
+    Ok(BenchDb(Arc::new(Mutex::new(c))))
+}
+
+/// A plain keyset scan through the model's own query: entities per second.
+async fn scan(db: &BenchDb) -> Result<(u64, f64), BoxError> {
+    let t = Instant::now();
+    let mut after: Option<i64> = None;
+    let mut n = 0u64;
+    loop {
+        let rows = Row::batch(db, &AllRows, after.as_ref(), BATCH)
+            .await
+            .map_err(|e| e.to_string())?;
+        n += rows.len() as u64;
+        std::hint::black_box(&rows);
+        if let Some(last) = rows.last() {
+            after = Some(last.id);
+        }
+        if rows.len() < BATCH {
+            break;
+        }
+    }
+    Ok((n, n as f64 / t.elapsed().as_secs_f64()))
+}
+
+async fn iteration(args: &Args) -> Result<(), BoxError> {
+    let db = bench_table(&args.data.join("rows.db"), args.rows)?;
+    // A warm-up scan (page cache, prepared statement), not counted.
+    scan(&db).await?;
+    let (n1, scan1) = scan(&db).await?;
+
+    let store_path = args.data.join("iteration-store.db");
+    remove_db(&store_path);
+    let queue = Queue::open(&format!("sqlite://{}", store_path.display())).await?;
+    let worker = Worker::builder(queue.store().clone())
+        .state(db.clone())
+        .queues(["bench-iter"])
+        .poll_interval(Duration::from_millis(5))
+        .build()?
+        .spawn();
+    let t = Instant::now();
+    let run = noop_iteration::start(&queue, AllRows).await?;
+    let info = loop {
+        let it = queue.iteration(run).await?;
+        if it.state != RunState::Running {
+            break it;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let secs = t.elapsed().as_secs_f64();
+    worker.shutdown().await?;
+    if info.state != RunState::Done || info.processed != n1 {
+        return Err(format!(
+            "the iteration ended {:?} after {} of {n1} rows",
+            info.state, info.processed
+        )
+        .into());
+    }
+    let (_, scan2) = scan(&db).await?;
+    let scan = (scan1 + scan2) / 2.0;
+    let ips = info.processed as f64 / secs;
+    println!(
+        "{}",
+        json!({
+            "workload": "iteration",
+            "table": "sqlite",
+            "store": "sqlite",
+            "rows": info.processed,
+            "batch_size": BATCH,
+            "batches": info.batches,
+            "steps": info.steps,
+            "seconds": round(secs, 3),
+            "entities_per_s": ips.round(),
+            "scan_entities_per_s": scan.round(),
+            "scan_runs_per_s": [scan1.round(), scan2.round()],
+            "ratio": round(ips / scan, 3),
+            "goal_ratio": 0.5,
+        })
+    );
+    Ok(())
+}
+
+async fn wait_done(queue: &Queue, n: u64, timeout: Duration) -> Result<(), BoxError> {
+    let t = Instant::now();
+    loop {
+        let done: u64 = queue
+            .queues()
+            .await?
+            .iter()
+            .filter(|q| q.name == "bench")
+            .map(|q| q.count(TaskState::Done))
+            .sum();
+        if done >= n {
+            return Ok(());
+        }
+        if t.elapsed() > timeout {
+            return Err(format!("only {done} of {n} tasks done after {timeout:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn throughput(store: &str, url: String, n: u64) -> Result<(), BoxError> {
+    let queue = Queue::open(&url).await?;
+    // Started one by one (each awaited), then in bulk (chunks of 1,000 per call).
+    let t = Instant::now();
+    for _ in 0..n {
+        noop::start(&queue, 0).await?;
+    }
+    let one_by_one = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let ids: Vec<u64> = (0..n).collect();
+    for chunk in ids.chunks(1000) {
+        queue
+            .start_many(chunk.iter().map(|_| noop::builder(0)))
+            .await?;
+    }
+    let bulk = n as f64 / t.elapsed().as_secs_f64();
+
+    let lat = Arc::new(Latencies::default());
+    let worker = Worker::builder(queue.store().clone())
+        .state(lat.clone())
+        .queues(["bench"])
+        .concurrency(64)
+        .poll_interval(Duration::from_millis(5))
+        .build()?
+        .spawn();
+    let t = Instant::now();
+    wait_done(&queue, 2 * n, Duration::from_secs(600)).await?;
+    let processed = (2 * n) as f64 / t.elapsed().as_secs_f64();
+
+    // Latency: tasks started one at a time, about 500/s, with the worker idle otherwise.
+    let m = 1000.min(n);
+    for _ in 0..m {
+        noop::start(&queue, Timestamp::now().0).await?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    wait_done(&queue, 2 * n + m, Duration::from_secs(120)).await?;
+    worker.shutdown().await?;
+    let mut l = lat.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    l.sort_unstable();
+    let pct = |p: f64| {
+        l.get(((l.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "{}",
+        json!({
+            "workload": "throughput",
+            "store": store,
+            "tasks": n,
+            "started_one_by_one_per_s": one_by_one.round(),
+            "started_bulk_per_s": bulk.round(),
+            "processed_per_s": processed.round(),
+            "worker_concurrency": 64,
+            "latency_samples": l.len(),
+            "start_to_run_ms_p50": pct(0.5),
+            "start_to_run_ms_p99": pct(0.99),
+        })
+    );
+    Ok(())
+}
+
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+async fn memory(n: u64) -> Result<(), BoxError> {
+    let queue = Queue::open("memory://").await?;
+    let before = rss_bytes().ok_or("cannot read /proc/self/statm")?;
+    let ids: Vec<u64> = (0..n).collect();
+    for chunk in ids.chunks(1000) {
+        queue
+            .start_many(chunk.iter().map(|_| noop::builder(0)))
+            .await?;
+    }
+    let after = rss_bytes().ok_or("cannot read /proc/self/statm")?;
+    println!(
+        "{}",
+        json!({
+            "workload": "memory",
+            "store": "memory",
+            "queued_tasks": n,
+            "payload": "{\"started_ms\":0}",
+            "rss_bytes_per_task": (after.saturating_sub(before) as f64 / n as f64).round(),
+        })
+    );
+    drop(queue);
+    Ok(())
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
