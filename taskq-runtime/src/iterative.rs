@@ -124,7 +124,7 @@ async fn run_step<M: Model, A: Send + 'static>(
             };
             first = false;
             match ctx.inner.store.checkpoint(ctx.inner.lease, cp, ctx.inner.clock.now()).await {
-                Ok(()) => {}
+                Ok(()) => ctx.inner.progressed.set(),
                 Err(StoreError::LeaseLost(id)) => {
                     return Err(TaskError::retry(format!(
                         "lease on step {id} lost during the run (cancelled, deleted, or claimed by another worker); stopping"

@@ -193,6 +193,8 @@ pub(crate) struct ContextInner {
     pub kind: TaskKind,
     pub iteration: Option<IterationCursor>,
     pub cancelled: tokio_util_cancel::Flag,
+    /// Set by an iterative step after a checkpoint: this attempt moved the cursor.
+    pub progressed: tokio_util_cancel::Flag,
 }
 
 impl std::fmt::Debug for Context {

@@ -165,8 +165,10 @@ impl Exec {
                 kind: def.kind,
                 iteration: claimed.iteration.clone(),
                 cancelled: cancel,
+                progressed: Flag::default(),
             }),
         };
+        let progressed = ctx.inner.progressed.clone();
         let fut = match (def.handler)(ctx, claimed.payload.clone()) {
             Ok(f) => f,
             Err(e) => {
@@ -184,6 +186,15 @@ impl Exec {
                 def.options.timeout, self.deadline_grace
             ))),
         };
+        if result.is_err() && progressed.is_set() {
+            // An iterative step that checkpointed before failing is on its first try at
+            // the new cursor (the store reset its attempt count at the checkpoint).
+            let at_cursor = ClaimedTask {
+                attempt: 1,
+                ..claimed.clone()
+            };
+            return decide(def, &at_cursor, result, self.clock.now());
+        }
         decide(def, claimed, result, self.clock.now())
     }
 }

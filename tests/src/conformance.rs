@@ -777,6 +777,64 @@ pub async fn iteration_failure_and_revival(s: Arc<dyn Store>) {
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
 }
 
+/// Progress resets a step's attempt count: attempts count tries at the current cursor.
+pub async fn checkpoint_resets_attempts(s: Arc<dyn Store>) {
+    let run = s
+        .enqueue(vec![iteration_task()], T0)
+        .await
+        .expect("enqueue")[0];
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    finish_one(
+        &*s,
+        &c[0],
+        Outcome::Retry {
+            error: "flaky".into(),
+            run_at: at(1),
+        },
+        at(1),
+    )
+    .await
+    .expect("retry");
+    let c = s.claim(&req(&[], 1, 30_000, at(1))).await.expect("claim");
+    assert_eq!(c[0].attempt, 2);
+    s.checkpoint(
+        c[0].lease,
+        Checkpoint {
+            cursor: json!(10),
+            processed: 10,
+            total: None,
+        },
+        at(2),
+    )
+    .await
+    .expect("checkpoint");
+    let info = s
+        .task(c[0].lease.id)
+        .await
+        .expect("task")
+        .expect("exists")
+        .info;
+    assert_eq!(info.attempts, 1);
+    assert_eq!(info.run, Some(run));
+    finish_one(
+        &*s,
+        &c[0],
+        Outcome::Retry {
+            error: "flaky again".into(),
+            run_at: at(3),
+        },
+        at(3),
+    )
+    .await
+    .expect("retry");
+    let c = s.claim(&req(&[], 1, 30_000, at(3))).await.expect("claim");
+    assert_eq!(c[0].attempt, 2, "the second try at cursor 10");
+    assert_eq!(
+        c[0].iteration.as_ref().and_then(|i| i.cursor.clone()),
+        Some(json!(10))
+    );
+}
+
 /// Cancelling a run cancels its pending step and fences off a running one.
 pub async fn iteration_cancel(s: Arc<dyn Store>) {
     let run = s
@@ -884,7 +942,7 @@ macro_rules! conformance_tests {
             unique_names_and_tombstones, pause_and_resume, max_concurrent_limits_claims,
             rate_limit_token_bucket, purge_pending_only, list_filter_page_and_counts,
             run_now_and_delete, payload_round_trip, iteration_checkpoint_continue_done,
-            iteration_failure_and_revival, iteration_cancel, concurrent_claims_never_overlap,
+            iteration_failure_and_revival, checkpoint_resets_attempts, iteration_cancel, concurrent_claims_never_overlap,
             batched_finish_reports_each,
         );
     };

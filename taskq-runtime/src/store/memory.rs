@@ -455,6 +455,10 @@ impl Store for MemoryStore {
             it.total = cp.total;
         }
         it.updated_at = now;
+        if let Some(r) = g.tasks.get_mut(&lease.id.0) {
+            // Attempts count tries at the current cursor: progress starts a new count.
+            r.info.attempts = 1;
+        }
         Ok(())
     }
 

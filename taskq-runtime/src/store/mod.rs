@@ -543,6 +543,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
 
     /// Records an iterative step's progress after a batch, atomically with the lease check.
+    /// Progress also sets the task's attempt count to 1: an iterative step's attempts count
+    /// the tries at its current cursor, so a long run that keeps moving is never sent to
+    /// dead by failures spread over many batches.
     async fn checkpoint(
         &self,
         lease: Lease,

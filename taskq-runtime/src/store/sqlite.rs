@@ -1087,6 +1087,9 @@ impl Store for SqliteStore {
                     cp.total.map(|t| t.min(i64::MAX as u64) as i64),
                     now.0
                 ])?;
+                // Attempts count tries at the current cursor: progress starts a new count.
+                tx.prepare_cached("UPDATE taskq_tasks SET attempts = 1 WHERE id = ?1")?
+                    .execute([lease.id.0])?;
                 Ok(())
             })
         })

@@ -1150,16 +1150,22 @@ LEFT JOIN LATERAL (
         cp: Checkpoint,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        // Attempts count tries at the current cursor: progress starts a new count.
         let sql = self.sql(
             "WITH t AS ( \
                  SELECT run_id FROM {S}.taskq_tasks \
                  WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' \
-                 FOR SHARE) \
-             UPDATE {S}.taskq_iterations i SET cursor = $3::text::jsonb, \
-                 processed = i.processed + $4::int8, batches = i.batches + 1, \
-                 total = COALESCE($5::int8, i.total), updated_at = $6::int8 \
-             FROM t WHERE i.run_id = t.run_id AND i.state = 'running' \
-             RETURNING i.run_id",
+                 FOR UPDATE), \
+             it AS ( \
+                 UPDATE {S}.taskq_iterations i SET cursor = $3::text::jsonb, \
+                     processed = i.processed + $4::int8, batches = i.batches + 1, \
+                     total = COALESCE($5::int8, i.total), updated_at = $6::int8 \
+                 FROM t WHERE i.run_id = t.run_id AND i.state = 'running' \
+                 RETURNING i.run_id), \
+             a AS ( \
+                 UPDATE {S}.taskq_tasks SET attempts = 1 \
+                 WHERE id = $1::int8 AND EXISTS (SELECT 1 FROM it) RETURNING 1) \
+             SELECT it.run_id FROM it",
         );
         let cursor = to_json_text(&cp.cursor)?;
         let processed = cp.processed.min(i64::MAX as u64) as i64;
