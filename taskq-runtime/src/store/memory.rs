@@ -3,7 +3,8 @@
 //! It is the reference implementation of the [`Store`] rules: the SQLite and PostgreSQL
 //! backends do in SQL what this one does under a mutex.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -35,6 +36,14 @@ struct Inner {
     queues: BTreeMap<String, (bool, QueueConfig)>,
     buckets: HashMap<String, Bucket>,
     runs: BTreeMap<i64, IterationInfo>,
+    /// Pending tasks in claim order: priority (high first), then run_at, then id.
+    due: BTreeSet<(Reverse<i32>, Timestamp, i64)>,
+    /// Pending tasks by run_at, for `next_due`.
+    by_time: BTreeSet<(Timestamp, i64)>,
+    /// Running tasks by lease expiry, for lapsed leases and concurrency counts.
+    leased: BTreeSet<(Timestamp, i64)>,
+    /// Task ids by unique name.
+    names: HashMap<String, BTreeSet<i64>>,
 }
 
 /// A store that keeps everything in process memory behind one mutex.
@@ -62,14 +71,106 @@ fn queue_wanted(queues: &[String], q: &str) -> bool {
 }
 
 impl Inner {
+    // The indexes (`due`, `by_time`, `leased`) follow a row's state, priority, run_at and
+    // lease: every change to those goes between `unindex(id)` and `index(id)`.
+
+    fn unindex(&mut self, id: i64) {
+        let Some(r) = self.tasks.get(&id) else { return };
+        match r.info.state {
+            TaskState::Pending => {
+                self.due
+                    .remove(&(Reverse(r.info.priority), r.info.run_at, id));
+                self.by_time.remove(&(r.info.run_at, id));
+            }
+            TaskState::Running => {
+                if let Some(l) = r.info.lease_until {
+                    self.leased.remove(&(l, id));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn index(&mut self, id: i64) {
+        let Some(r) = self.tasks.get(&id) else { return };
+        match r.info.state {
+            TaskState::Pending => {
+                self.due
+                    .insert((Reverse(r.info.priority), r.info.run_at, id));
+                self.by_time.insert((r.info.run_at, id));
+            }
+            TaskState::Running => {
+                if let Some(l) = r.info.lease_until {
+                    self.leased.insert((l, id));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn insert_row(&mut self, row: Row) {
+        let id = row.info.id.0;
+        if let Some(n) = &row.info.unique_name {
+            self.names.entry(n.clone()).or_default().insert(id);
+        }
+        self.tasks.insert(id, row);
+        self.index(id);
+    }
+
+    fn remove_row(&mut self, id: i64) -> Option<Row> {
+        self.unindex(id);
+        let row = self.tasks.remove(&id)?;
+        if let Some(n) = &row.info.unique_name {
+            if let Some(ids) = self.names.get_mut(n) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.names.remove(n);
+                }
+            }
+        }
+        Some(row)
+    }
+
+    fn paused(&self, queue: &str) -> bool {
+        self.queues.get(queue).map(|q| q.0).unwrap_or(false)
+    }
+
+    /// How many more tasks of `queue` a claim at `now` may take: its `max_concurrent` minus
+    /// what runs, and the whole tokens in its bucket after refilling.
+    fn allowance(&self, queue: &str, now: Timestamp) -> u64 {
+        let Some((_, config)) = self.queues.get(queue) else {
+            return u64::MAX;
+        };
+        let mut allow = u64::MAX;
+        if let Some(max) = config.max_concurrent {
+            let running = self
+                .leased
+                .range((Timestamp(now.0.saturating_add(1)), i64::MIN)..)
+                .filter(|(_, id)| self.tasks.get(id).map(|r| r.info.queue == queue) == Some(true))
+                .count() as u64;
+            allow = allow.min(u64::from(max).saturating_sub(running));
+        }
+        if let Some(rate) = config.rate {
+            let burst = config.burst.map(f64::from).unwrap_or(rate.max(1.0));
+            let tokens = match self.buckets.get(queue) {
+                Some(b) => (b.tokens + now.since(b.refilled_at).as_secs_f64() * rate).min(burst),
+                None => burst,
+            };
+            allow = allow.min(tokens.max(0.0).floor() as u64);
+        }
+        allow
+    }
+
     fn live_name(&self, name: &str, now: Timestamp) -> bool {
-        self.tasks.values().any(|r| {
-            r.info.unique_name.as_deref() == Some(name)
-                && (r.info.state.is_live()
-                    || r.info
-                        .finished_at
-                        .map(|f| f.0 + r.tombstone_ms > now.0)
-                        .unwrap_or(false))
+        let Some(ids) = self.names.get(name) else {
+            return false;
+        };
+        ids.iter().filter_map(|id| self.tasks.get(id)).any(|r| {
+            r.info.state.is_live()
+                || r.info
+                    .finished_at
+                    .map(|f| f.0 + r.tombstone_ms > now.0)
+                    .unwrap_or(false)
         })
     }
 
@@ -140,33 +241,30 @@ impl Store for MemoryStore {
                         },
                     );
                 }
-                g.tasks.insert(
-                    id.0,
-                    Row {
-                        info: TaskInfo {
-                            id,
-                            task: t.task,
-                            queue: t.queue,
-                            state: TaskState::Pending,
-                            payload: t.payload,
-                            priority: t.priority,
-                            attempts: 0,
-                            unique_name: t.unique_name,
-                            created_at: now,
-                            enqueued_at: now,
-                            run_at: t.run_at,
-                            finished_at: None,
-                            last_error: None,
-                            run,
-                            worker: None,
-                            lease_until: None,
-                        },
-                        token: 0,
-                        tombstone_ms: t.tombstone.as_millis() as i64,
-                        attempts: Vec::new(),
-                        started_at: None,
+                g.insert_row(Row {
+                    info: TaskInfo {
+                        id,
+                        task: t.task,
+                        queue: t.queue,
+                        state: TaskState::Pending,
+                        payload: t.payload,
+                        priority: t.priority,
+                        attempts: 0,
+                        unique_name: t.unique_name,
+                        created_at: now,
+                        enqueued_at: now,
+                        run_at: t.run_at,
+                        finished_at: None,
+                        last_error: None,
+                        run,
+                        worker: None,
+                        lease_until: None,
                     },
-                );
+                    token: 0,
+                    tombstone_ms: t.tombstone.as_millis() as i64,
+                    attempts: Vec::new(),
+                    started_at: None,
+                });
                 ids.push(id);
             }
         }
@@ -178,60 +276,81 @@ impl Store for MemoryStore {
         let now = req.now;
         let mut g = self.lock();
         let g = &mut *g;
-        // Candidates in claim order.
-        let mut due: Vec<(i32, Timestamp, i64)> = g
-            .tasks
-            .values()
-            .filter(|r| queue_wanted(&req.queues, &r.info.queue))
-            .filter(|r| !g.queues.get(&r.info.queue).map(|q| q.0).unwrap_or(false))
-            .filter(|r| match r.info.state {
-                TaskState::Pending => r.info.run_at <= now,
-                TaskState::Running => r.info.lease_until.map(|l| l <= now).unwrap_or(true),
-                _ => false,
-            })
-            .map(|r| (r.info.priority, r.info.run_at, r.info.id.0))
-            .collect();
-        due.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-
-        let mut running: HashMap<String, u32> = HashMap::new();
-        for r in g.tasks.values() {
-            if r.info.state == TaskState::Running
-                && r.info.lease_until.map(|l| l > now).unwrap_or(false)
-            {
-                *running.entry(r.info.queue.clone()).or_default() += 1;
+        // Pick, without changing anything: lapsed leases and due pending tasks, merged in
+        // claim order, each queue up to its allowance (concurrency and token bucket).
+        let mut picks: Vec<i64> = Vec::new();
+        let mut taken: HashMap<String, u64> = HashMap::new();
+        {
+            let wanted = |g: &Inner, id: &i64| {
+                g.tasks
+                    .get(id)
+                    .map(|r| queue_wanted(&req.queues, &r.info.queue) && !g.paused(&r.info.queue))
+                    .unwrap_or(false)
+            };
+            let mut lapsed: Vec<(Reverse<i32>, Timestamp, i64)> = g
+                .leased
+                .range(..=(now, i64::MAX))
+                .filter(|(_, id)| wanted(g, id))
+                .filter_map(|(_, id)| {
+                    g.tasks
+                        .get(id)
+                        .map(|r| (Reverse(r.info.priority), r.info.run_at, *id))
+                })
+                .collect();
+            lapsed.sort();
+            let mut lapsed = lapsed.into_iter().peekable();
+            let mut due = g.due.iter().filter(|(_, t, _)| *t <= now).peekable();
+            let mut allowance: HashMap<String, u64> = HashMap::new();
+            let mut blocked: HashSet<String> = HashSet::new();
+            while picks.len() < req.limit {
+                let next = match (lapsed.peek(), due.peek()) {
+                    (Some(a), Some(b)) if a <= *b => lapsed.next(),
+                    (_, Some(_)) => due.next().copied(),
+                    (Some(_), None) => lapsed.next(),
+                    (None, None) => break,
+                };
+                let Some((_, _, id)) = next else { break };
+                if !wanted(g, &id) {
+                    continue;
+                }
+                let queue = &g.tasks[&id].info.queue;
+                if blocked.contains(queue) {
+                    continue;
+                }
+                let allow = allowance
+                    .entry(queue.clone())
+                    .or_insert_with(|| g.allowance(queue, now));
+                if *allow == 0 {
+                    blocked.insert(queue.clone());
+                    continue;
+                }
+                *allow -= 1;
+                *taken.entry(queue.clone()).or_default() += 1;
+                picks.push(id);
             }
         }
-        let mut out = Vec::new();
-        for (_, _, id) in due {
-            if out.len() >= req.limit {
-                break;
-            }
-            let queue = g.tasks[&id].info.queue.clone();
-            let config = g
+        // Take tokens from the buckets of rate-limited queues.
+        for (queue, n) in &taken {
+            let Some(rate) = g.queues.get(queue).and_then(|q| q.1.rate) else {
+                continue;
+            };
+            let burst = g
                 .queues
-                .get(&queue)
-                .map(|q| q.1.clone())
-                .unwrap_or_default();
-            if let Some(max) = config.max_concurrent {
-                if running.get(&queue).copied().unwrap_or(0) >= max {
-                    continue;
-                }
-            }
-            if let Some(rate) = config.rate {
-                let burst = config.burst.map(f64::from).unwrap_or(rate.max(1.0));
-                let b = g.buckets.entry(queue.clone()).or_insert(Bucket {
-                    tokens: burst,
-                    refilled_at: now,
-                });
-                let elapsed = now.since(b.refilled_at).as_secs_f64();
-                b.tokens = (b.tokens + elapsed * rate).min(burst);
-                b.refilled_at = b.refilled_at.max(now);
-                if b.tokens < 1.0 {
-                    continue;
-                }
-                b.tokens -= 1.0;
-            }
-            *running.entry(queue).or_default() += 1;
+                .get(queue)
+                .and_then(|q| q.1.burst)
+                .map(f64::from)
+                .unwrap_or(rate.max(1.0));
+            let b = g.buckets.entry(queue.clone()).or_insert(Bucket {
+                tokens: burst,
+                refilled_at: now,
+            });
+            let elapsed = now.since(b.refilled_at).as_secs_f64();
+            b.tokens = (b.tokens + elapsed * rate).min(burst) - *n as f64;
+            b.refilled_at = b.refilled_at.max(now);
+        }
+        let mut out = Vec::with_capacity(picks.len());
+        for id in picks {
+            g.unindex(id);
             g.next_token += 1;
             let token = g.next_token;
             let row = g
@@ -256,6 +375,8 @@ impl Store for MemoryStore {
             row.info.lease_until = Some(now.add(req.lease));
             row.token = token;
             row.started_at = Some(now);
+            g.index(id);
+            let row = &g.tasks[&id];
             let iteration = row.info.run.and_then(|run| {
                 g.runs.get(&run.0).map(|it| IterationCursor {
                     run,
@@ -291,9 +412,13 @@ impl Store for MemoryStore {
         let mut g = self.lock();
         let mut lost = Vec::new();
         for l in leases {
-            match g.tasks.get_mut(&l.id.0) {
+            match g.tasks.get(&l.id.0) {
                 Some(r) if r.token == l.token && r.info.state == TaskState::Running => {
-                    r.info.lease_until = Some(until);
+                    g.unindex(l.id.0);
+                    if let Some(r) = g.tasks.get_mut(&l.id.0) {
+                        r.info.lease_until = Some(until);
+                    }
+                    g.index(l.id.0);
                 }
                 _ => lost.push(l.id),
             }
@@ -348,6 +473,7 @@ impl Store for MemoryStore {
                     _ => {}
                 }
                 let mut next = None;
+                g.unindex(id.0);
                 {
                     let r = g
                         .tasks
@@ -381,6 +507,7 @@ impl Store for MemoryStore {
                         next = Some((r.info.clone(), r.tombstone_ms, run_at));
                     }
                 }
+                g.index(id.0);
                 if let Some((info, tombstone_ms, run_at)) = next {
                     g.next_id += 1;
                     let nid = TaskId(g.next_id);
@@ -390,29 +517,26 @@ impl Store for MemoryStore {
                             it.updated_at = now;
                         }
                     }
-                    g.tasks.insert(
-                        nid.0,
-                        Row {
-                            info: TaskInfo {
-                                id: nid,
-                                state: TaskState::Pending,
-                                attempts: 0,
-                                unique_name: None,
-                                created_at: now,
-                                enqueued_at: now,
-                                run_at,
-                                finished_at: None,
-                                last_error: None,
-                                worker: None,
-                                lease_until: None,
-                                ..info
-                            },
-                            token: 0,
-                            tombstone_ms,
-                            attempts: Vec::new(),
-                            started_at: None,
+                    g.insert_row(Row {
+                        info: TaskInfo {
+                            id: nid,
+                            state: TaskState::Pending,
+                            attempts: 0,
+                            unique_name: None,
+                            created_at: now,
+                            enqueued_at: now,
+                            run_at,
+                            finished_at: None,
+                            last_error: None,
+                            worker: None,
+                            lease_until: None,
+                            ..info
                         },
-                    );
+                        token: 0,
+                        tombstone_ms,
+                        attempts: Vec::new(),
+                        started_at: None,
+                    });
                     woke = true;
                 }
                 results.push(Ok(()));
@@ -464,16 +588,18 @@ impl Store for MemoryStore {
 
     async fn next_due(&self, queues: &[String]) -> Result<Option<Timestamp>, StoreError> {
         let g = self.lock();
-        Ok(g.tasks
-            .values()
-            .filter(|r| queue_wanted(queues, &r.info.queue))
-            .filter(|r| !g.queues.get(&r.info.queue).map(|q| q.0).unwrap_or(false))
-            .filter_map(|r| match r.info.state {
-                TaskState::Pending => Some(r.info.run_at),
-                TaskState::Running => r.info.lease_until,
-                _ => None,
-            })
-            .min())
+        let wanted = |id: &i64| {
+            g.tasks
+                .get(id)
+                .map(|r| queue_wanted(queues, &r.info.queue) && !g.paused(&r.info.queue))
+                .unwrap_or(false)
+        };
+        let pending = g.by_time.iter().find(|(_, id)| wanted(id)).map(|(t, _)| *t);
+        let lease = g.leased.iter().find(|(_, id)| wanted(id)).map(|(t, _)| *t);
+        Ok(match (pending, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     async fn wait_for_work(&self, _queues: &[String], timeout: Duration) {
@@ -532,10 +658,16 @@ impl Store for MemoryStore {
 
     async fn purge(&self, queue: &str) -> Result<u64, StoreError> {
         let mut g = self.lock();
-        let before = g.tasks.len();
-        g.tasks
-            .retain(|_, r| !(r.info.queue == queue && r.info.state == TaskState::Pending));
-        Ok((before - g.tasks.len()) as u64)
+        let ids: Vec<i64> = g
+            .by_time
+            .iter()
+            .filter(|(_, id)| g.tasks.get(id).map(|r| r.info.queue == queue) == Some(true))
+            .map(|(_, id)| *id)
+            .collect();
+        for id in &ids {
+            g.remove_row(*id);
+        }
+        Ok(ids.len() as u64)
     }
 
     async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<TaskInfo>, StoreError> {
@@ -565,7 +697,7 @@ impl Store for MemoryStore {
             let mut g = self.lock();
             let r = g
                 .tasks
-                .get_mut(&id.0)
+                .get(&id.0)
                 .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
             if r.info.state != TaskState::Pending {
                 return Err(StoreError::Conflict(format!(
@@ -573,7 +705,11 @@ impl Store for MemoryStore {
                     r.info.state
                 )));
             }
-            r.info.run_at = now;
+            g.unindex(id.0);
+            if let Some(r) = g.tasks.get_mut(&id.0) {
+                r.info.run_at = now;
+            }
+            g.index(id.0);
         }
         self.notify.notify_waiters();
         Ok(())
@@ -581,8 +717,7 @@ impl Store for MemoryStore {
 
     async fn delete(&self, id: TaskId) -> Result<(), StoreError> {
         self.lock()
-            .tasks
-            .remove(&id.0)
+            .remove_row(id.0)
             .map(|_| ())
             .ok_or_else(|| StoreError::NotFound(format!("task {id}")))
     }
@@ -592,7 +727,7 @@ impl Store for MemoryStore {
             let mut g = self.lock();
             let r = g
                 .tasks
-                .get_mut(&id.0)
+                .get(&id.0)
                 .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
             if !matches!(r.info.state, TaskState::Dead | TaskState::Failed) {
                 return Err(StoreError::Conflict(format!(
@@ -600,12 +735,18 @@ impl Store for MemoryStore {
                     r.info.state
                 )));
             }
+            // Dead and failed tasks are in no index: set the fields, then index.
+            let r = g
+                .tasks
+                .get_mut(&id.0)
+                .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
             r.info.state = TaskState::Pending;
             r.info.attempts = 0;
             r.info.enqueued_at = now;
             r.info.run_at = now;
             r.info.finished_at = None;
             let run = r.info.run;
+            g.index(id.0);
             if let Some(run) = run {
                 if let Some(it) = g.runs.get_mut(&run.0) {
                     it.state = RunState::Running;
@@ -649,8 +790,15 @@ impl Store for MemoryStore {
         it.state = RunState::Cancelled;
         it.finished_at = Some(now);
         it.updated_at = now;
-        for r in g.tasks.values_mut() {
-            if r.info.run == Some(run) && r.info.state.is_live() {
+        let steps: Vec<i64> = g
+            .tasks
+            .values()
+            .filter(|r| r.info.run == Some(run) && r.info.state.is_live())
+            .map(|r| r.info.id.0)
+            .collect();
+        for id in steps {
+            g.unindex(id);
+            if let Some(r) = g.tasks.get_mut(&id) {
                 r.info.state = TaskState::Cancelled;
                 r.info.finished_at = Some(now);
                 r.info.worker = None;
