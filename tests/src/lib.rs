@@ -3,6 +3,7 @@
 
 pub mod conformance;
 pub mod models;
+pub mod pg_models;
 pub mod tasks;
 
 use std::sync::Arc;
