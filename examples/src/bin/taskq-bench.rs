@@ -2,7 +2,7 @@
 //! release and compare ratios from one run, not absolute times.
 //!
 //! ```text
-//! cargo run --release -p taskq-examples --bin taskq-bench -- [--workloads iteration,throughput,memory]
+//! cargo run --release -p taskq-examples --bin taskq-bench -- [--workloads iteration,throughput,claim,memory]
 //!     [--rows N] [--tasks N] [--data DIR] [--postgres URL]
 //! ```
 //!
@@ -10,7 +10,14 @@
 //!   default, created once in the data dir), entities/s, beside a plain keyset scan of the
 //!   same table in the same process (same batch size, same query, same blocking-pool hop),
 //!   and their ratio. After a warm-up scan, the scan runs before and after the task; their
-//!   mean is the baseline.
+//!   mean is the baseline. With `--postgres URL`, the same again over a PostgreSQL table
+//!   (`taskq_bench.rows`, created once; the task store in the fresh schema
+//!   `taskq_bench_iter` of the same database): the scan and the task read through the same
+//!   prepared statement on the same connection.
+//! - `claim`: per store (memory, SQLite, and PostgreSQL with `--postgres`), straight
+//!   through the `Store` trait, no worker: 50,000 tasks enqueued in bulk (1,000 per call),
+//!   claimed 100 per call until none is left, finished 100 per call, then 500 enqueued one
+//!   per call; rows/s of each.
 //! - `throughput`: per store, N no-op tasks started one by one and in bulk (tasks/s), then
 //!   processed by a worker (tasks/s), and start-to-run latency p50/p99 of tasks started
 //!   one at a time while a worker runs.
@@ -23,8 +30,12 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use taskq_runtime::store::{RunState, TaskState};
-use taskq_runtime::{iterative_task, task, Context, Model, Queue, TaskError, Timestamp, Worker};
+use taskq_runtime::store::postgres::PostgresStore;
+use taskq_runtime::store::{ClaimRequest, Finish, NewTask, Outcome, RunState, TaskState};
+use taskq_runtime::tokio_postgres::{self, NoTls};
+use taskq_runtime::{
+    iterative_task, task, Context, Model, Queue, Store, TaskError, TaskId, Timestamp, Worker,
+};
 
 /// The benchmark table, behind one mutex-guarded connection.
 #[derive(Clone)]
@@ -96,6 +107,67 @@ async fn noop_iteration(rows: Vec<Row>) -> Result<(), TaskError> {
     Ok(())
 }
 
+/// The PostgreSQL benchmark table `taskq_bench.rows`, behind one connection with the
+/// keyset page prepared once.
+#[derive(Clone)]
+struct PgBenchDb {
+    client: Arc<tokio_postgres::Client>,
+    page: tokio_postgres::Statement,
+}
+
+/// One row of `taskq_bench.rows`.
+struct PgRow {
+    id: i64,
+    #[allow(dead_code)]
+    payload: String,
+}
+
+impl Model for PgRow {
+    type Key = i64;
+    type Filter = AllRows;
+    type Source = PgBenchDb;
+
+    fn key(&self) -> i64 {
+        self.id
+    }
+
+    async fn batch(
+        db: &PgBenchDb,
+        _f: &AllRows,
+        after: Option<&i64>,
+        limit: usize,
+    ) -> Result<Vec<PgRow>, TaskError> {
+        let after = after.copied().unwrap_or(i64::MIN);
+        let rows = db
+            .client
+            .query(&db.page, &[&after, &(limit as i64)])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| PgRow {
+                id: r.get(0),
+                payload: r.get(1),
+            })
+            .collect())
+    }
+
+    async fn count(db: &PgBenchDb, _f: &AllRows) -> Result<Option<u64>, TaskError> {
+        let n: i64 = db
+            .client
+            .query_one("SELECT count(*) FROM taskq_bench.rows", &[])
+            .await?
+            .get(0);
+        Ok(Some(n as u64))
+    }
+}
+
+/// The no-op iterative task over the PostgreSQL table.
+#[iterative_task(model = PgRow, batch_size = 1000, queue = "bench-pg-iter")]
+async fn noop_pg_iteration(rows: Vec<PgRow>) -> Result<(), TaskError> {
+    std::hint::black_box(&rows);
+    Ok(())
+}
+
 /// Start-to-run latencies (ms) recorded by [`noop`].
 #[derive(Default)]
 struct Latencies(Mutex<Vec<i64>>);
@@ -121,11 +193,14 @@ struct Args {
     postgres: Option<String>,
 }
 
-const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,memory] [--rows N] [--tasks N] [--data DIR] [--postgres URL]";
+const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,claim,memory] [--rows N] [--tasks N] [--data DIR] [--postgres URL]";
+
+/// The workloads, in the order they run by default.
+const WORKLOADS: [&str; 4] = ["iteration", "throughput", "claim", "memory"];
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
-        workloads: vec!["iteration".into(), "throughput".into(), "memory".into()],
+        workloads: WORKLOADS.iter().map(|w| w.to_string()).collect(),
         rows: 1_000_000,
         tasks: 20_000,
         data: std::env::temp_dir().join("taskq-bench"),
@@ -149,7 +224,7 @@ fn parse_args() -> Result<Args, String> {
             "--workloads" => {
                 a.workloads = v.split(',').map(|s| s.trim().to_string()).collect();
                 for w in &a.workloads {
-                    if !["iteration", "throughput", "memory"].contains(&w.as_str()) {
+                    if !WORKLOADS.contains(&w.as_str()) {
                         return Err(format!("unknown workload `{w}`"));
                     }
                 }
@@ -185,7 +260,26 @@ async fn run(args: Args) -> Result<(), BoxError> {
     std::fs::create_dir_all(&args.data)?;
     for w in &args.workloads {
         match w.as_str() {
-            "iteration" => iteration(&args).await?,
+            "iteration" => {
+                iteration(&args).await?;
+                if let Some(url) = &args.postgres {
+                    iteration_pg(url, args.rows).await?;
+                }
+            }
+            "claim" => {
+                claim("memory", taskq_runtime::store::open("memory://").await?).await?;
+                let path = args.data.join("claim.db");
+                remove_db(&path);
+                let store =
+                    taskq_runtime::store::open(&format!("sqlite://{}", path.display())).await?;
+                claim("sqlite", store).await?;
+                if let Some(url) = &args.postgres {
+                    let schema = "taskq_bench_claim";
+                    drop_pg_schema(url, schema).await?;
+                    let store = PostgresStore::open_in_schema(url, schema).await?;
+                    claim("postgres", Arc::new(store)).await?;
+                }
+            }
             "throughput" => {
                 throughput("memory", "memory://".into(), args.tasks).await?;
                 let path = args.data.join("throughput.db");
@@ -274,13 +368,7 @@ async fn iteration(args: &Args) -> Result<(), BoxError> {
         .spawn();
     let t = Instant::now();
     let run = noop_iteration::start(&queue, AllRows).await?;
-    let info = loop {
-        let it = queue.iteration(run).await?;
-        if it.state != RunState::Running {
-            break it;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let info = wait_run(&queue, run).await?;
     let secs = t.elapsed().as_secs_f64();
     worker.shutdown().await?;
     if info.state != RunState::Done || info.processed != n1 {
@@ -309,6 +397,257 @@ async fn iteration(args: &Args) -> Result<(), BoxError> {
             "scan_runs_per_s": [scan1.round(), scan2.round()],
             "ratio": round(ips / scan, 3),
             "goal_ratio": 0.5,
+        })
+    );
+    Ok(())
+}
+
+/// Splits a store URL into the driver's URL (without taskq's `schema` and `pool_size`).
+fn driver_url(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|p| {
+            !p.is_empty()
+                && !matches!(
+                    p.split_once('=').map(|(k, _)| k),
+                    Some("schema" | "taskq_schema" | "pool_size")
+                )
+        })
+        .collect();
+    if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    }
+}
+
+async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, BoxError> {
+    let (client, conn) = tokio_postgres::connect(&driver_url(url), NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+async fn drop_pg_schema(url: &str, schema: &str) -> Result<(), BoxError> {
+    let c = pg_connect(url).await?;
+    c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await?;
+    Ok(())
+}
+
+/// Opens `taskq_bench.rows`, creating it with `n` rows unless it already has them.
+async fn pg_bench_table(url: &str, n: u64) -> Result<PgBenchDb, BoxError> {
+    let c = pg_connect(url).await?;
+    c.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS taskq_bench;
+         CREATE TABLE IF NOT EXISTS taskq_bench.rows (id bigint PRIMARY KEY, payload text NOT NULL)",
+    )
+    .await?;
+    let have: i64 = c
+        .query_one("SELECT count(*) FROM taskq_bench.rows", &[])
+        .await?
+        .get(0);
+    if have as u64 != n {
+        eprintln!("creating {n} rows in PostgreSQL table taskq_bench.rows");
+        c.batch_execute("TRUNCATE taskq_bench.rows").await?;
+        c.execute(
+            "INSERT INTO taskq_bench.rows (id, payload)
+             SELECT g, 'row ' || g || ': some payload of a realistic size'
+             FROM generate_series(1, $1::int8) AS g",
+            &[&(n as i64)],
+        )
+        .await?;
+        c.batch_execute("VACUUM ANALYZE taskq_bench.rows").await?;
+    }
+    let page = c
+        .prepare("SELECT id, payload FROM taskq_bench.rows WHERE id > $1 ORDER BY id LIMIT $2")
+        .await?;
+    Ok(PgBenchDb {
+        client: Arc::new(c),
+        page,
+    })
+}
+
+/// A plain keyset scan of the PostgreSQL table through the model's own query.
+async fn pg_scan(db: &PgBenchDb) -> Result<(u64, f64), BoxError> {
+    let t = Instant::now();
+    let mut after: Option<i64> = None;
+    let mut n = 0u64;
+    loop {
+        let rows = PgRow::batch(db, &AllRows, after.as_ref(), BATCH)
+            .await
+            .map_err(|e| e.to_string())?;
+        n += rows.len() as u64;
+        std::hint::black_box(&rows);
+        if let Some(last) = rows.last() {
+            after = Some(last.id);
+        }
+        if rows.len() < BATCH {
+            break;
+        }
+    }
+    Ok((n, n as f64 / t.elapsed().as_secs_f64()))
+}
+
+/// Waits for an iterative run to end.
+async fn wait_run(
+    queue: &Queue,
+    run: TaskId,
+) -> Result<taskq_runtime::store::IterationInfo, BoxError> {
+    loop {
+        let it = queue.iteration(run).await?;
+        if it.state != RunState::Running {
+            return Ok(it);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn iteration_pg(url: &str, rows: u64) -> Result<(), BoxError> {
+    let db = pg_bench_table(url, rows).await?;
+    pg_scan(&db).await?; // warm-up: shared buffers, page cache
+    let (n1, scan1) = pg_scan(&db).await?;
+
+    let schema = "taskq_bench_iter";
+    drop_pg_schema(url, schema).await?;
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::open_in_schema(url, schema).await?);
+    let queue = Queue::new(store.clone());
+    let worker = Worker::builder(store)
+        .state(db.clone())
+        .queues(["bench-pg-iter"])
+        .poll_interval(Duration::from_millis(5))
+        .build()?
+        .spawn();
+    let t = Instant::now();
+    let run = noop_pg_iteration::start(&queue, AllRows).await?;
+    let info = wait_run(&queue, run).await?;
+    let secs = t.elapsed().as_secs_f64();
+    worker.shutdown().await?;
+    if info.state != RunState::Done || info.processed != n1 {
+        return Err(format!(
+            "the PostgreSQL iteration ended {:?} after {} of {n1} rows",
+            info.state, info.processed
+        )
+        .into());
+    }
+    let (_, scan2) = pg_scan(&db).await?;
+    let scan = (scan1 + scan2) / 2.0;
+    let ips = info.processed as f64 / secs;
+    println!(
+        "{}",
+        json!({
+            "workload": "iteration",
+            "table": "postgres",
+            "store": "postgres",
+            "rows": info.processed,
+            "batch_size": BATCH,
+            "batches": info.batches,
+            "steps": info.steps,
+            "seconds": round(secs, 3),
+            "entities_per_s": ips.round(),
+            "scan_entities_per_s": scan.round(),
+            "scan_runs_per_s": [scan1.round(), scan2.round()],
+            "ratio": round(ips / scan, 3),
+            "goal_ratio": 0.5,
+        })
+    );
+    drop(queue);
+    drop_pg_schema(url, schema).await?;
+    Ok(())
+}
+
+/// Store-level rates, no worker: bulk enqueue, claim 100 per call, finish 100 per call,
+/// single enqueues.
+async fn claim(name: &str, store: Arc<dyn Store>) -> Result<(), BoxError> {
+    const N: usize = 50_000;
+    const CHUNK: usize = 1_000;
+    const PER_CALL: usize = 100;
+    const SINGLE: usize = 500;
+    let now = Timestamp::now();
+    let task = |queue: &str, n: usize| NewTask {
+        task: "bench::noop".into(),
+        queue: queue.into(),
+        payload: json!({ "n": n }),
+        priority: 0,
+        run_at: now,
+        unique_name: None,
+        tombstone: Duration::ZERO,
+        iteration: None,
+    };
+
+    let t = Instant::now();
+    for c in 0..N / CHUNK {
+        let batch = (0..CHUNK)
+            .map(|i| task("claim-bench", c * CHUNK + i))
+            .collect();
+        store.enqueue(batch, now).await?;
+    }
+    let enqueue_bulk = N as f64 / t.elapsed().as_secs_f64();
+
+    let req = ClaimRequest {
+        queues: vec!["claim-bench".into()],
+        worker: "bench".into(),
+        limit: PER_CALL,
+        lease: Duration::from_secs(3600),
+        now,
+    };
+    let t = Instant::now();
+    let mut leases = Vec::with_capacity(N);
+    let mut claim_calls = 0u64;
+    loop {
+        let got = store.claim(&req).await?;
+        claim_calls += 1;
+        if got.is_empty() {
+            break;
+        }
+        leases.extend(got.into_iter().map(|c| c.lease));
+    }
+    let claim = N as f64 / t.elapsed().as_secs_f64();
+    if leases.len() != N {
+        return Err(format!("{name}: claimed {} of {N} tasks", leases.len()).into());
+    }
+
+    let t = Instant::now();
+    for chunk in leases.chunks(PER_CALL) {
+        let fin = chunk
+            .iter()
+            .map(|l| Finish {
+                lease: *l,
+                outcome: Outcome::Done,
+                started_at: now,
+            })
+            .collect();
+        let r = store.finish(fin, "bench", now).await?;
+        if let Some(Err(e)) = r.into_iter().find(|x| x.is_err()) {
+            return Err(format!("{name}: finish: {e}").into());
+        }
+    }
+    let finish = N as f64 / t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    for i in 0..SINGLE {
+        store.enqueue(vec![task("claim-bench-one", i)], now).await?;
+    }
+    let enqueue_one = SINGLE as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({
+            "workload": "claim",
+            "store": name,
+            "tasks": N,
+            "enqueue_bulk_per_call": CHUNK,
+            "enqueue_bulk_rows_per_s": enqueue_bulk.round(),
+            "claim_per_call": PER_CALL,
+            "claim_calls": claim_calls,
+            "claim_rows_per_s": claim.round(),
+            "finish_per_call": PER_CALL,
+            "finish_rows_per_s": finish.round(),
+            "enqueue_one_calls": SINGLE,
+            "enqueue_one_rows_per_s": enqueue_one.round(),
         })
     );
     Ok(())
