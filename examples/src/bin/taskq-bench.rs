@@ -278,6 +278,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
                     drop_pg_schema(url, schema).await?;
                     let store = PostgresStore::open_in_schema(url, schema).await?;
                     claim("postgres", Arc::new(store)).await?;
+                    drop_pg_schema(url, schema).await?;
                 }
             }
             "throughput" => {
@@ -286,7 +287,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 remove_db(&path);
                 throughput("sqlite", format!("sqlite://{}", path.display()), args.tasks).await?;
                 if let Some(url) = &args.postgres {
-                    throughput("postgres", url.clone(), args.tasks).await?;
+                    // A fresh schema: done tasks of an earlier run must not count.
+                    let schema = "taskq_bench_throughput";
+                    drop_pg_schema(url, schema).await?;
+                    let sep = if url.contains('?') { '&' } else { '?' };
+                    throughput("postgres", format!("{url}{sep}schema={schema}"), args.tasks)
+                        .await?;
+                    drop_pg_schema(url, schema).await?;
                 }
             }
             "memory" => memory(args.tasks.max(100_000)).await?,
