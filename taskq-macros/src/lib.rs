@@ -14,20 +14,25 @@ use crate::attr::Kind;
 
 /// Turns an `async fn` into a background task.
 ///
-/// ```ignore
-/// use taskq_runtime::{task, Context, TaskError};
+/// ```
+/// use std::time::Duration;
+/// use taskq_runtime::{task, Context, Queue, TaskError};
 ///
 /// #[task(queue = "email", max_attempts = 5, timeout = "30s")]
 /// async fn send_email(ctx: Context, to: String, subject: String) -> Result<(), TaskError> {
 ///     Ok(())
 /// }
 ///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let queue = Queue::open("memory://").await?;
 /// let id = send_email::start(&queue, "ada@example.org".into(), "Welcome".into()).await?;
 /// send_email::builder("ada@example.org".into(), "Welcome".into())
 ///     .delay(Duration::from_secs(60))
 ///     .name("welcome-ada")
 ///     .start(&queue)
 ///     .await?;
+/// # let _ = id; Ok(()) }
 /// ```
 ///
 /// # The function
@@ -82,8 +87,20 @@ pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Turns an `async fn` into an iterative task: one logical run that walks through every
 /// entity of a model in batches, chained across executions with a stored cursor.
 ///
-/// ```ignore
-/// use taskq_runtime::{iterative_task, Context, TaskError};
+/// ```
+/// use taskq_runtime::{iterative_task, Context, Model, Queue, TaskError};
+/// # struct Student { id: i64 }
+/// # #[derive(serde::Serialize, serde::Deserialize)]
+/// # struct StudentFilter { program: String }
+/// # struct Db;
+/// # impl Model for Student {
+/// #     type Key = i64;
+/// #     type Filter = StudentFilter;
+/// #     type Source = Db;
+/// #     fn key(&self) -> i64 { self.id }
+/// #     async fn batch(_: &Db, _: &StudentFilter, _: Option<&i64>, _: usize)
+/// #         -> Result<Vec<Student>, TaskError> { Ok(Vec::new()) }
+/// # }
 ///
 /// #[iterative_task(model = Student, batch_size = 200, queue = "email")]
 /// async fn email_all_students(ctx: Context, students: Vec<Student>, subject: String)
@@ -91,12 +108,16 @@ pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
 ///     Ok(())
 /// }
 ///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let queue = Queue::open("memory://").await?;
 /// let run = email_all_students::start(
 ///     &queue,
 ///     StudentFilter { program: "gsoc2009".into() },
 ///     "Results are out".into(),
 /// ).await?;
 /// let progress = queue.iteration(run).await?;
+/// # let _ = progress; Ok(()) }
 /// ```
 ///
 /// The function is as for [`task`](macro@task), except that its first parameter after the
