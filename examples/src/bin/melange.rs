@@ -37,8 +37,8 @@ use taskq_runtime::{iterative_task, Context, Queue, TaskError, TaskId, Worker};
     queue = "email",
     timeout = "500ms",
     min_backoff = "20ms",
-    max_backoff = "200ms",
-    max_attempts = 100
+    max_backoff = "1s",
+    max_attempts = 5
 )]
 async fn email_all_students(
     ctx: Context,
