@@ -37,3 +37,35 @@ pub fn read_log(path: &std::path::Path) -> Vec<u64> {
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
+
+/// Checks an effect log after a worker was killed: every task of `ids` (task `n` wrote `n`)
+/// ran, and a task ran more than once only if its attempt history shows a lapsed lease,
+/// i.e. it was in flight when its worker died. Returns how many extra runs there were.
+pub async fn assert_only_in_flight_tasks_ran_twice(
+    queue: &taskq_runtime::Queue,
+    ids: &[taskq_runtime::TaskId],
+    effects: &[u64],
+) -> usize {
+    let mut times: std::collections::BTreeMap<u64, u32> = std::collections::BTreeMap::new();
+    for n in effects {
+        *times.entry(*n).or_default() += 1;
+    }
+    assert_eq!(times.len(), ids.len(), "every task ran");
+    let mut extra = 0;
+    for (n, k) in times {
+        if k > 1 {
+            extra += (k - 1) as usize;
+            let t = queue
+                .task(ids[n as usize])
+                .await
+                .expect("task")
+                .expect("exists");
+            assert!(
+                t.attempts.iter().any(|a| a.outcome == "lease lapsed"),
+                "task {n} ran {k} times but was not in flight at the kill: {:?}",
+                t.attempts
+            );
+        }
+    }
+    extra
+}

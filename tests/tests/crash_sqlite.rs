@@ -1,11 +1,10 @@
 //! kill -9 of a worker process on SQLite: nothing that start() acknowledged is lost.
 
-use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use taskq_runtime::{Queue, TaskState, Worker};
-use taskq_tests::tasks::{append_line, read_log, EffectLog};
+use taskq_tests::tasks::{append_line, assert_only_in_flight_tasks_ran_twice, read_log, EffectLog};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_run_loses_nothing() {
@@ -79,26 +78,5 @@ async fn sigkill_mid_run_loses_nothing() {
         0
     );
     let effects = read_log(&log);
-    let distinct: HashSet<u64> = effects.iter().copied().collect();
-    assert_eq!(distinct.len() as u64, N, "every task ran");
-    // Duplicates only among tasks in flight at the kill: their attempt history shows the
-    // killed worker's lease lapsing.
-    let mut seen = HashSet::new();
-    let mut dupes = 0;
-    for n in effects {
-        if !seen.insert(n) {
-            dupes += 1;
-            let t = q
-                .task(ids[n as usize])
-                .await
-                .expect("task")
-                .expect("exists");
-            assert!(
-                t.attempts.iter().any(|a| a.outcome == "lease lapsed"),
-                "task {n} ran twice but was not in flight at the kill: {:?}",
-                t.attempts
-            );
-        }
-    }
-    assert!(dupes <= 64, "{dupes} ran twice");
+    assert_only_in_flight_tasks_ran_twice(&q, &ids, &effects).await;
 }

@@ -1,13 +1,13 @@
 //! Many worker processes on one PostgreSQL: exactly once without crashes; nothing lost and
 //! duplicates only among in-flight tasks when one process is SIGKILLed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use taskq_runtime::{Queue, TaskId, TaskState};
-use taskq_tests::tasks::{append_line, read_log};
+use taskq_tests::tasks::{append_line, assert_only_in_flight_tasks_ran_twice, read_log};
 
 fn spawn_worker(url: &str, log: &Path, lease_ms: u64) -> Child {
     Command::new(env!("CARGO_BIN_EXE_taskq-test-worker"))
@@ -129,23 +129,5 @@ async fn a_sigkilled_process_loses_nothing() {
     wait_all_done(&q, N, &mut children, Duration::from_secs(600)).await;
     stop(children);
     let effects = read_log(&log);
-    let mut times: HashMap<u64, u32> = HashMap::new();
-    for n in &effects {
-        *times.entry(*n).or_default() += 1;
-    }
-    assert_eq!(times.len() as u64, N, "every task ran");
-    for (n, k) in times {
-        if k > 1 {
-            let t = q
-                .task(ids[n as usize])
-                .await
-                .expect("task")
-                .expect("exists");
-            assert!(
-                t.attempts.iter().any(|a| a.outcome == "lease lapsed"),
-                "task {n} ran {k} times but was not in flight at the kill: {:?}",
-                t.attempts
-            );
-        }
-    }
+    assert_only_in_flight_tasks_ran_twice(&q, &ids, &effects).await;
 }
