@@ -243,10 +243,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .await
         .map_err(|e| e.to_string())?;
     let worker = worker.spawn();
+    // On a terminal the bar is redrawn in place every 100 ms; into a pipe or a file, one
+    // line a second.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut last_line = Instant::now();
     let info = loop {
         let info = queue.iteration(run).await?;
-        draw(&info, started.elapsed());
-        if info.state != RunState::Running {
+        let finished = info.state != RunState::Running;
+        if tty || finished || last_line.elapsed() >= Duration::from_secs(1) {
+            draw(&info, started.elapsed(), tty);
+            last_line = Instant::now();
+        }
+        if finished {
             break info;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -312,8 +320,8 @@ fn percent(f: f64) -> String {
     format!("{}%", (f * 1000.0).round() / 10.0)
 }
 
-/// Redraws the one-line progress bar.
-fn draw(info: &IterationInfo, elapsed: Duration) {
+/// Redraws the one-line progress bar (`in_place`: over the previous one, with `\r`).
+fn draw(info: &IterationInfo, elapsed: Duration, in_place: bool) {
     use std::io::Write;
     const WIDTH: usize = 30;
     let pct = info.percent().unwrap_or(0.0);
@@ -321,13 +329,18 @@ fn draw(info: &IterationInfo, elapsed: Duration) {
     let bar: String = "█".repeat(filled.min(WIDTH)) + &"░".repeat(WIDTH - filled.min(WIDTH));
     let rate = info.processed as f64 / elapsed.as_secs_f64().max(1e-3);
     let total = info.total.map(thousands).unwrap_or_else(|| "?".into());
-    print!(
-        "\r  [{bar}] {pct:5.1}%  {} / {total}  {} batches  {} steps  {} /s   ",
+    let line = format!(
+        "  [{bar}] {pct:5.1}%  {} / {total}  {} batches  {} steps  {} /s",
         thousands(info.processed),
         thousands(info.batches),
         info.steps,
         thousands(rate as u64)
     );
+    if in_place {
+        print!("\r{line}   ");
+    } else {
+        println!("{line}");
+    }
     let _ = std::io::stdout().flush();
 }
 
