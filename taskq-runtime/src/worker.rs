@@ -631,7 +631,17 @@ impl Worker {
         }
         drop(done_tx);
         heartbeat.abort();
-        let _ = finisher.await;
+        // Record the last outcomes; if the store stays unreachable past the grace period,
+        // give up: those tasks run again when their leases lapse (at least once).
+        if tokio::time::timeout(self.shutdown_grace, finisher)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker = %exec.worker,
+                "could not record the last outcomes before the shutdown grace ran out; those tasks will run again when their leases lapse"
+            );
+        }
         tracing::info!(worker = %exec.worker, "taskq worker stopped");
         Ok(())
     }
