@@ -506,9 +506,10 @@ impl Worker {
                 }
             };
             if claimed.is_empty() {
+                let wait = self.idle_wait(&exec).await;
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = exec.store.wait_for_work(&self.queues, self.poll_interval) => {}
+                    _ = exec.store.wait_for_work(&self.queues, wait) => {}
                 }
                 continue;
             }
@@ -646,6 +647,25 @@ impl Worker {
         Ok(())
     }
 }
+
+impl Worker {
+    /// How long an idle worker waits before claiming again (new work wakes it earlier):
+    /// until the next task falls due (a delay, a backoff, a lease that lapses), so delayed
+    /// tasks run on time; at least [`MIN_IDLE_WAIT`] when tasks are due but were not
+    /// claimable (a rate or concurrency limit holds them); at most the poll interval.
+    async fn idle_wait(&self, exec: &Exec) -> Duration {
+        match exec.store.next_due(&self.queues).await {
+            Ok(Some(t)) => t
+                .since(exec.clock.now())
+                .clamp(MIN_IDLE_WAIT, self.poll_interval.max(MIN_IDLE_WAIT)),
+            _ => self.poll_interval,
+        }
+    }
+}
+
+/// The shortest idle wait between claims while due tasks are held back by a queue's rate
+/// or concurrency limit.
+pub const MIN_IDLE_WAIT: Duration = Duration::from_millis(20);
 
 /// Renews the leases of every running task; aborts tasks whose lease was lost.
 async fn heartbeat(exec: Exec, inflight: Arc<Mutex<HashMap<TaskId, InFlight>>>, lease: Duration) {

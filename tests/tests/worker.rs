@@ -393,3 +393,52 @@ async fn list_tasks_through_the_queue() {
     assert_eq!(l.len(), 3);
     assert!(l[0].id > l[1].id);
 }
+
+#[task(queue = "timely")]
+async fn timely(n: u32) -> Result<(), TaskError> {
+    let _ = n;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_tasks_run_on_time_and_rate_limits_do_not_wait_for_the_poll() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let q = Queue::new(store.clone());
+    q.configure(
+        "timely",
+        taskq_runtime::store::QueueConfig {
+            rate: Some(50.0),
+            burst: Some(1),
+            max_concurrent: None,
+        },
+    )
+    .await
+    .expect("configure");
+    let delayed = timely::builder(0)
+        .delay(Duration::from_millis(300))
+        .start(&q)
+        .await
+        .expect("start");
+    q.start_many((1..=20).map(timely::builder))
+        .await
+        .expect("start");
+    // A poll interval far longer than the test: only the worker's own wake-ups can
+    // finish it in time.
+    let w = Worker::builder(store)
+        .queues(["timely"])
+        .poll_interval(Duration::from_secs(600))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("all 21 done", Duration::from_secs(60), || async {
+        count(&q, "timely", TaskState::Done).await == 21
+    })
+    .await;
+    w.shutdown().await.expect("shutdown");
+    let t = q.task(delayed).await.expect("task").expect("exists");
+    let ran = t.attempts[0].started_at;
+    assert!(
+        ran.since(t.info.created_at) >= Duration::from_millis(300),
+        "not before its delay"
+    );
+}
