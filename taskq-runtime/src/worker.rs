@@ -372,6 +372,20 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// A running task's concurrency slot: dropping it (when the task's future ends or is
+/// dropped) frees the slot and wakes the claim loop waiting for one.
+struct Slot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.freed.notify_one();
+    }
+}
+
 struct InFlight {
     lease: Lease,
     cancel: Flag,
@@ -543,7 +557,10 @@ impl Worker {
                 let exec2 = exec.clone();
                 let tx = done_tx.clone();
                 let inflight2 = inflight.clone();
-                let freed2 = freed.clone();
+                let slot = Slot {
+                    permit: Some(permit),
+                    freed: freed.clone(),
+                };
                 let span = tracing::info_span!(
                     "taskq.attempt",
                     task = %task.task,
@@ -554,6 +571,9 @@ impl Worker {
                 );
                 let handle = tokio::spawn(
                     async move {
+                        // Frees the slot however this future ends: finished, or dropped
+                        // because its lease was lost (aborted by the heartbeat).
+                        let _slot = slot;
                         let outcome = exec2.run(&task, cancel).await;
                         tracing::Span::current().record("outcome", outcome_name(&outcome));
                         if let Outcome::Retry { error, .. }
@@ -579,8 +599,6 @@ impl Worker {
                                 task,
                             ));
                         }
-                        drop(permit);
-                        freed2.notify_one();
                     }
                     .instrument(span),
                 );

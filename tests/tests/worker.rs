@@ -442,3 +442,47 @@ async fn delayed_tasks_run_on_time_and_rate_limits_do_not_wait_for_the_poll() {
         "not before its delay"
     );
 }
+
+#[task(queue = "lost")]
+async fn stuck(ms: u64) -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(())
+}
+
+/// A task aborted because its lease was lost (here: deleted by a person) frees its slot:
+/// a worker whose every slot held such a task goes on claiming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_frees_its_slot() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let q = Queue::new(store.clone());
+    let first = stuck::start(&q, 60_000).await.expect("start");
+    let w = Worker::builder(store.clone())
+        .queues(["lost"])
+        .concurrency(1)
+        .lease(Duration::from_millis(150))
+        .poll_interval(Duration::from_millis(50))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("the first task runs", Duration::from_secs(5), || async {
+        count(&q, "lost", TaskState::Running).await == 1
+    })
+    .await;
+    q.delete(first).await.expect("delete");
+    let second = stuck::start(&q, 1).await.expect("start");
+    wait_until(
+        "the second task runs once the first one's lease is lost",
+        Duration::from_secs(5),
+        || async {
+            q.task(second)
+                .await
+                .expect("task")
+                .expect("exists")
+                .info
+                .state
+                == TaskState::Done
+        },
+    )
+    .await;
+    w.shutdown().await.expect("shutdown");
+}
