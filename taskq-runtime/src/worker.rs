@@ -500,10 +500,36 @@ impl Worker {
                 lease: self.lease,
                 now: exec.clock.now(),
             };
-            let claimed = tokio::select! {
-                _ = &mut shutdown => break,
-                r = exec.store.claim(&req) => r,
+            // A claim is not abandoned when shutdown comes while it runs: a store may
+            // commit it anyway (SQLite runs it on the blocking pool, PostgreSQL on the
+            // server), and tasks claimed but never run would wait for their leases to lapse
+            // and lose an attempt. Let it finish (within the grace) and release what it took.
+            let claim = exec.store.claim(&req);
+            tokio::pin!(claim);
+            let (claimed, stopping) = tokio::select! {
+                _ = &mut shutdown => {
+                    match tokio::time::timeout(self.shutdown_grace, &mut claim).await {
+                        Ok(r) => (r, true),
+                        Err(_) => break,
+                    }
+                }
+                r = &mut claim => (r, false),
             };
+            if stopping {
+                if let Ok(tasks) = claimed {
+                    for task in tasks {
+                        let _ = done_tx.send((
+                            Finish {
+                                lease: task.lease,
+                                outcome: Outcome::Release,
+                                started_at: exec.clock.now(),
+                            },
+                            task,
+                        ));
+                    }
+                }
+                break;
+            }
             let claimed = match claimed {
                 Ok(c) => {
                     store_backoff = Duration::from_millis(50);

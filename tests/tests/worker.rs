@@ -486,3 +486,44 @@ async fn a_lost_lease_frees_its_slot() {
     .await;
     w.shutdown().await.expect("shutdown");
 }
+
+/// Shutdown while a claim is in flight: what the claim took is released, not left running
+/// until its lease lapses. (SQLite runs the claim on the blocking pool, so it commits even
+/// when the worker stops waiting for it; here another connection holds the write lock to
+/// keep the claim waiting until shutdown has begun.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_claim_releases_what_it_claimed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("claim.db");
+    let path = path.to_str().expect("utf-8 path");
+    let store: Arc<dyn Store> = taskq_runtime::store::open(&format!("sqlite://{path}"))
+        .await
+        .expect("open");
+    let q = Queue::new(store.clone());
+    let id = sleepy::start(&q, 1).await.expect("start");
+    let mut conn = rusqlite::Connection::open(path).expect("second connection");
+    let lock = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .expect("hold the write lock");
+    let w = Worker::builder(store.clone())
+        .queues(["shutdown"])
+        .shutdown_grace(Duration::from_secs(5))
+        .build()
+        .expect("worker")
+        .spawn();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(w.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.rollback().expect("release the write lock");
+    stopping.await.expect("join").expect("shutdown");
+    // Give a claim the worker stopped waiting for the time to commit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = q.task(id).await.expect("task").expect("exists");
+    assert_eq!(
+        t.info.state,
+        TaskState::Pending,
+        "not left running by a stopped worker: {:?}",
+        t.attempts
+    );
+    assert_eq!(t.info.attempts, 0, "a released claim does not count");
+}
