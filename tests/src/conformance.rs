@@ -209,6 +209,28 @@ pub async fn lapsed_lease_is_reclaimed_and_fenced(s: Arc<dyn Store>) {
     assert_eq!(d.attempts[1].attempt, 2);
 }
 
+/// A lease has lapsed once `lease_until <= now`: the task is claimable at that very
+/// instant, and `next_due` names that instant (the harness moves its clock exactly there).
+pub async fn lease_lapses_at_its_expiry(s: Arc<dyn Store>) {
+    let ids = s
+        .enqueue(vec![new_task("q", 1)], T0)
+        .await
+        .expect("enqueue");
+    let first = s.claim(&req(&[], 1, 1_000, T0)).await.expect("claim");
+    assert_eq!(first.len(), 1);
+    assert_eq!(s.next_due(&[]).await.expect("next_due"), Some(at(1_000)));
+    let second = s
+        .claim(&req(&[], 1, 1_000, at(1_000)))
+        .await
+        .expect("claim");
+    assert_eq!(
+        second.iter().map(|c| c.lease.id).collect::<Vec<_>>(),
+        vec![ids[0]],
+        "claimable when lease_until == now"
+    );
+    assert_eq!(second[0].attempt, 2);
+}
+
 /// A heartbeat extends the lease so the task is not claimed again.
 pub async fn heartbeat_extends_lease(s: Arc<dyn Store>) {
     s.enqueue(vec![new_task("q", 1)], T0)
@@ -937,7 +959,7 @@ macro_rules! conformance_tests {
     ($factory:expr) => {
         $crate::conformance_tests!(@cases $factory;
             claim_and_finish, claim_order_and_delay, claim_filters_queues,
-            lapsed_lease_is_reclaimed_and_fenced, heartbeat_extends_lease,
+            lapsed_lease_is_reclaimed_and_fenced, lease_lapses_at_its_expiry, heartbeat_extends_lease,
             retry_waits_for_backoff, failed_dead_and_retry_from_dead, release_does_not_count,
             unique_names_and_tombstones, pause_and_resume, max_concurrent_limits_claims,
             rate_limit_token_bucket, purge_pending_only, list_filter_page_and_counts,

@@ -765,7 +765,7 @@ expired AS (
     SELECT t.id, t.priority, t.run_at, t.state AS old_state, t.worker AS old_worker,
            t.started_at AS old_started, t.attempts AS old_attempts
     FROM {{S}}.taskq_tasks t
-    WHERE t.state = 'running' AND t.lease_until < $1::int8
+    WHERE t.state = 'running' AND t.lease_until <= $1::int8
       {qf}
     ORDER BY t.priority DESC, t.run_at, t.id
     LIMIT $4::int8
@@ -828,7 +828,7 @@ ORDER BY c.priority DESC, c.run_at, c.id
         );
         let running_sql = self.sql(
             "SELECT queue, count(*) FROM {S}.taskq_tasks \
-             WHERE state = 'running' AND lease_until >= $2::int8 AND queue = ANY($1::text[]) \
+             WHERE state = 'running' AND lease_until > $2::int8 AND queue = ANY($1::text[]) \
              GROUP BY queue",
         );
         let claim_sql = self.claim_sql(QueueFilter::One, false);
@@ -1223,7 +1223,7 @@ LEFT JOIN LATERAL (
     async fn next_due(&self, queues: &[String]) -> Result<Option<Timestamp>, StoreError> {
         let filter = QueueFilter::of(queues);
         let sql = self.sql(&format!(
-            "SELECT min(CASE WHEN t.state = 'pending' THEN t.run_at ELSE t.lease_until + 1 END) \
+            "SELECT min(CASE WHEN t.state = 'pending' THEN t.run_at ELSE t.lease_until END) \
              FROM {{S}}.taskq_tasks t \
              WHERE t.state IN ('pending', 'running') {}",
             filter.sql_excluding(1, "q.paused")
