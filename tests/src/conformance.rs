@@ -659,6 +659,41 @@ fn iteration_task() -> NewTask {
     t
 }
 
+/// The unique name of an iterative run is taken while the run is live, though its first
+/// step (the one carrying the name) ended when it handed over to a continuation; the
+/// tombstone window counts from the end of the run.
+pub async fn unique_name_of_a_running_iteration(s: Arc<dyn Store>) {
+    let mut t = iteration_task();
+    t.unique_name = Some("walk-gsoc".into());
+    t.tombstone = Duration::from_secs(60);
+    s.enqueue(vec![t.clone()], T0).await.expect("enqueue");
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    finish_one(&*s, &c[0], Outcome::Continue { run_at: at(10) }, at(10))
+        .await
+        .expect("continue");
+    // Past the first step's tombstone window, the run still goes on.
+    let r = s.enqueue(vec![t.clone()], at(120_000)).await;
+    assert!(
+        matches!(&r, Err(StoreError::AlreadyExists(n)) if n == "walk-gsoc"),
+        "the name of a live run is taken: {r:?}"
+    );
+    let c = s
+        .claim(&req(&[], 1, 30_000, at(120_000)))
+        .await
+        .expect("claim");
+    finish_one(&*s, &c[0], Outcome::Done, at(200_000))
+        .await
+        .expect("done");
+    let r = s.enqueue(vec![t.clone()], at(230_000)).await;
+    assert!(
+        matches!(&r, Err(StoreError::AlreadyExists(_))),
+        "inside the tombstone window after the run ended: {r:?}"
+    );
+    s.enqueue(vec![t], at(261_000))
+        .await
+        .expect("free once the window after the run passed");
+}
+
 /// An iterative run: checkpoints, continuation steps that see the cursor, done.
 pub async fn iteration_checkpoint_continue_done(s: Arc<dyn Store>) {
     let run = s
@@ -964,7 +999,7 @@ macro_rules! conformance_tests {
             unique_names_and_tombstones, pause_and_resume, max_concurrent_limits_claims,
             rate_limit_token_bucket, purge_pending_only, list_filter_page_and_counts,
             run_now_and_delete, payload_round_trip, iteration_checkpoint_continue_done,
-            iteration_failure_and_revival, checkpoint_resets_attempts, iteration_cancel, concurrent_claims_never_overlap,
+            iteration_failure_and_revival, unique_name_of_a_running_iteration, checkpoint_resets_attempts, iteration_cancel, concurrent_claims_never_overlap,
             batched_finish_reports_each,
         );
     };

@@ -166,11 +166,17 @@ impl Inner {
             return false;
         };
         ids.iter().filter_map(|id| self.tasks.get(id)).any(|r| {
+            // The named first step of an iterative run ends when it hands over to a
+            // continuation: the name stays taken while the run is live, and its tombstone
+            // window counts from the end of the run.
+            let run = r.info.run.and_then(|run| self.runs.get(&run.0));
+            let ended = [r.info.finished_at, run.and_then(|it| it.finished_at)]
+                .into_iter()
+                .flatten()
+                .max();
             r.info.state.is_live()
-                || r.info
-                    .finished_at
-                    .map(|f| f.0 + r.tombstone_ms > now.0)
-                    .unwrap_or(false)
+                || run.map(|it| it.state == RunState::Running) == Some(true)
+                || ended.map(|f| f.0 + r.tombstone_ms > now.0).unwrap_or(false)
         })
     }
 

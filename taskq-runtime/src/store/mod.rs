@@ -513,7 +513,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores tasks, all or none, and returns their ids in order. A task with a
     /// `unique_name` that is live, or finished within its tombstone window, or named twice
-    /// in `tasks`, fails the whole call with [`StoreError::AlreadyExists`].
+    /// in `tasks`, fails the whole call with [`StoreError::AlreadyExists`]. The name of an
+    /// iterative run is taken while the run is live, and its window counts from the run's end.
     async fn enqueue(&self, tasks: Vec<NewTask>, now: Timestamp)
         -> Result<Vec<TaskId>, StoreError>;
 

@@ -919,9 +919,15 @@ impl Store for SqliteStore {
                 db.write(true, |tx| {
                     let mut seen = HashSet::new();
                     let mut live = tx.prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM taskq_tasks WHERE unique_name = ?1
-                           AND (state IN ('pending', 'running')
-                                OR (finished_at IS NOT NULL AND finished_at + tombstone_ms > ?2)))",
+                        // The named first step of an iterative run ends when it hands
+                        // over: the name stays taken while the run is live, and the
+                        // tombstone window counts from the end of the run.
+                        "SELECT EXISTS (SELECT 1 FROM taskq_tasks t
+                           LEFT JOIN taskq_iterations i ON i.run = t.run_id
+                           WHERE t.unique_name = ?1
+                           AND (t.state IN ('pending', 'running') OR i.state = 'running'
+                                OR (t.finished_at IS NOT NULL AND t.finished_at + t.tombstone_ms > ?2)
+                                OR (i.finished_at IS NOT NULL AND i.finished_at + t.tombstone_ms > ?2)))",
                     )?;
                     for t in &tasks {
                         if let Some(n) = &t.unique_name {

@@ -625,9 +625,15 @@ impl PostgresStore {
 
     fn enqueue_sql(&self, with_names: bool) -> String {
         let conflict = if with_names {
+            // The named first step of an iterative run ends when it hands over: the name
+            // stays taken while the run is live, and the tombstone window counts from the
+            // end of the run.
             "SELECT t.unique_name FROM input i JOIN {S}.taskq_tasks t ON t.unique_name = i.unique_name
+    LEFT JOIN {S}.taskq_iterations r ON r.run_id = t.run_id
     WHERE i.unique_name IS NOT NULL
-      AND (t.state IN ('pending', 'running') OR t.finished_at + t.tombstone_ms > $1::int8)
+      AND (t.state IN ('pending', 'running') OR r.state = 'running'
+           OR t.finished_at + t.tombstone_ms > $1::int8
+           OR r.finished_at + t.tombstone_ms > $1::int8)
     LIMIT 1"
         } else {
             "SELECT NULL::text AS unique_name WHERE false"
