@@ -75,6 +75,10 @@ impl TaskOptions {
     pub fn backoff(&self, attempt: u32) -> Duration {
         let n = attempt.max(1) - 1;
         let min = self.min_backoff.as_millis() as f64;
+        if min == 0.0 {
+            // 0 x 2^big would be NaN below.
+            return Duration::ZERO;
+        }
         let d = n.min(self.max_doublings);
         let mut ms = min * 2f64.powi(d as i32);
         if n > self.max_doublings {
@@ -382,4 +386,57 @@ where
     E: Into<TaskError>,
 {
     Box::pin(async move { fut.await.map(|()| Completion::Done).map_err(Into::into) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(min_ms: u64, max_ms: u64, doublings: u32) -> TaskOptions {
+        TaskOptions {
+            min_backoff: Duration::from_millis(min_ms),
+            max_backoff: Duration::from_millis(max_ms),
+            max_doublings: doublings,
+            ..TaskOptions::DEFAULT
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_then_grows_linearly_then_caps() {
+        let o = opts(100, 10_000, 3);
+        let ms: Vec<u128> = (1..=9).map(|a| o.backoff(a).as_millis()).collect();
+        // 100, 200, 400, 800 (3 doublings), then +800 each time, capped at 10 s.
+        assert_eq!(ms, vec![100, 200, 400, 800, 1600, 2400, 3200, 4000, 4800]);
+        assert_eq!(o.backoff(100).as_millis(), 10_000);
+    }
+
+    #[test]
+    fn zero_min_backoff_means_no_wait_even_with_many_doublings() {
+        let o = opts(0, 3_600_000, u32::MAX);
+        assert_eq!(o.backoff(1_000), Duration::ZERO);
+        assert_eq!(o.backoff_with_jitter(1_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn jitter_stays_in_the_upper_half() {
+        let o = opts(1000, 60_000, 16);
+        for _ in 0..200 {
+            let j = o.backoff_with_jitter(3).as_millis();
+            assert!((2000..=4000).contains(&j), "{j}");
+        }
+    }
+
+    #[test]
+    fn dead_needs_both_attempts_and_age_spent() {
+        let t0 = Timestamp(0);
+        let mut o = TaskOptions {
+            max_attempts: 3,
+            ..TaskOptions::DEFAULT
+        };
+        assert!(o.may_retry(2, t0, Timestamp(1)));
+        assert!(!o.may_retry(3, t0, Timestamp(1)));
+        o.age_limit = Some(Duration::from_secs(60));
+        assert!(o.may_retry(3, t0, Timestamp(59_999)));
+        assert!(!o.may_retry(3, t0, Timestamp(60_000)));
+    }
 }
