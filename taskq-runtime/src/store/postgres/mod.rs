@@ -984,16 +984,34 @@ impl Store for PostgresStore {
             client.query(&st_limited, &limited_params),
         );
         let claimed = c.check(claimed)?;
-        let limited = c.check(limited)?;
         let mut out = Vec::with_capacity(claimed.len());
         for r in &claimed {
             out.push(claimed_from_row(r)?);
         }
+        // From here on, tasks are claimed (committed): an error must not lose them, so it
+        // is logged and what was claimed is handed over; the limited queues wait for the
+        // next claim.
+        let limited = match c.check(limited) {
+            Ok(rows) => rows,
+            Err(e) if !out.is_empty() => {
+                tracing::warn!(error = %e, "listing rate- or concurrency-limited queues failed; claiming them next time");
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        };
         let limited: Vec<String> = limited.iter().map(|r| r.get(0)).collect();
         let remaining = req.limit.saturating_sub(out.len());
         if !limited.is_empty() && remaining > 0 {
-            self.claim_limited(&mut c, req, limited, remaining, &mut out)
-                .await?;
+            if let Err(e) = self
+                .claim_limited(&mut c, req, limited, remaining, &mut out)
+                .await
+            {
+                // That transaction rolled back; only the first claim's tasks are held.
+                if out.is_empty() {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "claiming from limited queues failed; handing over what was claimed");
+            }
         }
         Ok(out)
     }
