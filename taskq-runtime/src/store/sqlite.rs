@@ -358,6 +358,13 @@ fn from_json(text: &str, what: &str) -> Result<serde_json::Value, Fail> {
     })
 }
 
+/// A stored payload as JSON; text that is not JSON (a hand-edited row) comes back as a JSON
+/// string, which no task decodes, so the task goes to dead with that reason instead of
+/// making every claim fail.
+fn payload_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}
+
 fn task_state(s: &str) -> Result<TaskState, Fail> {
     s.parse::<TaskState>()
         .map_err(|e| Fail::Store(StoreError::Backend(format!("corrupt taskq_tasks row: {e}"))))
@@ -424,7 +431,7 @@ impl RawTask {
     fn decode(self) -> Result<TaskInfo, Fail> {
         Ok(TaskInfo {
             id: TaskId(self.id),
-            payload: from_json(&self.payload, &format!("the payload of task {}", self.id))?,
+            payload: payload_json(&self.payload),
             state: task_state(&self.state)?,
             task: self.task,
             queue: self.queue,
@@ -800,7 +807,7 @@ fn claim_tx(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec<Claimed
                 id: TaskId(c.id),
                 token,
             },
-            payload: from_json(&payload, &format!("the payload of task {}", c.id))?,
+            payload: payload_json(&payload),
             task,
             queue,
             attempt: u32_of(attempts),
