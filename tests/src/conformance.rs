@@ -417,6 +417,24 @@ pub async fn unique_names_and_tombstones(s: Arc<dyn Store>) {
     assert_ne!(again[0], ids[0]);
 }
 
+/// A dead task cannot be retried while another live task has its unique name.
+pub async fn retry_refused_while_its_name_is_taken(s: Arc<dyn Store>) {
+    let mut a = new_task("q", 1);
+    a.unique_name = Some("report-2026".into());
+    let old = s.enqueue(vec![a.clone()], T0).await.expect("enqueue")[0];
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    finish_one(&*s, &c[0], Outcome::Dead { error: "x".into() }, at(1))
+        .await
+        .expect("dead");
+    // After the 60 s tombstone, a new task takes the name.
+    s.enqueue(vec![a.clone()], at(120_000))
+        .await
+        .expect("name free again");
+    let r = s.retry(old, at(120_001)).await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    assert_eq!(state_of(&*s, old).await, TaskState::Dead);
+}
+
 /// A paused queue is not claimed (and next_due ignores it) until resumed.
 pub async fn pause_and_resume(s: Arc<dyn Store>) {
     s.enqueue(vec![new_task("email", 1), new_task("other", 2)], T0)
@@ -996,7 +1014,7 @@ macro_rules! conformance_tests {
             claim_and_finish, claim_order_and_delay, claim_filters_queues,
             lapsed_lease_is_reclaimed_and_fenced, lease_lapses_at_its_expiry, heartbeat_extends_lease,
             retry_waits_for_backoff, failed_dead_and_retry_from_dead, release_does_not_count,
-            unique_names_and_tombstones, pause_and_resume, max_concurrent_limits_claims,
+            unique_names_and_tombstones, retry_refused_while_its_name_is_taken, pause_and_resume, max_concurrent_limits_claims,
             rate_limit_token_bucket, purge_pending_only, list_filter_page_and_counts,
             run_now_and_delete, payload_round_trip, iteration_checkpoint_continue_done,
             iteration_failure_and_revival, unique_name_of_a_running_iteration, checkpoint_resets_attempts, iteration_cancel, concurrent_claims_never_overlap,

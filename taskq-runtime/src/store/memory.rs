@@ -741,6 +741,19 @@ impl Store for MemoryStore {
                     r.info.state
                 )));
             }
+            if let Some(name) = &r.info.unique_name {
+                let taken = g.names.get(name).is_some_and(|ids| {
+                    ids.iter()
+                        .filter(|other| **other != id.0)
+                        .filter_map(|other| g.tasks.get(other))
+                        .any(|o| o.info.state.is_live())
+                });
+                if taken {
+                    return Err(StoreError::Conflict(format!(
+                        "task {id} cannot be retried: another live task has its unique name"
+                    )));
+                }
+            }
             // Dead and failed tasks are in no index: set the fields, then index.
             let r = g
                 .tasks

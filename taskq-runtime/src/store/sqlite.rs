@@ -1373,17 +1373,35 @@ impl Store for SqliteStore {
     async fn retry(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
         self.call("retrying a task", move |db| {
             db.write(true, |tx| {
-                let row: Option<(String, Option<i64>)> = tx
-                    .prepare_cached("SELECT state, run_id FROM taskq_tasks WHERE id = ?1")?
-                    .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                let row: Option<(String, Option<i64>, Option<String>)> = tx
+                    .prepare_cached(
+                        "SELECT state, run_id, unique_name FROM taskq_tasks WHERE id = ?1",
+                    )?
+                    .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()?;
-                let (state, run) = row.ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+                let (state, run, name) =
+                    row.ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
                 let state = task_state(&state)?;
                 if !matches!(state, TaskState::Dead | TaskState::Failed) {
                     return Err(StoreError::Conflict(format!(
                         "task {id} is {state}, only a dead or failed task can be retried"
                     ))
                     .into());
+                }
+                if let Some(name) = name {
+                    let taken: Option<i64> = tx
+                        .prepare_cached(
+                            "SELECT id FROM taskq_tasks WHERE unique_name = ?1 AND id != ?2
+                               AND state IN ('pending', 'running') LIMIT 1",
+                        )?
+                        .query_row(params![name, id.0], |r| r.get(0))
+                        .optional()?;
+                    if taken.is_some() {
+                        return Err(StoreError::Conflict(format!(
+                            "task {id} cannot be retried: another live task has its unique name"
+                        ))
+                        .into());
+                    }
                 }
                 tx.prepare_cached(
                     "UPDATE taskq_tasks SET state = 'pending', attempts = 0, enqueued_at = ?2,
