@@ -111,7 +111,7 @@ impl Queue {
 
     /// Deletes a task.
     pub async fn delete(&self, id: TaskId) -> Result<(), StoreError> {
-        self.store.delete(id).await
+        self.store.delete(id, self.clock.now()).await
     }
 
     /// Puts a dead or failed task back in its queue with fresh attempts.
@@ -131,7 +131,7 @@ impl Queue {
 
     /// Deletes every pending task of a queue; returns how many.
     pub async fn purge(&self, queue: &str) -> Result<u64, StoreError> {
-        self.store.purge(queue).await
+        self.store.purge(queue, self.clock.now()).await
     }
 
     /// Progress of an iterative run.

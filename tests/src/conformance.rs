@@ -558,7 +558,7 @@ pub async fn purge_pending_only(s: Arc<dyn Store>) {
         .await
         .expect("enqueue");
     let c = s.claim(&req(&["q"], 1, 30_000, T0)).await.expect("claim");
-    assert_eq!(s.purge("q").await.expect("purge"), 3);
+    assert_eq!(s.purge("q", at(1)).await.expect("purge"), 3);
     assert_eq!(state_of(&*s, c[0].lease.id).await, TaskState::Running);
     let q = s.queues().await.expect("queues");
     let keep = q.iter().find(|q| q.name == "keep").expect("keep");
@@ -642,7 +642,7 @@ pub async fn run_now_and_delete(s: Arc<dyn Store>) {
         Err(StoreError::NotFound(_))
     ));
     // Deleting a running task fences its worker off.
-    s.delete(ids[1]).await.expect("delete");
+    s.delete(ids[1], at(12)).await.expect("delete");
     assert!(s.task(ids[1]).await.expect("task").is_none());
     let held = c
         .iter()
@@ -651,7 +651,7 @@ pub async fn run_now_and_delete(s: Arc<dyn Store>) {
     let r = finish_one(&*s, held, Outcome::Done, at(12)).await;
     assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
     assert!(matches!(
-        s.delete(ids[1]).await,
+        s.delete(ids[1], at(12)).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -945,6 +945,49 @@ pub async fn iteration_cancel(s: Arc<dyn Store>) {
     assert!(matches!(s.iteration(TaskId(i64::MAX - 1)).await, Ok(None)));
 }
 
+/// Deleting or purging the live step of a run ends the run as cancelled, saying why;
+/// deleting a finished step does not touch its run.
+pub async fn deleting_a_step_cancels_its_run(s: Arc<dyn Store>) {
+    let run = s
+        .enqueue(vec![iteration_task()], T0)
+        .await
+        .expect("enqueue")[0];
+    s.delete(run, at(5)).await.expect("delete the pending step");
+    let it = s.iteration(run).await.expect("iteration").expect("exists");
+    assert_eq!(it.state, RunState::Cancelled);
+    assert_eq!(it.finished_at, Some(at(5)));
+    let why = it.error.unwrap_or_default();
+    assert!(why.contains(&format!("step {run} was deleted")), "{why}");
+
+    let run2 = s
+        .enqueue(vec![iteration_task()], T0)
+        .await
+        .expect("enqueue")[0];
+    assert_eq!(s.purge("iter", at(6)).await.expect("purge"), 1);
+    let it = s.iteration(run2).await.expect("iteration").expect("exists");
+    assert_eq!(it.state, RunState::Cancelled);
+    let why = it.error.unwrap_or_default();
+    assert!(why.contains("purged from queue `iter`"), "{why}");
+
+    // A finished step of a live run: deleting it leaves the run alone.
+    let run3 = s
+        .enqueue(vec![iteration_task()], at(7))
+        .await
+        .expect("enqueue")[0];
+    let c = s
+        .claim(&req(&["iter"], 1, 30_000, at(7)))
+        .await
+        .expect("claim");
+    finish_one(&*s, &c[0], Outcome::Continue { run_at: at(8) }, at(8))
+        .await
+        .expect("continue");
+    s.delete(run3, at(9))
+        .await
+        .expect("delete the finished first step");
+    let it = s.iteration(run3).await.expect("iteration").expect("exists");
+    assert_eq!(it.state, RunState::Running);
+}
+
 /// Two claimers racing over 400 tasks never get the same task.
 pub async fn concurrent_claims_never_overlap(s: Arc<dyn Store>) {
     s.enqueue((0..400).map(|n| new_task("q", n)).collect(), T0)
@@ -982,7 +1025,7 @@ pub async fn batched_finish_reports_each(s: Arc<dyn Store>) {
         .await
         .expect("enqueue");
     let c = s.claim(&req(&[], 3, 30_000, T0)).await.expect("claim");
-    s.delete(c[1].lease.id).await.expect("delete");
+    s.delete(c[1].lease.id, at(1)).await.expect("delete");
     let r = s
         .finish(
             c.iter()
@@ -1017,7 +1060,7 @@ macro_rules! conformance_tests {
             unique_names_and_tombstones, retry_refused_while_its_name_is_taken, pause_and_resume, max_concurrent_limits_claims,
             rate_limit_token_bucket, purge_pending_only, list_filter_page_and_counts,
             run_now_and_delete, payload_round_trip, iteration_checkpoint_continue_done,
-            iteration_failure_and_revival, unique_name_of_a_running_iteration, checkpoint_resets_attempts, iteration_cancel, concurrent_claims_never_overlap,
+            iteration_failure_and_revival, unique_name_of_a_running_iteration, checkpoint_resets_attempts, iteration_cancel, deleting_a_step_cancels_its_run, concurrent_claims_never_overlap,
             batched_finish_reports_each,
         );
     };

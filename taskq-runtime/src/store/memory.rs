@@ -662,7 +662,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn purge(&self, queue: &str) -> Result<u64, StoreError> {
+    async fn purge(&self, queue: &str, now: Timestamp) -> Result<u64, StoreError> {
         let mut g = self.lock();
         let ids: Vec<i64> = g
             .by_time
@@ -671,7 +671,10 @@ impl Store for MemoryStore {
             .map(|(_, id)| *id)
             .collect();
         for id in &ids {
-            g.remove_row(*id);
+            if let Some(row) = g.remove_row(*id) {
+                let why = format!("its pending step {id} was purged from queue `{queue}`");
+                g.end_run(row.info.run, RunState::Cancelled, Some(why), now);
+            }
         }
         Ok(ids.len() as u64)
     }
@@ -721,11 +724,16 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn delete(&self, id: TaskId) -> Result<(), StoreError> {
-        self.lock()
+    async fn delete(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let row = g
             .remove_row(id.0)
-            .map(|_| ())
-            .ok_or_else(|| StoreError::NotFound(format!("task {id}")))
+            .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+        if row.info.state.is_live() {
+            let why = format!("its step {id} was deleted");
+            g.end_run(row.info.run, RunState::Cancelled, Some(why), now);
+        }
+        Ok(())
     }
 
     async fn retry(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {

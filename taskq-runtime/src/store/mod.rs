@@ -574,16 +574,18 @@ pub trait Store: Send + Sync + 'static {
     async fn configure_queue(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError>;
     /// Pauses or resumes claims from a queue (creating the queue if needed).
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError>;
-    /// Deletes every pending task of a queue; returns how many.
-    async fn purge(&self, queue: &str) -> Result<u64, StoreError>;
+    /// Deletes every pending task of a queue; returns how many. An iterative run whose
+    /// pending step is purged ends as cancelled (its error says so).
+    async fn purge(&self, queue: &str, now: Timestamp) -> Result<u64, StoreError>;
     /// Lists tasks, newest first.
     async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskInfo>, StoreError>;
     /// One task with every attempt.
     async fn task(&self, id: TaskId) -> Result<Option<TaskDetail>, StoreError>;
     /// Makes a pending task due now. `NotFound` if absent, `Conflict` if not pending.
     async fn run_now(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError>;
-    /// Deletes a task in any state (a running one's worker then loses its lease).
-    async fn delete(&self, id: TaskId) -> Result<(), StoreError>;
+    /// Deletes a task in any state (a running one's worker then loses its lease). Deleting
+    /// the live step of an iterative run ends the run as cancelled (its error says so).
+    async fn delete(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError>;
     /// Puts a dead or failed task back to pending, due now, with its attempt count reset
     /// and `enqueued_at = now`; its attempt history is kept. For a step of an iterative
     /// run, the run becomes running again.

@@ -1239,10 +1239,21 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn purge(&self, queue: &str) -> Result<u64, StoreError> {
+    async fn purge(&self, queue: &str, now: Timestamp) -> Result<u64, StoreError> {
         let queue = queue.to_string();
         self.call("purging a queue", move |db| {
             db.write(true, |tx| {
+                tx.prepare_cached(
+                    "UPDATE taskq_iterations
+                     SET state = 'cancelled', finished_at = ?2, updated_at = ?2,
+                         error = 'its pending step ' || (SELECT t.id FROM taskq_tasks t
+                             WHERE t.run_id = taskq_iterations.run AND t.state = 'pending'
+                             LIMIT 1) || ' was purged from queue `' || ?1 || '`'
+                     WHERE state = 'running' AND run IN (
+                         SELECT run_id FROM taskq_tasks
+                         WHERE queue = ?1 AND state = 'pending' AND run_id IS NOT NULL)",
+                )?
+                .execute(params![queue, now.0])?;
                 let n = tx
                     .prepare_cached(
                         "DELETE FROM taskq_tasks WHERE queue = ?1 AND state = 'pending'",
@@ -1355,9 +1366,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn delete(&self, id: TaskId) -> Result<(), StoreError> {
+    async fn delete(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
         self.call("deleting a task", move |db| {
             db.write(true, |tx| {
+                tx.prepare_cached(
+                    "UPDATE taskq_iterations
+                     SET state = 'cancelled', finished_at = ?2, updated_at = ?2,
+                         error = 'its step ' || ?1 || ' was deleted'
+                     WHERE state = 'running' AND run = (
+                         SELECT run_id FROM taskq_tasks
+                         WHERE id = ?1 AND state IN ('pending', 'running'))",
+                )?
+                .execute(params![id.0, now.0])?;
                 let n = tx
                     .prepare_cached("DELETE FROM taskq_tasks WHERE id = ?1")?
                     .execute([id.0])?;
@@ -1879,10 +1899,10 @@ mod tests {
             s.retry(TaskId(7), at(9_000)).await,
             Err(StoreError::NotFound(_))
         ));
-        s.delete(TaskId(1)).await?;
+        s.delete(TaskId(1), at(0)).await?;
         assert!(s.task(TaskId(1)).await?.is_none());
         assert!(matches!(
-            s.delete(TaskId(1)).await,
+            s.delete(TaskId(1), at(0)).await,
             Err(StoreError::NotFound(_))
         ));
         Ok(())
@@ -1940,8 +1960,8 @@ mod tests {
             (1, 1)
         );
         assert_eq!(m.config.max_concurrent, Some(1));
-        assert_eq!(s.purge("m").await?, 1);
-        assert_eq!(s.purge("r").await?, 2);
+        assert_eq!(s.purge("m", at(0)).await?, 1);
+        assert_eq!(s.purge("r", at(0)).await?, 2);
         Ok(())
     }
 
@@ -2265,8 +2285,8 @@ mod tests {
                             "run_now",
                         ),
                         2 if rng.u8(0..3) == 0 => (
-                            show(&a.delete(id).await),
-                            show(&b.delete(id).await),
+                            show(&a.delete(id, Timestamp(now)).await),
+                            show(&b.delete(id, Timestamp(now)).await),
                             "delete",
                         ),
                         _ => (
@@ -2276,7 +2296,11 @@ mod tests {
                         ),
                     }
                 }
-                85 => (show(&a.purge(q).await), show(&b.purge(q).await), "purge"),
+                85 => (
+                    show(&a.purge(q, Timestamp(now)).await),
+                    show(&b.purge(q, Timestamp(now)).await),
+                    "purge",
+                ),
                 _ => {
                     let qs: Vec<String> = if rng.bool() { vec![] } else { vec![q.into()] };
                     (

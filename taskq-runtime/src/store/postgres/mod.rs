@@ -1376,17 +1376,22 @@ LEFT JOIN LATERAL (
         Ok(())
     }
 
-    async fn purge(&self, queue: &str) -> Result<u64, StoreError> {
+    async fn purge(&self, queue: &str, now: Timestamp) -> Result<u64, StoreError> {
         let sql = self.sql(
             "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE queue = $1::text AND state = 'pending' \
-                        RETURNING id), \
-                  a AS (DELETE FROM {S}.taskq_attempts WHERE task_id IN (SELECT id FROM d)) \
+                        RETURNING id, run_id), \
+                  a AS (DELETE FROM {S}.taskq_attempts WHERE task_id IN (SELECT id FROM d)), \
+                  r AS (UPDATE {S}.taskq_iterations i SET state = 'cancelled', \
+                            finished_at = $2::int8, updated_at = $2::int8, \
+                            error = 'its pending step ' || d.id || ' was purged from queue `' \
+                                    || $1::text || '`' \
+                        FROM d WHERE i.run_id = d.run_id AND i.state = 'running') \
              SELECT count(*) FROM d",
         );
         let mut c = self.pool.get().await?;
         let st = c.prep(&sql).await?;
         let client = c.client()?;
-        let r = client.query_one(&st, &[&queue]).await;
+        let r = client.query_one(&st, &[&queue, &now.0]).await;
         let n: i64 = c.check(r)?.get(0);
         Ok(n.max(0) as u64)
     }
@@ -1471,16 +1476,21 @@ LEFT JOIN LATERAL (
         }
     }
 
-    async fn delete(&self, id: TaskId) -> Result<(), StoreError> {
+    async fn delete(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
         let sql = self.sql(
-            "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE id = $1::int8 RETURNING id), \
-                  a AS (DELETE FROM {S}.taskq_attempts WHERE task_id IN (SELECT id FROM d)) \
+            "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE id = $1::int8 RETURNING id, run_id, state), \
+                  a AS (DELETE FROM {S}.taskq_attempts WHERE task_id IN (SELECT id FROM d)), \
+                  r AS (UPDATE {S}.taskq_iterations i SET state = 'cancelled', \
+                            finished_at = $2::int8, updated_at = $2::int8, \
+                            error = 'its step ' || d.id || ' was deleted' \
+                        FROM d WHERE i.run_id = d.run_id AND i.state = 'running' \
+                          AND d.state IN ('pending', 'running')) \
              SELECT count(*) FROM d",
         );
         let mut c = self.pool.get().await?;
         let st = c.prep(&sql).await?;
         let client = c.client()?;
-        let r = client.query_one(&st, &[&id.0]).await;
+        let r = client.query_one(&st, &[&id.0, &now.0]).await;
         let n: i64 = c.check(r)?.get(0);
         if n == 0 {
             return Err(StoreError::NotFound(format!("task {id}")));
