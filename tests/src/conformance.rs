@@ -667,6 +667,15 @@ pub async fn payload_round_trip(s: Arc<dyn Store>) {
     assert_eq!(d.info.payload, t.payload);
 }
 
+/// A checkpoint without a total.
+fn cp(cursor: serde_json::Value, processed: u64) -> Checkpoint {
+    Checkpoint {
+        cursor,
+        processed,
+        total: None,
+    }
+}
+
 fn iteration_task() -> NewTask {
     let mut t = new_task("iter", 0);
     t.task = "conformance::walk".into();
@@ -764,17 +773,9 @@ pub async fn iteration_checkpoint_continue_done(s: Arc<dyn Store>) {
         (run, Some(json!(200)), 200, 2)
     );
     assert_eq!(cur.total, Some(250));
-    s.checkpoint(
-        c2[0].lease,
-        Checkpoint {
-            cursor: json!(250),
-            processed: 50,
-            total: None,
-        },
-        at(30),
-    )
-    .await
-    .expect("checkpoint");
+    s.checkpoint(c2[0].lease, cp(json!(250), 50), at(30))
+        .await
+        .expect("checkpoint");
     finish_one(&*s, &c2[0], Outcome::Done, at(31))
         .await
         .expect("done");
@@ -796,17 +797,9 @@ pub async fn iteration_failure_and_revival(s: Arc<dyn Store>) {
         .await
         .expect("enqueue")[0];
     let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
-    s.checkpoint(
-        c[0].lease,
-        Checkpoint {
-            cursor: json!(7),
-            processed: 7,
-            total: None,
-        },
-        at(1),
-    )
-    .await
-    .expect("checkpoint");
+    s.checkpoint(c[0].lease, cp(json!(7), 7), at(1))
+        .await
+        .expect("checkpoint");
     finish_one(
         &*s,
         &c[0],
@@ -838,17 +831,7 @@ pub async fn iteration_failure_and_revival(s: Arc<dyn Store>) {
         .claim(&req(&["plain"], 1, 30_000, at(4)))
         .await
         .expect("claim");
-    let r = s
-        .checkpoint(
-            p[0].lease,
-            Checkpoint {
-                cursor: json!(1),
-                processed: 1,
-                total: None,
-            },
-            at(5),
-        )
-        .await;
+    let r = s.checkpoint(p[0].lease, cp(json!(1), 1), at(5)).await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
 }
 
@@ -872,17 +855,9 @@ pub async fn checkpoint_resets_attempts(s: Arc<dyn Store>) {
     .expect("retry");
     let c = s.claim(&req(&[], 1, 30_000, at(1))).await.expect("claim");
     assert_eq!(c[0].attempt, 2);
-    s.checkpoint(
-        c[0].lease,
-        Checkpoint {
-            cursor: json!(10),
-            processed: 10,
-            total: None,
-        },
-        at(2),
-    )
-    .await
-    .expect("checkpoint");
+    s.checkpoint(c[0].lease, cp(json!(10), 10), at(2))
+        .await
+        .expect("checkpoint");
     let info = s
         .task(c[0].lease.id)
         .await
@@ -918,17 +893,7 @@ pub async fn iteration_cancel(s: Arc<dyn Store>) {
         .expect("enqueue")[0];
     let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
     s.cancel_iteration(run, at(1)).await.expect("cancel");
-    let r = s
-        .checkpoint(
-            c[0].lease,
-            Checkpoint {
-                cursor: json!(1),
-                processed: 1,
-                total: None,
-            },
-            at(2),
-        )
-        .await;
+    let r = s.checkpoint(c[0].lease, cp(json!(1), 1), at(2)).await;
     assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
     let it = s.iteration(run).await.expect("iteration").expect("exists");
     assert_eq!(it.state, RunState::Cancelled);
