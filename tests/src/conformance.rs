@@ -66,6 +66,14 @@ async fn finish_one(
     r.pop().unwrap_or(Ok(()))
 }
 
+/// How many tasks one claim of up to 10 (any queue, 30 s lease) at `now` gets.
+async fn claimed(s: &dyn Store, now: Timestamp) -> usize {
+    s.claim(&req(&[], 10, 30_000, now))
+        .await
+        .expect("claim")
+        .len()
+}
+
 async fn state_of(s: &dyn Store, id: TaskId) -> TaskState {
     s.task(id)
         .await
@@ -485,13 +493,7 @@ pub async fn max_concurrent_limits_claims(s: Arc<dyn Store>) {
     finish_one(&*s, &c[0], Outcome::Done, at(1))
         .await
         .expect("finish");
-    assert_eq!(
-        s.claim(&req(&[], 10, 30_000, at(1)))
-            .await
-            .expect("claim")
-            .len(),
-        1
-    );
+    assert_eq!(claimed(&*s, at(1)).await, 1);
     let q = s.queues().await.expect("queues");
     assert_eq!(q[0].config.max_concurrent, Some(2));
 }
@@ -511,42 +513,12 @@ pub async fn rate_limit_token_bucket(s: Arc<dyn Store>) {
     s.enqueue((0..20).map(|n| new_task("q", n)).collect(), T0)
         .await
         .expect("enqueue");
-    assert_eq!(
-        s.claim(&req(&[], 10, 30_000, T0))
-            .await
-            .expect("claim")
-            .len(),
-        3
-    );
-    assert_eq!(
-        s.claim(&req(&[], 10, 30_000, T0))
-            .await
-            .expect("claim")
-            .len(),
-        0
-    );
-    assert_eq!(
-        s.claim(&req(&[], 10, 30_000, at(500)))
-            .await
-            .expect("claim")
-            .len(),
-        1
-    );
-    assert_eq!(
-        s.claim(&req(&[], 10, 30_000, at(1_500)))
-            .await
-            .expect("claim")
-            .len(),
-        2
-    );
+    assert_eq!(claimed(&*s, T0).await, 3);
+    assert_eq!(claimed(&*s, T0).await, 0);
+    assert_eq!(claimed(&*s, at(500)).await, 1);
+    assert_eq!(claimed(&*s, at(1_500)).await, 2);
     // Idle for long: refills only up to the burst.
-    assert_eq!(
-        s.claim(&req(&[], 10, 30_000, at(60_000)))
-            .await
-            .expect("claim")
-            .len(),
-        3
-    );
+    assert_eq!(claimed(&*s, at(60_000)).await, 3);
 }
 
 /// Purge deletes pending tasks of one queue only.
