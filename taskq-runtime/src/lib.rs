@@ -41,6 +41,7 @@
 pub mod error;
 pub mod iterative;
 pub mod model;
+pub mod policy;
 pub mod queue;
 pub mod registry;
 pub mod store;

@@ -35,7 +35,7 @@ use std::time::Duration;
 use crate::queue::Queue;
 use crate::registry::{DuplicateTask, Registry};
 use crate::store::memory::MemoryStore;
-use crate::store::{ClaimRequest, Finish, Outcome, Store, StoreError, TaskId};
+use crate::store::{ClaimRequest, Finish, Store, StoreError, TaskId};
 use crate::task::{tokio_util_cancel::Flag, State};
 use crate::time::{Clock, Timestamp};
 use crate::worker::Exec;
@@ -206,20 +206,13 @@ impl Harness {
                 }
                 let started_at = self.clock.now();
                 let outcome = exec.run(&task, Flag::default()).await;
-                let (name, error) = match &outcome {
-                    Outcome::Done => ("done", None),
-                    Outcome::Continue { .. } => ("continued", None),
-                    Outcome::Failed { error } => ("failed", Some(error.clone())),
-                    Outcome::Retry { error, .. } => ("retry", Some(error.clone())),
-                    Outcome::Dead { error } => ("dead", Some(error.clone())),
-                    Outcome::Release => ("released", None),
-                };
+                let recorded = outcome.transition(self.clock.now());
                 report.runs.push(Ran {
                     id: task.lease.id,
                     task: task.task.clone(),
                     attempt: task.attempt,
-                    outcome: name,
-                    error,
+                    outcome: recorded.label,
+                    error: recorded.error,
                     at: started_at,
                 });
                 self.store

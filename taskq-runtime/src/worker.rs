@@ -7,7 +7,8 @@
 //!   found lost aborts that task (another worker owns it now).
 //! - Completion: finished attempts go through a channel to one finisher, which records
 //!   them with one `Store::finish` call per batch.
-//! - The retry policy is [`decide`]: one function, shared with the test harness.
+//! - What an attempt's result does to its task is decided in [`crate::policy`], shared
+//!   with the test harness.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -20,9 +21,10 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tracing::Instrument;
 
 use crate::error::TaskError;
+use crate::policy;
 use crate::registry::{DuplicateTask, Registry};
 use crate::store::{ClaimRequest, ClaimedTask, Finish, Lease, Outcome, Store, StoreError, TaskId};
-use crate::task::{tokio_util_cancel::Flag, Completion, Context, ContextInner, State, TaskDef};
+use crate::task::{tokio_util_cancel::Flag, Context, ContextInner, State};
 use crate::time::{Clock, Timestamp};
 
 /// Errors that stop a worker from starting or running.
@@ -85,69 +87,15 @@ pub(crate) struct Exec {
     pub deadline_grace: Duration,
 }
 
-/// Decides what an attempt's result means for the task: the one place of the retry
-/// policy. `def` is `None` when no registered task has the stored name.
-pub(crate) fn decide(
-    def: &TaskDef,
-    claimed: &ClaimedTask,
-    result: Result<Completion, TaskError>,
-    now: Timestamp,
-) -> Outcome {
-    match result {
-        Ok(Completion::Done) => Outcome::Done,
-        Ok(Completion::Continue) => Outcome::Continue { run_at: now },
-        Err(e) if e.is_fatal() => Outcome::Failed {
-            error: e.message().to_string(),
-        },
-        Err(e) => {
-            if def
-                .options
-                .may_retry(claimed.attempt, claimed.enqueued_at, now)
-            {
-                Outcome::Retry {
-                    error: e.message().to_string(),
-                    run_at: now.add(def.options.backoff_with_jitter(claimed.attempt)),
-                }
-            } else {
-                Outcome::Dead {
-                    error: format!(
-                        "gave up after {} attempts{}: {}",
-                        claimed.attempt,
-                        match def.options.age_limit {
-                            Some(a) => format!(" and an age limit of {}s", a.as_secs()),
-                            None => String::new(),
-                        },
-                        e.message()
-                    ),
-                }
-            }
-        }
-    }
-}
-
 impl Exec {
     /// Runs one claimed task to its outcome: never panics, never returns early without one.
     pub(crate) async fn run(&self, claimed: &ClaimedTask, cancel: Flag) -> Outcome {
         let now = self.clock.now();
         let Some(def) = self.registry.get(&claimed.task) else {
-            return Outcome::Dead {
-                error: format!(
-                    "no registered task is named `{}` (renamed or removed between deploys?); retry it from the console once a worker knows it",
-                    claimed.task
-                ),
-            };
+            return policy::unknown_task(claimed, &self.worker, now);
         };
-        if claimed.attempt > def.options.max_attempts
-            && !def
-                .options
-                .may_retry(claimed.attempt - 1, claimed.enqueued_at, now)
-        {
-            return Outcome::Dead {
-                error: format!(
-                    "gave up after {} attempts: the last one's worker died or stalled (its lease lapsed)",
-                    claimed.attempt - 1
-                ),
-            };
+        if let Some(outcome) = policy::before_run(&def.options, claimed, now) {
+            return outcome;
         }
         let deadline = now.add(def.options.timeout);
         let ctx = Context {
@@ -171,11 +119,7 @@ impl Exec {
         let progressed = ctx.inner.progressed.clone();
         let fut = match (def.handler)(ctx, claimed.payload.clone()) {
             Ok(f) => f,
-            Err(e) => {
-                return Outcome::Dead {
-                    error: e.to_string(),
-                }
-            }
+            Err(e) => return policy::undecodable(e),
         };
         let hard = def.options.timeout + self.deadline_grace;
         let result = match tokio::time::timeout(hard, AssertUnwindSafe(fut).catch_unwind()).await {
@@ -186,16 +130,13 @@ impl Exec {
                 def.options.timeout, self.deadline_grace
             ))),
         };
-        if result.is_err() && progressed.is_set() {
-            // An iterative step that checkpointed before failing is on its first try at
-            // the new cursor (the store reset its attempt count at the checkpoint).
-            let at_cursor = ClaimedTask {
-                attempt: 1,
-                ..claimed.clone()
-            };
-            return decide(def, &at_cursor, result, self.clock.now());
-        }
-        decide(def, claimed, result, self.clock.now())
+        policy::decide_attempt(
+            &def.options,
+            claimed,
+            result,
+            progressed.is_set(),
+            self.clock.now(),
+        )
     }
 }
 
@@ -206,17 +147,6 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "a panic with a non-string payload".to_string()
-    }
-}
-
-fn outcome_name(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::Done => "done",
-        Outcome::Failed { .. } => "failed",
-        Outcome::Retry { .. } => "retry",
-        Outcome::Dead { .. } => "dead",
-        Outcome::Release => "released",
-        Outcome::Continue { .. } => "continued",
     }
 }
 
@@ -477,9 +407,16 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let inflight: Arc<Mutex<HashMap<TaskId, InFlight>>> = Arc::default();
         let freed = Arc::new(Notify::new());
-        let (done_tx, done_rx) = mpsc::unbounded_channel::<(Finish, ClaimedTask)>();
+        // Bounded: when the store falls behind, finished tasks wait to hand over their
+        // outcome while holding their slot, so the worker stops claiming more.
+        let (done_tx, done_rx) = mpsc::channel::<Pending>(self.concurrency.max(16));
 
-        let finisher = tokio::spawn(finisher(exec.clone(), done_rx, self.stats.clone()));
+        let finisher = tokio::spawn(finisher(
+            exec.clone(),
+            done_rx,
+            self.stats.clone(),
+            self.lease,
+        ));
         let heartbeat = tokio::spawn(heartbeat(exec.clone(), inflight.clone(), self.lease));
 
         tokio::pin!(shutdown);
@@ -518,14 +455,8 @@ impl Worker {
             if stopping {
                 if let Ok(tasks) = claimed {
                     for task in tasks {
-                        let _ = done_tx.send((
-                            Finish {
-                                lease: task.lease,
-                                outcome: Outcome::Release,
-                                started_at: exec.clock.now(),
-                            },
-                            task,
-                        ));
+                        let at = exec.clock.now();
+                        release(&done_tx, task, at, self.shutdown_grace).await;
                     }
                 }
                 break;
@@ -557,14 +488,8 @@ impl Worker {
                 self.stats.claimed.fetch_add(1, Ordering::Relaxed);
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     // Cannot happen (we claimed at most the free slots); release to be safe.
-                    let _ = done_tx.send((
-                        Finish {
-                            lease: task.lease,
-                            outcome: Outcome::Release,
-                            started_at: exec.clock.now(),
-                        },
-                        task,
-                    ));
+                    let at = exec.clock.now();
+                    release(&done_tx, task, at, self.shutdown_grace).await;
                     continue;
                 };
                 let cancel = Flag::default();
@@ -601,7 +526,7 @@ impl Worker {
                         // because its lease was lost (aborted by the heartbeat).
                         let _slot = slot;
                         let outcome = exec2.run(&task, cancel).await;
-                        tracing::Span::current().record("outcome", outcome_name(&outcome));
+                        tracing::Span::current().record("outcome", outcome.label());
                         if let Outcome::Retry { error, .. }
                         | Outcome::Failed { error }
                         | Outcome::Dead { error } = &outcome
@@ -616,14 +541,17 @@ impl Worker {
                             .remove(&id)
                             .is_some();
                         if was_inflight {
-                            let _ = tx.send((
-                                Finish {
-                                    lease: task.lease,
-                                    outcome,
-                                    started_at,
-                                },
-                                task,
-                            ));
+                            // Waits (holding the slot) while the outcome writer is behind.
+                            let _ = tx
+                                .send((
+                                    Finish {
+                                        lease: task.lease,
+                                        outcome,
+                                        started_at,
+                                    },
+                                    task,
+                                ))
+                                .await;
                         }
                     }
                     .instrument(span),
@@ -665,14 +593,7 @@ impl Worker {
             if let Some(a) = &f.abort {
                 a.abort();
             }
-            let _ = done_tx.send((
-                Finish {
-                    lease: f.lease,
-                    outcome: Outcome::Release,
-                    started_at: f.started_at,
-                },
-                f.claimed,
-            ));
+            release(&done_tx, f.claimed, f.started_at, self.shutdown_grace).await;
         }
         drop(done_tx);
         heartbeat.abort();
@@ -744,51 +665,110 @@ async fn heartbeat(exec: Exec, inflight: Arc<Mutex<HashMap<TaskId, InFlight>>>, 
     }
 }
 
+/// Hands a claimed task back to the outcome writer as released (pending again at once, the
+/// attempt not counted), waiting at most `limit` for room.
+async fn release(
+    tx: &mpsc::Sender<Pending>,
+    task: ClaimedTask,
+    started_at: Timestamp,
+    limit: Duration,
+) {
+    let finish = Finish {
+        lease: task.lease,
+        outcome: Outcome::Release,
+        started_at,
+    };
+    let _ = tokio::time::timeout(limit, tx.send((finish, task))).await;
+}
+
+/// An attempt's outcome on its way to the store.
+type Pending = (Finish, ClaimedTask);
+
 /// Records outcomes in batches: everything waiting in the channel goes in one call.
+///
+/// A batch the store refuses is not retried as a whole forever: each outcome is then
+/// written alone, so one outcome the store cannot take never holds up the others, and
+/// those that still fail are retried with backoff for up to `give_up_after` (the lease:
+/// past it another worker may hold the task anyway). An outcome given up is logged; its
+/// task runs again when its lease lapses (at least once).
 async fn finisher(
     exec: Exec,
-    mut rx: mpsc::UnboundedReceiver<(Finish, ClaimedTask)>,
+    mut rx: mpsc::Receiver<Pending>,
     stats: Arc<WorkerStats>,
+    give_up_after: Duration,
 ) {
-    let mut batch: Vec<(Finish, ClaimedTask)> = Vec::new();
+    let mut batch: Vec<Pending> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        while batch.len() < 512 {
+        while batch.len() < FINISH_BATCH {
             match rx.try_recv() {
                 Ok(x) => batch.push(x),
                 Err(_) => break,
             }
         }
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let finishes: Vec<Finish> = batch.iter().map(|(f, _)| f.clone()).collect();
-            match exec
-                .store
-                .finish(finishes, &exec.worker, exec.clock.now())
-                .await
-            {
-                Ok(results) => {
-                    for ((f, _), r) in batch.iter().zip(results) {
-                        match r {
-                            Ok(()) => stats.count(&f.outcome),
-                            Err(e) => {
-                                tracing::warn!(id = %f.lease.id, error = %e, "outcome not recorded")
-                            }
-                        }
-                    }
-                    break;
-                }
-                Err(e) => {
-                    // Keep the outcomes and try again: a store outage must not lose them.
-                    // If the leases lapse meanwhile, the tasks run again (at least once).
-                    tracing::warn!(error = %e, retry_in = ?backoff, "recording outcomes failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+        record(&exec, std::mem::take(&mut batch), &stats, give_up_after).await;
+    }
+}
+
+/// The most outcomes one `Store::finish` call records.
+const FINISH_BATCH: usize = 512;
+
+/// Writes one batch of outcomes; see [`finisher`].
+async fn record(
+    exec: &Exec,
+    mut pending: Vec<Pending>,
+    stats: &WorkerStats,
+    give_up_after: Duration,
+) {
+    let give_up_at = tokio::time::Instant::now() + give_up_after;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let error = match write(exec, &pending, stats).await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if pending.len() > 1 {
+            // One outcome may be what the store refuses: write each alone, keep the failures.
+            let mut failed = Vec::new();
+            for p in pending {
+                if write(exec, std::slice::from_ref(&p), stats).await.is_err() {
+                    failed.push(p);
                 }
             }
+            pending = failed;
+            if pending.is_empty() {
+                return;
+            }
         }
-        batch.clear();
+        if tokio::time::Instant::now() + backoff > give_up_at {
+            for (f, task) in &pending {
+                tracing::error!(
+                    id = %f.lease.id, task = %task.task, error = %error,
+                    "could not record this attempt's outcome within a lease; giving up: the task runs again when its lease lapses"
+                );
+            }
+            return;
+        }
+        tracing::warn!(error = %error, outcomes = pending.len(), retry_in = ?backoff, "recording outcomes failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// One `Store::finish` call; counts what it recorded.
+async fn write(exec: &Exec, pending: &[Pending], stats: &WorkerStats) -> Result<(), StoreError> {
+    let finishes: Vec<Finish> = pending.iter().map(|(f, _)| f.clone()).collect();
+    let results = exec
+        .store
+        .finish(finishes, &exec.worker, exec.clock.now())
+        .await?;
+    for ((f, _), r) in pending.iter().zip(results) {
+        match r {
+            Ok(()) => stats.count(&f.outcome),
+            Err(e) => tracing::warn!(id = %f.lease.id, error = %e, "outcome not recorded"),
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

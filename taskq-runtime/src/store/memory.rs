@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::*;
+use crate::policy::{ATTEMPTS_AFTER_CHECKPOINT, LEASE_LAPSED};
 
 #[derive(Debug, Clone)]
 struct Row {
@@ -370,10 +371,10 @@ impl Store for MemoryStore {
                     worker: row.info.worker.clone().unwrap_or_default(),
                     started_at: row.started_at.unwrap_or(now),
                     finished_at: now,
-                    outcome: "lease lapsed".into(),
-                    error: Some("the worker's lease lapsed (it died or stalled)".into()),
+                    outcome: LEASE_LAPSED.0.into(),
+                    error: Some(LEASE_LAPSED.1.into()),
                 });
-                row.info.last_error = Some("the worker's lease lapsed (it died or stalled)".into());
+                row.info.last_error = Some(LEASE_LAPSED.1.into());
             }
             row.info.state = TaskState::Running;
             row.info.attempts += 1;
@@ -453,31 +454,11 @@ impl Store for MemoryStore {
                     let r = &g.tasks[&id.0];
                     (r.info.run, r.info.attempts)
                 };
-                let (state, outcome, error, run_at) = match &f.outcome {
-                    Outcome::Done => (TaskState::Done, "done", None, None),
-                    Outcome::Failed { error } => {
-                        (TaskState::Failed, "failed", Some(error.clone()), None)
-                    }
-                    Outcome::Retry { error, run_at } => (
-                        TaskState::Pending,
-                        "retry",
-                        Some(error.clone()),
-                        Some(*run_at),
-                    ),
-                    Outcome::Dead { error } => (TaskState::Dead, "dead", Some(error.clone()), None),
-                    Outcome::Release => (TaskState::Pending, "released", None, Some(now)),
-                    Outcome::Continue { .. } => (TaskState::Done, "continued", None, None),
-                };
-                match &f.outcome {
-                    Outcome::Done => g.end_run(run, RunState::Done, None, now),
-                    Outcome::Failed { error } => {
-                        g.end_run(run, RunState::Failed, Some(error.clone()), now)
-                    }
-                    Outcome::Dead { error } => {
-                        g.end_run(run, RunState::Dead, Some(error.clone()), now)
-                    }
-                    _ => {}
+                let tr = f.outcome.transition(now);
+                if let Some(state) = tr.run_ends {
+                    g.end_run(run, state, tr.error.clone(), now);
                 }
+                woke |= tr.wakes();
                 let mut next = None;
                 g.unindex(id.0);
                 {
@@ -490,26 +471,25 @@ impl Store for MemoryStore {
                         worker: worker.to_string(),
                         started_at: f.started_at,
                         finished_at: now,
-                        outcome: outcome.into(),
-                        error: error.clone(),
+                        outcome: tr.label.into(),
+                        error: tr.error.clone(),
                     });
-                    r.info.state = state;
+                    r.info.state = tr.state;
                     r.info.worker = None;
                     r.info.lease_until = None;
-                    if error.is_some() {
-                        r.info.last_error = error;
+                    if tr.error.is_some() {
+                        r.info.last_error = tr.error;
                     }
-                    if let Some(at) = run_at {
+                    if let Some(at) = tr.run_at {
                         r.info.run_at = at;
-                        woke = true;
                     }
-                    if matches!(f.outcome, Outcome::Release) {
+                    if !tr.counts {
                         r.info.attempts = r.info.attempts.saturating_sub(1);
                     }
-                    if !state.is_live() {
+                    if tr.finished {
                         r.info.finished_at = Some(now);
                     }
-                    if let Outcome::Continue { run_at } = f.outcome {
+                    if let Some(run_at) = tr.continue_at {
                         next = Some((r.info.clone(), r.tombstone_ms, run_at));
                     }
                 }
@@ -543,7 +523,6 @@ impl Store for MemoryStore {
                         attempts: Vec::new(),
                         started_at: None,
                     });
-                    woke = true;
                 }
                 results.push(Ok(()));
             }
@@ -587,7 +566,7 @@ impl Store for MemoryStore {
         it.updated_at = now;
         if let Some(r) = g.tasks.get_mut(&lease.id.0) {
             // Attempts count tries at the current cursor: progress starts a new count.
-            r.info.attempts = 1;
+            r.info.attempts = ATTEMPTS_AFTER_CHECKPOINT;
         }
         Ok(())
     }

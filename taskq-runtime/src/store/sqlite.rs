@@ -147,7 +147,8 @@ CREATE TABLE taskq_counters (
 INSERT INTO taskq_counters (name, value) VALUES ('lease_token', 0);
 "#];
 
-const LAPSED: &str = "the worker's lease lapsed (it died or stalled)";
+/// The attempt label and error of a lapsed lease.
+const LAPSED: (&str, &str) = crate::policy::LEASE_LAPSED;
 
 const TASK_COLUMNS: &str = "id, task, queue, state, payload, priority, attempts, unique_name, \
      created_at, enqueued_at, run_at, finished_at, last_error, run_id, worker, lease_until";
@@ -741,7 +742,7 @@ fn claim_tx(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec<Claimed
     let lease_until = Timestamp(now).add(req.lease).0;
     let mut lapse = tx.prepare_cached(
         "INSERT INTO taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
-         SELECT id, attempts, COALESCE(worker, ''), COALESCE(started_at, ?2), ?2, 'lease lapsed', ?3
+         SELECT id, attempts, COALESCE(worker, ''), COALESCE(started_at, ?2), ?2, ?3, ?4
          FROM taskq_tasks WHERE id = ?1",
     )?;
     let mut take = tx.prepare_cached(
@@ -759,7 +760,7 @@ fn claim_tx(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec<Claimed
     for (i, c) in chosen.into_iter().enumerate() {
         let token = first_token + i as i64;
         if c.running {
-            lapse.execute(params![c.id, now, LAPSED])?;
+            lapse.execute(params![c.id, now, LAPSED.0, LAPSED.1])?;
         }
         let (task, queue, payload, attempts, enqueued_at, run_id): (
             String,
@@ -769,7 +770,15 @@ fn claim_tx(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec<Claimed
             i64,
             Option<i64>,
         ) = take.query_row(
-            params![c.id, req.worker, lease_until, token, now, c.running, LAPSED],
+            params![
+                c.id,
+                req.worker,
+                lease_until,
+                token,
+                now,
+                c.running,
+                LAPSED.1
+            ],
             |r| {
                 Ok((
                     r.get(0)?,
@@ -830,55 +839,46 @@ fn held(tx: &rusqlite::Transaction<'_>, lease: Lease) -> R<Option<(Option<i64>, 
         .optional()?)
 }
 
-fn finish_one(tx: &rusqlite::Transaction<'_>, f: &Finish, worker: &str, now: i64) -> R<bool> {
+/// Records one finished attempt as its [`Transition`](crate::policy::Transition) says;
+/// `None` when the lease is no longer held (nothing changed), else whether it woke work.
+fn finish_one(
+    tx: &rusqlite::Transaction<'_>,
+    f: &Finish,
+    worker: &str,
+    now: i64,
+) -> R<Option<bool>> {
     let id = f.lease.id;
     let Some((run, attempt)) = held(tx, f.lease)? else {
-        return Ok(false);
+        return Ok(None);
     };
-    let (state, outcome, error, run_at): (TaskState, &str, Option<&str>, Option<i64>) =
-        match &f.outcome {
-            Outcome::Done => (TaskState::Done, "done", None, None),
-            Outcome::Failed { error } => (TaskState::Failed, "failed", Some(error), None),
-            Outcome::Retry { error, run_at } => {
-                (TaskState::Pending, "retry", Some(error), Some(run_at.0))
-            }
-            Outcome::Dead { error } => (TaskState::Dead, "dead", Some(error), None),
-            Outcome::Release => (TaskState::Pending, "released", None, Some(now)),
-            Outcome::Continue { .. } => (TaskState::Done, "continued", None, None),
-        };
-    match &f.outcome {
-        Outcome::Done => end_run(tx, run, RunState::Done, None, Timestamp(now))?,
-        Outcome::Failed { error } => {
-            end_run(tx, run, RunState::Failed, Some(error), Timestamp(now))?
-        }
-        Outcome::Dead { error } => end_run(tx, run, RunState::Dead, Some(error), Timestamp(now))?,
-        _ => {}
+    let tr = f.outcome.transition(Timestamp(now));
+    if let Some(state) = tr.run_ends {
+        end_run(tx, run, state, tr.error.as_deref(), Timestamp(now))?;
     }
     tx.prepare_cached(
         "INSERT INTO taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![id.0, attempt, worker, f.started_at.0, now, outcome, error])?;
-    let release = matches!(f.outcome, Outcome::Release);
+    .execute(params![id.0, attempt, worker, f.started_at.0, now, tr.label, tr.error])?;
     tx.prepare_cached(
         "UPDATE taskq_tasks
          SET state = ?2, worker = NULL, lease_until = NULL,
              last_error = COALESCE(?3, last_error),
              run_at = COALESCE(?4, run_at),
-             attempts = CASE WHEN ?5 THEN MAX(attempts - 1, 0) ELSE attempts END,
+             attempts = CASE WHEN ?5 THEN attempts ELSE MAX(attempts - 1, 0) END,
              finished_at = CASE WHEN ?6 THEN ?7 ELSE finished_at END
          WHERE id = ?1",
     )?
     .execute(params![
         id.0,
-        state.as_str(),
-        error,
-        run_at,
-        release,
-        !state.is_live(),
+        tr.state.as_str(),
+        tr.error,
+        tr.run_at.map(|t| t.0),
+        tr.counts,
+        tr.finished,
         now
     ])?;
-    if let Outcome::Continue { run_at } = f.outcome {
+    if let Some(run_at) = tr.continue_at {
         tx.prepare_cached(
             "INSERT INTO taskq_tasks (task, queue, state, payload, priority, attempts, unique_name,
                  tombstone_ms, created_at, enqueued_at, run_at, run_id, token)
@@ -894,7 +894,7 @@ fn finish_one(tx: &rusqlite::Transaction<'_>, f: &Finish, worker: &str, now: i64
             .execute(params![run, now])?;
         }
     }
-    Ok(true)
+    Ok(Some(tr.wakes()))
 }
 
 fn read_iteration(tx: &rusqlite::Transaction<'_>, run: i64) -> R<Option<IterationInfo>> {
@@ -1041,14 +1041,12 @@ impl Store for SqliteStore {
                     let mut results = Vec::with_capacity(finished.len());
                     let mut woke = false;
                     for f in &finished {
-                        if finish_one(tx, f, &worker, now.0)? {
-                            woke |= matches!(
-                                f.outcome,
-                                Outcome::Retry { .. } | Outcome::Release | Outcome::Continue { .. }
-                            );
-                            results.push(Ok(()));
-                        } else {
-                            results.push(Err(StoreError::LeaseLost(f.lease.id)));
+                        match finish_one(tx, f, &worker, now.0)? {
+                            Some(wakes) => {
+                                woke |= wakes;
+                                results.push(Ok(()));
+                            }
+                            None => results.push(Err(StoreError::LeaseLost(f.lease.id))),
                         }
                     }
                     Ok((results, woke))
@@ -1101,8 +1099,11 @@ impl Store for SqliteStore {
                     now.0
                 ])?;
                 // Attempts count tries at the current cursor: progress starts a new count.
-                tx.prepare_cached("UPDATE taskq_tasks SET attempts = 1 WHERE id = ?1")?
-                    .execute([lease.id.0])?;
+                tx.prepare_cached("UPDATE taskq_tasks SET attempts = ?2 WHERE id = ?1")?
+                    .execute(params![
+                        lease.id.0,
+                        crate::policy::ATTEMPTS_AFTER_CHECKPOINT
+                    ])?;
                 Ok(())
             })
         })
@@ -1695,7 +1696,7 @@ mod tests {
         assert_eq!(d.attempts.len(), 1);
         assert_eq!(d.attempts[0].outcome, "lease lapsed");
         assert_eq!(d.attempts[0].attempt, 1);
-        assert_eq!(d.info.last_error.as_deref(), Some(LAPSED));
+        assert_eq!(d.info.last_error.as_deref(), Some(LAPSED.1));
         // The first holder is fenced off everywhere.
         let r = s
             .finish(

@@ -107,7 +107,8 @@ use pool::{Pool, PooledConn};
 /// The notification channel every store listens on.
 pub const CHANNEL: &str = "taskq_new";
 
-const LAPSED: &str = "the worker's lease lapsed (it died or stalled)";
+/// The error a lapsed lease records (see [`crate::policy::LEASE_LAPSED`]).
+const LAPSED: &str = crate::policy::LEASE_LAPSED.1;
 
 type Param<'a> = &'a (dyn ToSql + Sync);
 
@@ -922,6 +923,60 @@ ORDER BY c.priority DESC, c.run_at, c.id
     }
 }
 
+/// The columns of a batch of finished attempts, one array each, for the `unnest` of the
+/// finish statement: each attempt's [`Transition`](crate::policy::Transition) as data.
+#[derive(Default)]
+struct FinishColumns {
+    ids: Vec<i64>,
+    tokens: Vec<i64>,
+    states: Vec<String>,
+    labels: Vec<String>,
+    errors: Vec<Option<String>>,
+    run_ats: Vec<Option<i64>>,
+    counts: Vec<bool>,
+    finished: Vec<bool>,
+    run_ends: Vec<Option<String>>,
+    continue_ats: Vec<Option<i64>>,
+    started: Vec<i64>,
+}
+
+impl FinishColumns {
+    fn push(&mut self, f: &Finish, now: Timestamp) {
+        let tr = f.outcome.transition(now);
+        self.ids.push(f.lease.id.0);
+        self.tokens.push(f.lease.token);
+        self.states.push(tr.state.as_str().to_string());
+        self.labels.push(tr.label.to_string());
+        self.errors.push(tr.error);
+        self.run_ats.push(tr.run_at.map(|t| t.0));
+        self.counts.push(tr.counts);
+        self.finished.push(tr.finished);
+        self.run_ends
+            .push(tr.run_ends.map(|s| s.as_str().to_string()));
+        self.continue_ats.push(tr.continue_at.map(|t| t.0));
+        self.started.push(f.started_at.0);
+    }
+
+    /// `$1` is the time of the call, `$2` the worker, `$3..$13` the columns.
+    fn params<'a>(&'a self, now: &'a i64, worker: &'a &'a str) -> [Param<'a>; 13] {
+        [
+            now,
+            worker,
+            &self.ids,
+            &self.tokens,
+            &self.states,
+            &self.labels,
+            &self.errors,
+            &self.run_ats,
+            &self.counts,
+            &self.finished,
+            &self.run_ends,
+            &self.continue_ats,
+            &self.started,
+        ]
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
@@ -1057,103 +1112,75 @@ impl Store for PostgresStore {
         // A task listed twice: only its first entry can hold the lease.
         let mut seen = HashSet::new();
         let mut first = Vec::with_capacity(finished.len());
-        let (mut ids, mut tokens, mut kinds, mut errors, mut run_ats, mut started) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::<Option<String>>::new(),
-            Vec::<Option<i64>>::new(),
-            Vec::new(),
-        );
+        let mut cols = FinishColumns::default();
         for f in &finished {
             let fresh = seen.insert(f.lease.id.0);
             first.push(fresh);
-            if !fresh {
-                continue;
+            if fresh {
+                cols.push(f, now);
             }
-            let (kind, error, run_at) = match &f.outcome {
-                Outcome::Done => ("done", None, None),
-                Outcome::Failed { error } => ("failed", Some(error.clone()), None),
-                Outcome::Retry { error, run_at } => ("retry", Some(error.clone()), Some(run_at.0)),
-                Outcome::Dead { error } => ("dead", Some(error.clone()), None),
-                Outcome::Release => ("released", None, None),
-                Outcome::Continue { run_at } => ("continued", None, Some(run_at.0)),
-            };
-            ids.push(f.lease.id.0);
-            tokens.push(f.lease.token);
-            kinds.push(kind.to_string());
-            errors.push(error);
-            run_ats.push(run_at);
-            started.push(f.started_at.0);
         }
         let sql = self.sql(
             r#"
 WITH f AS (
-    SELECT * FROM unnest($3::int8[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::int8[])
-        AS f(id, token, kind, error, run_at, started_at)
+    SELECT * FROM unnest($3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::int8[],
+                         $9::bool[], $10::bool[], $11::text[], $12::int8[], $13::int8[])
+        AS f(id, token, state, label, error, run_at, counts, finished, run_ends, continue_at,
+             started_at)
 ),
 upd AS (
     UPDATE {S}.taskq_tasks t SET
-        state = CASE f.kind WHEN 'retry' THEN 'pending' WHEN 'released' THEN 'pending'
-                            WHEN 'continued' THEN 'done' ELSE f.kind END,
+        state = f.state,
         worker = NULL,
         lease_until = NULL,
         last_error = COALESCE(f.error, t.last_error),
-        run_at = CASE f.kind WHEN 'retry' THEN f.run_at WHEN 'released' THEN $1::int8
-                             ELSE t.run_at END,
-        attempts = CASE f.kind WHEN 'released' THEN GREATEST(t.attempts - 1, 0) ELSE t.attempts END,
-        finished_at = CASE WHEN f.kind IN ('done', 'failed', 'dead', 'continued') THEN $1::int8
-                           ELSE t.finished_at END
+        run_at = COALESCE(f.run_at, t.run_at),
+        attempts = CASE WHEN f.counts THEN t.attempts ELSE GREATEST(t.attempts - 1, 0) END,
+        finished_at = CASE WHEN f.finished THEN $1::int8 ELSE t.finished_at END
     FROM f
     WHERE t.id = f.id AND t.lease_token = f.token AND t.state = 'running'
-    RETURNING t.id, t.queue, t.run_id, f.kind, f.error, f.started_at, f.run_at,
-              CASE f.kind WHEN 'released' THEN t.attempts + 1 ELSE t.attempts END AS attempt
+    RETURNING t.id, t.queue, t.run_id, f.label, f.error, f.started_at, f.run_ends,
+              f.continue_at, f.state,
+              CASE WHEN f.counts THEN t.attempts ELSE t.attempts + 1 END AS attempt
 ),
 att AS (
     INSERT INTO {S}.taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
-    SELECT u.id, u.attempt, $2::text, u.started_at, $1::int8, u.kind, u.error FROM upd u
+    SELECT u.id, u.attempt, $2::text, u.started_at, $1::int8, u.label, u.error FROM upd u
 ),
 runs AS (
     UPDATE {S}.taskq_iterations i SET
-        state = CASE WHEN i.state = 'running' AND u.kind IN ('done', 'failed', 'dead')
-                     THEN u.kind ELSE i.state END,
-        error = CASE WHEN i.state = 'running' AND u.kind IN ('done', 'failed', 'dead')
+        state = CASE WHEN i.state = 'running' AND u.run_ends IS NOT NULL
+                     THEN u.run_ends ELSE i.state END,
+        error = CASE WHEN i.state = 'running' AND u.run_ends IS NOT NULL
                      THEN u.error ELSE i.error END,
-        finished_at = CASE WHEN i.state = 'running' AND u.kind IN ('done', 'failed', 'dead')
+        finished_at = CASE WHEN i.state = 'running' AND u.run_ends IS NOT NULL
                            THEN $1::int8 ELSE i.finished_at END,
-        updated_at = CASE WHEN (i.state = 'running' AND u.kind IN ('done', 'failed', 'dead'))
-                               OR u.kind = 'continued' THEN $1::int8 ELSE i.updated_at END,
-        steps = i.steps + CASE WHEN u.kind = 'continued' THEN 1 ELSE 0 END
+        updated_at = CASE WHEN (i.state = 'running' AND u.run_ends IS NOT NULL)
+                               OR u.continue_at IS NOT NULL THEN $1::int8 ELSE i.updated_at END,
+        steps = i.steps + CASE WHEN u.continue_at IS NOT NULL THEN 1 ELSE 0 END
     FROM upd u
-    WHERE i.run_id = u.run_id AND u.kind IN ('done', 'failed', 'dead', 'continued')
+    WHERE i.run_id = u.run_id AND (u.run_ends IS NOT NULL OR u.continue_at IS NOT NULL)
 ),
 cont AS (
     INSERT INTO {S}.taskq_tasks (task, queue, state, payload, priority, attempts, unique_name,
                                  tombstone_ms, created_at, enqueued_at, run_at, run_id)
     SELECT t.task, t.queue, 'pending', t.payload, t.priority, 0, NULL, t.tombstone_ms,
-           $1::int8, $1::int8, u.run_at, t.run_id
+           $1::int8, $1::int8, u.continue_at, t.run_id
     FROM upd u JOIN {S}.taskq_tasks t ON t.id = u.id
-    WHERE u.kind = 'continued'
+    WHERE u.continue_at IS NOT NULL
     ORDER BY u.id
 )
 SELECT u.id FROM upd u
 LEFT JOIN LATERAL (
     SELECT pg_notify('taskq_new', u.queue) AS n
-    WHERE u.kind IN ('retry', 'released', 'continued')
+    WHERE u.state = 'pending' OR u.continue_at IS NOT NULL
 ) n ON true
 "#,
         );
         let mut c = self.pool.get().await?;
         let st = c.prep(&sql).await?;
         let client = c.client()?;
-        let r = client
-            .query(
-                &st,
-                &[
-                    &now.0, &worker, &ids, &tokens, &kinds, &errors, &run_ats, &started,
-                ],
-            )
-            .await;
+        let r = client.query(&st, &cols.params(&now.0, &worker)).await;
         let applied: HashSet<i64> = c.check(r)?.iter().map(|r| r.get(0)).collect();
         Ok(finished
             .iter()

@@ -1,0 +1,409 @@
+//! What an attempt's result does to a task: decided here, once, for every store.
+//!
+//! The worker and the test harness ask this module what an attempt's result means; every
+//! store turns the resulting [`Outcome`] into the same
+//! [`Transition`] ([`Outcome::transition`]) and only persists it. No store decides a state,
+//! a retry time, an attempt count or an error text by itself, so the three backends cannot
+//! drift apart.
+//!
+//! The rules, in one list:
+//! - `Ok` → done; an iterative step that used its time slice → done, and a continuation
+//!   step of the same run is stored (due at once).
+//! - A fatal error → failed, never retried; the run of an iterative step ends failed.
+//! - Any other error, a panic, the hard deadline → the attempt is recorded with its error and
+//!   the task is pending again after a backoff ([`TaskOptions::backoff_with_jitter`]), until
+//!   `max_attempts` *and* the age limit are spent ([`TaskOptions::may_retry`]) → dead.
+//! - A task name this worker does not register (a rolling deploy) → retried like any
+//!   failure with the default options ([`TaskOptions::DEFAULT`]), the error naming the task
+//!   and the worker; dead only when those are spent.
+//! - A row whose payload cannot be decoded → dead at once, with the reason: trying again
+//!   cannot change stored bytes.
+//! - A lapsed lease (the worker died or stalled) counts as an attempt ([`LEASE_LAPSED`]);
+//!   when lapses alone have spent the retry policy the next claim sends the task dead
+//!   without running it.
+//! - A checkpoint of an iterative step resets the step's attempt count to
+//!   [`ATTEMPTS_AFTER_CHECKPOINT`]: attempts count the tries at the current cursor.
+//! - Graceful shutdown → released: pending again at once, the attempt not counted.
+//! - Every error text is made storable by [`storable_text`] before any store sees it.
+
+use crate::error::TaskError;
+use crate::store::{ClaimedTask, Outcome, RunState, TaskState};
+use crate::task::{Completion, TaskOptions};
+use crate::time::Timestamp;
+
+/// The attempt label and error text a store records when it takes back a task whose lease
+/// lapsed (the worker died or stalled), in the attempt history and as the task's last error.
+pub const LEASE_LAPSED: (&str, &str) = (
+    "lease lapsed",
+    "the worker's lease lapsed (it died or stalled)",
+);
+
+/// The attempt count a checkpoint leaves on an iterative step: attempts count the tries at
+/// the current cursor, so a long run that keeps moving is never sent to dead by failures
+/// spread over many batches.
+pub const ATTEMPTS_AFTER_CHECKPOINT: u32 = 1;
+
+/// The longest error text a store records, in bytes; a longer one is cut at a character
+/// boundary and marked, so that one huge message cannot bloat a row or a batch.
+pub const MAX_ERROR_BYTES: usize = 16 * 1024;
+
+/// What a store does to a task when it records an attempt's [`Outcome`]: plain data, the
+/// same for every backend. Computed by [`Outcome::transition`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    /// The task's new state.
+    pub state: TaskState,
+    /// The label of the attempt record: `done`, `failed`, `retry`, `dead`, `released` or
+    /// `continued`.
+    pub label: &'static str,
+    /// The attempt's error, already made storable; when set it also becomes the task's
+    /// `last_error` (which is otherwise kept).
+    pub error: Option<String>,
+    /// The task's new `run_at` when it is pending again; `None` keeps the old one.
+    pub run_at: Option<Timestamp>,
+    /// Whether the attempt counts: `false` (a release) takes the claim's increment back.
+    pub counts: bool,
+    /// Whether the task has ended: its `finished_at` becomes the time of the call.
+    pub finished: bool,
+    /// For a step of an iterative run: the state the run ends in, if it is still running.
+    /// The run's error is [`Transition::error`].
+    pub run_ends: Option<RunState>,
+    /// For a step that used its time slice: when the continuation step (same task, queue,
+    /// payload, priority and run; no unique name) is due. The run's `steps` goes up by one.
+    pub continue_at: Option<Timestamp>,
+}
+
+impl Transition {
+    /// Whether the transition makes work due that a waiting worker may claim (a retry, a
+    /// release, a continuation): stores wake their waiters for it.
+    pub fn wakes(&self) -> bool {
+        self.state == TaskState::Pending || self.continue_at.is_some()
+    }
+}
+
+impl Outcome {
+    /// What recording this outcome at `now` does to the task: the one mapping every store
+    /// persists.
+    pub fn transition(&self, now: Timestamp) -> Transition {
+        let base = Transition {
+            state: TaskState::Done,
+            label: self.label(),
+            error: None,
+            run_at: None,
+            counts: true,
+            finished: true,
+            run_ends: None,
+            continue_at: None,
+        };
+        match self {
+            Outcome::Done => Transition {
+                run_ends: Some(RunState::Done),
+                ..base
+            },
+            Outcome::Continue { run_at } => Transition {
+                continue_at: Some(*run_at),
+                ..base
+            },
+            Outcome::Failed { error } => Transition {
+                state: TaskState::Failed,
+                error: Some(storable_text(error)),
+                run_ends: Some(RunState::Failed),
+                ..base
+            },
+            Outcome::Dead { error } => Transition {
+                state: TaskState::Dead,
+                error: Some(storable_text(error)),
+                run_ends: Some(RunState::Dead),
+                ..base
+            },
+            Outcome::Retry { error, run_at } => Transition {
+                state: TaskState::Pending,
+                error: Some(storable_text(error)),
+                run_at: Some(*run_at),
+                finished: false,
+                ..base
+            },
+            Outcome::Release => Transition {
+                state: TaskState::Pending,
+                run_at: Some(now),
+                counts: false,
+                finished: false,
+                ..base
+            },
+        }
+    }
+
+    /// The label of the attempt record: `done`, `failed`, `retry`, `dead`, `released` or
+    /// `continued`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Dead { .. } => "dead",
+            Outcome::Release => "released",
+            Outcome::Continue { .. } => "continued",
+        }
+    }
+
+    /// The error this outcome records, if any (as given, before [`storable_text`]).
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::Failed { error } | Outcome::Dead { error } | Outcome::Retry { error, .. } => {
+                Some(error)
+            }
+            Outcome::Done | Outcome::Continue { .. } | Outcome::Release => None,
+        }
+    }
+}
+
+/// Makes a text storable the same way on every store: a NUL byte (which PostgreSQL's text
+/// cannot hold) becomes U+FFFD, and a text over [`MAX_ERROR_BYTES`] is cut at a character
+/// boundary with a note of how long it was.
+pub fn storable_text(text: &str) -> String {
+    let cut = if text.len() > MAX_ERROR_BYTES {
+        let mut end = MAX_ERROR_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Some(end)
+    } else {
+        None
+    };
+    let kept = &text[..cut.unwrap_or(text.len())];
+    let mut out = if kept.contains('\0') {
+        kept.replace('\0', "\u{FFFD}")
+    } else {
+        kept.to_string()
+    };
+    if cut.is_some() {
+        out.push_str(&format!(
+            " … (cut; the whole text was {} bytes)",
+            text.len()
+        ));
+    }
+    out
+}
+
+/// The outcome for a claimed task whose name no registered task has (a rolling deploy: a
+/// newer version started it and an older worker claimed it): retried with backoff under
+/// the default options, the error naming the task and the `worker`; dead once spent.
+pub(crate) fn unknown_task(claimed: &ClaimedTask, worker: &str, now: Timestamp) -> Outcome {
+    let error = TaskError::retry(format!(
+        "no task named `{}` is registered in worker `{worker}` (renamed or removed, or a newer deploy started it and an older worker claimed it); retrying until a worker that knows it runs it",
+        claimed.task
+    ));
+    decide(&TaskOptions::DEFAULT, claimed, Err(error), now)
+}
+
+/// Decides, before running a claimed task, whether it must not run: `Some(outcome)` when
+/// its lapsed leases alone (the worker died or stalled each time) spent its retry policy.
+pub(crate) fn before_run(
+    options: &TaskOptions,
+    claimed: &ClaimedTask,
+    now: Timestamp,
+) -> Option<Outcome> {
+    if claimed.attempt > options.max_attempts
+        && !options.may_retry(claimed.attempt - 1, claimed.enqueued_at, now)
+    {
+        return Some(Outcome::Dead {
+            error: format!(
+                "gave up after {} attempts: the last one's worker died or stalled (its lease lapsed)",
+                claimed.attempt - 1
+            ),
+        });
+    }
+    None
+}
+
+/// The outcome of an attempt whose stored arguments could not be decoded: dead at once.
+pub(crate) fn undecodable(reason: impl std::fmt::Display) -> Outcome {
+    Outcome::Dead {
+        error: reason.to_string(),
+    }
+}
+
+/// Decides what an attempt's result means for the task: the retry policy.
+///
+/// `progressed` is true when an iterative step checkpointed during the attempt: the store
+/// reset its attempt count then, so the retry policy counts from
+/// [`ATTEMPTS_AFTER_CHECKPOINT`].
+pub(crate) fn decide_attempt(
+    options: &TaskOptions,
+    claimed: &ClaimedTask,
+    result: Result<Completion, TaskError>,
+    progressed: bool,
+    now: Timestamp,
+) -> Outcome {
+    if result.is_err() && progressed {
+        let at_cursor = ClaimedTask {
+            attempt: ATTEMPTS_AFTER_CHECKPOINT,
+            ..claimed.clone()
+        };
+        return decide(options, &at_cursor, result, now);
+    }
+    decide(options, claimed, result, now)
+}
+
+/// The retry policy for one attempt's result, at the claim's attempt number.
+fn decide(
+    options: &TaskOptions,
+    claimed: &ClaimedTask,
+    result: Result<Completion, TaskError>,
+    now: Timestamp,
+) -> Outcome {
+    match result {
+        Ok(Completion::Done) => Outcome::Done,
+        Ok(Completion::Continue) => Outcome::Continue { run_at: now },
+        Err(e) if e.is_fatal() => Outcome::Failed {
+            error: e.message().to_string(),
+        },
+        Err(e) if options.may_retry(claimed.attempt, claimed.enqueued_at, now) => Outcome::Retry {
+            error: e.message().to_string(),
+            run_at: now.add(options.backoff_with_jitter(claimed.attempt)),
+        },
+        Err(e) => Outcome::Dead {
+            error: format!(
+                "gave up after {} attempts{}: {}",
+                claimed.attempt,
+                match options.age_limit {
+                    Some(a) => format!(" and an age limit of {}s", a.as_secs()),
+                    None => String::new(),
+                },
+                e.message()
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Lease, TaskId};
+    use std::time::Duration;
+
+    fn claimed(attempt: u32) -> ClaimedTask {
+        ClaimedTask {
+            lease: Lease {
+                id: TaskId(1),
+                token: 1,
+            },
+            task: "app::gone".into(),
+            queue: "default".into(),
+            payload: serde_json::json!({}),
+            attempt,
+            enqueued_at: Timestamp(0),
+            iteration: None,
+        }
+    }
+
+    #[test]
+    fn storable_text_replaces_nul_and_caps_length() {
+        assert_eq!(storable_text("bin\0ary"), "bin\u{FFFD}ary");
+        assert_eq!(storable_text("plain"), "plain");
+        let long = "é".repeat(MAX_ERROR_BYTES); // 2 bytes each
+        let s = storable_text(&long);
+        assert!(s.len() < MAX_ERROR_BYTES + 100, "{}", s.len());
+        assert!(s.ends_with(&format!("the whole text was {} bytes)", long.len())));
+    }
+
+    #[test]
+    fn every_outcome_maps_to_one_transition() {
+        let now = Timestamp(1_000);
+        let t = Outcome::Retry {
+            error: "x\0".into(),
+            run_at: Timestamp(5_000),
+        }
+        .transition(now);
+        assert_eq!(t.state, TaskState::Pending);
+        assert_eq!(t.error.as_deref(), Some("x\u{FFFD}"));
+        assert_eq!(t.run_at, Some(Timestamp(5_000)));
+        assert!(t.counts && !t.finished && t.run_ends.is_none() && t.wakes());
+
+        let t = Outcome::Release.transition(now);
+        assert_eq!(
+            (t.state, t.label, t.run_at, t.counts),
+            (TaskState::Pending, "released", Some(now), false)
+        );
+
+        let t = Outcome::Continue { run_at: now }.transition(now);
+        assert_eq!(
+            (t.state, t.finished, t.continue_at, t.run_ends),
+            (TaskState::Done, true, Some(now), None)
+        );
+        assert!(t.wakes());
+
+        for (o, s, r) in [
+            (Outcome::Done, TaskState::Done, RunState::Done),
+            (
+                Outcome::Failed { error: "f".into() },
+                TaskState::Failed,
+                RunState::Failed,
+            ),
+            (
+                Outcome::Dead { error: "d".into() },
+                TaskState::Dead,
+                RunState::Dead,
+            ),
+        ] {
+            let t = o.transition(now);
+            assert_eq!(
+                (t.state, t.run_ends, t.finished, t.wakes()),
+                (s, Some(r), true, false)
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_task_is_retried_with_backoff_then_dead() {
+        let now = Timestamp(10_000);
+        match unknown_task(&claimed(1), "w-1", now) {
+            Outcome::Retry { error, run_at } => {
+                assert!(
+                    error.contains("`app::gone`") && error.contains("`w-1`"),
+                    "{error}"
+                );
+                assert!(run_at > now);
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+        let last = TaskOptions::DEFAULT.max_attempts;
+        assert!(matches!(
+            unknown_task(&claimed(last), "w-1", now),
+            Outcome::Dead { .. }
+        ));
+    }
+
+    #[test]
+    fn lapsed_leases_alone_can_spend_the_policy() {
+        let o = TaskOptions {
+            max_attempts: 3,
+            ..TaskOptions::DEFAULT
+        };
+        let now = Timestamp(0);
+        assert!(before_run(&o, &claimed(3), now).is_none());
+        assert!(matches!(
+            before_run(&o, &claimed(4), now),
+            Some(Outcome::Dead { .. })
+        ));
+    }
+
+    #[test]
+    fn progress_counts_attempts_from_the_checkpoint() {
+        let o = TaskOptions {
+            max_attempts: 3,
+            min_backoff: Duration::from_millis(1),
+            ..TaskOptions::DEFAULT
+        };
+        let err = || Err(TaskError::retry("boom"));
+        let now = Timestamp(0);
+        assert!(matches!(
+            decide_attempt(&o, &claimed(3), err(), false, now),
+            Outcome::Dead { .. }
+        ));
+        assert!(matches!(
+            decide_attempt(&o, &claimed(3), err(), true, now),
+            Outcome::Retry { .. }
+        ));
+    }
+}
