@@ -69,6 +69,52 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
     }
 }
 
+/// A `TaskError` converts into the boxed errors test functions and `main` return, so `?`
+/// works on it in `fn test() -> Result<(), Box<dyn Error>>`.
+impl From<TaskError> for Box<dyn std::error::Error + Send + Sync> {
+    fn from(e: TaskError) -> Self {
+        Box::new(TaskFailed(e))
+    }
+}
+
+/// See the `Send + Sync` variant above.
+impl From<TaskError> for Box<dyn std::error::Error> {
+    fn from(e: TaskError) -> Self {
+        Box::new(TaskFailed(e))
+    }
+}
+
+/// A [`TaskError`] seen as a `std::error::Error` (inside a `Box<dyn Error>`).
+#[derive(Debug)]
+struct TaskFailed(TaskError);
+
+impl fmt::Display for TaskFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.0.kind {
+            ErrorKind::Retry => "retryable",
+            ErrorKind::Fatal => "fatal",
+        };
+        write!(f, "task error ({kind}): {}", self.0.message)
+    }
+}
+
+impl std::error::Error for TaskFailed {}
+
+/// Makes `Debug` print the `Display` text: a `main` that returns one of these errors (Rust
+/// prints the `Debug` form of a `main` error) shows the helpful message, not the variant.
+macro_rules! debug_as_display {
+    ($($t:ty),* $(,)?) => {$(
+        impl ::std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                ::std::fmt::Display::fmt(self, f)
+            }
+        }
+    )*};
+}
+pub(crate) use debug_as_display;
+
+debug_as_display!(StartError, DecodeError);
+
 /// Renders an error with its `source()` chain: `outer: inner: innermost`.
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -82,7 +128,7 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Why a task could not be started. Nothing was stored when this is returned.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum StartError {
     /// An argument could not be turned into JSON.
     #[error("argument `{arg}` of task `{task}` cannot be stored as JSON: {reason}")]
@@ -100,7 +146,7 @@ pub enum StartError {
 }
 
 /// Why a stored payload could not be turned back into the task's arguments.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[error("payload of task `{task}` does not decode: {reason}")]
 pub struct DecodeError {
     /// The task.

@@ -54,11 +54,14 @@ pub use error::{StartError, TaskError};
 pub use model::Model;
 pub use queue::{Queue, TaskBuilder};
 pub use registry::Registry;
-pub use store::{Store, StoreError, TaskId, TaskState};
+pub use store::{
+    AttemptInfo, IterationInfo, QueueConfig, QueueInfo, RunState, Store, StoreError, TaskDetail,
+    TaskId, TaskInfo, TaskQuery, TaskState,
+};
 pub use task::{Context, TaskOptions};
 pub use taskq_macros::{iterative_task, task};
 pub use time::{Clock, Timestamp};
-pub use worker::{Worker, WorkerBuilder};
+pub use worker::{Worker, WorkerBuilder, WorkerError};
 
 /// The PostgreSQL driver taskq uses, for starting tasks inside your own transaction
 /// ([`TaskBuilder::start_in`]) with the same version of its types.

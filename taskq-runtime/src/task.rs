@@ -213,6 +213,28 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    /// A context for calling a task function directly in a unit test: attempt 1, the
+    /// default 10-minute soft deadline on the wall clock, no app state, a fresh memory
+    /// store. For app state or virtual time use [`Harness::context`](crate::testing::Harness::context).
+    ///
+    /// ```
+    /// use taskq_runtime::{task, Context, TaskError};
+    ///
+    /// #[task]
+    /// async fn greet(ctx: Context, name: String) -> Result<(), TaskError> {
+    ///     println!("attempt {}: hello {name}", ctx.attempt());
+    ///     Ok(())
+    /// }
+    ///
+    /// // In a test (`#[tokio::test] async fn greets() -> Result<(), Box<dyn Error>>`):
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// greet(Context::for_test(), "Ada".into()).await?; // `?` works on a TaskError
+    /// # Ok(()) }
+    /// ```
+    pub fn for_test() -> Context {
+        crate::testing::Harness::with_clock(Clock::system()).context()
+    }
+
     /// This task's id.
     pub fn id(&self) -> TaskId {
         self.inner.id
@@ -261,12 +283,15 @@ impl Context {
         self.inner.cancelled.is_set()
     }
 
-    /// The app state of type `T` the worker was given with `state(..)`; a fatal error
-    /// naming the type if it was not.
+    /// The app state of type `T` the worker was given with `state(..)`; a retryable error
+    /// naming the type and the builder call if it was not (a deploy mistake must not
+    /// destroy work: the task runs again once a worker has the state).
     pub fn state<T: Send + Sync + 'static>(&self) -> Result<&T, TaskError> {
         self.inner.state.get::<T>().ok_or_else(|| {
-            TaskError::fatal(format!(
-                "the worker was given no state of type `{}`; pass it with Worker::builder(..).state(value)",
+            // Retryable: a worker deployed without its state is a deploy mistake, and must
+            // not destroy work. Once a worker with the state runs, the task succeeds.
+            TaskError::retry(format!(
+                "the worker was given no app state of type `{}`: add `.state(value)` to `Worker::builder(..)` (in tests, `Harness::state(value)`); the task is retried until a worker has it",
                 std::any::type_name::<T>()
             ))
         })

@@ -35,8 +35,8 @@ use std::time::Duration;
 use crate::queue::Queue;
 use crate::registry::{DuplicateTask, Registry};
 use crate::store::memory::MemoryStore;
-use crate::store::{ClaimRequest, Finish, Store, StoreError, TaskId};
-use crate::task::{tokio_util_cancel::Flag, State};
+use crate::store::{ClaimRequest, Finish, Lease, Store, StoreError, TaskId};
+use crate::task::{tokio_util_cancel::Flag, Context, ContextInner, State, TaskKind};
 use crate::time::{Clock, Timestamp};
 use crate::worker::Exec;
 
@@ -115,6 +115,59 @@ impl Harness {
         }
     }
 
+    /// A harness on a fresh memory store and the given clock.
+    pub(crate) fn with_clock(clock: Clock) -> Harness {
+        Harness {
+            clock,
+            ..Harness::new()
+        }
+    }
+
+    /// A [`Context`] for calling a task function directly in a unit test, with this
+    /// harness's app state, store and clock: attempt 1, the default 10-minute soft deadline
+    /// ([`TaskOptions::DEFAULT`](crate::TaskOptions)), a plain (not iterative) task.
+    ///
+    /// ```
+    /// use taskq_runtime::{task, testing::Harness, Context, TaskError};
+    ///
+    /// struct Mailer;
+    ///
+    /// #[task]
+    /// async fn welcome(ctx: Context, to: String) -> Result<(), TaskError> {
+    ///     let _mailer = ctx.state::<Mailer>()?;
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ctx = Harness::new().state(Mailer).context();
+    /// welcome(ctx, "ada@example.org".into()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn context(&self) -> Context {
+        let now = self.clock.now();
+        Context {
+            inner: Arc::new(ContextInner {
+                id: TaskId(0),
+                task: "taskq::testing::context",
+                queue: "default".into(),
+                attempt: 1,
+                started_at: now,
+                deadline: now.add(crate::task::TaskOptions::DEFAULT.timeout),
+                clock: self.clock.clone(),
+                state: Arc::new(self.state.clone()),
+                store: self.store.clone(),
+                lease: Lease {
+                    id: TaskId(0),
+                    token: 0,
+                },
+                kind: TaskKind::Plain,
+                iteration: None,
+                cancelled: Flag::default(),
+                progressed: Flag::default(),
+            }),
+        }
+    }
+
     /// Adds app state for tasks (as `Worker::builder(..).state(..)` does).
     pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.state.insert(value);
@@ -167,6 +220,7 @@ impl Harness {
             registry: Arc::new(Registry::collect()?),
             worker: "harness".into(),
             deadline_grace: Duration::from_secs(5),
+            unknown: Arc::default(),
         };
         let mut report = DrainReport::default();
         loop {
@@ -231,8 +285,8 @@ impl Harness {
     }
 }
 
-/// Why a drain stopped early.
-#[derive(Debug, thiserror::Error)]
+/// Why a drain stopped early. Its `Debug` form is its message.
+#[derive(thiserror::Error)]
 pub enum HarnessError {
     /// The store failed.
     #[error(transparent)]
@@ -244,3 +298,5 @@ pub enum HarnessError {
     #[error("the drain ran {0} attempts and stopped: a task keeps retrying or continuing; raise Harness::max_runs if that is expected")]
     TooManyRuns(usize),
 }
+
+crate::error::debug_as_display!(HarnessError);

@@ -27,8 +27,8 @@ use crate::store::{ClaimRequest, ClaimedTask, Finish, Lease, Outcome, Store, Sto
 use crate::task::{tokio_util_cancel::Flag, Context, ContextInner, State};
 use crate::time::{Clock, Timestamp};
 
-/// Errors that stop a worker from starting or running.
-#[derive(Debug, thiserror::Error)]
+/// Errors that stop a worker from starting or running. Its `Debug` form is its message.
+#[derive(thiserror::Error)]
 pub enum WorkerError {
     /// Two tasks share a name.
     #[error(transparent)]
@@ -45,6 +45,8 @@ pub enum WorkerError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+crate::error::debug_as_display!(WorkerError);
 
 /// Counters a metrics exporter (or the demo's summary) can read while the worker runs.
 #[derive(Debug, Default)]
@@ -85,6 +87,8 @@ pub(crate) struct Exec {
     pub registry: Arc<Registry>,
     pub worker: String,
     pub deadline_grace: Duration,
+    /// Task names claimed that no registered task has, warned about once each.
+    pub unknown: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Exec {
@@ -92,6 +96,18 @@ impl Exec {
     pub(crate) async fn run(&self, claimed: &ClaimedTask, cancel: Flag) -> Outcome {
         let now = self.clock.now();
         let Some(def) = self.registry.get(&claimed.task) else {
+            let first = self
+                .unknown
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(claimed.task.clone());
+            if first {
+                tracing::warn!(
+                    worker = %self.worker, task = %claimed.task,
+                    "claimed a task named `{}`, which this binary does not register: it is retried with backoff until a worker that knows it runs it (a rolling deploy), and goes dead if none does",
+                    claimed.task
+                );
+            }
             return policy::unknown_task(claimed, &self.worker, now);
         };
         if let Some(outcome) = policy::before_run(&def.options, claimed, now) {
@@ -234,9 +250,17 @@ impl WorkerBuilder {
         self
     }
 
-    /// Checks the settings and the registry (duplicate task names are refused here).
+    /// Checks the settings and the registry: duplicate task names are refused here, and so
+    /// is a binary in which no task is registered ([`WorkerError::Config`] with setting
+    /// `tasks`).
     pub fn build(self) -> Result<Worker, WorkerError> {
         let registry = Registry::collect()?;
+        if registry.all().is_empty() {
+            return Err(WorkerError::Config {
+                setting: "tasks",
+                reason: "no task is registered in this binary, so this worker could run nothing; declare tasks with #[task] or #[iterative_task] in code this binary links (tasks in another crate register only when this binary uses something from that crate)".into(),
+            });
+        }
         if self.concurrency == 0 {
             return Err(WorkerError::Config {
                 setting: "concurrency",
@@ -258,6 +282,7 @@ impl WorkerBuilder {
                 registry: Arc::new(registry),
                 worker: name,
                 deadline_grace: self.deadline_grace,
+                unknown: Arc::default(),
             },
             queues: self.queues,
             concurrency: self.concurrency,
@@ -403,7 +428,7 @@ impl Worker {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), WorkerError> {
         let exec = self.exec.clone();
-        tracing::info!(worker = %exec.worker, queues = ?self.queues, concurrency = self.concurrency, "taskq worker started");
+        self.announce();
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let inflight: Arc<Mutex<HashMap<TaskId, InFlight>>> = Arc::default();
         let freed = Arc::new(Notify::new());
@@ -614,6 +639,34 @@ impl Worker {
 }
 
 impl Worker {
+    /// Says at start which queues the worker serves and which tasks it knows, and warns
+    /// once about known tasks whose queue it does not serve (they wait for another worker).
+    fn announce(&self) {
+        let tasks = self.exec.registry.all();
+        let names: Vec<&str> = tasks.iter().map(|d| d.name).collect();
+        let serves = if self.queues.is_empty() {
+            "every queue".to_string()
+        } else {
+            self.queues.join(", ")
+        };
+        tracing::info!(
+            worker = %self.exec.worker, queues = %serves, concurrency = self.concurrency,
+            tasks = ?names, "taskq worker started: serving {serves} with {} known tasks", names.len()
+        );
+        if self.queues.is_empty() {
+            return;
+        }
+        for d in tasks {
+            if !self.queues.iter().any(|q| q == d.queue) {
+                tracing::warn!(
+                    worker = %self.exec.worker, task = d.name, queue = d.queue,
+                    "task `{}` runs on queue `{}`, which this worker does not serve: its tasks wait for a worker that does (add \"{}\" to `.queues([..])`)",
+                    d.name, d.queue, d.queue
+                );
+            }
+        }
+    }
+
     /// How long an idle worker waits before claiming again (new work wakes it earlier):
     /// until the next task falls due (a delay, a backoff, a lease that lapses), so delayed
     /// tasks run on time; at least [`MIN_IDLE_WAIT`] when tasks are due but were not

@@ -453,8 +453,8 @@ impl IterationInfo {
     }
 }
 
-/// Errors of the storage layer.
-#[derive(Debug, thiserror::Error)]
+/// Errors of the storage layer. Its `Debug` form is its message.
+#[derive(thiserror::Error)]
 pub enum StoreError {
     /// A unique task name is live or inside its tombstone window.
     #[error("a task named `{0}` already exists (it is live or finished within its tombstone window); pick another name or wait")]
@@ -489,6 +489,8 @@ pub enum StoreError {
     #[error("store backend error: {0}")]
     Backend(String),
 }
+
+crate::error::debug_as_display!(StoreError);
 
 impl StoreError {
     /// Wraps any backend error.

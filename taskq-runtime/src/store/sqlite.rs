@@ -289,6 +289,18 @@ fn open_blocking(path: &str) -> Result<Db, StoreError> {
     let ctx = |what: &str, e: rusqlite::Error| {
         StoreError::Backend(format!("opening sqlite store `{path}`: {what}: {e}"))
     };
+    let parent = std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent {
+        if !dir.is_dir() {
+            return Err(StoreError::Backend(format!(
+                "opening sqlite store `{path}`: the directory `{}` does not exist; create it first (`mkdir -p {}`), or point the URL at an existing directory",
+                dir.display(),
+                dir.display()
+            )));
+        }
+    }
     let conn = Connection::open(path).map_err(|e| ctx("cannot open the database file", e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| ctx("setting busy_timeout", e))?;
