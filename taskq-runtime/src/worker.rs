@@ -824,7 +824,10 @@ async fn write(exec: &Exec, pending: &[Pending], stats: &WorkerStats) -> Result<
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on Ctrl-C (SIGINT) or SIGTERM (what `docker stop`, systemd and Kubernetes
+/// send): the signal [`Worker::run_until_shutdown`] stops on. An app that serves HTTP beside
+/// a spawned worker can give it to its server's graceful shutdown, then shut the worker down.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
