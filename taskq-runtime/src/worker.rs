@@ -128,6 +128,11 @@ pub(crate) fn decide(
 impl Exec {
     /// Runs one claimed task to its outcome: never panics, never returns early without one.
     pub(crate) async fn run(&self, claimed: &ClaimedTask, cancel: Flag) -> Outcome {
+        if let Some(reason) = &claimed.decode_error {
+            return Outcome::Dead {
+                error: reason.clone(),
+            };
+        }
         let now = self.clock.now();
         let Some(def) = self.registry.get(&claimed.task) else {
             return Outcome::Dead {

@@ -1068,6 +1068,95 @@ pub async fn bare_cursors_cross_the_store_bit_identical(s: Arc<dyn Store>) {
     }
 }
 
+/// The one store-level check of every `enqueue` and `checkpoint`: a document nested
+/// deeper than `MAX_DEPTH` and a name with a NUL byte are refused with the same
+/// `InvalidValue` error on every store, and nothing is stored; the deepest accepted
+/// documents come back bit-identical.
+pub async fn store_refuses_too_deep_values_and_nul_names(s: Arc<dyn Store>) {
+    use crate::values::{assert_bit_identical, nested};
+    use taskq_runtime::value::MAX_DEPTH;
+    let refused = |r: Result<Vec<TaskId>, StoreError>| match r {
+        Err(StoreError::InvalidValue(m)) => m,
+        other => panic!("expected InvalidValue, got {other:?}"),
+    };
+    // The deepest accepted: the payload `{"v": [[..]]}` and a filter, MAX_DEPTH levels.
+    let mut deepest = new_task("q", 0);
+    deepest.payload = json!({ "v": nested(MAX_DEPTH - 1) });
+    let mut iter = iteration_task();
+    iter.iteration = Some(NewIteration {
+        filter: nested(MAX_DEPTH),
+    });
+    let ids = s
+        .enqueue(vec![deepest.clone(), iter], T0)
+        .await
+        .expect("the deepest accepted documents are stored");
+
+    let mut deep = new_task("q", 1);
+    deep.payload = json!({ "v": nested(MAX_DEPTH) });
+    assert_eq!(
+        refused(s.enqueue(vec![new_task("q", 2), deep], T0).await),
+        "the payload of task #1 (`conformance::noop`) nests arrays and objects 101 levels deep; \
+         a store keeps values nested at most 100 levels (taskq_runtime::value::MAX_DEPTH), \
+         so that it can read back what it accepted"
+    );
+    let mut deep_filter = iteration_task();
+    deep_filter.iteration = Some(NewIteration {
+        filter: nested(200),
+    });
+    assert!(refused(s.enqueue(vec![deep_filter], T0).await)
+        .starts_with("the filter of task #0 (`conformance::walk`) nests arrays and objects 200 levels deep"));
+    let mut bad_task = new_task("q", 3);
+    bad_task.task = "app::bin\0ary".into();
+    assert_eq!(
+        refused(s.enqueue(vec![bad_task], T0).await),
+        "the task name \"app::bin\\0ary\" contains a NUL byte, which PostgreSQL cannot store in text; \
+         taskq refuses it on every store"
+    );
+    let bad_queue = new_task("q\0", 4);
+    assert!(refused(s.enqueue(vec![bad_queue], T0).await)
+        .starts_with("the queue name \"q\\0\" contains a NUL byte"));
+    let mut bad_name = new_task("q", 5);
+    bad_name.unique_name = Some("\0".into());
+    assert!(refused(s.enqueue(vec![bad_name], T0).await)
+        .starts_with("the unique name \"\\0\" contains a NUL byte"));
+    let all = s
+        .list_tasks(&TaskQuery {
+            limit: 100,
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 2, "nothing refused was stored");
+
+    let c = s.claim(&req(&[], 2, 30_000, T0)).await.expect("claim");
+    assert_bit_identical(&c[0].payload, &deepest.payload, "the deepest payload");
+    let it = s.iteration(ids[1]).await.expect("iteration").expect("run");
+    assert_bit_identical(&it.filter, &nested(MAX_DEPTH), "the deepest filter");
+    let too_deep = s
+        .checkpoint(c[1].lease, cp(nested(MAX_DEPTH + 1), 1), at(1))
+        .await;
+    match too_deep {
+        Err(StoreError::InvalidValue(m)) => assert!(
+            m.starts_with(&format!(
+                "the cursor of step {} nests arrays and objects 101 levels deep",
+                ids[1]
+            )),
+            "{m}"
+        ),
+        other => panic!("expected InvalidValue, got {other:?}"),
+    }
+    s.checkpoint(c[1].lease, cp(nested(MAX_DEPTH), 1), at(2))
+        .await
+        .expect("the deepest cursor is stored");
+    let it = s.iteration(ids[1]).await.expect("iteration").expect("run");
+    assert_eq!(it.batches, 1, "the refused checkpoint changed nothing");
+    assert_bit_identical(
+        &it.cursor.unwrap_or_default(),
+        &nested(MAX_DEPTH),
+        "the deepest cursor",
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -1085,6 +1174,7 @@ macro_rules! conformance_tests {
             iteration_failure_and_revival, unique_name_of_a_running_iteration, checkpoint_resets_attempts, iteration_cancel, deleting_a_step_cancels_its_run, concurrent_claims_never_overlap,
             batched_finish_reports_each,
             values_cross_the_store_bit_identical, bare_cursors_cross_the_store_bit_identical,
+            store_refuses_too_deep_values_and_nul_names,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
