@@ -113,12 +113,13 @@ async fn run_step<M: Model, A: Send + 'static>(
             // (NaN, too deep) would otherwise be processed and then lost, or stored as
             // something else (serde_json writes NaN as null).
             let cursor_json =
-                crate::value::to_json(&last_key, "cursor", crate::value::MAX_VALUE_DEPTH)
-                    .map_err(|e| {
+                crate::value::to_json(&last_key, "cursor", crate::value::MAX_VALUE_DEPTH).map_err(
+                    |e| {
                         TaskError::fatal(format!(
-                            "the cursor (the model key of the batch's last entity) cannot be stored: {e}"
-                        ))
-                    })?;
+                    "the cursor (the model key of the batch's last entity) cannot be stored: {e}"
+                ))
+                    },
+                )?;
             let a = match args.take() {
                 Some(a) => a,
                 None => decode(ctx.task_name(), args_json.clone())

@@ -1103,8 +1103,9 @@ pub async fn store_refuses_too_deep_values_and_nul_names(s: Arc<dyn Store>) {
     deep_filter.iteration = Some(NewIteration {
         filter: nested(200),
     });
-    assert!(refused(s.enqueue(vec![deep_filter], T0).await)
-        .starts_with("the filter of task #0 (`conformance::walk`) nests arrays and objects 200 levels deep"));
+    assert!(refused(s.enqueue(vec![deep_filter], T0).await).starts_with(
+        "the filter of task #0 (`conformance::walk`) nests arrays and objects 200 levels deep"
+    ));
     let mut bad_task = new_task("q", 3);
     bad_task.task = "app::bin\0ary".into();
     assert_eq!(

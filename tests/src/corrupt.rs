@@ -124,7 +124,10 @@ pub async fn setup(q: &Queue) -> Case {
 /// calls work and show the raw text; one drain sends the two corrupt tasks dead alone,
 /// with their reasons, and runs each good task exactly once.
 pub async fn check(q: &Queue, case: &Case) {
-    let bad = q.task(case.bad).await.expect("task() of a corrupt row works");
+    let bad = q
+        .task(case.bad)
+        .await
+        .expect("task() of a corrupt row works");
     let bad = bad.expect("exists");
     assert!(
         bad.info.payload.is_string(),
@@ -153,7 +156,10 @@ pub async fn check(q: &Queue, case: &Case) {
         .expect("iterations() with a corrupt cursor works");
 
     let h = Harness::with_store(q.store().clone());
-    let report = h.drain().await.expect("no claim fails because of a corrupt row");
+    let report = h
+        .drain()
+        .await
+        .expect("no claim fails because of a corrupt row");
     for id in &case.good {
         let runs = report.of(*id);
         assert_eq!(runs.len(), 1, "ran exactly once: {runs:?}");

@@ -13,7 +13,7 @@ pub fn sample_floats() -> Vec<f64> {
         f64::from_bits(0x3ff9_3e93_e93e_863b), // 1.5777777777770001, from the issue
         0.091_443_385_120_928_87,
         0.914_615_523_521_910_7,
-        5e-324, // the smallest subnormal
+        5e-324,                                // the smallest subnormal
         f64::from_bits(0x000f_ffff_ffff_ffff), // the largest subnormal
         f64::MIN_POSITIVE,
         f64::MAX,
@@ -129,11 +129,7 @@ fn diff(a: &Value, b: &Value, path: &str) -> Option<String> {
         }
         (Value::Array(x), Value::Array(y)) => {
             if x.len() != y.len() {
-                return Some(format!(
-                    "at {path}: {} items became {}",
-                    x.len(),
-                    y.len()
-                ));
+                return Some(format!("at {path}: {} items became {}", x.len(), y.len()));
             }
             x.iter()
                 .zip(y)

@@ -20,9 +20,7 @@ async fn undecodable_rows_go_dead_alone_and_management_calls_work() {
     let q = Queue::new(Arc::new(store));
     let case = taskq_tests::corrupt::setup(&q).await;
 
-    let (client, conn) = tokio_postgres::connect(&url, NoTls)
-        .await
-        .expect("connect");
+    let (client, conn) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
     tokio::spawn(conn);
     let deep = taskq_tests::corrupt::deep_json(200);
     // Untyped literals: the same statements work whatever JSON type the columns have.

@@ -106,13 +106,11 @@ impl Model for Reading {
         // Walks the list in order; `after` is only ever a key this model returned.
         let start = match after {
             None => 0,
-            Some(a) => {
-                source
-                    .0
-                    .iter()
-                    .position(|v| v.to_bits() == a.to_bits())
-                    .map_or(source.0.len(), |i| i + 1)
-            }
+            Some(a) => source
+                .0
+                .iter()
+                .position(|v| v.to_bits() == a.to_bits())
+                .map_or(source.0.len(), |i| i + 1),
         };
         Ok(source.0[start.min(source.0.len())..]
             .iter()
@@ -276,7 +274,10 @@ async fn a_cursor_that_cannot_be_stored_fails_the_step(s: Arc<dyn Store>) {
     assert!(err.contains("cursor") && err.contains("NaN"), "{err}");
     let it = q.iteration(run).await.expect("iteration");
     assert_eq!(it.state, taskq_runtime::store::RunState::Failed);
-    assert_eq!(it.processed, 0, "the batch whose cursor cannot be stored did not run");
+    assert_eq!(
+        it.processed, 0,
+        "the batch whose cursor cannot be stored did not run"
+    );
 }
 
 macro_rules! on_every_store {

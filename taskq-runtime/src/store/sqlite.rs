@@ -38,7 +38,8 @@
 //! Schema version 1 (versions are rows of `taskq_schema(version INTEGER)`; a database
 //! whose highest version is newer than this build knows is refused with
 //! [`StoreError::SchemaTooNew`]). Every time is an integer of milliseconds since the Unix
-//! epoch ([`Timestamp`]); every JSON value is stored as text.
+//! epoch ([`Timestamp`]); every JSON value (payload, filter, cursor) is stored as the exact
+//! text taskq wrote and decoded by taskq row by row (see the [store module docs](super#values)).
 //!
 //! - `taskq_tasks`: one row per task (or per step of an iterative run).
 //!   `id INTEGER PRIMARY KEY AUTOINCREMENT` (ids are never reused), `task`, `queue`,
@@ -349,7 +350,6 @@ fn to_json(v: &serde_json::Value) -> String {
     // Serialising a `Value` cannot fail: its map keys are strings.
     v.to_string()
 }
-
 
 fn task_state(s: &str) -> Result<TaskState, Fail> {
     s.parse::<TaskState>()
@@ -779,23 +779,19 @@ fn claim_tx(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec<Claimed
                 let row: Option<(Option<String>, i64, i64, Option<i64>)> = iteration
                     .query_row([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                     .optional()?;
-                match row {
-                    None => None,
-                    Some((cursor, processed, batches, total)) => Some(IterationCursor {
-                        run: TaskId(run),
-                        cursor: cursor.and_then(|text| match decode_stored(&text) {
-                            Ok(v) => Some(v),
-                            Err(e) => {
-                                decode_error
-                                    .get_or_insert_with(|| decode_failure("cursor", c.id, &e));
-                                None
-                            }
-                        }),
-                        processed: u64_of(processed),
-                        batches: u64_of(batches),
-                        total: total.map(u64_of),
+                row.map(|(cursor, processed, batches, total)| IterationCursor {
+                    run: TaskId(run),
+                    cursor: cursor.and_then(|text| match decode_stored(&text) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            decode_error.get_or_insert_with(|| decode_failure("cursor", c.id, &e));
+                            None
+                        }
                     }),
-                }
+                    processed: u64_of(processed),
+                    batches: u64_of(batches),
+                    total: total.map(u64_of),
+                })
             }
         };
         out.push(ClaimedTask {
