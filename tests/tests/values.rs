@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use taskq_runtime::store::TaskQuery;
+use taskq_runtime::store::{StoreError, TaskQuery};
 use taskq_runtime::testing::Harness;
 use taskq_runtime::{iterative_task, task, Model, Queue, StartError, Store, TaskError};
 use taskq_tests::values::{bit_difference, nested, sample_floats, sample_strings};
@@ -280,6 +280,22 @@ async fn a_cursor_that_cannot_be_stored_fails_the_step(s: Arc<dyn Store>) {
     );
 }
 
+async fn names_with_a_nul_byte_are_refused(s: Arc<dyn Store>) {
+    let q = Queue::new(s);
+    for b in [
+        takes_float::builder(1.0).queue("mail\0"),
+        takes_float::builder(1.0).name("daily\0report"),
+    ] {
+        match b.start(&q).await {
+            Err(StartError::Store(StoreError::InvalidValue(m))) => {
+                assert!(m.contains("contains a NUL byte"), "{m}")
+            }
+            other => panic!("a NUL byte in a name: {other:?}"),
+        }
+    }
+    assert_eq!(stored(&q).await, 0, "nothing is stored");
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -316,4 +332,5 @@ on_every_store!(
     iterative_starts_refuse_nan_in_filter_and_arguments,
     typed_values_arrive_bit_identical,
     a_cursor_that_cannot_be_stored_fails_the_step,
+    names_with_a_nul_byte_are_refused,
 );
