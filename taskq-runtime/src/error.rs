@@ -128,19 +128,50 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Why a task could not be started. Nothing was stored when this is returned.
+///
+/// Arguments and an iterative run's filter are stored as JSON and come back bit-identical
+/// on every store; what could not come back unchanged is refused here rather than
+/// altered (the rules are those of [`crate::value`]):
+/// - NaN, +infinity and -infinity, anywhere inside a value (JSON has no such numbers;
+///   serde_json would store `null`);
+/// - a value nested more than [`MAX_VALUE_DEPTH`](crate::value::MAX_VALUE_DEPTH) (98)
+///   levels of arrays and objects deep (the JSON parser refuses deeper documents);
+/// - what serde_json cannot write (a map whose keys are not strings, a failing `Serialize`).
+///
+/// ```
+/// use taskq_runtime::{task, testing::Harness, StartError, TaskError};
+///
+/// #[task]
+/// async fn scale(factor: f64) -> Result<(), TaskError> { Ok(()) }
+///
+/// # #[tokio::main] async fn main() {
+/// let h = Harness::new();
+/// match scale::start(&h.queue(), f64::NAN).await {
+///     Err(StartError::Serialize { arg, reason, .. }) => {
+///         assert_eq!(arg, "factor");
+///         assert!(reason.starts_with("`factor` is NaN"));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # }
+/// ```
 #[derive(thiserror::Error)]
 pub enum StartError {
-    /// An argument could not be turned into JSON.
+    /// An argument (or the filter, named `filter`) could not be stored as JSON unchanged.
     #[error("argument `{arg}` of task `{task}` cannot be stored as JSON: {reason}")]
     Serialize {
         /// The task.
         task: String,
-        /// The argument's name.
+        /// The argument's name (`filter` for an iterative run's filter).
         arg: String,
-        /// serde's message.
+        /// Why, for people: where inside the argument a NaN or infinity sits (as in
+        /// `` `point.y` is +infinity ``), how deep it nests, or serde's message.
         reason: String,
     },
-    /// The store refused (a unique name already taken, a backend error).
+    /// The store refused: a unique name already taken
+    /// ([`StoreError::AlreadyExists`](crate::store::StoreError::AlreadyExists)), a name with
+    /// a NUL byte or a value too deep for it
+    /// ([`StoreError::InvalidValue`](crate::store::StoreError::InvalidValue)), a backend error.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }

@@ -109,6 +109,17 @@ async fn run_step<M: Model, A: Send + 'static>(
         let n = batch.len();
         if let Some(last) = batch.last() {
             let last_key = last.key();
+            // The cursor is checked before the batch runs: a key that cannot be stored
+            // (NaN, too deep) would otherwise be processed and then lost, or stored as
+            // something else (serde_json writes NaN as null).
+            let cursor_json =
+                crate::value::to_json(&last_key, "cursor", crate::value::MAX_VALUE_DEPTH).map_err(
+                    |e| {
+                        TaskError::fatal(format!(
+                    "the cursor (the model key of the batch's last entity) cannot be stored: {e}"
+                ))
+                    },
+                )?;
             let a = match args.take() {
                 Some(a) => a,
                 None => decode(ctx.task_name(), args_json.clone())
@@ -116,9 +127,7 @@ async fn run_step<M: Model, A: Send + 'static>(
             };
             call(ctx.clone(), batch, a).await?;
             let cp = Checkpoint {
-                cursor: serde_json::to_value(&last_key).map_err(|e| {
-                    TaskError::fatal(format!("the model key cannot be stored as JSON: {e}"))
-                })?,
+                cursor: cursor_json,
                 processed: n as u64,
                 total: if first { total } else { None },
             };
@@ -129,6 +138,9 @@ async fn run_step<M: Model, A: Send + 'static>(
                     return Err(TaskError::retry(format!(
                         "lease on step {id} lost during the run (cancelled, deleted, or claimed by another worker); stopping"
                     )))
+                }
+                Err(e @ StoreError::InvalidValue(_)) => {
+                    return Err(TaskError::fatal(format!("the cursor cannot be stored: {e}")))
                 }
                 Err(e) => return Err(e.into()),
             }

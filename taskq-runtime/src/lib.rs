@@ -48,6 +48,7 @@ pub mod store;
 pub mod task;
 pub mod testing;
 pub mod time;
+pub mod value;
 pub mod worker;
 
 pub use error::{StartError, TaskError};
@@ -115,15 +116,17 @@ pub mod __private {
     /// Fails to compile, at the argument's span, when a task argument cannot be stored.
     pub fn assert_arg<T: TaskArg>() {}
 
-    /// The filter of an iterative run, as JSON.
+    /// The filter of an iterative run, as JSON, checked by the rules of [`crate::value`].
     pub fn encode_filter<F: ::serde::Serialize>(
         task: &'static str,
         filter: &F,
     ) -> Result<::serde_json::Value, StartError> {
-        ::serde_json::to_value(filter).map_err(|e| StartError::Serialize {
-            task: task.to_string(),
-            arg: "filter".to_string(),
-            reason: e.to_string(),
+        crate::value::to_json(filter, "filter", crate::value::MAX_VALUE_DEPTH).map_err(|reason| {
+            StartError::Serialize {
+                task: task.to_string(),
+                arg: "filter".to_string(),
+                reason,
+            }
         })
     }
 }

@@ -216,7 +216,8 @@ pub(crate) fn before_run(
     None
 }
 
-/// The outcome of an attempt whose stored arguments could not be decoded: dead at once.
+/// The outcome of an attempt whose stored row (payload, filter or cursor) could not be
+/// decoded: dead at once, since trying again cannot change stored bytes.
 pub(crate) fn undecodable(reason: impl std::fmt::Display) -> Outcome {
     Outcome::Dead {
         error: reason.to_string(),
@@ -294,6 +295,7 @@ mod tests {
             attempt,
             enqueued_at: Timestamp(0),
             iteration: None,
+            decode_error: None,
         }
     }
 

@@ -345,10 +345,12 @@ impl ArgsEncoder {
         }
     }
 
-    /// Adds one argument; the first failure is kept and reported by `finish`.
+    /// Adds one argument; the first failure is kept and reported by `finish`. The value
+    /// follows the rules of [`crate::value`]: NaN, ±infinity and nesting deeper than
+    /// [`MAX_VALUE_DEPTH`](crate::value::MAX_VALUE_DEPTH) are refused, naming the argument.
     pub fn arg<T: Serialize + ?Sized>(mut self, name: &str, value: &T) -> ArgsEncoder {
         if self.error.is_none() {
-            match serde_json::to_value(value) {
+            match crate::value::to_json(value, name, crate::value::MAX_VALUE_DEPTH) {
                 Ok(v) => {
                     self.map.insert(name.to_string(), v);
                 }
@@ -356,7 +358,7 @@ impl ArgsEncoder {
                     self.error = Some(StartError::Serialize {
                         task: self.task.to_string(),
                         arg: name.to_string(),
-                        reason: e.to_string(),
+                        reason: e,
                     })
                 }
             }

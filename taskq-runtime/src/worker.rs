@@ -94,6 +94,9 @@ pub(crate) struct Exec {
 impl Exec {
     /// Runs one claimed task to its outcome: never panics, never returns early without one.
     pub(crate) async fn run(&self, claimed: &ClaimedTask, cancel: Flag) -> Outcome {
+        if let Some(reason) = &claimed.decode_error {
+            return policy::undecodable(reason);
+        }
         let now = self.clock.now();
         let Some(def) = self.registry.get(&claimed.task) else {
             let first = self

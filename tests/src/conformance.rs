@@ -983,6 +983,181 @@ pub async fn batched_finish_reports_each(s: Arc<dyn Store>) {
     assert_eq!(state_of(&*s, c[2].lease.id).await, TaskState::Done);
 }
 
+// ---- values (issue 7) -------------------------------------------------------------------
+
+/// Every sample value of [`crate::values`] crosses the store bit-identical: in a payload
+/// (claim, `task()`, `list_tasks`), in a filter (`iteration()`, `iterations()`) and in a
+/// cursor (`iteration()`, and the claim of the next step).
+pub async fn values_cross_the_store_bit_identical(s: Arc<dyn Store>) {
+    use crate::values::{assert_bit_identical, sample_value};
+    let v = sample_value();
+    let mut plain = new_task("values", 0);
+    plain.payload = json!({ "v": v.clone() });
+    let mut iter = iteration_task();
+    iter.queue = "values".into();
+    iter.payload = json!({ "filter": v.clone(), "args": { "v": v.clone() } });
+    iter.iteration = Some(NewIteration { filter: v.clone() });
+    let ids = s
+        .enqueue(vec![plain.clone(), iter.clone()], T0)
+        .await
+        .expect("enqueue");
+    let c = s.claim(&req(&[], 2, 30_000, T0)).await.expect("claim");
+    assert_eq!(c.len(), 2);
+    assert_bit_identical(&c[0].payload, &plain.payload, "a payload (claim)");
+    assert_bit_identical(&c[1].payload, &iter.payload, "an iterative payload (claim)");
+    let d = s.task(ids[0]).await.expect("task").expect("exists");
+    assert_bit_identical(&d.info.payload, &plain.payload, "a payload (task())");
+    let listed = s
+        .list_tasks(&TaskQuery {
+            limit: 10,
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list");
+    let l = listed.iter().find(|t| t.id == ids[1]).expect("listed");
+    assert_bit_identical(&l.payload, &iter.payload, "a payload (list_tasks)");
+    let it = s.iteration(ids[1]).await.expect("iteration").expect("run");
+    assert_bit_identical(&it.filter, &v, "a filter (iteration())");
+    let its = s.iterations(10).await.expect("iterations");
+    assert_bit_identical(&its[0].filter, &v, "a filter (iterations())");
+
+    s.checkpoint(c[1].lease, cp(v.clone(), 1), at(1))
+        .await
+        .expect("checkpoint");
+    let it = s.iteration(ids[1]).await.expect("iteration").expect("run");
+    assert_bit_identical(
+        &it.cursor.clone().unwrap_or_default(),
+        &v,
+        "a cursor (iteration())",
+    );
+    finish_one(&*s, &c[1], Outcome::Continue { run_at: at(2) }, at(2))
+        .await
+        .expect("continue");
+    let c2 = s.claim(&req(&[], 1, 30_000, at(2))).await.expect("claim");
+    let cur = c2[0].iteration.clone().expect("a step carries its run");
+    assert_bit_identical(
+        &cur.cursor.unwrap_or_default(),
+        &v,
+        "a cursor (claim of the next step)",
+    );
+    assert_bit_identical(&c2[0].payload, &iter.payload, "a continuation's payload");
+}
+
+/// A cursor that is a bare number or string (the common `Key = i64`, `f64` or `String`)
+/// crosses the store bit-identical, each sample in turn.
+pub async fn bare_cursors_cross_the_store_bit_identical(s: Arc<dyn Store>) {
+    use crate::values::{assert_bit_identical, float, sample_floats, sample_ints, sample_strings};
+    let run = s
+        .enqueue(vec![iteration_task()], T0)
+        .await
+        .expect("enqueue")[0];
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    let mut cursors: Vec<serde_json::Value> = sample_floats().into_iter().map(float).collect();
+    cursors.extend(sample_ints().as_object().expect("ints").values().cloned());
+    cursors.extend(sample_strings().into_iter().map(serde_json::Value::String));
+    for (i, want) in cursors.iter().enumerate() {
+        s.checkpoint(c[0].lease, cp(want.clone(), 1), at(i as i64))
+            .await
+            .expect("checkpoint");
+        let it = s.iteration(run).await.expect("iteration").expect("run");
+        assert_bit_identical(
+            &it.cursor.unwrap_or_default(),
+            want,
+            &format!("cursor #{i}"),
+        );
+    }
+}
+
+/// The one store-level check of every `enqueue` and `checkpoint`: a document nested
+/// deeper than `MAX_DEPTH` and a name with a NUL byte are refused with the same
+/// `InvalidValue` error on every store, and nothing is stored; the deepest accepted
+/// documents come back bit-identical.
+pub async fn store_refuses_too_deep_values_and_nul_names(s: Arc<dyn Store>) {
+    use crate::values::{assert_bit_identical, nested};
+    use taskq_runtime::value::MAX_DEPTH;
+    let refused = |r: Result<Vec<TaskId>, StoreError>| match r {
+        Err(StoreError::InvalidValue(m)) => m,
+        other => panic!("expected InvalidValue, got {other:?}"),
+    };
+    // The deepest accepted: the payload `{"v": [[..]]}` and a filter, MAX_DEPTH levels.
+    let mut deepest = new_task("q", 0);
+    deepest.payload = json!({ "v": nested(MAX_DEPTH - 1) });
+    let mut iter = iteration_task();
+    iter.iteration = Some(NewIteration {
+        filter: nested(MAX_DEPTH),
+    });
+    let ids = s
+        .enqueue(vec![deepest.clone(), iter], T0)
+        .await
+        .expect("the deepest accepted documents are stored");
+
+    let mut deep = new_task("q", 1);
+    deep.payload = json!({ "v": nested(MAX_DEPTH) });
+    assert_eq!(
+        refused(s.enqueue(vec![new_task("q", 2), deep], T0).await),
+        "the payload of task #1 (`conformance::noop`) nests arrays and objects 101 levels deep; \
+         a store keeps values nested at most 100 levels (taskq_runtime::value::MAX_DEPTH), \
+         so that it can read back what it accepted"
+    );
+    let mut deep_filter = iteration_task();
+    deep_filter.iteration = Some(NewIteration {
+        filter: nested(200),
+    });
+    assert!(refused(s.enqueue(vec![deep_filter], T0).await).starts_with(
+        "the filter of task #0 (`conformance::walk`) nests arrays and objects 200 levels deep"
+    ));
+    let mut bad_task = new_task("q", 3);
+    bad_task.task = "app::bin\0ary".into();
+    assert_eq!(
+        refused(s.enqueue(vec![bad_task], T0).await),
+        "the task name \"app::bin\\0ary\" contains a NUL byte, which PostgreSQL cannot store in text; \
+         taskq refuses it on every store"
+    );
+    let bad_queue = new_task("q\0", 4);
+    assert!(refused(s.enqueue(vec![bad_queue], T0).await)
+        .starts_with("the queue name \"q\\0\" contains a NUL byte"));
+    let mut bad_name = new_task("q", 5);
+    bad_name.unique_name = Some("\0".into());
+    assert!(refused(s.enqueue(vec![bad_name], T0).await)
+        .starts_with("the unique name \"\\0\" contains a NUL byte"));
+    let all = s
+        .list_tasks(&TaskQuery {
+            limit: 100,
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 2, "nothing refused was stored");
+
+    let c = s.claim(&req(&[], 2, 30_000, T0)).await.expect("claim");
+    assert_bit_identical(&c[0].payload, &deepest.payload, "the deepest payload");
+    let it = s.iteration(ids[1]).await.expect("iteration").expect("run");
+    assert_bit_identical(&it.filter, &nested(MAX_DEPTH), "the deepest filter");
+    let too_deep = s
+        .checkpoint(c[1].lease, cp(nested(MAX_DEPTH + 1), 1), at(1))
+        .await;
+    match too_deep {
+        Err(StoreError::InvalidValue(m)) => assert!(
+            m.starts_with(&format!(
+                "the cursor of step {} nests arrays and objects 101 levels deep",
+                ids[1]
+            )),
+            "{m}"
+        ),
+        other => panic!("expected InvalidValue, got {other:?}"),
+    }
+    s.checkpoint(c[1].lease, cp(nested(MAX_DEPTH), 1), at(2))
+        .await
+        .expect("the deepest cursor is stored");
+    let it = s.iteration(ids[1]).await.expect("iteration").expect("run");
+    assert_eq!(it.batches, 1, "the refused checkpoint changed nothing");
+    assert_bit_identical(
+        &it.cursor.unwrap_or_default(),
+        &nested(MAX_DEPTH),
+        "the deepest cursor",
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -999,6 +1174,8 @@ macro_rules! conformance_tests {
             run_now_and_delete, payload_round_trip, iteration_checkpoint_continue_done,
             iteration_failure_and_revival, unique_name_of_a_running_iteration, checkpoint_resets_attempts, iteration_cancel, deleting_a_step_cancels_its_run, concurrent_claims_never_overlap,
             batched_finish_reports_each,
+            values_cross_the_store_bit_identical, bare_cursors_cross_the_store_bit_identical,
+            store_refuses_too_deep_values_and_nul_names,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

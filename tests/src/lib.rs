@@ -2,9 +2,11 @@
 //! each test runs on.
 
 pub mod conformance;
+pub mod corrupt;
 pub mod models;
 pub mod pg_models;
 pub mod tasks;
+pub mod values;
 
 use std::sync::Arc;
 

@@ -46,3 +46,34 @@ async fn a_corrupt_payload_goes_dead_and_the_rest_runs() {
         TaskState::Done
     );
 }
+
+/// The same kind as on PostgreSQL (`postgres_corrupt_payload.rs`): a payload nested deeper
+/// than the JSON parser allows and a cursor that is not JSON, beside five plain tasks.
+#[tokio::test]
+async fn undecodable_rows_go_dead_alone_and_management_calls_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("corrupt.db");
+    let q = Queue::open(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open");
+    let case = taskq_tests::corrupt::setup(&q).await;
+    {
+        let c = rusqlite::Connection::open(&path).expect("open the file");
+        let deep = taskq_tests::corrupt::deep_json(200);
+        let n = c
+            .execute(
+                "UPDATE taskq_tasks SET payload = ?2 WHERE id = ?1",
+                rusqlite::params![case.bad.0, format!("{{\"name\": {deep}}}")],
+            )
+            .expect("corrupt the payload");
+        assert_eq!(n, 1);
+        let n = c
+            .execute(
+                "UPDATE taskq_iterations SET cursor = '{not json' WHERE run = ?1",
+                [case.run.0],
+            )
+            .expect("corrupt the cursor");
+        assert_eq!(n, 1);
+    }
+    taskq_tests::corrupt::check(&q, &case).await;
+}

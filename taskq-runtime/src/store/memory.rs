@@ -212,6 +212,7 @@ impl Store for MemoryStore {
         tasks: Vec<NewTask>,
         now: Timestamp,
     ) -> Result<Vec<TaskId>, StoreError> {
+        check_new_tasks(&tasks)?;
         let mut ids = Vec::with_capacity(tasks.len());
         {
             let mut g = self.lock();
@@ -405,6 +406,8 @@ impl Store for MemoryStore {
                 attempt: row.info.attempts,
                 enqueued_at: row.info.enqueued_at,
                 iteration,
+                // Values are kept as given: nothing to decode.
+                decode_error: None,
             });
         }
         Ok(out)
@@ -539,6 +542,7 @@ impl Store for MemoryStore {
         cp: Checkpoint,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        check_checkpoint(lease, &cp)?;
         let mut g = self.lock();
         let run = match g.tasks.get(&lease.id.0) {
             Some(r) if r.token == lease.token && r.info.state == TaskState::Running => r.info.run,

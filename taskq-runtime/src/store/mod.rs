@@ -11,6 +11,21 @@
 //! - Every lease-bound call ([`Store::heartbeat`], [`Store::finish`], [`Store::checkpoint`])
 //!   checks `(id, token, state = running)` and changes nothing when the lease was lost.
 //! - A task whose lease lapsed is claimable again, and the lapse is recorded as an attempt.
+//!
+//! # Values
+//!
+//! Payloads, filters and cursors are JSON values that every backend hands back
+//! bit-identical (see [`crate::value`] for the rules users see). The database stores keep
+//! each as exact JSON text (SQLite `TEXT`, PostgreSQL `json`, never `jsonb`, which rewrites
+//! numbers and refuses `\u0000`) and decode it themselves, row by row:
+//! - [`Store::enqueue`] and [`Store::checkpoint`] refuse, the same way on every store, a
+//!   value nested deeper than [`MAX_DEPTH`](crate::value::MAX_DEPTH) levels and a task
+//!   name, queue or unique name holding a NUL byte, with [`StoreError::InvalidValue`]
+//!   (one shared check, [`check_new_tasks`] / [`check_checkpoint`]); nothing is stored.
+//! - A stored row that does not decode (edited by hand, or written by another version)
+//!   never fails a call about other rows: [`Store::claim`] hands it out with
+//!   [`ClaimedTask::decode_error`] set (the worker sends it dead with that reason), and the
+//!   management calls show the undecodable value as its raw text in a JSON string.
 
 use std::time::Duration;
 
@@ -179,6 +194,12 @@ pub struct ClaimedTask {
     pub enqueued_at: Timestamp,
     /// For a step of an iterative run: the run's state when this step was claimed.
     pub iteration: Option<IterationCursor>,
+    /// Set when this row's stored payload or cursor does not decode (the row was edited
+    /// by hand, or written by another version of taskq): why, for people. The worker
+    /// sends such a task dead with this reason without running it; `payload` then holds
+    /// the raw text as a JSON string and the cursor is `None`. Always `None` on the
+    /// memory store.
+    pub decode_error: Option<String>,
 }
 
 /// Where an iterative run stands, as a step sees it when claimed.
@@ -485,6 +506,12 @@ pub enum StoreError {
     /// person deleted or cancelled it).
     #[error("lease on task {0} lost: another worker holds it now, or it was deleted or cancelled")]
     LeaseLost(TaskId),
+    /// A value no store can hold faithfully, refused before anything was stored: a
+    /// payload, filter or cursor nested deeper than
+    /// [`MAX_DEPTH`](crate::value::MAX_DEPTH) levels, or a task name, queue or unique name
+    /// with a NUL byte. The message says which and why; it is the same on every store.
+    #[error("{0}")]
+    InvalidValue(String),
     /// The backend failed (I/O, connection, SQL).
     #[error("store backend error: {0}")]
     Backend(String),
@@ -504,6 +531,81 @@ impl StoreError {
     }
 }
 
+/// Refuses a name the databases cannot hold: PostgreSQL text cannot contain a NUL byte,
+/// so no store accepts one (the same error everywhere).
+fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
+    if name.contains('\0') {
+        return Err(StoreError::InvalidValue(format!(
+            "the {what} {name:?} contains a NUL byte, which PostgreSQL cannot store in text; taskq refuses it on every store"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a stored document nested deeper than [`MAX_DEPTH`](crate::value::MAX_DEPTH):
+/// every store must be able to read back what it accepted.
+fn check_depth(what: impl FnOnce() -> String, v: &serde_json::Value) -> Result<(), StoreError> {
+    let depth = crate::value::depth(v);
+    if depth > crate::value::MAX_DEPTH {
+        return Err(StoreError::InvalidValue(format!(
+            "{} nests arrays and objects {depth} levels deep; a store keeps values nested at most {} levels (taskq_runtime::value::MAX_DEPTH), so that it can read back what it accepted",
+            what(),
+            crate::value::MAX_DEPTH
+        )));
+    }
+    Ok(())
+}
+
+/// The one check every backend's [`Store::enqueue`] makes before storing anything: no
+/// NUL byte in a task name, queue or unique name, and no payload or filter nested deeper
+/// than [`MAX_DEPTH`](crate::value::MAX_DEPTH). Fails with [`StoreError::InvalidValue`]
+/// naming the first offending task (by its position in the call and its name).
+pub fn check_new_tasks(tasks: &[NewTask]) -> Result<(), StoreError> {
+    for (i, t) in tasks.iter().enumerate() {
+        check_name("task name", &t.task)?;
+        check_name("queue name", &t.queue)?;
+        if let Some(n) = &t.unique_name {
+            check_name("unique name", n)?;
+        }
+        check_depth(
+            || format!("the payload of task #{i} (`{}`)", t.task),
+            &t.payload,
+        )?;
+        if let Some(it) = &t.iteration {
+            check_depth(
+                || format!("the filter of task #{i} (`{}`)", t.task),
+                &it.filter,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The check every backend's [`Store::checkpoint`] makes before storing a cursor: nested
+/// at most [`MAX_DEPTH`](crate::value::MAX_DEPTH) levels, or [`StoreError::InvalidValue`].
+pub fn check_checkpoint(lease: Lease, cp: &Checkpoint) -> Result<(), StoreError> {
+    check_depth(|| format!("the cursor of step {}", lease.id), &cp.cursor)
+}
+
+/// Decodes JSON text a database store read back, or says why it does not decode.
+pub(crate) fn decode_stored(text: &str) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// Stored JSON text for the management calls: the value, or, when it does not decode, the
+/// raw text as a JSON string, so that one bad row never fails a listing.
+pub(crate) fn stored_or_raw(text: &str) -> serde_json::Value {
+    decode_stored(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}
+
+/// Why the stored `what` (payload, cursor) of task `id` does not decode, for
+/// [`ClaimedTask::decode_error`] and the dead task's error.
+pub(crate) fn decode_failure(what: &str, id: i64, e: &serde_json::Error) -> String {
+    format!(
+        "the stored {what} of task {id} does not decode ({e}): the row was edited by hand or written by another version of taskq"
+    )
+}
+
 /// The storage contract every backend implements.
 ///
 /// It is semantic: claim, finish, heartbeat, checkpoint and the management queries. Each
@@ -513,7 +615,8 @@ pub trait Store: Send + Sync + 'static {
     /// A short name of the backend: `memory`, `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
-    /// Stores tasks, all or none, and returns their ids in order. A task with a
+    /// Stores tasks, all or none, and returns their ids in order. Values and names are
+    /// checked first by [`check_new_tasks`] ([`StoreError::InvalidValue`]). A task with a
     /// `unique_name` that is live, or finished within its tombstone window, or named twice
     /// in `tasks`, fails the whole call with [`StoreError::AlreadyExists`]. The name of an
     /// iterative run is taken while the run is live, and its window counts from the run's end.
@@ -546,6 +649,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
 
     /// Records an iterative step's progress after a batch, atomically with the lease check.
+    /// A cursor nested deeper than [`MAX_DEPTH`](crate::value::MAX_DEPTH) is refused with
+    /// [`StoreError::InvalidValue`] ([`check_checkpoint`]).
     /// Progress also sets the task's attempt count to 1: an iterative step's attempts count
     /// the tries at its current cursor, so a long run that keeps moving is never sent to
     /// dead by failures spread over many batches.

@@ -38,7 +38,8 @@
 //! Schema version 1 (versions are rows of `taskq_schema(version INTEGER)`; a database
 //! whose highest version is newer than this build knows is refused with
 //! [`StoreError::SchemaTooNew`]). Every time is an integer of milliseconds since the Unix
-//! epoch ([`Timestamp`]); every JSON value is stored as text.
+//! epoch ([`Timestamp`]); every JSON value (payload, filter, cursor) is stored as the exact
+//! text taskq wrote and decoded by taskq row by row (see the [store module docs](super#values)).
 //!
 //! - `taskq_tasks`: one row per task (or per step of an iterative run).
 //!   `id INTEGER PRIMARY KEY AUTOINCREMENT` (ids are never reused), `task`, `queue`,
@@ -363,21 +364,6 @@ fn to_json(v: &serde_json::Value) -> String {
     v.to_string()
 }
 
-fn from_json(text: &str, what: &str) -> Result<serde_json::Value, Fail> {
-    serde_json::from_str(text).map_err(|e| {
-        Fail::Store(StoreError::Backend(format!(
-            "{what} holds text that is not JSON: {e}"
-        )))
-    })
-}
-
-/// A stored payload as JSON; text that is not JSON (a hand-edited row) comes back as a JSON
-/// string, which no task decodes, so the task goes to dead with that reason instead of
-/// making every claim fail.
-fn payload_json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
-}
-
 fn task_state(s: &str) -> Result<TaskState, Fail> {
     s.parse::<TaskState>()
         .map_err(|e| Fail::Store(StoreError::Backend(format!("corrupt taskq_tasks row: {e}"))))
@@ -444,7 +430,7 @@ impl RawTask {
     fn decode(self) -> Result<TaskInfo, Fail> {
         Ok(TaskInfo {
             id: TaskId(self.id),
-            payload: payload_json(&self.payload),
+            payload: stored_or_raw(&self.payload),
             state: task_state(&self.state)?,
             task: self.task,
             queue: self.queue,
@@ -502,14 +488,10 @@ impl RawIteration {
     }
 
     fn decode(self) -> Result<IterationInfo, Fail> {
-        let cursor = match &self.cursor {
-            Some(c) => Some(from_json(c, &format!("the cursor of run {}", self.run))?),
-            None => None,
-        };
         Ok(IterationInfo {
             run: TaskId(self.run),
-            filter: from_json(&self.filter, &format!("the filter of run {}", self.run))?,
-            cursor,
+            filter: stored_or_raw(&self.filter),
+            cursor: self.cursor.as_deref().map(stored_or_raw),
             state: run_state(&self.state)?,
             task: self.task,
             queue: self.queue,
@@ -802,25 +784,35 @@ fn claim_tx(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec<Claimed
                 ))
             },
         )?;
+        // Decoded row by row: a row that does not decode is handed out with the reason
+        // (the worker sends it dead) instead of failing the claim of the others.
+        let mut decode_error = None;
+        let payload = match decode_stored(&payload) {
+            Ok(v) => v,
+            Err(e) => {
+                decode_error = Some(decode_failure("payload", c.id, &e));
+                serde_json::Value::String(payload)
+            }
+        };
         let iteration = match run_id {
             None => None,
             Some(run) => {
                 let row: Option<(Option<String>, i64, i64, Option<i64>)> = iteration
                     .query_row([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                     .optional()?;
-                match row {
-                    None => None,
-                    Some((cursor, processed, batches, total)) => Some(IterationCursor {
-                        run: TaskId(run),
-                        cursor: match cursor {
-                            Some(c) => Some(from_json(&c, &format!("the cursor of run {run}"))?),
-                            None => None,
-                        },
-                        processed: u64_of(processed),
-                        batches: u64_of(batches),
-                        total: total.map(u64_of),
+                row.map(|(cursor, processed, batches, total)| IterationCursor {
+                    run: TaskId(run),
+                    cursor: cursor.and_then(|text| match decode_stored(&text) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            decode_error.get_or_insert_with(|| decode_failure("cursor", c.id, &e));
+                            None
+                        }
                     }),
-                }
+                    processed: u64_of(processed),
+                    batches: u64_of(batches),
+                    total: total.map(u64_of),
+                })
             }
         };
         out.push(ClaimedTask {
@@ -828,12 +820,13 @@ fn claim_tx(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec<Claimed
                 id: TaskId(c.id),
                 token,
             },
-            payload: payload_json(&payload),
+            payload,
             task,
             queue,
             attempt: u32_of(attempts),
             enqueued_at: Timestamp(enqueued_at),
             iteration,
+            decode_error,
         });
     }
     Ok(out)
@@ -930,6 +923,7 @@ impl Store for SqliteStore {
         tasks: Vec<NewTask>,
         now: Timestamp,
     ) -> Result<Vec<TaskId>, StoreError> {
+        check_new_tasks(&tasks)?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
@@ -1077,6 +1071,7 @@ impl Store for SqliteStore {
         cp: Checkpoint,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        check_checkpoint(lease, &cp)?;
         self.call("checkpoint", move |db| {
             db.write(false, |tx| {
                 let Some((run, _)) = held(tx, lease)? else {

@@ -33,17 +33,22 @@
 //! - **Time**: every time is an `int8` of milliseconds since the Unix epoch given by the
 //!   caller (`now`), never the database clock, as in every store.
 //!
-//! # Table layout (schema version 1)
+//! # Table layout (schema version 2)
 //! Migrations are versioned in `taskq_schema(version, applied_at)` and applied under an
 //! advisory lock when a store is opened. A database whose schema is newer than this build
 //! knows is refused with [`StoreError::SchemaTooNew`].
 //!
 //! | table | columns | notes |
 //! |---|---|---|
-//! | `taskq_tasks` | `id bigserial`, `task`, `queue`, `state` (`pending` `running` `done` `failed` `dead` `cancelled`), `payload jsonb`, `priority`, `attempts`, `unique_name`, `tombstone_ms`, `created_at`, `enqueued_at`, `run_at`, `finished_at`, `last_error`, `run_id`, `worker`, `lease_until`, `lease_token`, `started_at` | claim indexes `(priority DESC, run_at, id)` and `(queue, priority DESC, run_at, id)` of pending tasks and `(lease_until)` of running ones (lapsed leases); a unique partial index on `unique_name` of live tasks; `run_id` index |
+//! | `taskq_tasks` | `id bigserial`, `task`, `queue`, `state` (`pending` `running` `done` `failed` `dead` `cancelled`), `payload json`, `priority`, `attempts`, `unique_name`, `tombstone_ms`, `created_at`, `enqueued_at`, `run_at`, `finished_at`, `last_error`, `run_id`, `worker`, `lease_until`, `lease_token`, `started_at` | claim indexes `(priority DESC, run_at, id)` and `(queue, priority DESC, run_at, id)` of pending tasks and `(lease_until)` of running ones (lapsed leases); a unique partial index on `unique_name` of live tasks; `run_id` index |
 //! | `taskq_attempts` | `id`, `task_id`, `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error` | one row per finished or lapsed attempt; deleted with its task |
 //! | `taskq_queues` | `name`, `paused`, `rate`, `burst`, `max_concurrent`, `tokens`, `refilled_at` | settings and the token bucket's state |
-//! | `taskq_iterations` | `run_id` (the first step's id), `task`, `queue`, `filter jsonb`, `cursor jsonb`, `processed`, `batches`, `steps`, `total`, `state`, `started_at`, `updated_at`, `finished_at`, `error` | one row per iterative run |
+//! | `taskq_iterations` | `run_id` (the first step's id), `task`, `queue`, `filter json`, `cursor json`, `processed`, `batches`, `steps`, `total`, `state`, `started_at`, `updated_at`, `finished_at`, `error` | one row per iterative run |
+//!
+//! Payloads, filters and cursors are `json`, not `jsonb`: the exact text taskq wrote, so
+//! values come back bit-identical and strings may hold `\u0000` (version 2 changed them
+//! from `jsonb`). taskq decodes them itself, row by row: a row that does not decode never
+//! fails a claim or a listing (see the [store module docs](super#values)).
 //!
 //! # Starting a task inside your own transaction
 //! [`PostgresStore::enqueue_in`] stores tasks with the application's own
@@ -339,49 +344,59 @@ async fn listen_forever(
     }
 }
 
-/// One claimed row, decoded.
+/// One claimed row, decoded. The payload and cursor are decoded here, per row: one that
+/// does not decode sets [`ClaimedTask::decode_error`] (the worker sends that task dead)
+/// instead of failing the claim, which has already committed the whole batch.
 fn claimed_from_row(r: &Row) -> Result<ClaimedTask, StoreError> {
+    let id: i64 = r.try_get("id").map_err(|e| pg_err(&e))?;
     let payload: String = r.try_get("payload").map_err(|e| pg_err(&e))?;
     let run: Option<i64> = r.try_get("run_id").map_err(|e| pg_err(&e))?;
     let cursor: Option<String> = r.try_get("cursor").map_err(|e| pg_err(&e))?;
+    let mut decode_error = None;
+    let payload = match decode_stored(&payload) {
+        Ok(v) => v,
+        Err(e) => {
+            decode_error = Some(decode_failure("payload", id, &e));
+            serde_json::Value::String(payload)
+        }
+    };
     let iteration = match run {
         Some(run) => {
             let processed: Option<i64> = r.try_get("processed").map_err(|e| pg_err(&e))?;
             let batches: Option<i64> = r.try_get("batches").map_err(|e| pg_err(&e))?;
             let total: Option<i64> = r.try_get("total").map_err(|e| pg_err(&e))?;
-            processed.map(|processed| -> Result<IterationCursor, StoreError> {
-                Ok(IterationCursor {
-                    run: TaskId(run),
-                    cursor: cursor.as_deref().map(json).transpose()?,
-                    processed: processed.max(0) as u64,
-                    batches: batches.unwrap_or(0).max(0) as u64,
-                    total: total.map(|t| t.max(0) as u64),
-                })
+            processed.map(|processed| IterationCursor {
+                run: TaskId(run),
+                cursor: cursor.and_then(|c| match decode_stored(&c) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        decode_error.get_or_insert_with(|| decode_failure("cursor", id, &e));
+                        None
+                    }
+                }),
+                processed: processed.max(0) as u64,
+                batches: batches.unwrap_or(0).max(0) as u64,
+                total: total.map(|t| t.max(0) as u64),
             })
         }
         None => None,
-    }
-    .transpose()?;
+    };
     Ok(ClaimedTask {
         lease: Lease {
-            id: TaskId(r.try_get("id").map_err(|e| pg_err(&e))?),
+            id: TaskId(id),
             token: r.try_get("lease_token").map_err(|e| pg_err(&e))?,
         },
         task: r.try_get("task").map_err(|e| pg_err(&e))?,
         queue: r.try_get("queue").map_err(|e| pg_err(&e))?,
-        payload: json(&payload)?,
+        payload,
         attempt: r
             .try_get::<_, i32>("attempts")
             .map_err(|e| pg_err(&e))?
             .max(0) as u32,
         enqueued_at: Timestamp(r.try_get("enqueued_at").map_err(|e| pg_err(&e))?),
         iteration,
+        decode_error,
     })
-}
-
-fn json(s: &str) -> Result<serde_json::Value, StoreError> {
-    serde_json::from_str(s)
-        .map_err(|e| StoreError::Backend(format!("stored JSON does not parse: {e}")))
 }
 
 fn to_json_text(v: &serde_json::Value) -> Result<String, StoreError> {
@@ -401,7 +416,7 @@ fn task_from_row(r: &Row) -> Result<TaskInfo, StoreError> {
         task: r.try_get("task").map_err(e)?,
         queue: r.try_get("queue").map_err(e)?,
         state: state.parse().map_err(StoreError::Backend)?,
-        payload: json(&payload)?,
+        payload: stored_or_raw(&payload),
         priority: r.try_get("priority").map_err(e)?,
         attempts: r.try_get::<_, i32>("attempts").map_err(e)?.max(0) as u32,
         unique_name: r.try_get("unique_name").map_err(e)?,
@@ -438,8 +453,8 @@ fn iteration_from_row(r: &Row) -> Result<IterationInfo, StoreError> {
         run: TaskId(r.try_get("run_id").map_err(e)?),
         task: r.try_get("task").map_err(e)?,
         queue: r.try_get("queue").map_err(e)?,
-        filter: json(&filter)?,
-        cursor: cursor.as_deref().map(json).transpose()?,
+        filter: stored_or_raw(&filter),
+        cursor: cursor.as_deref().map(stored_or_raw),
         processed: r.try_get::<_, i64>("processed").map_err(e)?.max(0) as u64,
         batches: r.try_get::<_, i64>("batches").map_err(e)?.max(0) as u64,
         steps: r.try_get::<_, i64>("steps").map_err(e)?.max(0) as u64,
@@ -472,7 +487,10 @@ struct EnqueueArgs {
 }
 
 impl EnqueueArgs {
+    /// The arrays of `tasks`, after the shared check of every store's enqueue
+    /// ([`check_new_tasks`]); used by [`Store::enqueue`] and [`PostgresStore::enqueue_in`].
     fn new(tasks: Vec<NewTask>) -> Result<EnqueueArgs, StoreError> {
+        check_new_tasks(&tasks)?;
         let mut seen = HashSet::new();
         let mut a = EnqueueArgs {
             task: Vec::with_capacity(tasks.len()),
@@ -654,7 +672,7 @@ conflict AS (
 ins AS (
     INSERT INTO {{S}}.taskq_tasks (id, task, queue, state, payload, priority, unique_name,
                                  tombstone_ms, created_at, enqueued_at, run_at, run_id)
-    SELECT i.id, i.task, i.queue, 'pending', i.payload::jsonb, i.priority, i.unique_name,
+    SELECT i.id, i.task, i.queue, 'pending', i.payload::json, i.priority, i.unique_name,
            i.tombstone_ms, $1::int8, $1::int8, i.run_at,
            CASE WHEN i.filter IS NOT NULL THEN i.id END
     FROM input i WHERE NOT EXISTS (SELECT 1 FROM conflict)
@@ -662,7 +680,7 @@ ins AS (
 ),
 its AS (
     INSERT INTO {{S}}.taskq_iterations (run_id, task, queue, filter, state, started_at, updated_at)
-    SELECT i.id, i.task, i.queue, i.filter::jsonb, 'running', $1::int8, $1::int8
+    SELECT i.id, i.task, i.queue, i.filter::json, 'running', $1::int8, $1::int8
     FROM input i WHERE i.filter IS NOT NULL AND NOT EXISTS (SELECT 1 FROM conflict)
 )
 SELECT i.id, i.ord, NULL::text AS conflict FROM input i WHERE NOT EXISTS (SELECT 1 FROM conflict)
@@ -1201,6 +1219,7 @@ LEFT JOIN LATERAL (
         cp: Checkpoint,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        check_checkpoint(lease, &cp)?;
         // Attempts count tries at the current cursor: progress starts a new count.
         let sql = self.sql(
             "WITH t AS ( \
@@ -1208,7 +1227,7 @@ LEFT JOIN LATERAL (
                  WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' \
                  FOR UPDATE), \
              it AS ( \
-                 UPDATE {S}.taskq_iterations i SET cursor = $3::text::jsonb, \
+                 UPDATE {S}.taskq_iterations i SET cursor = $3::text::json, \
                      processed = i.processed + $4::int8, batches = i.batches + 1, \
                      total = COALESCE($5::int8, i.total), updated_at = $6::int8 \
                  FROM t WHERE i.run_id = t.run_id AND i.state = 'running' \

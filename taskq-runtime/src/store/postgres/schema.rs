@@ -79,6 +79,17 @@ CREATE TABLE {S}.taskq_iterations (
     error        text
 );
 "#,
+    // 2: payloads, filters and cursors as exact JSON text. `jsonb` rewrote numbers (its
+    // numeric type has no -0.0, and floats came back through a decimal that the parser
+    // rounded) and refused `\u0000` in strings; `json` keeps the text as taskq wrote it
+    // (the server still checks that it is JSON) and taskq decodes it row by row. Values
+    // already stored keep what `jsonb` made of them.
+    r#"
+ALTER TABLE {S}.taskq_tasks ALTER COLUMN payload TYPE json USING payload::text::json;
+ALTER TABLE {S}.taskq_iterations
+    ALTER COLUMN filter TYPE json USING filter::text::json,
+    ALTER COLUMN cursor TYPE json USING cursor::text::json;
+"#,
 ];
 
 /// The schema version this build knows.

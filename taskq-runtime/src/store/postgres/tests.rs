@@ -451,6 +451,64 @@ async fn concurrent_opens_migrate_once() {
     drop_schema(&url, &schema).await;
 }
 
+/// A schema made by a taskq that stored JSON as `jsonb` (version 1) is migrated to `json`
+/// columns when opened; the values it holds are kept and the new ones are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_1_jsonb_columns_migrate_to_json() {
+    let Some(url) = url() else { return };
+    let _g = SERVER.read().await;
+    let schema = schema_name("v1");
+    let s = format!("\"{schema}\"");
+    let c = client(&url).await;
+    c.batch_execute(&format!(
+        "CREATE SCHEMA {s};
+         CREATE TABLE {s}.taskq_schema (version bigint PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now());
+         {}
+         INSERT INTO {s}.taskq_schema (version) VALUES (1);
+         INSERT INTO {s}.taskq_tasks (task, queue, state, payload, created_at, enqueued_at, run_at, run_id)
+             VALUES ('pg::walk', 'old', 'pending', '{{\"filter\": {{\"p\": 1}}, \"args\": {{}}}}', 0, 0, 0, 1);
+         INSERT INTO {s}.taskq_iterations (run_id, task, queue, filter, cursor, state, started_at, updated_at)
+             VALUES (1, 'pg::walk', 'old', '{{\"p\": 1}}', '[7, \"x\"]', 'running', 0, 0);",
+        schema::MIGRATIONS[0].replace("{S}", &s)
+    ))
+    .await
+    .unwrap();
+    let st = store(&url, &schema).await;
+    let types: Vec<String> = c
+        .query(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = $1
+             AND column_name IN ('payload', 'filter', 'cursor') ORDER BY table_name, column_name",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(types, ["json", "json", "json"]);
+    let got = st
+        .claim(&req("old", "w", 1, 30_000, Timestamp(0)))
+        .await
+        .unwrap();
+    assert_eq!(got[0].payload, json!({ "filter": { "p": 1 }, "args": {} }));
+    assert_eq!(got[0].decode_error, None);
+    let it = got[0].iteration.clone().unwrap();
+    assert_eq!(it.cursor, Some(json!([7, "x"])));
+    // New values are exact from now on.
+    let mut t = task("new", 0, Timestamp(0));
+    t.payload = json!({ "z": -0.0, "s": "a\u{0}b" });
+    st.enqueue(vec![t], Timestamp(0)).await.unwrap();
+    let got = st
+        .claim(&req("new", "w", 1, 30_000, Timestamp(0)))
+        .await
+        .unwrap();
+    assert_eq!(got[0].payload["s"], json!("a\u{0}b"));
+    assert!(got[0].payload["z"].as_f64().unwrap().is_sign_negative());
+    drop(st);
+    drop_schema(&url, &schema).await;
+}
+
 /// The test cluster's env file written by `.ci/postgres.sh`.
 fn cluster_env() -> Option<HashMap<String, String>> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/taskq-pg.env");
