@@ -63,13 +63,18 @@ impl<'a> TaskFn<'a> {
         &self.params[skip..]
     }
 
-    /// The `T` of `Result<T, E>` and its `E` when written, or `None` when the function
-    /// returns nothing or something that is not a `Result`.
+    /// The return type, or `None` when the function returns nothing.
     pub fn output(&self) -> Option<&'a Type> {
         match &self.func.sig.output {
             ReturnType::Type(_, ty) => Some(ty),
             ReturnType::Default => None,
         }
+    }
+
+    /// The `E` of a return type written `Result<(), E>` (`None` for `anyhow::Result<()>`,
+    /// whose error type is not written).
+    pub fn error_type(&self) -> Option<&'a Type> {
+        generic_at(self.output()?, "Result", 1)
     }
 }
 
@@ -87,8 +92,14 @@ pub fn names_context(ty: &Type) -> bool {
     }
 }
 
-/// The single generic argument of a path type whose last segment is `name` (`Vec<T>` → `T`).
+/// The first generic argument of a path type whose last segment is `name` (`Vec<T>` → `T`).
 pub fn generic_of<'t>(ty: &'t Type, name: &str) -> Option<&'t Type> {
+    generic_at(ty, name, 0)
+}
+
+/// The type argument at `index` of a path type whose last segment is `name`
+/// (`Result<T, E>`, 1 → `E`).
+fn generic_at<'t>(ty: &'t Type, name: &str, index: usize) -> Option<&'t Type> {
     let Type::Path(p) = ty else { return None };
     let seg = p.path.segments.last()?;
     if seg.ident != name {
@@ -101,6 +112,5 @@ pub fn generic_of<'t>(ty: &'t Type, name: &str) -> Option<&'t Type> {
         syn::GenericArgument::Type(t) => Some(t),
         _ => None,
     });
-    let first = types.next()?;
-    Some(first)
+    types.nth(index)
 }

@@ -43,21 +43,68 @@ use crate::attr::Kind;
 /// - The other parameters are the task's arguments: plain names (`x` or `mut x`) of owned
 ///   types that are `Serialize + DeserializeOwned + Send + 'static` (`String`, not `&str`).
 ///   They are stored as a JSON object keyed by parameter name.
-/// - It returns `Result<(), E>` where `E: Into<TaskError>`: `TaskError` itself, or any
-///   `std::error::Error + Send + Sync + 'static`, so `?` works in the body.
+/// - It returns `Result<(), E>`; see [the error type](#the-error-type).
+/// - It may be declared in a module or inside a function body (`fn main`, a test), where it
+///   can use the types declared beside it.
 ///
 /// The function is left as it is, so it can still be called (and unit-tested) directly.
 ///
+/// # The error type
+///
+/// `E` in `Result<(), E>` may be:
+///
+/// | `E` | the task after `Err(e)` | `?` in the body works on |
+/// |-----|-------------------------|--------------------------|
+/// | `TaskError` | failed for `TaskError::fatal(..)`, retried for `TaskError::retry(..)` | `TaskError`, any `std::error::Error + Send + Sync + 'static` |
+/// | a `std::error::Error + Send + Sync + 'static` type (`std::io::Error`, your own), or any type with `From<E> for TaskError` | retried (or as your `From` says) | what converts into `E` |
+/// | `Box<dyn std::error::Error + Send + Sync>` (or `Box<dyn Error>`) | retried | any error, and strings |
+/// | `anyhow::Error`, `anyhow::Result<()>`, with taskq-runtime's `anyhow` feature | retried; failed if it holds a `TaskError::fatal` (taken with `?` or `anyhow::Error::from`, context added or not) | any error, `TaskError` included |
+///
+/// A retried error is recorded with its whole cause chain, `outer: inner: root` (for anyhow,
+/// as `{:#}` shows it, contexts included).
+///
+/// In a body that returns `TaskError`, `?` cannot take a `Box<dyn Error + Send + Sync>` or an
+/// `anyhow::Error` (rustc then speaks of `Sized` or of a missing `std::error::Error` impl:
+/// `TaskError` converts from every `std::error::Error` type, and coherence leaves no room for
+/// these two beside that). Either declare that type as the task's error type, as above, or
+/// convert it where it arises: `.map_err(TaskError::retry)?` (its message only), or
+/// `.map_err(|e| TaskError::retry(format!("{e:#}")))?` for anyhow's cause chain.
+///
+/// ```
+/// use taskq_runtime::{task, TaskError};
+///
+/// #[task]
+/// async fn import(path: String) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+///     let text = std::fs::read_to_string(&path)?;       // io::Error
+///     let _rows: u32 = text.trim().parse()?;            // ParseIntError
+///     Ok(())
+/// }
+///
+/// # fn parse(_: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> { Ok(()) }
+/// #[task]
+/// async fn import_checked(path: String) -> Result<(), TaskError> {
+///     if path.is_empty() {
+///         return Err(TaskError::fatal("no path"));        // failed, never retried
+///     }
+///     parse(&path).map_err(TaskError::retry)?;           // a boxed error, here
+///     Ok(())
+/// }
+/// ```
+///
 /// # What is generated
 ///
-/// Next to the function, a module of the same name and visibility holding:
+/// Next to the function, a struct of the same name and visibility, with no fields (only a
+/// namespace: the function keeps its name), whose associated items are:
 ///
 /// - `NAME: &str`, the registered name;
 /// - `start(&queue, args..) -> Result<TaskId, StartError>`, which stores the task, due now;
 /// - `builder(args..) -> TaskBuilder`, to add a delay or eta, a de-duplication name,
-///   another queue or priority before `.start(&queue)`;
-/// - the task's definition, registered through `inventory`, so a worker finds it without
-///   any wiring.
+///   another queue or priority before `.start(&queue)`.
+///
+/// So `send_email::start(..)`, `send_email::builder(..)` and `send_email::NAME` work
+/// wherever the function `send_email` is in scope (`use app::tasks::send_email;` brings
+/// both). Beside them, private to the expansion, the task's definition is registered
+/// through `inventory`, so a worker finds it without any wiring, wherever it is declared.
 ///
 /// # Keys
 ///
@@ -66,7 +113,7 @@ use crate::attr::Kind;
 ///
 /// | key | value | default |
 /// |-----|-------|---------|
-/// | `name` | string: the registered name; a worker refuses two tasks of one name | the function's path, `module_path!()::fn_name` |
+/// | `name` | string: the registered name; a worker refuses two tasks of one name | the function's path, `module_path!()::fn_name` (a function body around it is not part of it) |
 /// | `queue` | string: the queue it is started on | `"default"` |
 /// | `max_attempts` | integer >= 1: attempts before the task may go dead | `25` |
 /// | `timeout` | duration: the soft deadline of one attempt, seen through `Context`; a grace period later the attempt is cancelled | `"10m"` |
@@ -120,7 +167,8 @@ pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
 /// # let _ = progress; Ok(()) }
 /// ```
 ///
-/// The function is as for [`task`](macro@task), except that its first parameter after the
+/// The function is as for [`task`](macro@task) (the same error types, in a module or a
+/// function body), except that its first parameter after the
 /// optional `Context` receives each batch, `Vec<M>` for the model `M`; the parameters after
 /// it are the run's arguments. The generated `start(&queue, filter, args..)` and
 /// `builder(filter, args..)` take the model's `Filter` first.

@@ -226,7 +226,7 @@ pub fn tokens(t: &impl ToTokens) -> String {
 }
 
 const RETURN_HINT: &str =
-    "(`E` may be any error type that converts into `TaskError`, such as `std::io::Error`)";
+    "(`E` may also be any `std::error::Error + Send + Sync + 'static` type, `Box<dyn std::error::Error + Send + Sync>`, or `anyhow::Error` with taskq-runtime's `anyhow` feature)";
 
 fn check_output(task: &TaskFn, errors: &mut Errors) {
     let Some(ty) = task.output() else {

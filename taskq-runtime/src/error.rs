@@ -63,6 +63,10 @@ impl fmt::Display for TaskError {
 /// Any error converts into a retryable [`TaskError`], so `?` works in a task body; the
 /// message keeps the whole `source()` chain. (Like `anyhow::Error`, `TaskError` does not
 /// itself implement `std::error::Error`, which is what makes this blanket impl possible.)
+///
+/// `Box<dyn Error + Send + Sync>` and `anyhow::Error` are not `std::error::Error`, so `?`
+/// cannot take them here (rustc speaks of `Sized`): write `.map_err(TaskError::retry)?`,
+/// or declare that type as the task's error type (see `#[task]`).
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
     fn from(e: E) -> TaskError {
         TaskError::retry(chain(&e))

@@ -32,13 +32,16 @@
 //! }
 //! ```
 //!
-//! Tasks are declared at module level (not inside a function body): the start helpers
-//! live in a module named after the function, next to it.
+//! A task may be declared in a module or inside a function body; its `start`, `builder` and
+//! `NAME` are associated items of a field-less struct named after the function, next to it.
+//! A task may return `TaskError`, any `std::error::Error`, a boxed error or (with the
+//! `anyhow` feature) `anyhow::Error`: see [`task`](macro@task) for what each does.
 //!
 //! Delivery is at least once: a task whose worker died runs again when its lease lapses,
 //! so task bodies should be idempotent.
 
 pub mod error;
+mod into_task_error;
 pub mod iterative;
 pub mod model;
 pub mod policy;
@@ -73,6 +76,9 @@ pub use tokio_postgres;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::error::{DecodeError, StartError, TaskError};
+    pub use crate::into_task_error::{
+        ErrorWrap, FallbackTag, IntoTag, IntoTaskError, ViaFallback, ViaInto,
+    };
     pub use crate::iterative::{batch_future, iterative_handler, BatchFuture};
     pub use crate::model::Model;
     pub use crate::queue::{Queue, TaskBuilder};

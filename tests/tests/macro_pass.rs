@@ -309,3 +309,51 @@ async fn a_worker_runs_the_generated_handlers() {
     let it = queue.iteration(run).await.expect("iteration");
     assert_eq!(it.processed, 6);
 }
+
+#[tokio::test]
+async fn a_task_declared_inside_a_function_works_there() {
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct Greeting {
+        to: String,
+    }
+
+    /// Declared in a function body, next to a type of that body.
+    #[task(queue = "in_fn", max_attempts = 2)]
+    async fn greet_locally(greeting: Greeting, times: u32) -> Result<(), TaskError> {
+        EFFECTS
+            .lock()
+            .expect("effects lock")
+            .push(format!("greet_locally({}, {times})", greeting.to));
+        Ok(())
+    }
+
+    // Named like a task at module level: the enclosing function is not part of the name.
+    assert_eq!(greet_locally::NAME, "macro_pass::greet_locally");
+    let registry = Registry::collect().expect("no duplicate task names");
+    let def = registry
+        .get(greet_locally::NAME)
+        .expect("a task inside a function is registered");
+    assert_eq!(def.queue, "in_fn");
+    assert_eq!(def.options.max_attempts, 2);
+
+    let h = taskq_runtime::testing::Harness::new();
+    let greeting = Greeting { to: "ada".into() };
+    greet_locally::start(&h.queue(), greeting.clone(), 1)
+        .await
+        .expect("start");
+    greet_locally::builder(greeting, 2)
+        .priority(3)
+        .start(&h.queue())
+        .await
+        .expect("start");
+    let report = h.drain().await.expect("drain");
+    assert_eq!(report.count("done"), 2, "{report:?}");
+    let fx = effects();
+    assert!(fx.contains(&"greet_locally(ada, 1)".to_string()), "{fx:?}");
+    assert!(fx.contains(&"greet_locally(ada, 2)".to_string()), "{fx:?}");
+
+    // The function itself is still there, beside the helpers.
+    greet_locally(Greeting { to: "bob".into() }, 3)
+        .await
+        .expect("direct call");
+}
