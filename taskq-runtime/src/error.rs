@@ -104,6 +104,11 @@ impl fmt::Display for TaskFailed {
 
 impl std::error::Error for TaskFailed {}
 
+/// The `TaskError` inside a boxed error made by the conversions above, if it is one.
+pub(crate) fn boxed_task_error(e: &(dyn std::error::Error + 'static)) -> Option<TaskError> {
+    e.downcast_ref::<TaskFailed>().map(|t| t.0.clone())
+}
+
 /// Makes `Debug` print the `Display` text: a `main` that returns one of these errors (Rust
 /// prints the `Debug` form of a `main` error) shows the helpful message, not the variant.
 macro_rules! debug_as_display {

@@ -28,9 +28,8 @@
 //! declared error type.
 
 use std::error::Error;
-use std::fmt::Write as _;
 
-use crate::error::TaskError;
+use crate::error::{chain, TaskError};
 
 /// The user's error, wrapped so the generated code can probe methods on `&&ErrorWrap<E>`.
 #[doc(hidden)]
@@ -95,11 +94,21 @@ pub trait IntoTaskError {
     fn into_task_error(self) -> TaskError;
 }
 
-impl<T: Error + ?Sized> IntoTaskError for Box<T> {
-    fn into_task_error(self) -> TaskError {
-        TaskError::retry(chain(&*self))
-    }
+/// A boxed error is retried with its cause chain, unless it is a boxed `TaskError` (a
+/// `TaskError` converted with `?` in a task that returns a boxed error): that one keeps its
+/// kind, so a fatal error stays fatal.
+macro_rules! boxed_into_task_error {
+    ($($t:ty),*) => {$(
+        impl IntoTaskError for Box<$t> {
+            fn into_task_error(self) -> TaskError {
+                let e: &(dyn Error + 'static) = &*self;
+                crate::error::boxed_task_error(e).unwrap_or_else(|| TaskError::retry(chain(e)))
+            }
+        }
+    )*};
 }
+
+boxed_into_task_error!(dyn Error + Send + Sync, dyn Error + Send, dyn Error);
 
 /// `anyhow::Error` as `{:#}` shows it (`context: cause: root cause`). A `TaskError` inside
 /// it (converted with `?` or `anyhow::Error::from`, then given context) keeps its kind, so a
@@ -123,18 +132,6 @@ impl From<TaskError> for anyhow::Error {
     fn from(e: TaskError) -> anyhow::Error {
         anyhow::Error::msg(e)
     }
-}
-
-/// `outer: inner: innermost`, for an error that may be unsized (`dyn Error`).
-fn chain<T: Error + ?Sized>(e: &T) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        // Writing to a String cannot fail.
-        let _ = write!(s, ": {c}");
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

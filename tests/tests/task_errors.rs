@@ -55,6 +55,12 @@ async fn boxed_message(ctx: Context) -> Result<(), Box<dyn std::error::Error + S
 }
 
 #[task(queue = "errors", max_attempts = 3)]
+async fn boxed_fatal(to: String) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    recipient(&to)?; // a fatal TaskError, boxed by `?`
+    Ok(())
+}
+
+#[task(queue = "errors", max_attempts = 3)]
 async fn with_anyhow(ctx: Context, report: String) -> anyhow::Result<()> {
     upload(ctx.attempt()).with_context(|| format!("sending report {report}"))?;
     Ok(())
@@ -223,6 +229,19 @@ async fn a_fatal_task_error_inside_anyhow_still_fails_the_task() {
             ),
             ("failed", Some("no recipient".to_string())),
         ]
+    );
+}
+
+#[tokio::test]
+async fn a_fatal_task_error_boxed_by_question_mark_still_fails_the_task() {
+    let h = Harness::new();
+    boxed_fatal::start(&h.queue(), String::new())
+        .await
+        .expect("start");
+    let report = h.drain().await.expect("drain");
+    assert_eq!(
+        outcomes(&report),
+        vec![("failed", Some("no recipient".to_string()))]
     );
 }
 
