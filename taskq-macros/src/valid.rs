@@ -85,7 +85,9 @@ pub fn check_fn(task: &TaskFn, args: &TaskArgs, kind: Kind, errors: &mut Errors)
     if let Some(c) = &sig.constness {
         errors.push(err(c.span, "a task cannot be a `const fn`: remove `const`"));
     }
-    if let Some(u) = &sig.unsafety {
+    // syn 3 models `unsafe`/`safe` as `Safety`; `safe fn` is only valid inside `extern` blocks,
+    // where rustc itself rejects it on a plain function, so only `unsafe` needs our message.
+    if let syn::Safety::Unsafe(u) = &sig.safety {
         errors.push(err(
             u.span,
             "a task cannot be an `unsafe fn`: the worker calls it with no one to uphold its safety contract; remove `unsafe` and use an `unsafe` block inside",

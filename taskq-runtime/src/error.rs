@@ -22,7 +22,7 @@ pub struct TaskError {
 }
 
 impl TaskError {
-    /// An error that must not be retried (the seed's `FatalTaskError`).
+    /// An error that must not be retried (Melange's `FatalTaskError`).
     pub fn fatal(message: impl fmt::Display) -> TaskError {
         TaskError {
             kind: ErrorKind::Fatal,
@@ -30,7 +30,7 @@ impl TaskError {
         }
     }
 
-    /// An error after which the task is retried with backoff (the seed's `repeatTask()`).
+    /// An error after which the task is retried with backoff (Melange's `repeatTask()`).
     pub fn retry(message: impl fmt::Display) -> TaskError {
         TaskError {
             kind: ErrorKind::Retry,

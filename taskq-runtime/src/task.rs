@@ -273,7 +273,7 @@ impl Context {
         self.inner.deadline.since(self.inner.clock.now())
     }
 
-    /// Whether the soft deadline has passed (the seed's `DeadlineExceededError`).
+    /// Whether the soft deadline has passed (App Engine's `DeadlineExceededError` in Melange).
     pub fn deadline_exceeded(&self) -> bool {
         self.inner.clock.now() >= self.inner.deadline
     }

@@ -1,4 +1,4 @@
-//! Behaviour of tasks, the harness and the retry policy (DESIGN §4), on virtual time.
+//! Behaviour of tasks, the harness and the retry policy, on virtual time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -44,7 +44,7 @@ async fn watches_deadline(ctx: Context) -> Result<(), TaskError> {
     while !ctx.deadline_exceeded() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Wrap up within the grace period, as the seed's DeadlineExceededError handler did.
+    // Wrap up within the grace period, as Melange's DeadlineExceededError handlers did.
     Ok(())
 }
 

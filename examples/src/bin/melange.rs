@@ -8,9 +8,10 @@
 //! It creates (or reuses) a SQLite database of programs and students, starts
 //! `email_all_students` for one program through its typed start helper, runs a worker with
 //! the app's state (the database and the mailer), draws a progress bar while the run goes
-//! on, and prints a summary. With `--serve ADDR` it instead shows the seed's starter
-//! pattern: an HTTP endpoint that starts the task and redirects to a progress page, with a
-//! worker in the same process.
+//! on, and prints a summary. With `--serve ADDR` it instead shows Melange's starter
+//! pattern (`emailAllTaskStarter`, described in the repository's `docs/ORIGIN.md`): an
+//! HTTP endpoint that starts the task and redirects to a progress page, with a worker in
+//! the same process.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use taskq_runtime::{iterative_task, Context, Queue, TaskError, TaskId, Worker};
 ///
 /// The run's id is the idempotency key of the outbox: a redone batch (after a transient
 /// failure or a worker crash) does not mail anyone twice. The 500 ms timeout (App Engine
-/// gave the seed 30 s) gives each step a 250 ms time slice, half the soft deadline, after
+/// gave Melange's tasks 30 s) gives each step a 250 ms time slice, half the soft deadline, after
 /// which a continuation step takes over: a run is many short steps.
 ///
 /// Attempts count the tries at the current cursor (a checkpoint starts a new count), so
@@ -232,7 +233,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     );
 
     let started = Instant::now();
-    // The seed's emailAllTaskStarter, typed: the filter and the subject are checked by rustc.
+    // Melange's emailAllTaskStarter, typed: the filter and the subject are checked by rustc.
     let run = email_all_students::start(
         &queue,
         StudentFilter {
@@ -348,7 +349,7 @@ fn draw(info: &IterationInfo, elapsed: Duration, in_place: bool) {
     let _ = std::io::stdout().flush();
 }
 
-/// The seed's starter pattern over HTTP: a handler starts the task and redirects to a
+/// Melange's starter pattern over HTTP: a handler starts the task and redirects to a
 /// progress page. Every route requires a session cookie, set by `/login?token=..` with the
 /// token printed at start-up; the cookie is `SameSite=Strict`, so a form posted from
 /// another site carries no cookie (that is the CSRF protection of the one mutating route).
@@ -507,7 +508,7 @@ mod web {
         subject: String,
     }
 
-    /// The seed's `emailAllTaskStarter`: checks the program, starts the task through its
+    /// Melange's `emailAllTaskStarter`: checks the program, starts the task through its
     /// typed helper, and redirects to the run's progress page.
     async fn start(
         State(app): State<App>,

@@ -1,4 +1,4 @@
-//! The benchmark binary (DESIGN §7): one JSON line per workload. Not a test: run it in
+//! The benchmark binary: one JSON line per workload. Not a test: run it in
 //! release and compare ratios from one run, not absolute times.
 //!
 //! ```text
