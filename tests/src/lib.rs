@@ -3,6 +3,7 @@
 
 pub mod conformance;
 pub mod corrupt;
+pub mod faulty;
 pub mod models;
 pub mod pg_models;
 pub mod tasks;

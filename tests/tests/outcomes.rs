@@ -2,20 +2,13 @@
 //! cannot hold, an outcome batch the store refuses, and a task name the worker does not
 //! register (a rolling deploy).
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use taskq_runtime::store::memory::MemoryStore;
-use taskq_runtime::store::{
-    Checkpoint, ClaimRequest, ClaimedTask, Finish, IterationInfo, Lease, NewTask, QueueConfig,
-    QueueInfo, TaskDetail, TaskInfo, TaskQuery,
-};
+use taskq_runtime::store::NewTask;
 use taskq_runtime::testing::Harness;
-use taskq_runtime::{
-    task, Queue, Store, StoreError, TaskError, TaskId, TaskState, Timestamp, Worker,
-};
+use taskq_runtime::{task, Queue, Store, TaskError, TaskId, TaskState, Timestamp, Worker};
+use taskq_tests::faulty::Faulty;
 use taskq_tests::{memory_store, postgres_store, sqlite_store};
 
 #[task(
@@ -197,96 +190,6 @@ async fn unknown_task_spends_the_default_policy_postgres() {
     unknown_task_spends_the_default_policy(postgres_store().await).await;
 }
 
-/// A memory store whose `finish` refuses every batch that holds an outcome of a poisoned
-/// task, as PostgreSQL refused a whole batch for one value it could not hold.
-struct Refusing {
-    inner: MemoryStore,
-    poisoned: Mutex<HashSet<TaskId>>,
-    refused: std::sync::atomic::AtomicUsize,
-}
-
-#[async_trait]
-impl Store for Refusing {
-    fn backend(&self) -> &'static str {
-        "refusing"
-    }
-    async fn enqueue(&self, t: Vec<NewTask>, now: Timestamp) -> Result<Vec<TaskId>, StoreError> {
-        self.inner.enqueue(t, now).await
-    }
-    async fn claim(&self, r: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError> {
-        self.inner.claim(r).await
-    }
-    async fn heartbeat(
-        &self,
-        l: &[Lease],
-        w: &str,
-        until: Timestamp,
-    ) -> Result<Vec<TaskId>, StoreError> {
-        self.inner.heartbeat(l, w, until).await
-    }
-    async fn finish(
-        &self,
-        f: Vec<Finish>,
-        w: &str,
-        now: Timestamp,
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let poisoned = self.poisoned.lock().expect("lock").clone();
-        if f.iter().any(|f| poisoned.contains(&f.lease.id)) {
-            self.refused
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            return Err(StoreError::Backend(
-                "refused: a value this store cannot hold".into(),
-            ));
-        }
-        self.inner.finish(f, w, now).await
-    }
-    async fn checkpoint(&self, l: Lease, c: Checkpoint, now: Timestamp) -> Result<(), StoreError> {
-        self.inner.checkpoint(l, c, now).await
-    }
-    async fn next_due(&self, q: &[String]) -> Result<Option<Timestamp>, StoreError> {
-        self.inner.next_due(q).await
-    }
-    async fn wait_for_work(&self, q: &[String], timeout: Duration) {
-        self.inner.wait_for_work(q, timeout).await
-    }
-    async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
-        self.inner.queues().await
-    }
-    async fn configure_queue(&self, q: &str, c: QueueConfig) -> Result<(), StoreError> {
-        self.inner.configure_queue(q, c).await
-    }
-    async fn set_paused(&self, q: &str, p: bool) -> Result<(), StoreError> {
-        self.inner.set_paused(q, p).await
-    }
-    async fn purge(&self, q: &str, now: Timestamp) -> Result<u64, StoreError> {
-        self.inner.purge(q, now).await
-    }
-    async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<TaskInfo>, StoreError> {
-        self.inner.list_tasks(q).await
-    }
-    async fn task(&self, id: TaskId) -> Result<Option<TaskDetail>, StoreError> {
-        self.inner.task(id).await
-    }
-    async fn run_now(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
-        self.inner.run_now(id, now).await
-    }
-    async fn delete(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
-        self.inner.delete(id, now).await
-    }
-    async fn retry(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
-        self.inner.retry(id, now).await
-    }
-    async fn iteration(&self, run: TaskId) -> Result<Option<IterationInfo>, StoreError> {
-        self.inner.iteration(run).await
-    }
-    async fn iterations(&self, limit: usize) -> Result<Vec<IterationInfo>, StoreError> {
-        self.inner.iterations(limit).await
-    }
-    async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError> {
-        self.inner.cancel_iteration(run, now).await
-    }
-}
-
 #[task(queue = "refuse")]
 async fn refused(n: u64) -> Result<(), TaskError> {
     let _ = n;
@@ -298,18 +201,19 @@ async fn refused(n: u64) -> Result<(), TaskError> {
 /// and the worker keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outcome_the_store_refuses_holds_up_no_other() {
-    let store = Arc::new(Refusing {
-        inner: MemoryStore::new(),
-        poisoned: Mutex::default(),
-        refused: Default::default(),
-    });
+    let store = Arc::new(Faulty::default());
     let queue = Queue::new(store.clone());
     let mut ids = Vec::new();
     for n in 0..40 {
         ids.push(refused::start(&queue, n).await.expect("start"));
     }
     let poison = ids.remove(7);
-    store.poisoned.lock().expect("lock").insert(poison);
+    store
+        .faults
+        .refuse_finish_of
+        .lock()
+        .expect("lock")
+        .insert(poison);
     let worker = Worker::builder(store.clone())
         .queues(["refuse"])
         .concurrency(4)
@@ -349,7 +253,13 @@ async fn an_outcome_the_store_refuses_holds_up_no_other() {
         let outcomes: Vec<&str> = t.attempts.iter().map(|a| a.outcome.as_str()).collect();
         assert_eq!(outcomes, ["done"], "task {id} ran exactly once");
     }
-    assert!(store.refused.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    assert!(
+        store
+            .faults
+            .refused
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    );
     let t = queue.task(poison).await.expect("task").expect("exists");
     assert_ne!(
         t.info.state,

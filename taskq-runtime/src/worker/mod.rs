@@ -1,31 +1,39 @@
-//! [`Worker`]: the claim loop, lease renewal, execution with deadlines, the retry policy,
-//! batched completion and graceful shutdown.
+//! [`Worker`]: the claim loop and graceful shutdown (this file), with its parts each in one
+//! file:
 //!
-//! - The claim loop asks the store for as many due tasks as there are free slots (in one
-//!   batch), then runs each on the tokio runtime.
-//! - Lease renewal: one heartbeat task renews every held lease each `lease / 3`; a lease
-//!   found lost aborts that task (another worker owns it now).
-//! - Completion: finished attempts go through a channel to one finisher, which records
-//!   them with one `Store::finish` call per batch.
+//! - The claim loop ([`Worker::run`]) asks the store for as many due tasks as there are
+//!   free slots (in one batch), then runs each on the tokio runtime.
+//! - `exec.rs` runs one claimed task: deadlines, the panic guard (argument decoding
+//!   included).
+//! - `leases.rs` is lease renewal: the tasks in flight keyed by their lease, and the
+//!   heartbeat that renews them (each call bounded) or stops a task whose lease it cannot
+//!   hold, before another worker may take it.
+//! - `outcomes.rs` is the outcome writer: finished attempts go through a bounded channel
+//!   to one writer, which records them with one `Store::finish` call per batch.
 //! - What an attempt's result does to its task is decided in [`crate::policy`], shared
 //!   with the test harness.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tracing::Instrument;
 
-use crate::error::TaskError;
-use crate::policy;
 use crate::registry::{DuplicateTask, Registry};
-use crate::store::{ClaimRequest, ClaimedTask, Finish, Lease, Outcome, Store, StoreError, TaskId};
-use crate::task::{tokio_util_cancel::Flag, Context, ContextInner, State};
-use crate::time::{Clock, Timestamp};
+use crate::store::{ClaimRequest, ClaimedTask, Finish, Outcome, Store, StoreError};
+use crate::task::{tokio_util_cancel::Flag, State};
+use crate::time::Clock;
+
+mod exec;
+mod leases;
+mod outcomes;
+
+pub(crate) use exec::Exec;
+use leases::{InFlight, Running};
+use outcomes::{release, Pending};
 
 /// Errors that stop a worker from starting or running. Its `Debug` form is its message.
 #[derive(thiserror::Error)]
@@ -75,97 +83,6 @@ impl WorkerStats {
             Outcome::Release => &self.released,
         };
         c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// What the worker and the harness need to run one claimed task.
-#[derive(Clone)]
-pub(crate) struct Exec {
-    pub store: Arc<dyn Store>,
-    pub clock: Clock,
-    pub state: Arc<State>,
-    pub registry: Arc<Registry>,
-    pub worker: String,
-    pub deadline_grace: Duration,
-    /// Task names claimed that no registered task has, warned about once each.
-    pub unknown: Arc<Mutex<std::collections::HashSet<String>>>,
-}
-
-impl Exec {
-    /// Runs one claimed task to its outcome: never panics, never returns early without one.
-    pub(crate) async fn run(&self, claimed: &ClaimedTask, cancel: Flag) -> Outcome {
-        if let Some(reason) = &claimed.decode_error {
-            return policy::undecodable(reason);
-        }
-        let now = self.clock.now();
-        let Some(def) = self.registry.get(&claimed.task) else {
-            let first = self
-                .unknown
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(claimed.task.clone());
-            if first {
-                tracing::warn!(
-                    worker = %self.worker, task = %claimed.task,
-                    "claimed a task named `{}`, which this binary does not register: it is retried with backoff until a worker that knows it runs it (a rolling deploy), and goes dead if none does",
-                    claimed.task
-                );
-            }
-            return policy::unknown_task(claimed, &self.worker, now);
-        };
-        if let Some(outcome) = policy::before_run(&def.options, claimed, now) {
-            return outcome;
-        }
-        let deadline = now.add(def.options.timeout);
-        let ctx = Context {
-            inner: Arc::new(ContextInner {
-                id: claimed.lease.id,
-                task: def.name,
-                queue: claimed.queue.clone(),
-                attempt: claimed.attempt,
-                started_at: now,
-                deadline,
-                clock: self.clock.clone(),
-                state: self.state.clone(),
-                store: self.store.clone(),
-                lease: claimed.lease,
-                kind: def.kind,
-                iteration: claimed.iteration.clone(),
-                cancelled: cancel,
-                progressed: Flag::default(),
-            }),
-        };
-        let progressed = ctx.inner.progressed.clone();
-        let fut = match (def.handler)(ctx, claimed.payload.clone()) {
-            Ok(f) => f,
-            Err(e) => return policy::undecodable(e),
-        };
-        let hard = def.options.timeout + self.deadline_grace;
-        let result = match tokio::time::timeout(hard, AssertUnwindSafe(fut).catch_unwind()).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(panic)) => Err(TaskError::retry(format!("panicked: {}", panic_message(&panic)))),
-            Err(_) => Err(TaskError::retry(format!(
-                "hard deadline exceeded: the attempt ran past its {:?} timeout and {:?} of grace, and was cancelled",
-                def.options.timeout, self.deadline_grace
-            ))),
-        };
-        policy::decide_attempt(
-            &def.options,
-            claimed,
-            result,
-            progressed.is_set(),
-            self.clock.now(),
-        )
-    }
-}
-
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_string()
     }
 }
 
@@ -227,8 +144,11 @@ impl WorkerBuilder {
         self
     }
 
-    /// At shutdown, how long running tasks may take to finish before they are cancelled
-    /// and released to run again. Default 30 s.
+    /// The whole graceful shutdown's deadline: running tasks are told at once
+    /// (`ctx.is_cancelled()`), may finish until a fifth of it (at most 5 s) is left, then
+    /// are stopped and released to run again, and the last outcomes are written, all
+    /// within it. Default 25 s, inside the 30 s an orchestrator (Docker, Kubernetes,
+    /// systemd) waits between SIGTERM and SIGKILL.
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.shutdown_grace = d;
         self
@@ -344,14 +264,6 @@ impl Drop for Slot {
     }
 }
 
-struct InFlight {
-    lease: Lease,
-    cancel: Flag,
-    abort: Option<tokio::task::AbortHandle>,
-    claimed: ClaimedTask,
-    started_at: Timestamp,
-}
-
 /// A running worker, from [`Worker::spawn`].
 #[derive(Debug)]
 pub struct WorkerHandle {
@@ -389,7 +301,7 @@ impl Worker {
             claim_batch: None,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(25),
             deadline_grace: Duration::from_secs(5),
             clock: Clock::system(),
             name: None,
@@ -424,8 +336,11 @@ impl Worker {
         }
     }
 
-    /// Runs until `shutdown` completes: then stops claiming, lets running tasks finish for
-    /// up to the shutdown grace, cancels the rest and releases them to run again at once.
+    /// Runs until `shutdown` completes, then shuts down gracefully within one deadline,
+    /// the shutdown grace: it stops claiming and tells every running task at once
+    /// (`ctx.is_cancelled()`), lets them finish until a few seconds before the deadline,
+    /// stops the rest and releases them to run again at once, and writes the last outcomes,
+    /// all before the deadline.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -433,22 +348,27 @@ impl Worker {
         let exec = self.exec.clone();
         self.announce();
         let slots = Arc::new(Semaphore::new(self.concurrency));
-        let inflight: Arc<Mutex<HashMap<TaskId, InFlight>>> = Arc::default();
+        let inflight = InFlight::default();
         let freed = Arc::new(Notify::new());
         // Bounded: when the store falls behind, finished tasks wait to hand over their
         // outcome while holding their slot, so the worker stops claiming more.
         let (done_tx, done_rx) = mpsc::channel::<Pending>(self.concurrency.max(16));
 
-        let finisher = tokio::spawn(finisher(
+        let writer = tokio::spawn(outcomes::outcome_writer(
             exec.clone(),
             done_rx,
             self.stats.clone(),
             self.lease,
         ));
-        let heartbeat = tokio::spawn(heartbeat(exec.clone(), inflight.clone(), self.lease));
+        let heartbeat = tokio::spawn(supervised("lease renewal", {
+            let (exec, inflight, lease) = (exec.clone(), inflight.clone(), self.lease);
+            move || leases::heartbeat(exec.clone(), inflight.clone(), lease)
+        }));
 
         tokio::pin!(shutdown);
         let mut store_backoff = Duration::from_millis(50);
+        let mut claiming: Option<Vec<ClaimedTask>> = None;
+        let mut shutdown_at = None;
         loop {
             // Wait for a free slot (or shutdown).
             let free = slots.available_permits();
@@ -469,38 +389,39 @@ impl Worker {
             // commit it anyway (SQLite runs it on the blocking pool, PostgreSQL on the
             // server), and tasks claimed but never run would wait for their leases to lapse
             // and lose an attempt. Let it finish (within the grace) and release what it took.
-            let claim = exec.store.claim(&req);
+            // A claim that does not answer within a lease is given up (its tasks, if it
+            // took any, run again when their leases lapse).
+            let claimed_at = tokio::time::Instant::now();
+            let claim = tokio::time::timeout(self.lease, exec.store.claim(&req));
             tokio::pin!(claim);
-            let (claimed, stopping) = tokio::select! {
+            let claimed = tokio::select! {
                 _ = &mut shutdown => {
-                    match tokio::time::timeout(self.shutdown_grace, &mut claim).await {
-                        Ok(r) => (r, true),
-                        Err(_) => break,
+                    shutdown_at = Some(tokio::time::Instant::now());
+                    inflight.cancel_all();
+                    if let Ok(Ok(Ok(tasks))) = tokio::time::timeout(self.shutdown_grace, &mut claim).await {
+                        claiming = Some(tasks);
                     }
+                    break;
                 }
-                r = &mut claim => (r, false),
+                r = &mut claim => r,
             };
-            if stopping {
-                if let Ok(tasks) = claimed {
-                    for task in tasks {
-                        let at = exec.clock.now();
-                        release(&done_tx, task, at, self.shutdown_grace).await;
-                    }
-                }
-                break;
-            }
             let claimed = match claimed {
-                Ok(c) => {
+                Ok(Ok(c)) => {
                     store_backoff = Duration::from_millis(50);
                     c
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
+                    let e = e.to_string();
                     tracing::warn!(error = %e, retry_in = ?store_backoff, "claim failed; retrying");
                     tokio::select! {
                         _ = &mut shutdown => break,
                         _ = tokio::time::sleep(store_backoff) => {}
                     }
                     store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(timeout = ?self.lease, "claim did not answer within a lease; retrying");
                     continue;
                 }
             };
@@ -520,124 +441,153 @@ impl Worker {
                     release(&done_tx, task, at, self.shutdown_grace).await;
                     continue;
                 };
-                let cancel = Flag::default();
-                let started_at = exec.clock.now();
-                let id = task.lease.id;
-                inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                    id,
-                    InFlight {
-                        lease: task.lease,
-                        cancel: cancel.clone(),
-                        abort: None,
-                        claimed: task.clone(),
-                        started_at,
-                    },
-                );
-                let exec2 = exec.clone();
-                let tx = done_tx.clone();
-                let inflight2 = inflight.clone();
-                let slot = Slot {
-                    permit: Some(permit),
-                    freed: freed.clone(),
-                };
-                let span = tracing::info_span!(
-                    "taskq.attempt",
-                    task = %task.task,
-                    id = %id,
-                    attempt = task.attempt,
-                    queue = %task.queue,
-                    outcome = tracing::field::Empty
-                );
-                let handle = tokio::spawn(
-                    async move {
-                        // Frees the slot however this future ends: finished, or dropped
-                        // because its lease was lost (aborted by the heartbeat).
-                        let _slot = slot;
-                        let outcome = exec2.run(&task, cancel).await;
-                        tracing::Span::current().record("outcome", outcome.label());
-                        if let Outcome::Retry { error, .. }
-                        | Outcome::Failed { error }
-                        | Outcome::Dead { error } = &outcome
-                        {
-                            tracing::warn!(error = %error, "attempt failed");
-                        }
-                        // Remove from in-flight before reporting, so shutdown never
-                        // releases a task that already has an outcome.
-                        let was_inflight = inflight2
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&id)
-                            .is_some();
-                        if was_inflight {
-                            // Waits (holding the slot) while the outcome writer is behind.
-                            let _ = tx
-                                .send((
-                                    Finish {
-                                        lease: task.lease,
-                                        outcome,
-                                        started_at,
-                                    },
-                                    task,
-                                ))
-                                .await;
-                        }
-                    }
-                    .instrument(span),
-                );
-                if let Some(f) = inflight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_mut(&id)
-                {
-                    f.abort = Some(handle.abort_handle());
-                }
+                self.start(&exec, &inflight, &done_tx, task, permit, &freed, claimed_at);
             }
         }
 
-        // Graceful shutdown: wait for running tasks up to the grace period.
+        // Graceful shutdown, within one deadline.
         tracing::info!(worker = %exec.worker, "taskq worker shutting down");
-        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
-        loop {
-            let n = inflight.lock().unwrap_or_else(|p| p.into_inner()).len();
-            if n == 0 {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, freed.notified())
+        let deadline = shutdown_at.unwrap_or_else(tokio::time::Instant::now) + self.shutdown_grace;
+        // Keep a few seconds of the grace to stop what is left and write its release.
+        let reserve = (self.shutdown_grace / 5).min(Duration::from_secs(5));
+        inflight.cancel_all();
+        for task in claiming.take().unwrap_or_default() {
+            let at = exec.clock.now();
+            release(
+                &done_tx,
+                task,
+                at,
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
+            )
+            .await;
+        }
+        while inflight.len() > 0 {
+            if tokio::time::timeout_at(deadline - reserve, freed.notified())
                 .await
                 .is_err()
             {
                 break;
             }
         }
-        // Cancel what is left and release it so it runs again at once elsewhere.
-        let left: Vec<InFlight> = inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, v)| v)
-            .collect();
-        for f in left {
-            f.cancel.set();
-            if let Some(a) = &f.abort {
+        // Stop what is left and release it so it runs again at once elsewhere.
+        for r in inflight.drain() {
+            r.cancel.set();
+            if let Some(a) = &r.abort {
                 a.abort();
             }
-            release(&done_tx, f.claimed, f.started_at, self.shutdown_grace).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            release(&done_tx, r.claimed, r.started_at, left).await;
         }
         drop(done_tx);
-        heartbeat.abort();
-        // Record the last outcomes; if the store stays unreachable past the grace period,
-        // give up: those tasks run again when their leases lapse (at least once).
-        if tokio::time::timeout(self.shutdown_grace, finisher)
-            .await
-            .is_err()
-        {
+        // Record the last outcomes; if the store stays unreachable past the deadline, give
+        // up: those tasks run again when their leases lapse (at least once).
+        if tokio::time::timeout_at(deadline, writer).await.is_err() {
             tracing::warn!(
                 worker = %exec.worker,
                 "could not record the last outcomes before the shutdown grace ran out; those tasks will run again when their leases lapse"
             );
         }
+        heartbeat.abort();
         tracing::info!(worker = %exec.worker, "taskq worker stopped");
         Ok(())
+    }
+
+    /// Runs one claimed task on the tokio runtime, in its slot, under its lease.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        exec: &Exec,
+        inflight: &InFlight,
+        done_tx: &mpsc::Sender<Pending>,
+        task: ClaimedTask,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        freed: &Arc<Notify>,
+        claimed_at: tokio::time::Instant,
+    ) {
+        let cancel = Flag::default();
+        let started_at = exec.clock.now();
+        let lease = task.lease;
+        let timeout = exec
+            .registry
+            .get(&task.task)
+            .map(|d| d.options.timeout)
+            .unwrap_or(crate::task::TaskOptions::DEFAULT.timeout);
+        inflight.insert(Running {
+            lease,
+            cancel: cancel.clone(),
+            abort: None,
+            claimed: task.clone(),
+            started_at,
+            // The store's lease counts from the claim's `now`, taken before the call.
+            held_until: claimed_at + self.lease,
+            renew_until: tokio::time::Instant::now() + timeout + exec.deadline_grace + self.lease,
+        });
+        let exec2 = exec.clone();
+        let tx = done_tx.clone();
+        let inflight2 = inflight.clone();
+        let slot = Slot {
+            permit: Some(permit),
+            freed: freed.clone(),
+        };
+        let span = tracing::info_span!(
+            "taskq.attempt",
+            task = %task.task,
+            id = %lease.id,
+            attempt = task.attempt,
+            queue = %task.queue,
+            outcome = tracing::field::Empty
+        );
+        let handle = tokio::spawn(
+            async move {
+                // Frees the slot however this future ends: finished, or dropped because
+                // its lease was lost (stopped by the lease renewal).
+                let _slot = slot;
+                let outcome = exec2.run(&task, cancel).await;
+                tracing::Span::current().record("outcome", outcome.label());
+                if let Outcome::Retry { error, .. }
+                | Outcome::Failed { error }
+                | Outcome::Dead { error } = &outcome
+                {
+                    tracing::warn!(error = %error, "attempt failed");
+                }
+                // Remove from in-flight before reporting, so shutdown never releases a
+                // task that already has an outcome; an execution whose lease was taken
+                // from it (stopped, or replaced by a newer claim) reports nothing.
+                if inflight2.remove(lease) {
+                    // Waits (holding the slot) while the outcome writer is behind.
+                    let _ = tx
+                        .send((
+                            Finish {
+                                lease,
+                                outcome,
+                                started_at,
+                            },
+                            task,
+                        ))
+                        .await;
+                }
+            }
+            .instrument(span),
+        );
+        inflight.set_abort(lease, handle.abort_handle());
+    }
+}
+
+/// Runs a background part of the worker (lease renewal), restarting it when it panics: a
+/// panic there must not end it silently for the life of the worker.
+async fn supervised<F, Fut>(what: &'static str, part: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        match AssertUnwindSafe(part()).catch_unwind().await {
+            Ok(()) => return,
+            Err(panic) => tracing::error!(
+                panic = %exec::panic_message(&panic),
+                "the worker's {what} panicked; restarting it"
+            ),
+        }
     }
 }
 
@@ -687,145 +637,6 @@ impl Worker {
 /// The shortest idle wait between claims while due tasks are held back by a queue's rate
 /// or concurrency limit.
 pub const MIN_IDLE_WAIT: Duration = Duration::from_millis(20);
-
-/// Renews the leases of every running task; aborts tasks whose lease was lost.
-async fn heartbeat(exec: Exec, inflight: Arc<Mutex<HashMap<TaskId, InFlight>>>, lease: Duration) {
-    let every = lease / 3;
-    loop {
-        tokio::time::sleep(every).await;
-        let leases: Vec<Lease> = inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|f| f.lease)
-            .collect();
-        if leases.is_empty() {
-            continue;
-        }
-        let until = exec.clock.now().add(lease);
-        match exec.store.heartbeat(&leases, &exec.worker, until).await {
-            Ok(lost) => {
-                let mut g = inflight.lock().unwrap_or_else(|p| p.into_inner());
-                for id in lost {
-                    if let Some(f) = g.remove(&id) {
-                        tracing::warn!(id = %id, "lease lost (another worker holds the task now, or it was deleted); cancelling it here");
-                        f.cancel.set();
-                        if let Some(a) = f.abort {
-                            a.abort();
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
-        }
-    }
-}
-
-/// Hands a claimed task back to the outcome writer as released (pending again at once, the
-/// attempt not counted), waiting at most `limit` for room.
-async fn release(
-    tx: &mpsc::Sender<Pending>,
-    task: ClaimedTask,
-    started_at: Timestamp,
-    limit: Duration,
-) {
-    let finish = Finish {
-        lease: task.lease,
-        outcome: Outcome::Release,
-        started_at,
-    };
-    let _ = tokio::time::timeout(limit, tx.send((finish, task))).await;
-}
-
-/// An attempt's outcome on its way to the store.
-type Pending = (Finish, ClaimedTask);
-
-/// Records outcomes in batches: everything waiting in the channel goes in one call.
-///
-/// A batch the store refuses is not retried as a whole forever: each outcome is then
-/// written alone, so one outcome the store cannot take never holds up the others, and
-/// those that still fail are retried with backoff for up to `give_up_after` (the lease:
-/// past it another worker may hold the task anyway). An outcome given up is logged; its
-/// task runs again when its lease lapses (at least once).
-async fn finisher(
-    exec: Exec,
-    mut rx: mpsc::Receiver<Pending>,
-    stats: Arc<WorkerStats>,
-    give_up_after: Duration,
-) {
-    let mut batch: Vec<Pending> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < FINISH_BATCH {
-            match rx.try_recv() {
-                Ok(x) => batch.push(x),
-                Err(_) => break,
-            }
-        }
-        record(&exec, std::mem::take(&mut batch), &stats, give_up_after).await;
-    }
-}
-
-/// The most outcomes one `Store::finish` call records.
-const FINISH_BATCH: usize = 512;
-
-/// Writes one batch of outcomes; see [`finisher`].
-async fn record(
-    exec: &Exec,
-    mut pending: Vec<Pending>,
-    stats: &WorkerStats,
-    give_up_after: Duration,
-) {
-    let give_up_at = tokio::time::Instant::now() + give_up_after;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let error = match write(exec, &pending, stats).await {
-            Ok(()) => return,
-            Err(e) => e,
-        };
-        if pending.len() > 1 {
-            // One outcome may be what the store refuses: write each alone, keep the failures.
-            let mut failed = Vec::new();
-            for p in pending {
-                if write(exec, std::slice::from_ref(&p), stats).await.is_err() {
-                    failed.push(p);
-                }
-            }
-            pending = failed;
-            if pending.is_empty() {
-                return;
-            }
-        }
-        if tokio::time::Instant::now() + backoff > give_up_at {
-            for (f, task) in &pending {
-                tracing::error!(
-                    id = %f.lease.id, task = %task.task, error = %error,
-                    "could not record this attempt's outcome within a lease; giving up: the task runs again when its lease lapses"
-                );
-            }
-            return;
-        }
-        tracing::warn!(error = %error, outcomes = pending.len(), retry_in = ?backoff, "recording outcomes failed; retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// One `Store::finish` call; counts what it recorded.
-async fn write(exec: &Exec, pending: &[Pending], stats: &WorkerStats) -> Result<(), StoreError> {
-    let finishes: Vec<Finish> = pending.iter().map(|(f, _)| f.clone()).collect();
-    let results = exec
-        .store
-        .finish(finishes, &exec.worker, exec.clock.now())
-        .await?;
-    for ((f, _), r) in pending.iter().zip(results) {
-        match r {
-            Ok(()) => stats.count(&f.outcome),
-            Err(e) => tracing::warn!(id = %f.lease.id, error = %e, "outcome not recorded"),
-        }
-    }
-    Ok(())
-}
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM (what `docker stop`, systemd and Kubernetes
 /// send): the signal [`Worker::run_until_shutdown`] stops on. An app that serves HTTP beside

@@ -1,0 +1,206 @@
+//! Lease renewal: the tasks this worker runs, keyed by their lease, and the heartbeat that
+//! renews those leases or stops the tasks whose lease it cannot hold.
+//!
+//! The rules, in one place:
+//! - One local execution per task: claiming a task this worker still runs (its own lease
+//!   lapsed after a pause) stops the old execution first; every removal names the lease
+//!   (task id *and* fencing token), so handling a lost lease never touches a newer attempt.
+//! - Leases are renewed every quarter of the lease, each call bounded by a quarter and run
+//!   beside the checks. A task whose lease this worker could not renew is told
+//!   (`ctx.is_cancelled()`) once half the lease is left, and stopped once a quarter is
+//!   left: before another worker may claim it, never beside it.
+//! - No lease is renewed past the task's hard deadline plus one lease: a task that blocks
+//!   its thread (and so never reaches the hard deadline's check) is given up, its lease
+//!   lapses and the task runs again elsewhere.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::exec::Exec;
+use crate::store::{ClaimedTask, Lease, TaskId};
+use crate::task::tokio_util_cancel::Flag;
+use crate::time::Timestamp;
+
+/// One task this worker runs.
+pub(super) struct Running {
+    /// The lease it runs under.
+    pub lease: Lease,
+    /// Set to tell the task to stop (`ctx.is_cancelled()`).
+    pub cancel: Flag,
+    /// Drops the task's future.
+    pub abort: Option<tokio::task::AbortHandle>,
+    /// What was claimed (to release it at shutdown).
+    pub claimed: ClaimedTask,
+    /// When the attempt began, on the worker's clock.
+    pub started_at: Timestamp,
+    /// Until when the lease surely holds, as far as this worker knows: the last renewal's
+    /// start plus the lease.
+    pub held_until: Instant,
+    /// No renewal after this: the hard deadline plus one lease.
+    pub renew_until: Instant,
+}
+
+impl Running {
+    fn stop(&self) {
+        self.cancel.set();
+        if let Some(a) = &self.abort {
+            a.abort();
+        }
+    }
+}
+
+/// The tasks this worker runs, keyed by task id, each under one lease.
+#[derive(Clone, Default)]
+pub(super) struct InFlight(Arc<Mutex<HashMap<TaskId, Running>>>);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a task; an older execution of the same task here (whose lease lapsed) is
+    /// stopped first: one local execution per task.
+    pub fn insert(&self, r: Running) {
+        if let Some(old) = self.lock().insert(r.lease.id, r) {
+            tracing::warn!(id = %old.lease.id, "claimed a task this worker still ran (its lease had lapsed); stopping the older execution");
+            old.stop();
+        }
+    }
+
+    /// Sets the abort handle of the execution under `lease`.
+    pub fn set_abort(&self, lease: Lease, abort: tokio::task::AbortHandle) {
+        match self.lock().get_mut(&lease.id) {
+            Some(r) if r.lease == lease => r.abort = Some(abort),
+            // Already finished or replaced: nothing to abort later.
+            _ => {}
+        }
+    }
+
+    /// Removes the execution under `lease` (not a newer one of the same task); whether it
+    /// was there.
+    pub fn remove(&self, lease: Lease) -> bool {
+        let mut g = self.lock();
+        if g.get(&lease.id).map(|r| r.lease) == Some(lease) {
+            g.remove(&lease.id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How many tasks run.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Tells every task to stop (`ctx.is_cancelled()`), without stopping it yet.
+    pub fn cancel_all(&self) {
+        for r in self.lock().values() {
+            r.cancel.set();
+        }
+    }
+
+    /// Takes every task out, for shutdown.
+    pub fn drain(&self) -> Vec<Running> {
+        self.lock().drain().map(|(_, r)| r).collect()
+    }
+
+    /// Stops and removes the execution under `lease`, if it is still there.
+    fn stop(&self, lease: Lease, why: &str) {
+        let removed = {
+            let mut g = self.lock();
+            match g.get(&lease.id) {
+                Some(r) if r.lease == lease => g.remove(&lease.id),
+                _ => None,
+            }
+        };
+        if let Some(r) = removed {
+            tracing::warn!(id = %lease.id, task = %r.claimed.task, "{why}; stopping it here");
+            r.stop();
+        }
+    }
+}
+
+/// Renews the leases of every running task, tells and stops those whose lease cannot be
+/// held. Runs until the worker stops; see the [module docs](self).
+///
+/// The renewal call runs beside the checks (a hung call must not delay them): a tick every
+/// eighth of the lease checks what is held, a renewal every quarter, bounded by a quarter.
+pub(super) async fn heartbeat(exec: Exec, inflight: InFlight, lease: Duration) {
+    let tick = (lease / 8).max(Duration::from_millis(4));
+    let renew_every = lease / 4;
+    let mut last_renewal = Instant::now();
+    let mut renewal: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = Instant::now();
+        // Stop what can no longer be held (two ticks before it lapses), tell what may soon
+        // not be.
+        let mut to_stop = Vec::new();
+        for r in inflight.lock().values() {
+            let left = r.held_until.saturating_duration_since(now);
+            if left <= lease / 4 {
+                to_stop.push((
+                    r.lease,
+                    "its lease could not be renewed and is about to lapse",
+                ));
+            } else if now >= r.renew_until {
+                to_stop.push((r.lease, "it ran past its hard deadline (is it blocking its thread?); its lease is no longer renewed"));
+            } else if left <= lease / 2 {
+                r.cancel.set();
+            }
+        }
+        for (l, why) in to_stop {
+            inflight.stop(l, why);
+        }
+        if now.duration_since(last_renewal) < renew_every
+            || renewal.as_ref().is_some_and(|r| !r.is_finished())
+        {
+            continue;
+        }
+        last_renewal = now;
+        let leases: Vec<Lease> = inflight.lock().values().map(|r| r.lease).collect();
+        if leases.is_empty() {
+            continue;
+        }
+        renewal = Some(tokio::spawn(renew(
+            exec.clone(),
+            inflight.clone(),
+            leases,
+            lease,
+            renew_every,
+        )));
+    }
+}
+
+/// One bounded renewal of `leases`: extends what the store kept, stops what it lost.
+async fn renew(
+    exec: Exec,
+    inflight: InFlight,
+    leases: Vec<Lease>,
+    lease: Duration,
+    bound: Duration,
+) {
+    let started = Instant::now();
+    let until = exec.clock.now().add(lease);
+    let call = exec.store.heartbeat(&leases, &exec.worker, until);
+    match tokio::time::timeout(bound, call).await {
+        Ok(Ok(lost)) => {
+            let lost: std::collections::HashSet<TaskId> = lost.into_iter().collect();
+            for l in &leases {
+                if lost.contains(&l.id) {
+                    inflight.stop(*l, "its lease was lost (another worker holds the task now, or it was deleted or cancelled)");
+                } else if let Some(r) = inflight.lock().get_mut(&l.id) {
+                    if r.lease == *l {
+                        r.held_until = started + lease;
+                    }
+                }
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
+        Err(_) => tracing::warn!(timeout = ?bound, "heartbeat did not answer in time; will retry"),
+    }
+}

@@ -1,0 +1,140 @@
+//! The outcome writer: records finished attempts in batches, and never lets one outcome
+//! the store refuses hold up the others.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::mpsc;
+
+use super::exec::Exec;
+use super::WorkerStats;
+use crate::store::{ClaimedTask, Finish, Outcome, StoreError};
+use crate::time::Timestamp;
+
+/// Hands a claimed task back to the outcome writer as released (pending again at once, the
+/// attempt not counted), waiting at most `limit` for room.
+pub(super) async fn release(
+    tx: &mpsc::Sender<Pending>,
+    task: ClaimedTask,
+    started_at: Timestamp,
+    limit: Duration,
+) {
+    let finish = Finish {
+        lease: task.lease,
+        outcome: Outcome::Release,
+        started_at,
+    };
+    let _ = tokio::time::timeout(limit, tx.send((finish, task))).await;
+}
+
+/// An attempt's outcome on its way to the store.
+pub(super) type Pending = (Finish, ClaimedTask);
+
+/// The outcome writer, restarted when it panics (a panic must not end it silently for the
+/// life of the worker; the outcomes of the batch it held run again when their leases lapse).
+pub(super) async fn outcome_writer(
+    exec: Exec,
+    mut rx: mpsc::Receiver<Pending>,
+    stats: Arc<WorkerStats>,
+    give_up_after: Duration,
+) {
+    loop {
+        let run = finisher(&exec, &mut rx, &stats, give_up_after);
+        match AssertUnwindSafe(run).catch_unwind().await {
+            Ok(()) => return,
+            Err(panic) => tracing::error!(
+                panic = %super::exec::panic_message(&panic),
+                "the worker's outcome writer panicked; restarting it (the outcomes it held run again when their leases lapse)"
+            ),
+        }
+    }
+}
+
+/// Records outcomes in batches: everything waiting in the channel goes in one call.
+///
+/// A batch the store refuses is not retried as a whole forever: each outcome is then
+/// written alone, so one outcome the store cannot take never holds up the others, and
+/// those that still fail are retried with backoff for up to `give_up_after` (the lease:
+/// past it another worker may hold the task anyway). An outcome given up is logged; its
+/// task runs again when its lease lapses (at least once).
+async fn finisher(
+    exec: &Exec,
+    rx: &mut mpsc::Receiver<Pending>,
+    stats: &WorkerStats,
+    give_up_after: Duration,
+) {
+    let mut batch: Vec<Pending> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < FINISH_BATCH {
+            match rx.try_recv() {
+                Ok(x) => batch.push(x),
+                Err(_) => break,
+            }
+        }
+        record(exec, std::mem::take(&mut batch), stats, give_up_after).await;
+    }
+}
+
+/// The most outcomes one `Store::finish` call records.
+const FINISH_BATCH: usize = 512;
+
+/// Writes one batch of outcomes; see [`finisher`].
+async fn record(
+    exec: &Exec,
+    mut pending: Vec<Pending>,
+    stats: &WorkerStats,
+    give_up_after: Duration,
+) {
+    let give_up_at = tokio::time::Instant::now() + give_up_after;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let error = match write(exec, &pending, stats).await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if pending.len() > 1 {
+            // One outcome may be what the store refuses: write each alone, keep the failures.
+            let mut failed = Vec::new();
+            for p in pending {
+                if write(exec, std::slice::from_ref(&p), stats).await.is_err() {
+                    failed.push(p);
+                }
+            }
+            pending = failed;
+            if pending.is_empty() {
+                return;
+            }
+        }
+        if tokio::time::Instant::now() + backoff > give_up_at {
+            for (f, task) in &pending {
+                tracing::error!(
+                    id = %f.lease.id, task = %task.task, error = %error,
+                    "could not record this attempt's outcome within a lease; giving up: the task runs again when its lease lapses"
+                );
+            }
+            return;
+        }
+        tracing::warn!(error = %error, outcomes = pending.len(), retry_in = ?backoff, "recording outcomes failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One `Store::finish` call; counts what it recorded.
+async fn write(exec: &Exec, pending: &[Pending], stats: &WorkerStats) -> Result<(), StoreError> {
+    let finishes: Vec<Finish> = pending.iter().map(|(f, _)| f.clone()).collect();
+    let results = exec
+        .store
+        .finish(finishes, &exec.worker, exec.clock.now())
+        .await?;
+    for ((f, _), r) in pending.iter().zip(results) {
+        match r {
+            Ok(()) => stats.count(&f.outcome),
+            Err(e) => tracing::warn!(id = %f.lease.id, error = %e, "outcome not recorded"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Leases that hold when calls hang and code blocks: a task never runs twice at once on a
+//! worker, a decode panic ends its attempt, a blocked task's lease is not renewed forever,
+//! shutdown tells running tasks at once, and a panic in the worker's background parts does
+//! not end them.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use taskq_runtime::testing::Harness;
+use taskq_runtime::{task, Context, Queue, TaskError, TaskId, TaskState, Worker};
+use taskq_tests::faulty::Faulty;
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Executions of `hung_heartbeat_task` running now, the most at once, and how many were
+/// told to stop.
+static NOW: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static TOLD: AtomicUsize = AtomicUsize::new(0);
+static STARTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Decrements [`NOW`] however the execution ends (finished or dropped).
+struct Running;
+impl Drop for Running {
+    fn drop(&mut self) {
+        NOW.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[task(queue = "hung", max_attempts = 100)]
+async fn hung_heartbeat_task(ctx: Context) -> Result<(), TaskError> {
+    let n = NOW.fetch_add(1, Ordering::SeqCst) + 1;
+    let _running = Running;
+    PEAK.fetch_max(n, Ordering::SeqCst);
+    STARTS.fetch_add(1, Ordering::SeqCst);
+    let mut told = false;
+    for _ in 0..200 {
+        if ctx.is_cancelled() && !told {
+            told = true;
+            TOLD.fetch_add(1, Ordering::SeqCst);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// A heartbeat that never returns: the worker cannot renew its lease, so it must tell the
+/// task and stop it before the lease lapses, and its own re-claim never runs beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_heartbeat_never_lets_a_task_run_twice_at_once() {
+    let store = Arc::new(Faulty::default());
+    store.faults.hang_heartbeat.store(true, Ordering::SeqCst);
+    let queue = Queue::new(store.clone());
+    hung_heartbeat_task::start(&queue).await.expect("start");
+    let worker = Worker::builder(store.clone())
+        .queues(["hung"])
+        .concurrency(4)
+        .lease(Duration::from_millis(300))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("three executions", Duration::from_secs(10), || async {
+        STARTS.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    worker.shutdown().await.expect("shutdown");
+    assert_eq!(
+        PEAK.load(Ordering::SeqCst),
+        1,
+        "never two executions at once"
+    );
+    assert!(
+        TOLD.load(Ordering::SeqCst) >= 1,
+        "the task was told before it was stopped"
+    );
+}
+
+/// An argument whose `Deserialize` panics.
+#[derive(Debug, Serialize)]
+struct Explosive(u32);
+
+impl<'de> Deserialize<'de> for Explosive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u32::deserialize(d)?;
+        panic!("Explosive({n}) refuses to be decoded");
+    }
+}
+
+#[task(queue = "decode", max_attempts = 2, min_backoff = "1s")]
+async fn decode_panics(x: Explosive) -> Result<(), TaskError> {
+    let _ = x;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_panic_while_decoding_ends_the_attempt_like_a_panic_in_the_body() {
+    let h = Harness::new();
+    let id = decode_panics::start(&h.queue(), Explosive(7))
+        .await
+        .expect("start");
+    let report = h.drain().await.expect("drain");
+    let outcomes: Vec<&str> = report.runs.iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes, ["retry", "dead"]);
+    let t = h.queue().task(id).await.expect("task").expect("exists");
+    assert_eq!(t.info.state, TaskState::Dead);
+    let error = t.info.last_error.unwrap_or_default();
+    assert!(
+        error.contains("panicked while decoding the arguments: Explosive(7) refuses to be decoded"),
+        "{error}"
+    );
+}
+
+#[task(queue = "blocks", timeout = "50ms", max_attempts = 100)]
+async fn blocks_its_thread(ms: u64) -> Result<(), TaskError> {
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(())
+}
+
+/// A task that blocks its thread never reaches the hard deadline's check; its lease is not
+/// renewed past the hard deadline plus one lease, so it lapses and is recorded as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocked_task_is_not_renewed_forever() {
+    let store = Arc::new(Faulty::default());
+    let queue = Queue::new(store.clone());
+    let id = blocks_its_thread::start(&queue, 1_500)
+        .await
+        .expect("start");
+    let worker = Worker::builder(store.clone())
+        .queues(["blocks"])
+        .concurrency(1)
+        .lease(Duration::from_millis(200))
+        .deadline_grace(Duration::from_millis(50))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("the lease to lapse", Duration::from_secs(10), || {
+        let queue = queue.clone();
+        async move {
+            matches!(queue.task(id).await, Ok(Some(t))
+                if t.attempts.iter().any(|a| a.outcome == "lease lapsed"))
+        }
+    })
+    .await;
+    worker.shutdown().await.expect("shutdown");
+}
+
+static TOLD_AT_SHUTDOWN: AtomicUsize = AtomicUsize::new(0);
+
+#[task(queue = "polite")]
+async fn stops_when_told(ctx: Context) -> Result<(), TaskError> {
+    for _ in 0..1_000 {
+        if ctx.is_cancelled() {
+            TOLD_AT_SHUTDOWN.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(TaskError::retry("never told"))
+}
+
+/// Shutdown tells running tasks at once (not only when their grace is over): a task that
+/// watches `ctx.is_cancelled()` wraps up and is recorded done, well inside the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_running_tasks_at_once() {
+    let store = taskq_tests::memory_store().await;
+    let queue = Queue::new(store.clone());
+    let id = stops_when_told::start(&queue).await.expect("start");
+    let worker = Worker::builder(store.clone())
+        .queues(["polite"])
+        .shutdown_grace(Duration::from_secs(8))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("the task to run", Duration::from_secs(5), || {
+        let queue = queue.clone();
+        async move { matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Running) }
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    worker.shutdown().await.expect("shutdown");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(TOLD_AT_SHUTDOWN.load(Ordering::SeqCst), 1);
+    let t = queue.task(id).await.expect("task").expect("exists");
+    assert_eq!(t.info.state, TaskState::Done);
+}
+
+#[task(queue = "supervised")]
+async fn outlives_a_lease(ms: u64) -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(())
+}
+
+/// A panic in the heartbeat and one in the outcome writer do not end them: the leases of
+/// a task longer than several leases keep being renewed (no lapse), and outcomes keep
+/// being recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_and_the_outcome_writer_survive_a_panic() {
+    let store = Arc::new(Faulty::default());
+    store.faults.panic_heartbeats.store(1, Ordering::SeqCst);
+    store.faults.panic_finishes.store(1, Ordering::SeqCst);
+    let queue = Queue::new(store.clone());
+    let first = outlives_a_lease::start(&queue, 10).await.expect("start");
+    let worker = Worker::builder(store.clone())
+        .queues(["supervised"])
+        .lease(Duration::from_millis(300))
+        .build()
+        .expect("worker")
+        .spawn();
+    // The first outcome is lost with the writer's panic: it runs again once its lease lapses.
+    let long = outlives_a_lease::start(&queue, 1_200).await.expect("start");
+    let done = |ids: Vec<TaskId>| {
+        let queue = queue.clone();
+        async move {
+            let mut all = true;
+            for id in ids {
+                all &=
+                    matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Done);
+            }
+            all
+        }
+    };
+    wait_until("both tasks done", Duration::from_secs(15), || {
+        done(vec![first, long])
+    })
+    .await;
+    worker.shutdown().await.expect("shutdown");
+    let t = queue.task(long).await.expect("task").expect("exists");
+    let outcomes: Vec<&str> = t.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["done"], "renewed throughout, never lapsed");
+    assert_eq!(
+        store.faults.panic_heartbeats.load(Ordering::SeqCst),
+        0,
+        "the panic happened"
+    );
+    assert_eq!(
+        store.faults.panic_finishes.load(Ordering::SeqCst),
+        0,
+        "the panic happened"
+    );
+}
