@@ -19,11 +19,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::Timestamp;
 
+pub mod admission;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod tombstone;
 
 /// The identifier of a task (and, for an iterative task, of its run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

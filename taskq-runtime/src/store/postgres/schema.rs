@@ -79,6 +79,16 @@ CREATE TABLE {S}.taskq_iterations (
     error        text
 );
 "#,
+    // 2 (tombstones): the holds deleted named tasks leave on their names (issue 7, item 7);
+    // self-contained, so it can be renumbered beside another branch's migration.
+    r#"
+CREATE TABLE {S}.taskq_tombstones (
+    name          text   PRIMARY KEY,
+    taken_until   bigint NOT NULL,
+    run_id        bigint,
+    tombstone_ms  bigint NOT NULL DEFAULT 0
+);
+"#,
 ];
 
 /// The schema version this build knows.
