@@ -1111,6 +1111,56 @@ pub async fn spent_limited_queue_lets_unlimited_flow(s: Arc<dyn Store>) {
     assert_eq!(ids_of(&c), vec![urgent[1]], "a token a second later");
 }
 
+/// Claimers racing over limited queues and an unlimited one: the limits hold across them
+/// (5 running at most; 3 tokens), no task is handed out twice, the unlimited queue drains.
+pub async fn concurrent_claims_hold_queue_limits(s: Arc<dyn Store>) {
+    s.configure_queue("capped", limited(None, Some(5)))
+        .await
+        .expect("configure");
+    let mut slow = limited(Some(1.0), None);
+    slow.burst = Some(3);
+    s.configure_queue("slow", slow).await.expect("configure");
+    for (queue, n, priority) in [("capped", 100, 1), ("slow", 20, 1), ("q", 200, 0)] {
+        let tasks = (0..n)
+            .map(|i| {
+                let mut t = new_task(queue, i);
+                t.priority = priority;
+                t
+            })
+            .collect();
+        s.enqueue(tasks, T0).await.expect("enqueue");
+    }
+    let mut joins = Vec::new();
+    for w in 0..4 {
+        let s = s.clone();
+        joins.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let mut r = req(&[], 7, 600_000, at(1));
+                r.worker = format!("w{w}");
+                let c = s.claim(&r).await.expect("claim");
+                if c.is_empty() {
+                    break;
+                }
+                got.extend(c.into_iter().map(|c| (c.lease.id, c.queue)));
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for j in joins {
+        all.extend(j.await.expect("join"));
+    }
+    let of = |q: &str| all.iter().filter(|(_, queue)| queue == q).count();
+    assert_eq!(
+        (of("capped"), of("slow"), of("q")),
+        (5, 3, 200),
+        "max_concurrent 5, 3 tokens, all of the unlimited queue"
+    );
+    let unique: HashSet<_> = all.iter().map(|(id, _)| *id).collect();
+    assert_eq!(unique.len(), all.len(), "no task handed out twice");
+}
+
 /// A named task delayed 60 s, with a 60 s tombstone window.
 fn named_delayed(queue: &str, name: &str) -> NewTask {
     let mut t = new_task(queue, 0);
@@ -1304,7 +1354,7 @@ macro_rules! conformance_tests {
             limited_queue_takes_its_turn_in_claim_order, spent_limited_queue_lets_unlimited_flow,
             deleting_a_named_task_keeps_its_name, purging_keeps_names,
             deleting_a_finished_task_keeps_its_window, unnamed_delete_takes_no_name,
-            deleting_a_runs_named_step_keeps_its_name,
+            deleting_a_runs_named_step_keeps_its_name, concurrent_claims_hold_queue_limits,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -60,7 +60,7 @@
 //!   `state`, `started_at`, `updated_at`, `finished_at`, `error`.
 //! - `taskq_counters`: named counters; `lease_token` hands out fencing tokens.
 //! - `taskq_tombstones` (version 2): the holds deleted named tasks leave on their names
-//!   (see [`tombstone`](super::tombstone)): `name` (primary key), `taken_until`, `run_id`
+//!   (see [`tombstone`]): `name` (primary key), `taken_until`, `run_id`
 //!   (the run whose life and window also hold it), `tombstone_ms`. Written by delete and
 //!   purge in their transaction; read by enqueue's name check.
 
@@ -2079,6 +2079,52 @@ mod tests {
         assert_eq!(m.config.max_concurrent, Some(1));
         assert_eq!(s.purge("m", at(0)).await?, 1);
         assert_eq!(s.purge("r", at(0)).await?, 2);
+        Ok(())
+    }
+
+    /// Only named rows leave tombstones (one row per name), and a version 1 database is
+    /// migrated to version 2 on open.
+    #[tokio::test]
+    async fn tombstones_only_for_names_and_migrated_from_v1() -> Result<(), StoreError> {
+        let db = TempDb::new("tombstones");
+        {
+            let s = open(&db).await;
+            drop(s);
+            // Back to version 1, as a database written by the previous release.
+            let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
+            conn.execute_batch(
+                "DROP TABLE taskq_tombstones; DELETE FROM taskq_schema WHERE version > 1;",
+            )
+            .map_err(StoreError::backend)?;
+        }
+        let s = open(&db).await;
+        let count = |db: &TempDb| -> Result<i64, StoreError> {
+            let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
+            conn.query_row("SELECT COUNT(*) FROM taskq_tombstones", [], |r| r.get(0))
+                .map_err(StoreError::backend)
+        };
+        let mut named = new_task("a", 0, at(60_000));
+        named.unique_name = Some("n".into());
+        let ids = s
+            .enqueue(
+                vec![
+                    new_task("a", 0, at(60_000)),
+                    new_task("p", 0, at(0)),
+                    named.clone(),
+                ],
+                at(0),
+            )
+            .await?;
+        s.delete(ids[0], at(1)).await?;
+        assert_eq!(s.purge("p", at(1)).await?, 1);
+        assert_eq!(count(&db)?, 0, "unnamed tasks leave nothing");
+        s.delete(ids[2], at(1)).await?;
+        assert_eq!(count(&db)?, 1);
+        assert!(matches!(
+            s.enqueue(vec![named.clone()], at(60_000)).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        s.enqueue(vec![named], at(60_001)).await?;
         Ok(())
     }
 

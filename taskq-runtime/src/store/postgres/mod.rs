@@ -17,7 +17,7 @@
 //!   to N tasks with `FOR UPDATE SKIP LOCKED`, so any number of workers claim
 //!   concurrently and never get the same task. When some do, one transaction locks their
 //!   `taskq_queues` rows (`FOR UPDATE`, in name order), counts their running tasks,
-//!   computes each one's allowance ([`admission`](super::admission): `max_concurrent`
+//!   computes each one's allowance ([`admission`]: `max_concurrent`
 //!   minus running, whole tokens in its bucket), claims with one ordered statement over
 //!   the limited and unlimited queues together, each limited queue capped at its
 //!   allowance (`row_number() OVER (PARTITION BY queue ...)` against caps passed as
@@ -49,7 +49,7 @@
 //! | `taskq_attempts` | `id`, `task_id`, `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error` | one row per finished or lapsed attempt; deleted with its task |
 //! | `taskq_queues` | `name`, `paused`, `rate`, `burst`, `max_concurrent`, `tokens`, `refilled_at` | settings and the token bucket's state |
 //! | `taskq_iterations` | `run_id` (the first step's id), `task`, `queue`, `filter jsonb`, `cursor jsonb`, `processed`, `batches`, `steps`, `total`, `state`, `started_at`, `updated_at`, `finished_at`, `error` | one row per iterative run |
-//! | `taskq_tombstones` | `name`, `taken_until`, `run_id`, `tombstone_ms` | version 2: the holds deleted named tasks leave on their names (see [`tombstone`](super::tombstone)); written by delete and purge in their statement, read by enqueue's name check |
+//! | `taskq_tombstones` | `name`, `taken_until`, `run_id`, `tombstone_ms` | version 2: the holds deleted named tasks leave on their names (see [`tombstone`]); written by delete and purge in their statement, read by enqueue's name check |
 //!
 //! # Starting a task inside your own transaction
 //! [`PostgresStore::enqueue_in`] stores tasks with the application's own
@@ -152,7 +152,7 @@ fn violated_name(e: &tokio_postgres::Error) -> Option<String> {
 const DELETED: &str = "id, run_id, state, unique_name, tombstone_ms, finished_at";
 
 /// Leaves the tombstones of the named rows a CTE `d` deleted (columns [`DELETED`]), at
-/// the time `$2`, in the same statement: the rule of [`tombstone`](super::tombstone) in
+/// the time `$2`, in the same statement: the rule of [`tombstone`] in
 /// SQL. A live row holds its name for its window from now, a finished one for what is
 /// left of its window, a step of a run that holds the name keeps the run; one record per
 /// name, keeping the later hold. Sums are `numeric`, so a huge window saturates instead
@@ -817,9 +817,9 @@ SELECT NULL, NULL, c.unique_name FROM conflict c
         }
     }
 
-    /// The claim statement. Parameters: `$1` now, `$2` lease end, `$3` worker, `$4` limit,
-    /// then for [`ClaimShape::Capped`] `$5` the limited queues and `$6` their caps, then the
-    /// queue filter (`$5`, or `$7` when capped).
+    /// The claim statement. Parameters: `$1` now, `$2` lease end, `$3` worker, `$4` limit;
+    /// then for [`ClaimShape::Plain`] the queue filter (`$5`, unless every queue), and for
+    /// [`ClaimShape::Capped`] `$5` queue names and `$6` their caps.
     ///
     /// Every shape picks in the one claim order (priority, `run_at`, id) over every queue
     /// it covers, due pending tasks and lapsed leases alike; its rows come back in that
@@ -828,27 +828,59 @@ SELECT NULL, NULL, c.unique_name FROM conflict c
         const LIMITED: &str = "q.rate IS NOT NULL OR q.max_concurrent IS NOT NULL";
         const COLUMNS: &str = "t.id, t.queue, t.priority, t.run_at, t.state AS old_state, \
              t.worker AS old_worker, t.started_at AS old_started, t.attempts AS old_attempts";
-        let (qn, guard, capped) = match shape {
+        // The best due pending tasks and lapsed leases of queues without limits (all, or
+        // those of the filter), each walking its index in claim order.
+        let unlimited = |guard: &str| {
+            format!(
+                r#"
+due AS (
+    SELECT {COLUMNS}
+    FROM {{S}}.taskq_tasks t
+    WHERE t.state = 'pending' AND t.run_at <= $1::int8
+      {qf} {guard}
+    ORDER BY t.priority DESC, t.run_at, t.id
+    LIMIT $4::int8
+    FOR UPDATE OF t SKIP LOCKED
+),
+expired AS (
+    SELECT {COLUMNS}
+    FROM {{S}}.taskq_tasks t
+    WHERE t.state = 'running' AND t.lease_until <= $1::int8
+      {qf} {guard}
+    ORDER BY t.priority DESC, t.run_at, t.id
+    LIMIT $4::int8
+    FOR UPDATE OF t SKIP LOCKED
+),"#,
+                // Queues with limits are never claimed here: only through their caps,
+                // under their row locks.
+                qf = filter.sql_excluding(5, &format!("q.paused OR {LIMITED}")),
+            )
+        };
+        let (ctes, candidates) = match shape {
             ClaimShape::Plain => (
-                5,
                 // A claim that covers a queue with limits must order it among the others:
                 // this statement then claims nothing and the capped path runs instead.
-                format!(
+                unlimited(&format!(
                     "AND NOT EXISTS (SELECT 1 FROM {{S}}.taskq_queues q \
                      WHERE NOT q.paused AND ({LIMITED}) {})",
                     filter.sql(5).replace("t.queue", "q.name")
-                ),
-                String::new(),
+                )),
+                "SELECT * FROM due UNION ALL SELECT * FROM expired",
             ),
-            ClaimShape::Capped => (
-                7,
-                String::new(),
-                // Each limited queue's best due and lapsed tasks, at most its cap of each
-                // (its index walked in claim order), then at most its cap of both.
-                format!(
+            ClaimShape::Capped => {
+                // `$5`/`$6`: the locked limited queues with their allowances, and (unless
+                // the claim covers every queue) the other wanted queues with cap -1: up to
+                // the limit, if they are neither paused nor limited by now. Each queue's
+                // best due and lapsed tasks are read through its index (at most its cap of
+                // each), then at most its cap of both are kept.
+                let capped = format!(
                     r#"
 caps AS (
-    SELECT c.name, c.cap FROM unnest($5::text[], $6::int8[]) AS c(name, cap) WHERE c.cap > 0
+    SELECT c.name, CASE WHEN c.cap < 0 THEN $4::int8 ELSE c.cap END AS cap
+    FROM unnest($5::text[], $6::int8[]) AS c(name, cap)
+    WHERE c.cap > 0 OR (c.cap < 0 AND NOT EXISTS (SELECT 1 FROM {{S}}.taskq_queues q
+                                                 WHERE q.name = c.name
+                                                   AND (q.paused OR {LIMITED})))
 ),
 capped_due AS (
     SELECT x.* FROM caps c CROSS JOIN LATERAL (
@@ -876,37 +908,23 @@ capped AS (
     ) y JOIN caps c ON c.name = y.queue
     WHERE y.rn <= c.cap
 ),"#
-                ),
-            ),
-        };
-        let capped_union = if shape == ClaimShape::Capped {
-            "UNION ALL SELECT * FROM capped"
-        } else {
-            ""
+                );
+                if filter == QueueFilter::All {
+                    (
+                        capped + &unlimited(""),
+                        "SELECT * FROM due UNION ALL SELECT * FROM expired \
+                         UNION ALL SELECT * FROM capped",
+                    )
+                } else {
+                    (capped, "SELECT * FROM capped")
+                }
+            }
         };
         self.sql(&format!(
             r#"
-WITH {capped}
-due AS (
-    SELECT {COLUMNS}
-    FROM {{S}}.taskq_tasks t
-    WHERE t.state = 'pending' AND t.run_at <= $1::int8
-      {qf} {guard}
-    ORDER BY t.priority DESC, t.run_at, t.id
-    LIMIT $4::int8
-    FOR UPDATE OF t SKIP LOCKED
-),
-expired AS (
-    SELECT {COLUMNS}
-    FROM {{S}}.taskq_tasks t
-    WHERE t.state = 'running' AND t.lease_until <= $1::int8
-      {qf} {guard}
-    ORDER BY t.priority DESC, t.run_at, t.id
-    LIMIT $4::int8
-    FOR UPDATE OF t SKIP LOCKED
-),
+WITH {ctes}
 picked AS (
-    SELECT * FROM (SELECT * FROM due UNION ALL SELECT * FROM expired {capped_union}) x
+    SELECT * FROM ({candidates}) x
     ORDER BY x.priority DESC, x.run_at, x.id
     LIMIT $4::int8
 ),
@@ -930,9 +948,6 @@ SELECT c.id, c.lease_token, c.task, c.queue, c.payload::text AS payload, c.attem
 FROM claimed c LEFT JOIN {{S}}.taskq_iterations i ON i.run_id = c.run_id
 ORDER BY c.priority DESC, c.run_at, c.id
 "#,
-            // Queues with limits are never claimed by the unlimited part: only through
-            // their caps, under their row locks.
-            qf = filter.sql_excluding(qn, &format!("q.paused OR {LIMITED}")),
             lapsed = LAPSED.replace('\'', "''"),
         ))
     }
@@ -949,7 +964,10 @@ ORDER BY c.priority DESC, c.run_at, c.id
     /// locks their `taskq_queues` rows (so limits hold across every worker), reads how
     /// many of their tasks run, computes each one's allowance ([`admission`]), claims
     /// with one statement in the one claim order over the limited and unlimited queues
-    /// alike (each limited queue up to its allowance), and stores the buckets.
+    /// alike (each limited queue up to its allowance), and stores the buckets. `limited`
+    /// names the limited queues just listed; a claim that names its queues locks every
+    /// one of them that is limited by then. Three round trips: lock and count, claim,
+    /// buckets and commit.
     async fn claim_capped(
         &self,
         c: &mut PooledConn<'_>,
@@ -983,11 +1001,16 @@ ORDER BY c.priority DESC, c.run_at, c.id
         let st_bucket = c.prep(&bucket_sql).await?;
         let lease_until = req.now.add(req.lease).0;
         let limit = req.limit.min(i64::MAX as usize) as i64;
-        let one = req.queues.first().cloned().unwrap_or_default();
 
+        // Lock every limited queue the claim covers (as of now, not only those listed a
+        // moment ago), so that none is claimed from without its lock.
+        let wanted = match filter {
+            QueueFilter::All => limited,
+            _ => req.queues.clone(),
+        };
         let client = c.client()?;
-        let limited_p: [Param<'_>; 1] = [&limited];
-        let running_p: [Param<'_>; 2] = [&limited, &now];
+        let limited_p: [Param<'_>; 1] = [&wanted];
+        let running_p: [Param<'_>; 2] = [&wanted, &now];
         let result: Result<Vec<Row>, tokio_postgres::Error> = async {
             // One round trip: the lock, then the count under it.
             let (begin, locked, running) = futures::join!(
@@ -1028,13 +1051,20 @@ ORDER BY c.priority DESC, c.run_at, c.id
                 names.push(name);
                 admissions.push(adm);
             }
-            let mut params: Vec<Param<'_>> =
-                vec![&now, &lease_until, &req.worker, &limit, &names, &caps];
-            match filter {
-                QueueFilter::All => {}
-                QueueFilter::One => params.push(&one),
-                QueueFilter::Many => params.push(&req.queues),
+            // The other wanted queues, up to the limit (-1), unless paused or limited by
+            // the time the claim runs.
+            let mut seen: HashSet<&str> = names.iter().map(String::as_str).collect();
+            let mut all_names: Vec<&str> = names.iter().map(String::as_str).collect();
+            if filter != QueueFilter::All {
+                for q in &req.queues {
+                    if seen.insert(q.as_str()) {
+                        all_names.push(q.as_str());
+                        caps.push(-1);
+                    }
+                }
             }
+            let params: [Param<'_>; 6] =
+                [&now, &lease_until, &req.worker, &limit, &all_names, &caps];
             let rows = client.query(&st_claim, &params).await?;
             // The buckets of rate-limited queues taken from, then the commit: one trip.
             let mut taken: HashMap<&str, u64> = HashMap::new();

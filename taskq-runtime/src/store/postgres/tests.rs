@@ -596,3 +596,52 @@ async fn survives_a_server_restart() {
     drop((s, starter));
     drop_schema(&url, &schema).await;
 }
+
+/// Only named rows leave tombstones (one row per name), and a version 1 schema is
+/// migrated to version 2 on open.
+#[tokio::test]
+async fn tombstones_only_for_names_and_migrated_from_v1() {
+    let _g = SERVER.read().await;
+    let Some(url) = url() else { return };
+    let schema = schema_name("tombstones");
+    let q = format!("\"{schema}\"");
+    drop(store(&url, &schema).await);
+    let c = client(&url).await;
+    c.batch_execute(&format!(
+        "DROP TABLE {q}.taskq_tombstones; DELETE FROM {q}.taskq_schema WHERE version > 1"
+    ))
+    .await
+    .expect("back to version 1");
+    let s = store(&url, &schema).await;
+    let count = || async {
+        c.query_one(&format!("SELECT count(*) FROM {q}.taskq_tombstones"), &[])
+            .await
+            .expect("count")
+            .get::<_, i64>(0)
+    };
+    let t0 = Timestamp(1_800_000_000_000);
+    let later = Timestamp(t0.0 + 60_000);
+    let mut named = task("a", 2, later);
+    named.unique_name = Some("n".into());
+    let ids = s
+        .enqueue(
+            vec![task("a", 0, later), task("p", 1, t0), named.clone()],
+            t0,
+        )
+        .await
+        .expect("enqueue");
+    s.delete(ids[0], t0).await.expect("delete");
+    assert_eq!(s.purge("p", t0).await.expect("purge"), 1);
+    assert_eq!(count().await, 0, "unnamed tasks leave nothing");
+    s.delete(ids[2], t0).await.expect("delete");
+    assert_eq!(count().await, 1);
+    assert!(matches!(
+        s.enqueue(vec![named.clone()], Timestamp(later.0 - 1)).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    s.enqueue(vec![named], later)
+        .await
+        .expect("free at the end");
+    drop(s);
+    drop_schema(&url, &schema).await;
+}
