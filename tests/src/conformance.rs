@@ -1161,6 +1161,42 @@ pub async fn concurrent_claims_hold_queue_limits(s: Arc<dyn Store>) {
     assert_eq!(unique.len(), all.len(), "no task handed out twice");
 }
 
+/// Limits set, changed and cleared between claims of the same queues apply from the next
+/// claim on (a store may remember which claims met limits; it must not trust that).
+pub async fn limits_changed_between_claims_apply_at_once(s: Arc<dyn Store>) {
+    s.enqueue((0..20).map(|n| new_task("email", n)).collect(), T0)
+        .await
+        .expect("enqueue");
+    for queues in [&["email"][..], &["email", "other"][..], &[][..]] {
+        let r = |limit| req(queues, limit, 600_000, at(1));
+        s.configure_queue("email", QueueConfig::default())
+            .await
+            .expect("no limits");
+        let before = s.claim(&r(2)).await.expect("claim").len();
+        assert_eq!(before, 2, "{queues:?}");
+        s.configure_queue("email", limited(None, Some(3)))
+            .await
+            .expect("limit");
+        assert_eq!(s.claim(&r(5)).await.expect("claim").len(), 1, "{queues:?}");
+        assert_eq!(s.claim(&r(5)).await.expect("claim").len(), 0, "{queues:?}");
+        s.configure_queue("email", QueueConfig::default())
+            .await
+            .expect("cleared");
+        assert_eq!(s.claim(&r(2)).await.expect("claim").len(), 2, "{queues:?}");
+        // Finish what runs, for the next round.
+        let running = s
+            .list_tasks(&TaskQuery {
+                state: Some(TaskState::Running),
+                ..TaskQuery::default()
+            })
+            .await
+            .expect("list");
+        for t in running {
+            s.delete(t.id, at(1)).await.expect("delete");
+        }
+    }
+}
+
 /// A named task delayed 60 s, with a 60 s tombstone window.
 fn named_delayed(queue: &str, name: &str) -> NewTask {
     let mut t = new_task(queue, 0);
@@ -1355,6 +1391,7 @@ macro_rules! conformance_tests {
             deleting_a_named_task_keeps_its_name, purging_keeps_names,
             deleting_a_finished_task_keeps_its_window, unnamed_delete_takes_no_name,
             deleting_a_runs_named_step_keeps_its_name, concurrent_claims_hold_queue_limits,
+            limits_changed_between_claims_apply_at_once,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -21,7 +21,10 @@
 //!   minus running, whole tokens in its bucket), claims with one ordered statement over
 //!   the limited and unlimited queues together, each limited queue capped at its
 //!   allowance (`row_number() OVER (PARTITION BY queue ...)` against caps passed as
-//!   arrays), and stores the buckets: limits hold across every worker and host.
+//!   arrays), and stores the buckets: limits hold across every worker and host. The store
+//!   remembers which queue lists met limits, so their next claim starts there (two round
+//!   trips, three when a bucket is stored), and goes back to the plain statement once
+//!   the limits are gone.
 //! - **Complete**: one statement per batch of finished attempts (arrays passed with
 //!   `unnest`) applies each outcome, records the attempt, updates iteration runs and
 //!   inserts continuation steps.
@@ -251,6 +254,9 @@ pub struct PostgresStore {
     s: String,
     wake: broadcast::Sender<Arc<str>>,
     listener: tokio::task::JoinHandle<()>,
+    /// The queue lists (as claims name them; empty for every queue) whose last claim met a
+    /// queue with limits: their next claim skips the plain statement. Only a hint.
+    limited_hint: std::sync::Mutex<HashSet<Vec<String>>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -660,7 +666,29 @@ impl PostgresStore {
             s,
             wake,
             listener,
+            limited_hint: std::sync::Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Whether the last claim of `queues` met a queue with limits.
+    fn covers_limited(&self, queues: &[String]) -> bool {
+        let hint = self.limited_hint.lock().unwrap_or_else(|p| p.into_inner());
+        hint.contains(queues)
+    }
+
+    /// Remembers whether a claim of `queues` met a queue with limits.
+    fn note_limited(&self, queues: &[String], limited: bool) {
+        let mut hint = self.limited_hint.lock().unwrap_or_else(|p| p.into_inner());
+        if !limited {
+            hint.remove(queues);
+            return;
+        }
+        // Workers claim with one list each; many lists mean callers that vary them, whose
+        // hints are cheap to lose.
+        if hint.len() >= 64 {
+            hint.clear();
+        }
+        hint.insert(queues.to_vec());
     }
 
     /// The schema holding this store's tables.
@@ -964,30 +992,37 @@ ORDER BY c.priority DESC, c.run_at, c.id
     /// locks their `taskq_queues` rows (so limits hold across every worker), reads how
     /// many of their tasks run, computes each one's allowance ([`admission`]), claims
     /// with one statement in the one claim order over the limited and unlimited queues
-    /// alike (each limited queue up to its allowance), and stores the buckets. `limited`
-    /// names the limited queues just listed; a claim that names its queues locks every
-    /// one of them that is limited by then. Three round trips: lock and count, claim,
-    /// buckets and commit.
+    /// alike (each limited queue up to its allowance), and stores the buckets. It locks
+    /// every queue the claim covers that is limited when it runs, so it is right whatever
+    /// changed since the caller looked. Two round trips (lock and count; claim and
+    /// commit), three when a bucket is to be stored. Also says whether it met a limited
+    /// queue.
     async fn claim_capped(
         &self,
         c: &mut PooledConn<'_>,
         req: &ClaimRequest,
-        limited: Vec<String>,
-    ) -> Result<Vec<ClaimedTask>, StoreError> {
+    ) -> Result<(Vec<ClaimedTask>, bool), StoreError> {
         let now = req.now.0;
         let filter = QueueFilter::of(&req.queues);
+        // `$1`: the wanted queues, NULL for every queue.
         let lock_sql = self.sql(
             "SELECT name, rate, burst, max_concurrent, tokens, refilled_at FROM {S}.taskq_queues \
-             WHERE name = ANY($1::text[]) AND NOT paused \
+             WHERE ($1::text[] IS NULL OR name = ANY($1::text[])) AND NOT paused \
                AND (rate IS NOT NULL OR max_concurrent IS NOT NULL) \
              ORDER BY name FOR UPDATE",
         );
         // A statement of its own, after the lock: its snapshot sees the tasks that the
         // previous holder of the lock claimed.
+        // Only queues with a `max_concurrent` need the count. It walks the lease index, so
+        // it costs as many running tasks as the store holds (few, while workers finish
+        // what they claim).
         let running_sql = self.sql(
-            "SELECT queue, count(*) FROM {S}.taskq_tasks \
-             WHERE state = 'running' AND lease_until > $2::int8 AND queue = ANY($1::text[]) \
-             GROUP BY queue",
+            "SELECT t.queue, count(*) FROM {S}.taskq_tasks t \
+             WHERE t.state = 'running' AND t.lease_until > $2::int8 \
+               AND t.queue IN (SELECT q.name FROM {S}.taskq_queues q \
+                               WHERE ($1::text[] IS NULL OR q.name = ANY($1::text[])) \
+                                 AND NOT q.paused AND q.max_concurrent IS NOT NULL) \
+             GROUP BY t.queue",
         );
         let claim_sql = self.claim_sql(filter, ClaimShape::Capped);
         let bucket_sql = self.sql(
@@ -1002,16 +1037,16 @@ ORDER BY c.priority DESC, c.run_at, c.id
         let lease_until = req.now.add(req.lease).0;
         let limit = req.limit.min(i64::MAX as usize) as i64;
 
-        // Lock every limited queue the claim covers (as of now, not only those listed a
-        // moment ago), so that none is claimed from without its lock.
-        let wanted = match filter {
-            QueueFilter::All => limited,
-            _ => req.queues.clone(),
+        // Lock every limited queue the claim covers, as of now, so that none is claimed
+        // from without its lock.
+        let wanted: Option<&Vec<String>> = match filter {
+            QueueFilter::All => None,
+            _ => Some(&req.queues),
         };
         let client = c.client()?;
         let limited_p: [Param<'_>; 1] = [&wanted];
         let running_p: [Param<'_>; 2] = [&wanted, &now];
-        let result: Result<Vec<Row>, tokio_postgres::Error> = async {
+        let result: Result<(Vec<Row>, bool), tokio_postgres::Error> = async {
             // One round trip: the lock, then the count under it.
             let (begin, locked, running) = futures::join!(
                 client.batch_execute("BEGIN"),
@@ -1065,6 +1100,18 @@ ORDER BY c.priority DESC, c.run_at, c.id
             }
             let params: [Param<'_>; 6] =
                 [&now, &lease_until, &req.worker, &limit, &all_names, &caps];
+            let any_limited = !locked.is_empty();
+            if admissions.iter().all(|a| a.bucket.is_none()) {
+                // No bucket to store: the claim and the commit in one round trip (a failed
+                // claim aborts the transaction, and the COMMIT then rolls it back).
+                let (rows, committed) = futures::join!(
+                    client.query(&st_claim, &params),
+                    client.batch_execute("COMMIT"),
+                );
+                let rows = rows?;
+                committed?;
+                return Ok((rows, any_limited));
+            }
             let rows = client.query(&st_claim, &params).await?;
             // The buckets of rate-limited queues taken from, then the commit: one trip.
             let mut taken: HashMap<&str, u64> = HashMap::new();
@@ -1095,7 +1142,7 @@ ORDER BY c.priority DESC, c.run_at, c.id
             // A failed update aborts the transaction: the COMMIT then rolls it back.
             updated?;
             committed?;
-            Ok(rows)
+            Ok((rows, any_limited))
         }
         .await;
         if result.is_err() {
@@ -1105,8 +1152,12 @@ ORDER BY c.priority DESC, c.run_at, c.id
                 c.discard();
             }
         }
-        let rows = c.check(result)?;
-        rows.iter().map(claimed_from_row).collect()
+        let (rows, any_limited) = c.check(result)?;
+        let claimed = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok((claimed, any_limited))
     }
 
     async fn notify_sql_exec(
@@ -1160,6 +1211,15 @@ impl Store for PostgresStore {
         }
         let filter = QueueFilter::of(&req.queues);
         let mut c = self.pool.get().await?;
+        if self.covers_limited(&req.queues) {
+            // The last claim of these queues met limits: straight to the capped path (it is
+            // right whatever the settings are now), and plain again once it finds none.
+            let (claimed, any_limited) = self.claim_capped(&mut c, req).await?;
+            if !any_limited {
+                self.note_limited(&req.queues, false);
+            }
+            return Ok(claimed);
+        }
         let st_claim = c.prep(&self.claim_sql(filter, ClaimShape::Plain)).await?;
         let st_limited = c.prep(&self.limited_sql(filter)).await?;
         let now = req.now.0;
@@ -1198,8 +1258,8 @@ impl Store for PostgresStore {
         if limited.is_empty() || !claimed.is_empty() {
             return claimed.iter().map(claimed_from_row).collect();
         }
-        let limited: Vec<String> = limited.iter().map(|r| r.get(0)).collect();
-        self.claim_capped(&mut c, req, limited).await
+        self.note_limited(&req.queues, true);
+        Ok(self.claim_capped(&mut c, req).await?.0)
     }
 
     async fn heartbeat(
