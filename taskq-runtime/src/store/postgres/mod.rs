@@ -776,7 +776,10 @@ SELECT NULL, NULL, c.unique_name FROM conflict c
     /// [`StoreError::AlreadyExists`] and stores nothing (the transaction stays usable).
     /// Two transactions starting one unique name at the same moment: the second waits
     /// for the first and then fails with a unique violation that aborts its transaction,
-    /// reported as [`StoreError::AlreadyExists`].
+    /// reported as [`StoreError::AlreadyExists`]. The name check reads tombstones and
+    /// finished tasks with the statement's snapshot: under `READ COMMITTED` (PostgreSQL's
+    /// default) it sees every delete committed before it; under `REPEATABLE READ` it sees
+    /// the names as of your transaction's first statement.
     ///
     /// See the [module docs](self) for an example.
     pub async fn enqueue_in(
