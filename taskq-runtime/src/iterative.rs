@@ -1,6 +1,7 @@
 //! The step runner of `#[iterative_task]`: read a batch after the cursor, call the user's
 //! function, checkpoint the new cursor and progress, and go on while inside the time
-//! slice; then hand over to a continuation step.
+//! slice; then hand over to a continuation step. The run is done when the model returns
+//! nothing after the cursor (a short batch is not the end).
 
 use std::time::Duration;
 
@@ -107,6 +108,11 @@ async fn run_step<M: Model, A: Send + 'static>(
     loop {
         let batch = M::batch(source, &filter, cursor.as_ref(), batch_size).await?;
         let n = batch.len();
+        // Only an empty batch ends the run: `Model::batch` returns *up to* `limit`, and a
+        // model that pages a capped API returns short batches long before the end.
+        if n == 0 {
+            return Ok(Completion::Done);
+        }
         if let Some(last) = batch.last() {
             let last_key = last.key();
             // The cursor is checked before the batch runs: a key that cannot be stored
@@ -145,9 +151,6 @@ async fn run_step<M: Model, A: Send + 'static>(
                 Err(e) => return Err(e.into()),
             }
             cursor = Some(last_key);
-        }
-        if n < batch_size {
-            return Ok(Completion::Done);
         }
         if ctx.inner.clock.now() >= slice_end || ctx.is_cancelled() {
             return Ok(Completion::Continue);

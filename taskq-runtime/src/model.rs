@@ -10,9 +10,11 @@ use crate::error::TaskError;
 /// An entity type an iterative task can walk through in keyset order.
 ///
 /// `batch` returns up to `limit` entities whose key is greater than `after` (all from the
-/// start when `after` is `None`), in ascending key order, matching `filter`. The runtime
-/// keeps the key of the last entity of each batch as the run's cursor, so a run survives
-/// deadlines, crashes and deploys. Rows inserted behind the cursor during a run are not
+/// start when `after` is `None`), in ascending key order, matching `filter`. It may return
+/// fewer than `limit` whenever it likes (an API that pages at most 100 at a time, say):
+/// the run goes on from the last key returned, and ends only when `batch` returns no
+/// entity after the cursor. The runtime keeps the key of the last entity of each batch as
+/// the run's cursor, so a run survives deadlines, crashes and deploys. Rows inserted behind the cursor during a run are not
 /// visited; rows inserted ahead of it are; rows deleted ahead of it are not.
 ///
 /// ```
@@ -56,7 +58,10 @@ pub trait Model: Send + Sized + 'static {
     /// This entity's key.
     fn key(&self) -> Self::Key;
 
-    /// Up to `limit` entities after `after`, in ascending key order.
+    /// Up to `limit` entities after `after`, in ascending key order. Fewer than `limit` is
+    /// fine and does not end the run; an empty result (nothing after `after`) does. Each
+    /// call must return entities whose keys are greater than `after`, or the run would read
+    /// the same entities again.
     fn batch(
         source: &Self::Source,
         filter: &Self::Filter,

@@ -12,7 +12,8 @@ use crate::store::{
 use crate::task::{TaskDef, TaskKind};
 use crate::time::{Clock, Timestamp};
 
-/// How long a finished named task keeps its name taken, unless the builder says otherwise.
+/// How long a finished (or deleted) named task keeps its name taken, unless the builder
+/// says otherwise.
 pub const DEFAULT_TOMBSTONE: Duration = Duration::from_secs(3600);
 
 /// A handle on a store, to start tasks and manage them. Cheap to clone.
@@ -109,7 +110,8 @@ impl Queue {
         self.store.run_now(id, self.clock.now()).await
     }
 
-    /// Deletes a task.
+    /// Deletes a task. A named task's name stays taken for its tombstone window (from now
+    /// if it was live, from its end if it had finished), as App Engine and Cloud Tasks do.
     pub async fn delete(&self, id: TaskId) -> Result<(), StoreError> {
         self.store.delete(id, self.clock.now()).await
     }
@@ -129,7 +131,8 @@ impl Queue {
         self.store.set_paused(queue, false).await
     }
 
-    /// Deletes every pending task of a queue; returns how many.
+    /// Deletes every pending task of a queue; returns how many. The names of purged named
+    /// tasks stay taken for their tombstone windows from now.
     pub async fn purge(&self, queue: &str) -> Result<u64, StoreError> {
         self.store.purge(queue, self.clock.now()).await
     }
@@ -226,14 +229,14 @@ impl TaskBuilder {
     }
 
     /// A de-duplication name: starting it again while the task is live, or within the
-    /// tombstone window after it finished (1 hour unless [`TaskBuilder::tombstone`] says
-    /// otherwise), returns an "already exists" error.
+    /// tombstone window after it finished or was deleted or purged (1 hour unless
+    /// [`TaskBuilder::tombstone`] says otherwise), returns an "already exists" error.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.unique_name = Some(name.into());
         self
     }
 
-    /// How long the name stays taken after the task finished.
+    /// How long the name stays taken after the task finished, or was deleted or purged.
     pub fn tombstone(mut self, window: Duration) -> Self {
         self.tombstone = window;
         self

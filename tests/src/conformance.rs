@@ -1158,6 +1158,394 @@ pub async fn store_refuses_too_deep_values_and_nul_names(s: Arc<dyn Store>) {
     );
 }
 
+// ---- issue 7: one claim order; names kept after delete and purge ---------------------
+
+/// A limited queue is one rate, and `max_concurrent` of 2.
+fn limited(rate: Option<f64>, max_concurrent: Option<u32>) -> QueueConfig {
+    QueueConfig {
+        rate,
+        burst: None,
+        max_concurrent,
+    }
+}
+
+/// 60 due tasks in the unlimited `default` queue, due from T0 on, one ms apart.
+async fn sixty_defaults(s: &dyn Store) -> Vec<TaskId> {
+    s.enqueue(
+        (0..60)
+            .map(|n| {
+                let mut t = new_task("default", n);
+                t.run_at = at(n);
+                t
+            })
+            .collect(),
+        T0,
+    )
+    .await
+    .expect("enqueue defaults")
+}
+
+fn ids_of(c: &[ClaimedTask]) -> Vec<TaskId> {
+    c.iter().map(|c| c.lease.id).collect()
+}
+
+/// Issue 7, item 5: a rate-limited queue's priority-10 task is claimed before the 60 due
+/// tasks of an unlimited queue, whichever way the claim names its queues: one order on
+/// every store (priority, then run_at, then id) across limited and unlimited queues.
+pub async fn limited_queue_takes_its_turn_in_claim_order(s: Arc<dyn Store>) {
+    s.configure_queue("email", limited(Some(1.0), None))
+        .await
+        .expect("configure");
+    let defaults = sixty_defaults(&*s).await;
+    let mut mails = Vec::new();
+    for n in 0..2 {
+        let mut t = new_task("email", 100 + n);
+        t.priority = 10;
+        t.run_at = at(30);
+        mails.push(s.enqueue(vec![t], T0).await.expect("enqueue email")[0]);
+    }
+    let now = at(100);
+    let c = s.claim(&req(&[], 1, 30_000, now)).await.expect("claim");
+    assert_eq!(ids_of(&c), vec![mails[0]], "every queue: the email first");
+    // One token per second: a second later the next email, now naming both queues.
+    let later = at(1_100);
+    let c = s
+        .claim(&req(&["default", "email"], 1, 30_000, later))
+        .await
+        .expect("claim");
+    assert_eq!(ids_of(&c), vec![mails[1]], "named queues: the email first");
+    // Then the defaults, in run_at order.
+    let c = s
+        .claim(&req(&["email", "default"], 3, 30_000, later))
+        .await
+        .expect("claim");
+    assert_eq!(ids_of(&c), defaults[..3].to_vec());
+
+    // Priority, run_at and id interleave limited and unlimited queues alike.
+    let mut hi = new_task("reports", 1);
+    hi.priority = 5;
+    hi.run_at = at(50);
+    let mut lo = new_task("reports", 2);
+    lo.priority = -1;
+    let mut mid = new_task("default", 99);
+    mid.priority = 5;
+    mid.run_at = at(40);
+    s.configure_queue("reports", limited(None, Some(2)))
+        .await
+        .expect("configure");
+    let ids = s.enqueue(vec![hi, lo, mid], T0).await.expect("enqueue");
+    let c = s.claim(&req(&[], 60, 30_000, later)).await.expect("claim");
+    let got = ids_of(&c);
+    assert_eq!(got.len(), 60, "58 defaults and the 2 reports: {got:?}");
+    assert_eq!(got[..2], [ids[2], ids[0]], "priority 5: run_at 40, then 50");
+    assert_eq!(got[2..59], defaults[3..]);
+    assert_eq!(got[59], ids[1], "priority -1 last");
+}
+
+/// A limited queue whose cap is spent (no token, or `max_concurrent` running) does not
+/// hold back the unlimited queues of the same claim.
+pub async fn spent_limited_queue_lets_unlimited_flow(s: Arc<dyn Store>) {
+    s.configure_queue("email", limited(Some(1.0), None))
+        .await
+        .expect("configure");
+    s.configure_queue("reports", limited(None, Some(1)))
+        .await
+        .expect("configure");
+    let defaults = sixty_defaults(&*s).await;
+    let mut urgent = Vec::new();
+    for (queue, n) in [("email", 1), ("email", 2), ("reports", 3), ("reports", 4)] {
+        let mut t = new_task(queue, n);
+        t.priority = 10;
+        urgent.push(s.enqueue(vec![t], T0).await.expect("enqueue")[0]);
+    }
+    let now = at(100);
+    let c = s.claim(&req(&[], 4, 30_000, now)).await.expect("claim");
+    assert_eq!(
+        ids_of(&c),
+        vec![urgent[0], urgent[2], defaults[0], defaults[1]],
+        "one email (one token), one report (max_concurrent 1), then the defaults"
+    );
+    for queues in [&[][..], &["email", "reports", "default"][..]] {
+        let c = s.claim(&req(queues, 4, 30_000, now)).await.expect("claim");
+        assert_eq!(c.len(), 4, "{queues:?}");
+        assert!(
+            c.iter().all(|c| c.queue == "default"),
+            "limited queues spent, the unlimited one flows: {c:?}"
+        );
+    }
+    // A claim of only spent queues gets nothing, and changes nothing.
+    let c = s
+        .claim(&req(&["email", "reports"], 4, 30_000, now))
+        .await
+        .expect("claim");
+    assert!(c.is_empty(), "{c:?}");
+    let c = s
+        .claim(&req(&["email"], 4, 30_000, at(1_100)))
+        .await
+        .expect("claim");
+    assert_eq!(ids_of(&c), vec![urgent[1]], "a token a second later");
+}
+
+/// Claimers racing over limited queues and an unlimited one: the limits hold across them
+/// (5 running at most; 3 tokens), no task is handed out twice, the unlimited queue drains.
+pub async fn concurrent_claims_hold_queue_limits(s: Arc<dyn Store>) {
+    s.configure_queue("capped", limited(None, Some(5)))
+        .await
+        .expect("configure");
+    let mut slow = limited(Some(1.0), None);
+    slow.burst = Some(3);
+    s.configure_queue("slow", slow).await.expect("configure");
+    for (queue, n, priority) in [("capped", 100, 1), ("slow", 20, 1), ("q", 200, 0)] {
+        let tasks = (0..n)
+            .map(|i| {
+                let mut t = new_task(queue, i);
+                t.priority = priority;
+                t
+            })
+            .collect();
+        s.enqueue(tasks, T0).await.expect("enqueue");
+    }
+    let mut joins = Vec::new();
+    for w in 0..4 {
+        let s = s.clone();
+        joins.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let mut r = req(&[], 7, 600_000, at(1));
+                r.worker = format!("w{w}");
+                let c = s.claim(&r).await.expect("claim");
+                if c.is_empty() {
+                    break;
+                }
+                got.extend(c.into_iter().map(|c| (c.lease.id, c.queue)));
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for j in joins {
+        all.extend(j.await.expect("join"));
+    }
+    let of = |q: &str| all.iter().filter(|(_, queue)| queue == q).count();
+    assert_eq!(
+        (of("capped"), of("slow"), of("q")),
+        (5, 3, 200),
+        "max_concurrent 5, 3 tokens, all of the unlimited queue"
+    );
+    let unique: HashSet<_> = all.iter().map(|(id, _)| *id).collect();
+    assert_eq!(unique.len(), all.len(), "no task handed out twice");
+}
+
+/// Limits set, changed and cleared between claims of the same queues apply from the next
+/// claim on (a store may remember which claims met limits; it must not trust that).
+pub async fn limits_changed_between_claims_apply_at_once(s: Arc<dyn Store>) {
+    s.enqueue((0..20).map(|n| new_task("email", n)).collect(), T0)
+        .await
+        .expect("enqueue");
+    for queues in [&["email"][..], &["email", "other"][..], &[][..]] {
+        let r = |limit| req(queues, limit, 600_000, at(1));
+        s.configure_queue("email", QueueConfig::default())
+            .await
+            .expect("no limits");
+        let before = s.claim(&r(2)).await.expect("claim").len();
+        assert_eq!(before, 2, "{queues:?}");
+        s.configure_queue("email", limited(None, Some(3)))
+            .await
+            .expect("limit");
+        assert_eq!(s.claim(&r(5)).await.expect("claim").len(), 1, "{queues:?}");
+        assert_eq!(s.claim(&r(5)).await.expect("claim").len(), 0, "{queues:?}");
+        s.configure_queue("email", QueueConfig::default())
+            .await
+            .expect("cleared");
+        assert_eq!(s.claim(&r(2)).await.expect("claim").len(), 2, "{queues:?}");
+        // Finish what runs, for the next round.
+        let running = s
+            .list_tasks(&TaskQuery {
+                state: Some(TaskState::Running),
+                ..TaskQuery::default()
+            })
+            .await
+            .expect("list");
+        for t in running {
+            s.delete(t.id, at(1)).await.expect("delete");
+        }
+    }
+}
+
+/// A named task delayed 60 s, with a 60 s tombstone window.
+fn named_delayed(queue: &str, name: &str) -> NewTask {
+    let mut t = new_task(queue, 0);
+    t.unique_name = Some(name.into());
+    t.run_at = at(60_000);
+    t.tombstone = Duration::from_secs(60);
+    t
+}
+
+/// Asserts that `name` is taken at `until - 1 ms` and free at `until`.
+async fn taken_until(s: &dyn Store, t: &NewTask, until: Timestamp) {
+    let r = s.enqueue(vec![t.clone()], Timestamp(until.0 - 1)).await;
+    assert!(
+        matches!(&r, Err(StoreError::AlreadyExists(n)) if Some(n) == t.unique_name.as_ref()),
+        "taken 1 ms before {until}: {r:?}"
+    );
+    s.enqueue(vec![t.clone()], until)
+        .await
+        .unwrap_or_else(|e| panic!("free at {until}: {e}"));
+}
+
+/// Issue 7, item 7: deleting a named task keeps its name taken for its tombstone window
+/// from the delete, exactly (App Engine, Cloud Tasks); so does deleting it while running.
+pub async fn deleting_a_named_task_keeps_its_name(s: Arc<dyn Store>) {
+    let t = named_delayed("q", "invoice-42");
+    let id = s.enqueue(vec![t.clone()], T0).await.expect("enqueue")[0];
+    s.delete(id, at(1_000)).await.expect("delete");
+    let r = s.enqueue(vec![t.clone()], at(2_000)).await;
+    assert!(
+        matches!(&r, Err(StoreError::AlreadyExists(n)) if n == "invoice-42"),
+        "{r:?}"
+    );
+    // All or nothing still: an unnamed task beside it is not stored either.
+    let before = s.list_tasks(&TaskQuery::default()).await.expect("list");
+    let r = s
+        .enqueue(vec![new_task("q", 7), t.clone()], at(2_000))
+        .await;
+    assert!(matches!(r, Err(StoreError::AlreadyExists(_))), "{r:?}");
+    assert_eq!(
+        s.list_tasks(&TaskQuery::default()).await.expect("list"),
+        before
+    );
+    taken_until(&*s, &t, at(61_000)).await;
+
+    // Deleted while running: the same, from the delete.
+    let mut r = named_delayed("q", "running-7");
+    r.run_at = T0;
+    let id = s.enqueue(vec![r.clone()], T0).await.expect("enqueue")[0];
+    let c = s.claim(&req(&["q"], 1, 30_000, T0)).await.expect("claim");
+    assert_eq!(ids_of(&c), vec![id]);
+    s.delete(id, at(5_000)).await.expect("delete running");
+    taken_until(&*s, &r, at(65_000)).await;
+}
+
+/// Purging a queue keeps the names of its purged tasks taken for their windows.
+pub async fn purging_keeps_names(s: Arc<dyn Store>) {
+    let a = named_delayed("q", "a");
+    let mut b = named_delayed("q", "b");
+    b.tombstone = Duration::from_secs(10);
+    s.enqueue(vec![a.clone(), b.clone(), new_task("q", 3)], T0)
+        .await
+        .expect("enqueue");
+    assert_eq!(s.purge("q", at(1_000)).await.expect("purge"), 3);
+    taken_until(&*s, &b, at(11_000)).await;
+    taken_until(&*s, &a, at(61_000)).await;
+}
+
+/// A deleted task that had finished keeps its name only for what was left of its window
+/// (counted from its end, as if it had stayed); one whose window passed takes nothing, and
+/// its delete does not shorten the hold another delete of that name left.
+pub async fn deleting_a_finished_task_keeps_its_window(s: Arc<dyn Store>) {
+    let finished = |queue: &str, name: &str| {
+        let mut t = named_delayed(queue, name);
+        t.run_at = T0;
+        t
+    };
+    for (queue, name) in [("q1", "done-1"), ("q2", "done-2")] {
+        s.enqueue(vec![finished(queue, name)], T0)
+            .await
+            .expect("enqueue");
+        let c = s.claim(&req(&[queue], 1, 30_000, T0)).await.expect("claim");
+        finish_one(&*s, &c[0], Outcome::Done, at(20))
+            .await
+            .expect("done");
+    }
+    let named = |name: &'static str| {
+        let s = s.clone();
+        async move {
+            s.list_tasks(&TaskQuery::default())
+                .await
+                .expect("list")
+                .into_iter()
+                .filter(|i| i.unique_name.as_deref() == Some(name))
+                .map(|i| i.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let done1 = named("done-1").await;
+    s.delete(done1[0], at(30_000)).await.expect("delete done");
+    taken_until(&*s, &finished("q1", "done-1"), at(60_020)).await;
+
+    // `done-2`'s window passed; a new holder with a 1 s window is deleted, then the old
+    // finished one: the 1 s hold stands, neither shortened nor lengthened.
+    let done2 = named("done-2").await;
+    let mut short = named_delayed("q2", "done-2");
+    short.tombstone = Duration::from_secs(1);
+    let new = s.enqueue(vec![short.clone()], at(100_000)).await;
+    let new = new.expect("free after the window")[0];
+    s.delete(new, at(100_000))
+        .await
+        .expect("delete the new one");
+    s.delete(done2[0], at(100_500))
+        .await
+        .expect("delete the old one");
+    taken_until(&*s, &short, at(101_000)).await;
+}
+
+/// Deleting an unnamed task takes no name: not even the empty one.
+pub async fn unnamed_delete_takes_no_name(s: Arc<dyn Store>) {
+    let mut later = new_task("q", 1);
+    later.run_at = at(60_000);
+    let ids = s
+        .enqueue(vec![later, new_task("q", 2), new_task("p", 3)], T0)
+        .await
+        .expect("enqueue");
+    s.delete(ids[0], at(1)).await.expect("delete");
+    assert_eq!(s.purge("p", at(2)).await.expect("purge"), 1);
+    let mut empty = new_task("q", 4);
+    empty.unique_name = Some(String::new());
+    s.enqueue(vec![empty], at(3))
+        .await
+        .expect("no name was taken");
+}
+
+/// Deleting the named first step of a live iterative run keeps the name taken while the
+/// run is live, and for the window after the run ends.
+pub async fn deleting_a_runs_named_step_keeps_its_name(s: Arc<dyn Store>) {
+    let mut t = iteration_task();
+    t.unique_name = Some("walk-gsoc".into());
+    t.tombstone = Duration::from_secs(60);
+    let run = s.enqueue(vec![t.clone()], T0).await.expect("enqueue")[0];
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    finish_one(&*s, &c[0], Outcome::Continue { run_at: at(10) }, at(10))
+        .await
+        .expect("continue");
+    s.delete(run, at(11))
+        .await
+        .expect("delete the named first step");
+    let r = s.enqueue(vec![t.clone()], at(120_000)).await;
+    assert!(
+        matches!(&r, Err(StoreError::AlreadyExists(n)) if n == "walk-gsoc"),
+        "the live run keeps its name: {r:?}"
+    );
+    let c = s
+        .claim(&req(&[], 1, 30_000, at(120_000)))
+        .await
+        .expect("claim");
+    finish_one(&*s, &c[0], Outcome::Done, at(200_000))
+        .await
+        .expect("done");
+    taken_until(&*s, &t, at(260_000)).await;
+
+    // The live named step of a run, deleted: the run is cancelled, its name kept from then.
+    let mut u = iteration_task();
+    u.unique_name = Some("walk-2".into());
+    u.tombstone = Duration::from_secs(60);
+    let run = s
+        .enqueue(vec![u.clone()], at(300_000))
+        .await
+        .expect("enqueue")[0];
+    s.delete(run, at(300_500)).await.expect("delete");
+    taken_until(&*s, &u, at(360_500)).await;
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -1176,6 +1564,11 @@ macro_rules! conformance_tests {
             batched_finish_reports_each,
             values_cross_the_store_bit_identical, bare_cursors_cross_the_store_bit_identical,
             store_refuses_too_deep_values_and_nul_names,
+            limited_queue_takes_its_turn_in_claim_order, spent_limited_queue_lets_unlimited_flow,
+            deleting_a_named_task_keeps_its_name, purging_keeps_names,
+            deleting_a_finished_task_keeps_its_window, unnamed_delete_takes_no_name,
+            deleting_a_runs_named_step_keeps_its_name, concurrent_claims_hold_queue_limits,
+            limits_changed_between_claims_apply_at_once,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -183,3 +183,68 @@ pub fn read_iter_log(path: &Path) -> Vec<i64> {
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
+
+/// Entities of an in-memory catalogue whose API pages at most [`Catalogue::page_cap`]
+/// entities per call, whatever the `limit` asked for (a capped REST API, say): the model
+/// of issue 7, item 8.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    /// Its key, the cursor.
+    pub id: i64,
+}
+
+/// The catalogue behind [`Listing`]: ascending ids, and the most one call returns.
+#[derive(Debug)]
+pub struct Catalogue {
+    /// Every id, ascending.
+    pub ids: Vec<i64>,
+    /// The most entities one `batch` call returns.
+    pub page_cap: usize,
+    /// The `limit` of every `batch` call, in order.
+    pub limits: Mutex<Vec<usize>>,
+}
+
+impl Catalogue {
+    /// Ids `1..=n`, paged at most `page_cap` at a time.
+    pub fn new(n: i64, page_cap: usize) -> Catalogue {
+        Catalogue {
+            ids: (1..=n).collect(),
+            page_cap,
+            limits: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Every listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AllListings;
+
+impl Model for Listing {
+    type Key = i64;
+    type Filter = AllListings;
+    type Source = Arc<Catalogue>;
+
+    fn key(&self) -> i64 {
+        self.id
+    }
+
+    async fn batch(
+        source: &Arc<Catalogue>,
+        _f: &AllListings,
+        after: Option<&i64>,
+        limit: usize,
+    ) -> Result<Vec<Listing>, TaskError> {
+        source
+            .limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(limit);
+        Ok(source
+            .ids
+            .iter()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .take(limit.min(source.page_cap))
+            .map(|id| Listing { id: *id })
+            .collect())
+    }
+}

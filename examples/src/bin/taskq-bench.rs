@@ -17,7 +17,9 @@
 //! - `claim`: per store (memory, SQLite, and PostgreSQL with `--postgres`), straight
 //!   through the `Store` trait, no worker: 50,000 tasks enqueued in bulk (1,000 per call),
 //!   claimed 100 per call until none is left, finished 100 per call, then 500 enqueued one
-//!   per call; rows/s of each.
+//!   per call; rows/s of each. Then 10,000 more claimed 100 per call by a request that also
+//!   names a queue with limits (`claim_beside_limited_rows_per_s`): the claim path that
+//!   orders limited and unlimited queues together.
 //! - `throughput`: per store, N no-op tasks started one by one and in bulk (tasks/s), then
 //!   processed by a worker (tasks/s), and start-to-run latency p50/p99 of tasks started
 //!   one at a time while a worker runs.
@@ -31,7 +33,9 @@ use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use taskq_runtime::store::postgres::PostgresStore;
-use taskq_runtime::store::{ClaimRequest, Finish, NewTask, Outcome, RunState, TaskState};
+use taskq_runtime::store::{
+    ClaimRequest, Finish, NewTask, Outcome, QueueConfig, RunState, TaskState,
+};
 use taskq_runtime::tokio_postgres::{self, NoTls};
 use taskq_runtime::{
     iterative_task, task, Context, Model, Queue, Store, TaskError, TaskId, Timestamp, Worker,
@@ -574,6 +578,7 @@ async fn claim(name: &str, store: Arc<dyn Store>) -> Result<(), BoxError> {
     const CHUNK: usize = 1_000;
     const PER_CALL: usize = 100;
     const SINGLE: usize = 500;
+    const LIMITED: usize = 10_000;
     let now = Timestamp::now();
     let task = |queue: &str, n: usize| NewTask {
         task: "bench::noop".into(),
@@ -640,6 +645,46 @@ async fn claim(name: &str, store: Arc<dyn Store>) -> Result<(), BoxError> {
         store.enqueue(vec![task("claim-bench-one", i)], now).await?;
     }
     let enqueue_one = SINGLE as f64 / t.elapsed().as_secs_f64();
+
+    // The same claims from a request that also covers a queue with limits (it has no
+    // tasks; its caps never bind): every claim orders the limited queue among the others,
+    // under its row lock on PostgreSQL.
+    store
+        .configure_queue(
+            "claim-bench-limited",
+            QueueConfig {
+                rate: Some(1e9),
+                burst: Some(u32::MAX),
+                max_concurrent: Some(u32::MAX),
+            },
+        )
+        .await?;
+    for c in 0..LIMITED / CHUNK {
+        let batch = (0..CHUNK)
+            .map(|i| task("claim-bench", c * CHUNK + i))
+            .collect();
+        store.enqueue(batch, now).await?;
+    }
+    let limited_req = ClaimRequest {
+        queues: vec!["claim-bench".into(), "claim-bench-limited".into()],
+        ..req.clone()
+    };
+    let t = Instant::now();
+    let mut limited_claimed = 0;
+    loop {
+        let got = store.claim(&limited_req).await?;
+        if got.is_empty() {
+            break;
+        }
+        limited_claimed += got.len();
+    }
+    let claim_limited = limited_claimed as f64 / t.elapsed().as_secs_f64();
+    if limited_claimed != LIMITED {
+        return Err(format!(
+            "{name}: claimed {limited_claimed} of {LIMITED} tasks beside a limited queue"
+        )
+        .into());
+    }
     println!(
         "{}",
         json!({
@@ -655,6 +700,8 @@ async fn claim(name: &str, store: Arc<dyn Store>) -> Result<(), BoxError> {
             "finish_rows_per_s": finish.round(),
             "enqueue_one_calls": SINGLE,
             "enqueue_one_rows_per_s": enqueue_one.round(),
+            "claim_beside_limited_tasks": LIMITED,
+            "claim_beside_limited_rows_per_s": claim_limited.round(),
         })
     );
     Ok(())

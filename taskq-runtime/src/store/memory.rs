@@ -11,6 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use super::admission::{self, Admission, Bucket};
+use super::tombstone::{self, Deleted, Tombstone};
 use super::*;
 use crate::policy::{ATTEMPTS_AFTER_CHECKPOINT, LEASE_LAPSED};
 
@@ -21,12 +23,6 @@ struct Row {
     tombstone_ms: i64,
     attempts: Vec<AttemptInfo>,
     started_at: Option<Timestamp>,
-}
-
-#[derive(Debug, Clone)]
-struct Bucket {
-    tokens: f64,
-    refilled_at: Timestamp,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +41,8 @@ struct Inner {
     leased: BTreeSet<(Timestamp, i64)>,
     /// Task ids by unique name.
     names: HashMap<String, BTreeSet<i64>>,
+    /// Holds that deleted named tasks left on their names (see [`tombstone`]).
+    tombstones: HashMap<String, Tombstone>,
 }
 
 /// A store that keeps everything in process memory behind one mutex.
@@ -118,7 +116,8 @@ impl Inner {
         self.index(id);
     }
 
-    fn remove_row(&mut self, id: i64) -> Option<Row> {
+    /// Removes a row (every deletion goes through here) and leaves its name's tombstone.
+    fn remove_row(&mut self, id: i64, now: Timestamp) -> Option<Row> {
         self.unindex(id);
         let row = self.tasks.remove(&id)?;
         if let Some(n) = &row.info.unique_name {
@@ -129,6 +128,28 @@ impl Inner {
                 }
             }
         }
+        let run = row.info.run.map(|run| {
+            let holds = self.runs.get(&run.0).is_some_and(|it| {
+                tombstone::run_holds(it.state, it.finished_at, row.tombstone_ms, now)
+            });
+            (run, holds)
+        });
+        let deleted = Deleted {
+            name: row.info.unique_name.as_deref(),
+            state: row.info.state,
+            finished_at: row.info.finished_at,
+            window_ms: row.tombstone_ms,
+            run,
+        };
+        if let Some((name, new)) = tombstone::of_deleted(deleted, now) {
+            let old = self.tombstones.get(&name).copied();
+            let old_run_end = old
+                .and_then(|t| t.run)
+                .and_then(|run| self.runs.get(&run.0))
+                .and_then(|it| it.finished_at);
+            self.tombstones
+                .insert(name, tombstone::merge(old, old_run_end, new));
+        }
         Some(row)
     }
 
@@ -136,33 +157,33 @@ impl Inner {
         self.queues.get(queue).map(|q| q.0).unwrap_or(false)
     }
 
-    /// How many more tasks of `queue` a claim at `now` may take: its `max_concurrent` minus
-    /// what runs, and the whole tokens in its bucket after refilling.
-    fn allowance(&self, queue: &str, now: Timestamp) -> u64 {
+    /// What a claim at `now` may take from `queue` (see [`admission`]): its
+    /// `max_concurrent` minus what runs, and the whole tokens in its bucket.
+    fn admission(&self, queue: &str, now: Timestamp) -> Admission {
         let Some((_, config)) = self.queues.get(queue) else {
-            return u64::MAX;
+            return admission::admit(&QueueConfig::default(), 0, None, now);
         };
-        let mut allow = u64::MAX;
-        if let Some(max) = config.max_concurrent {
-            let running = self
+        let running = match config.max_concurrent {
+            Some(_) => self
                 .leased
                 .range((Timestamp(now.0.saturating_add(1)), i64::MIN)..)
                 .filter(|(_, id)| self.tasks.get(id).map(|r| r.info.queue == queue) == Some(true))
-                .count() as u64;
-            allow = allow.min(u64::from(max).saturating_sub(running));
-        }
-        if let Some(rate) = config.rate {
-            let burst = config.burst.map(f64::from).unwrap_or(rate.max(1.0));
-            let tokens = match self.buckets.get(queue) {
-                Some(b) => (b.tokens + now.since(b.refilled_at).as_secs_f64() * rate).min(burst),
-                None => burst,
-            };
-            allow = allow.min(tokens.max(0.0).floor() as u64);
-        }
-        allow
+                .count() as u64,
+            None => 0,
+        };
+        admission::admit(config, running, self.buckets.get(queue).copied(), now)
     }
 
     fn live_name(&self, name: &str, now: Timestamp) -> bool {
+        if let Some(t) = self.tombstones.get(name) {
+            let run = t
+                .run
+                .and_then(|run| self.runs.get(&run.0))
+                .map(|it| (it.state, it.finished_at));
+            if tombstone::holds(t, run, now) {
+                return true;
+            }
+        }
         let Some(ids) = self.names.get(name) else {
             return false;
         };
@@ -177,7 +198,9 @@ impl Inner {
                 .max();
             r.info.state.is_live()
                 || run.map(|it| it.state == RunState::Running) == Some(true)
-                || ended.map(|f| f.0 + r.tombstone_ms > now.0).unwrap_or(false)
+                || ended
+                    .map(|f| f.0.saturating_add(r.tombstone_ms) > now.0)
+                    .unwrap_or(false)
         })
     }
 
@@ -287,7 +310,6 @@ impl Store for MemoryStore {
         // Pick, without changing anything: lapsed leases and due pending tasks, merged in
         // claim order, each queue up to its allowance (concurrency and token bucket).
         let mut picks: Vec<i64> = Vec::new();
-        let mut taken: HashMap<String, u64> = HashMap::new();
         {
             let wanted = |g: &Inner, id: &i64| {
                 g.tasks
@@ -308,7 +330,7 @@ impl Store for MemoryStore {
             lapsed.sort();
             let mut lapsed = lapsed.into_iter().peekable();
             let mut due = g.due.iter().filter(|(_, t, _)| *t <= now).peekable();
-            let mut allowance: HashMap<String, u64> = HashMap::new();
+            let mut admissions: HashMap<String, (Admission, u64)> = HashMap::new();
             let mut blocked: HashSet<String> = HashSet::new();
             while picks.len() < req.limit {
                 let next = match (lapsed.peek(), due.peek()) {
@@ -325,36 +347,23 @@ impl Store for MemoryStore {
                 if blocked.contains(queue) {
                     continue;
                 }
-                let allow = allowance
+                let (adm, taken) = admissions
                     .entry(queue.clone())
-                    .or_insert_with(|| g.allowance(queue, now));
-                if *allow == 0 {
+                    .or_insert_with(|| (g.admission(queue, now), 0));
+                if *taken >= adm.allowance {
                     blocked.insert(queue.clone());
                     continue;
                 }
-                *allow -= 1;
-                *taken.entry(queue.clone()).or_default() += 1;
+                *taken += 1;
                 picks.push(id);
             }
-        }
-        // Take tokens from the buckets of rate-limited queues.
-        for (queue, n) in &taken {
-            let Some(rate) = g.queues.get(queue).and_then(|q| q.1.rate) else {
-                continue;
-            };
-            let burst = g
-                .queues
-                .get(queue)
-                .and_then(|q| q.1.burst)
-                .map(f64::from)
-                .unwrap_or(rate.max(1.0));
-            let b = g.buckets.entry(queue.clone()).or_insert(Bucket {
-                tokens: burst,
-                refilled_at: now,
-            });
-            let elapsed = now.since(b.refilled_at).as_secs_f64();
-            b.tokens = (b.tokens + elapsed * rate).min(burst) - *n as f64;
-            b.refilled_at = b.refilled_at.max(now);
+            // Persist the buckets of rate-limited queues taken from (refilling alone needs
+            // no write: a later claim computes the same refill from the stored state).
+            for (queue, (adm, taken)) in admissions.into_iter().filter(|(_, (_, n))| *n > 0) {
+                if let Some(b) = adm.after(taken) {
+                    g.buckets.insert(queue, b);
+                }
+            }
         }
         let mut out = Vec::with_capacity(picks.len());
         for id in picks {
@@ -654,7 +663,7 @@ impl Store for MemoryStore {
             .map(|(_, id)| *id)
             .collect();
         for id in &ids {
-            if let Some(row) = g.remove_row(*id) {
+            if let Some(row) = g.remove_row(*id, now) {
                 let why = format!("its pending step {id} was purged from queue `{queue}`");
                 g.end_run(row.info.run, RunState::Cancelled, Some(why), now);
             }
@@ -710,7 +719,7 @@ impl Store for MemoryStore {
     async fn delete(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
         let mut g = self.lock();
         let row = g
-            .remove_row(id.0)
+            .remove_row(id.0, now)
             .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
         if row.info.state.is_live() {
             let why = format!("its step {id} was deleted");

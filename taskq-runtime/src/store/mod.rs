@@ -11,6 +11,11 @@
 //! - Every lease-bound call ([`Store::heartbeat`], [`Store::finish`], [`Store::checkpoint`])
 //!   checks `(id, token, state = running)` and changes nothing when the lease was lost.
 //! - A task whose lease lapsed is claimable again, and the lapse is recorded as an attempt.
+//! - [`Store::claim`] takes tasks in one order, across every queue it covers, limited or
+//!   not: priority (high first), then `run_at`, then id; a queue with limits gives at most
+//!   its allowance ([`admission`]), and the others go on.
+//! - Deleting a named task (delete, purge) leaves a tombstone ([`tombstone`]) that keeps its
+//!   name taken for the rest of its window.
 //!
 //! # Values
 //!
@@ -34,11 +39,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::Timestamp;
 
+pub mod admission;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod tombstone;
 
 /// The identifier of a task (and, for an iterative task, of its run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -617,17 +624,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores tasks, all or none, and returns their ids in order. Values and names are
     /// checked first by [`check_new_tasks`] ([`StoreError::InvalidValue`]). A task with a
-    /// `unique_name` that is live, or finished within its tombstone window, or named twice
-    /// in `tasks`, fails the whole call with [`StoreError::AlreadyExists`]. The name of an
-    /// iterative run is taken while the run is live, and its window counts from the run's end.
+    /// `unique_name` that is live, or finished within its tombstone window, or deleted
+    /// within its window (see [`tombstone`]), or named twice in `tasks`, fails the whole
+    /// call with [`StoreError::AlreadyExists`]. The name of an iterative run is taken while
+    /// the run is live, and its window counts from the run's end. A name is free again at
+    /// the window's end exactly (taken while `end + window > now`).
     async fn enqueue(&self, tasks: Vec<NewTask>, now: Timestamp)
         -> Result<Vec<TaskId>, StoreError>;
 
     /// Claims up to `limit` due tasks: pending with `run_at <= now`, or running with a
     /// lapsed lease (`lease_until <= now`) (recorded as a `lease lapsed` attempt). Honours paused queues, each
-    /// queue's `max_concurrent` and its token bucket. Orders by priority (high first), then
-    /// `run_at`, then id. Claimed tasks become running with a new token, `attempts + 1`,
-    /// and `lease_until = now + lease`.
+    /// queue's `max_concurrent` and its token bucket (the rules of [`admission`]). Orders by
+    /// priority (high first), then `run_at`, then id, across every queue it covers, limited
+    /// or not; a queue whose allowance is spent is passed over and the others go on.
+    /// Claimed tasks become running with a new token, `attempts + 1`, and
+    /// `lease_until = now + lease`.
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError>;
 
     /// Extends the leases still held to `until`; returns the ids whose lease was lost.
@@ -682,7 +693,8 @@ pub trait Store: Send + Sync + 'static {
     /// Pauses or resumes claims from a queue (creating the queue if needed).
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError>;
     /// Deletes every pending task of a queue; returns how many. An iterative run whose
-    /// pending step is purged ends as cancelled (its error says so).
+    /// pending step is purged ends as cancelled (its error says so). A purged named task
+    /// keeps its name taken for its tombstone window from `now` ([`tombstone`]).
     async fn purge(&self, queue: &str, now: Timestamp) -> Result<u64, StoreError>;
     /// Lists tasks, newest first.
     async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskInfo>, StoreError>;
@@ -692,6 +704,9 @@ pub trait Store: Send + Sync + 'static {
     async fn run_now(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError>;
     /// Deletes a task in any state (a running one's worker then loses its lease). Deleting
     /// the live step of an iterative run ends the run as cancelled (its error says so).
+    /// A deleted named task keeps its name taken ([`tombstone`]): a live one for its
+    /// tombstone window from `now`, a finished one for what is left of its window, a step
+    /// of a run while the run is live and for the window after it ends.
     async fn delete(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError>;
     /// Puts a dead or failed task back to pending, due now, with its attempt count reset
     /// and `enqueued_at = now`; its attempt history is kept. For a step of an iterative

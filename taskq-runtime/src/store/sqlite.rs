@@ -35,7 +35,7 @@
 //!
 //! # Tables
 //!
-//! Schema version 1 (versions are rows of `taskq_schema(version INTEGER)`; a database
+//! Schema version 2 (versions are rows of `taskq_schema(version INTEGER)`; a database
 //! whose highest version is newer than this build knows is refused with
 //! [`StoreError::SchemaTooNew`]). Every time is an integer of milliseconds since the Unix
 //! epoch ([`Timestamp`]); every JSON value (payload, filter, cursor) is stored as the exact
@@ -60,6 +60,10 @@
 //!   `queue`, `filter` (JSON), `cursor` (JSON), `processed`, `batches`, `steps`, `total`,
 //!   `state`, `started_at`, `updated_at`, `finished_at`, `error`.
 //! - `taskq_counters`: named counters; `lease_token` hands out fencing tokens.
+//! - `taskq_tombstones` (version 2): the holds deleted named tasks leave on their names
+//!   (see [`tombstone`]): `name` (primary key), `taken_until`, `run_id`
+//!   (the run whose life and window also hold it), `tombstone_ms`. Written by delete and
+//!   purge in their transaction; read by enqueue's name check.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -69,16 +73,19 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::Notify;
 
+use super::admission::{self, Admission, Bucket};
+use super::tombstone::{self, Deleted, Tombstone};
 use super::*;
 
 /// The schema version this build knows (the number of migrations).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How long a writer waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Migrations, in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE taskq_iterations (
     run          INTEGER PRIMARY KEY,
     task         TEXT    NOT NULL,
@@ -146,7 +153,17 @@ CREATE TABLE taskq_counters (
     value INTEGER NOT NULL
 );
 INSERT INTO taskq_counters (name, value) VALUES ('lease_token', 0);
-"#];
+"#,
+    // 2: tombstones, the holds deleted named tasks leave on their names (issue 7, item 7).
+    r#"
+CREATE TABLE taskq_tombstones (
+    name          TEXT    PRIMARY KEY,
+    taken_until   INTEGER NOT NULL,
+    run_id        INTEGER,
+    tombstone_ms  INTEGER NOT NULL DEFAULT 0
+);
+"#,
+];
 
 /// The attempt label and error of a lapsed lease.
 const LAPSED: (&str, &str) = crate::policy::LEASE_LAPSED;
@@ -529,14 +546,11 @@ fn end_run(
 #[derive(Default)]
 struct QueueRow {
     paused: bool,
-    rate: Option<f64>,
-    burst: Option<u32>,
-    max_concurrent: Option<u32>,
+    config: QueueConfig,
     tokens: Option<f64>,
     refilled_at: Option<i64>,
     /// Running tasks with a live lease (only counted when `max_concurrent` is set).
     running: u32,
-    bucket_touched: bool,
 }
 
 /// One claim candidate.
@@ -558,13 +572,14 @@ fn load_queues(tx: &rusqlite::Transaction<'_>) -> R<HashMap<String, QueueRow>> {
             r.get::<_, String>(0)?,
             QueueRow {
                 paused: r.get::<_, i64>(1)? != 0,
-                rate: r.get(2)?,
-                burst: r.get::<_, Option<i64>>(3)?.map(u32_of),
-                max_concurrent: r.get::<_, Option<i64>>(4)?.map(u32_of),
+                config: QueueConfig {
+                    rate: r.get(2)?,
+                    burst: r.get::<_, Option<i64>>(3)?.map(u32_of),
+                    max_concurrent: r.get::<_, Option<i64>>(4)?.map(u32_of),
+                },
                 tokens: r.get(5)?,
                 refilled_at: r.get(6)?,
                 running: 0,
-                bucket_touched: false,
             },
         ))
     })?;
@@ -653,7 +668,7 @@ fn claim_tx(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec<Claimed
             if q.paused {
                 continue;
             }
-            if q.max_concurrent.is_some() {
+            if q.config.max_concurrent.is_some() {
                 let n: i64 = running.query_row(params![name, now], |r| r.get(0))?;
                 q.running = u32_of(n);
             }
@@ -680,45 +695,47 @@ fn claim_tx(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec<Claimed
             .then(a.id.cmp(&b.id))
     });
 
+    // Each queue's admission (concurrency and token bucket), then the candidates in the
+    // one claim order, each queue up to its allowance.
+    let mut admissions: HashMap<&str, (Admission, u64)> = HashMap::new();
+    for name in &names {
+        if let Some(q) = queues.get(name) {
+            if !q.paused {
+                let bucket = match (q.tokens, q.refilled_at) {
+                    (Some(tokens), Some(at)) => Some(Bucket {
+                        tokens,
+                        refilled_at: Timestamp(at),
+                    }),
+                    _ => None,
+                };
+                let adm = admission::admit(&q.config, u64::from(q.running), bucket, req.now);
+                admissions.insert(name.as_str(), (adm, 0));
+            }
+        }
+    }
     let mut chosen: Vec<&Candidate> = Vec::new();
     for c in &cands {
         if chosen.len() >= limit {
             break;
         }
-        let Some(q) = queues.get_mut(&c.queue) else {
+        let Some((adm, taken)) = admissions.get_mut(c.queue.as_str()) else {
             continue;
         };
-        if let Some(max) = q.max_concurrent {
-            if q.running >= max {
-                continue;
-            }
+        if *taken >= adm.allowance {
+            continue;
         }
-        if let Some(rate) = q.rate {
-            let burst = q.burst.map(f64::from).unwrap_or(rate.max(1.0));
-            let (tokens, refilled_at) = match (q.tokens, q.refilled_at) {
-                (Some(t), Some(at)) => (t, at),
-                _ => (burst, now),
-            };
-            let elapsed = Timestamp(now).since(Timestamp(refilled_at)).as_secs_f64();
-            let tokens = (tokens + elapsed * rate).min(burst);
-            q.tokens = Some(tokens);
-            q.refilled_at = Some(refilled_at.max(now));
-            q.bucket_touched = true;
-            if tokens < 1.0 {
-                continue;
-            }
-            q.tokens = Some(tokens - 1.0);
-        }
-        q.running += 1;
+        *taken += 1;
         chosen.push(c);
     }
 
-    for (name, q) in &queues {
-        if q.bucket_touched {
+    // Refilling alone needs no write: a later claim computes the same refill from the
+    // stored state.
+    for (name, (adm, taken)) in admissions.iter().filter(|(_, (_, n))| *n > 0) {
+        if let Some(b) = adm.after(*taken) {
             tx.prepare_cached(
                 "UPDATE taskq_queues SET bucket_tokens = ?2, bucket_refilled_at = ?3 WHERE name = ?1",
             )?
-            .execute(params![name, q.tokens, q.refilled_at])?;
+            .execute(params![name, b.tokens, b.refilled_at.0])?;
         }
     }
     if chosen.is_empty() {
@@ -902,6 +919,94 @@ fn finish_one(
     Ok(Some(tr.wakes()))
 }
 
+/// Leaves the tombstones of the named tasks matching `which` (a condition on `t`), which
+/// the caller deletes next in the same transaction (see [`tombstone`]). Every deletion of
+/// task rows goes through here first.
+fn bury(
+    tx: &rusqlite::Transaction<'_>,
+    which: &str,
+    p: impl rusqlite::Params,
+    now: Timestamp,
+) -> R<()> {
+    type Named = (
+        String,
+        String,
+        Option<i64>,
+        i64,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+    );
+    let named: Vec<Named> = tx
+        .prepare_cached(&format!(
+            "SELECT t.unique_name, t.state, t.finished_at, t.tombstone_ms, t.run_id,
+                    i.state, i.finished_at
+             FROM taskq_tasks t LEFT JOIN taskq_iterations i ON i.run = t.run_id
+             WHERE t.unique_name IS NOT NULL AND {which}"
+        ))?
+        .query_map(p, |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, state, finished_at, window_ms, run, run_st, run_end) in named {
+        let run = match (run, run_st) {
+            (Some(run), Some(st)) => Some((
+                TaskId(run),
+                tombstone::run_holds(run_state(&st)?, run_end.map(Timestamp), window_ms, now),
+            )),
+            _ => None,
+        };
+        let deleted = Deleted {
+            name: Some(&name),
+            state: task_state(&state)?,
+            finished_at: finished_at.map(Timestamp),
+            window_ms,
+            run,
+        };
+        let Some((name, new)) = tombstone::of_deleted(deleted, now) else {
+            continue;
+        };
+        let old: Option<(i64, Option<i64>, i64, Option<i64>)> = tx
+            .prepare_cached(
+                "SELECT n.taken_until, n.run_id, n.tombstone_ms, i.finished_at
+                 FROM taskq_tombstones n LEFT JOIN taskq_iterations i ON i.run = n.run_id
+                 WHERE n.name = ?1",
+            )?
+            .query_row([&name], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let old_run_end = old.and_then(|o| o.3).map(Timestamp);
+        let old = old.map(|(until, run, window_ms, _)| Tombstone {
+            taken_until: Timestamp(until),
+            run: run.map(TaskId),
+            window_ms,
+        });
+        let t = tombstone::merge(old, old_run_end, new);
+        tx.prepare_cached(
+            "INSERT INTO taskq_tombstones (name, taken_until, run_id, tombstone_ms)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET taken_until = excluded.taken_until,
+                 run_id = excluded.run_id, tombstone_ms = excluded.tombstone_ms",
+        )?
+        .execute(params![
+            name,
+            t.taken_until.0,
+            t.run.map(|r| r.0),
+            t.window_ms
+        ])?;
+    }
+    Ok(())
+}
+
 fn read_iteration(tx: &rusqlite::Transaction<'_>, run: i64) -> R<Option<IterationInfo>> {
     let raw = tx
         .prepare_cached(&format!(
@@ -940,7 +1045,12 @@ impl Store for SqliteStore {
                            WHERE t.unique_name = ?1
                            AND (t.state IN ('pending', 'running') OR i.state = 'running'
                                 OR (t.finished_at IS NOT NULL AND t.finished_at + t.tombstone_ms > ?2)
-                                OR (i.finished_at IS NOT NULL AND i.finished_at + t.tombstone_ms > ?2)))",
+                                OR (i.finished_at IS NOT NULL AND i.finished_at + t.tombstone_ms > ?2)))
+                         OR EXISTS (SELECT 1 FROM taskq_tombstones n
+                           LEFT JOIN taskq_iterations i ON i.run = n.run_id
+                           WHERE n.name = ?1
+                           AND (n.taken_until > ?2 OR i.state = 'running'
+                                OR (i.finished_at IS NOT NULL AND i.finished_at + n.tombstone_ms > ?2)))",
                     )?;
                     for t in &tasks {
                         if let Some(n) = &t.unique_name {
@@ -1262,6 +1372,12 @@ impl Store for SqliteStore {
                          WHERE queue = ?1 AND state = 'pending' AND run_id IS NOT NULL)",
                 )?
                 .execute(params![queue, now.0])?;
+                bury(
+                    tx,
+                    "t.queue = ?1 AND t.state = 'pending'",
+                    params![queue],
+                    now,
+                )?;
                 let n = tx
                     .prepare_cached(
                         "DELETE FROM taskq_tasks WHERE queue = ?1 AND state = 'pending'",
@@ -1386,6 +1502,7 @@ impl Store for SqliteStore {
                          WHERE id = ?1 AND state IN ('pending', 'running'))",
                 )?
                 .execute(params![id.0, now.0])?;
+                bury(tx, "t.id = ?1", params![id.0], now)?;
                 let n = tx
                     .prepare_cached("DELETE FROM taskq_tasks WHERE id = ?1")?
                     .execute([id.0])?;
@@ -1973,6 +2090,52 @@ mod tests {
         Ok(())
     }
 
+    /// Only named rows leave tombstones (one row per name), and a version 1 database is
+    /// migrated to version 2 on open.
+    #[tokio::test]
+    async fn tombstones_only_for_names_and_migrated_from_v1() -> Result<(), StoreError> {
+        let db = TempDb::new("tombstones");
+        {
+            let s = open(&db).await;
+            drop(s);
+            // Back to version 1, as a database written by the previous release.
+            let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
+            conn.execute_batch(
+                "DROP TABLE taskq_tombstones; DELETE FROM taskq_schema WHERE version > 1;",
+            )
+            .map_err(StoreError::backend)?;
+        }
+        let s = open(&db).await;
+        let count = |db: &TempDb| -> Result<i64, StoreError> {
+            let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
+            conn.query_row("SELECT COUNT(*) FROM taskq_tombstones", [], |r| r.get(0))
+                .map_err(StoreError::backend)
+        };
+        let mut named = new_task("a", 0, at(60_000));
+        named.unique_name = Some("n".into());
+        let ids = s
+            .enqueue(
+                vec![
+                    new_task("a", 0, at(60_000)),
+                    new_task("p", 0, at(0)),
+                    named.clone(),
+                ],
+                at(0),
+            )
+            .await?;
+        s.delete(ids[0], at(1)).await?;
+        assert_eq!(s.purge("p", at(1)).await?, 1);
+        assert_eq!(count(&db)?, 0, "unnamed tasks leave nothing");
+        s.delete(ids[2], at(1)).await?;
+        assert_eq!(count(&db)?, 1);
+        assert!(matches!(
+            s.enqueue(vec![named.clone()], at(60_000)).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        s.enqueue(vec![named], at(60_001)).await?;
+        Ok(())
+    }
+
     #[tokio::test]
     async fn survives_reopen_and_refuses_newer_schema() -> Result<(), StoreError> {
         let db = TempDb::new("reopen");
@@ -2002,7 +2165,7 @@ mod tests {
             SqliteStore::open(&db.0).await,
             Err(StoreError::SchemaTooNew {
                 found: 99,
-                known: 1
+                known: SCHEMA_VERSION
             })
         ));
         let bad = SqliteStore::open("/nonexistent-dir/x/taskq.db").await;

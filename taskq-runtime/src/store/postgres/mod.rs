@@ -11,12 +11,20 @@
 //! TLS is not supported by this build: connect over a trusted network or a local socket.
 //!
 //! # How it works
-//! - **Claim**: one statement claims up to N due tasks with `FOR UPDATE SKIP LOCKED`, so
-//!   any number of workers claim concurrently and never get the same task. A queue with a
-//!   rate or a `max_concurrent` is claimed from in a transaction that locks its
-//!   `taskq_queues` row first, so its limits hold across every worker and host. (A claim
-//!   over several queues fills from the unlimited ones first, then from the limited ones;
-//!   within each group the order is priority, `run_at`, id, as in every store.)
+//! - **Claim**: one order on every store and across every queue a claim covers: priority
+//!   (high first), then `run_at`, then id, due pending tasks and lapsed leases alike. When
+//!   no queue the claim covers has a rate or a `max_concurrent`, one statement claims up
+//!   to N tasks with `FOR UPDATE SKIP LOCKED`, so any number of workers claim
+//!   concurrently and never get the same task. When some do, one transaction locks their
+//!   `taskq_queues` rows (`FOR UPDATE`, in name order), counts their running tasks,
+//!   computes each one's allowance ([`admission`]: `max_concurrent`
+//!   minus running, whole tokens in its bucket), claims with one ordered statement over
+//!   the limited and unlimited queues together, each limited queue capped at its
+//!   allowance (`row_number() OVER (PARTITION BY queue ...)` against caps passed as
+//!   arrays), and stores the buckets: limits hold across every worker and host. The store
+//!   remembers which queue lists met limits, so their next claim starts there (two round
+//!   trips, three when a bucket is stored), and goes back to the plain statement once
+//!   the limits are gone.
 //! - **Complete**: one statement per batch of finished attempts (arrays passed with
 //!   `unnest`) applies each outcome, records the attempt, updates iteration runs and
 //!   inserts continuation steps.
@@ -33,7 +41,7 @@
 //! - **Time**: every time is an `int8` of milliseconds since the Unix epoch given by the
 //!   caller (`now`), never the database clock, as in every store.
 //!
-//! # Table layout (schema version 2)
+//! # Table layout (schema version 3)
 //! Migrations are versioned in `taskq_schema(version, applied_at)` and applied under an
 //! advisory lock when a store is opened. A database whose schema is newer than this build
 //! knows is refused with [`StoreError::SchemaTooNew`].
@@ -44,6 +52,7 @@
 //! | `taskq_attempts` | `id`, `task_id`, `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error` | one row per finished or lapsed attempt; deleted with its task |
 //! | `taskq_queues` | `name`, `paused`, `rate`, `burst`, `max_concurrent`, `tokens`, `refilled_at` | settings and the token bucket's state |
 //! | `taskq_iterations` | `run_id` (the first step's id), `task`, `queue`, `filter json`, `cursor json`, `processed`, `batches`, `steps`, `total`, `state`, `started_at`, `updated_at`, `finished_at`, `error` | one row per iterative run |
+//! | `taskq_tombstones` | `name`, `taken_until`, `run_id`, `tombstone_ms` | version 3: the holds deleted named tasks leave on their names (see [`tombstone`]); written by delete and purge in their statement, read by enqueue's name check |
 //!
 //! Payloads, filters and cursors are `json`, not `jsonb`: the exact text taskq wrote, so
 //! values come back bit-identical and strings may hold `\u0000` (version 2 changed them
@@ -100,6 +109,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Config, Row};
 
+use super::admission::{self, Bucket};
 use super::*;
 
 mod pool;
@@ -146,6 +156,44 @@ fn violated_name(e: &tokio_postgres::Error) -> Option<String> {
     let end = detail.rfind(") already exists")?;
     (end >= start).then(|| detail[start..end].to_string())
 }
+
+/// The columns a deleting CTE `d` returns for [`BURY`].
+const DELETED: &str = "id, run_id, state, unique_name, tombstone_ms, finished_at";
+
+/// Leaves the tombstones of the named rows a CTE `d` deleted (columns [`DELETED`]), at
+/// the time `$2`, in the same statement: the rule of [`tombstone`] in
+/// SQL. A live row holds its name for its window from now, a finished one for what is
+/// left of its window, a step of a run that holds the name keeps the run; one record per
+/// name, keeping the later hold. Sums are `numeric`, so a huge window saturates instead
+/// of failing the delete.
+const BURY: &str = "\
+INSERT INTO {S}.taskq_tombstones AS o (name, taken_until, run_id, tombstone_ms)
+SELECT DISTINCT ON (y.name) y.name, y.taken_until, y.run_id, y.tombstone_ms FROM (
+    SELECT x.name, LEAST(x.ended::numeric + GREATEST(x.tombstone_ms, 0),
+                         9223372036854775807)::int8 AS taken_until,
+           x.run_id, x.tombstone_ms
+    FROM (
+        SELECT d.unique_name AS name, d.tombstone_ms,
+               CASE WHEN d.state IN ('pending', 'running') THEN $2::int8
+                    ELSE COALESCE(d.finished_at, $2::int8) END AS ended,
+               CASE WHEN i.state = 'running'
+                         OR i.finished_at::numeric + d.tombstone_ms > $2::int8
+                    THEN d.run_id END AS run_id
+        FROM d LEFT JOIN {S}.taskq_iterations i ON i.run_id = d.run_id
+        WHERE d.unique_name IS NOT NULL
+    ) x
+) y
+WHERE y.taken_until > $2::int8 OR y.run_id IS NOT NULL
+ORDER BY y.name, y.taken_until DESC
+ON CONFLICT (name) DO UPDATE SET
+    taken_until = GREATEST(o.taken_until, EXCLUDED.taken_until,
+        CASE WHEN EXCLUDED.run_id IS NOT NULL AND EXCLUDED.run_id IS DISTINCT FROM o.run_id
+             THEN (SELECT LEAST(p.finished_at::numeric + o.tombstone_ms,
+                                9223372036854775807)::int8
+                   FROM {S}.taskq_iterations p WHERE p.run_id = o.run_id) END),
+    run_id = COALESCE(EXCLUDED.run_id, o.run_id),
+    tombstone_ms = CASE WHEN EXCLUDED.run_id IS NOT NULL THEN EXCLUDED.tombstone_ms
+                        ELSE o.tombstone_ms END";
 
 /// Which queues a statement is about.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -195,6 +243,15 @@ impl QueueFilter {
     }
 }
 
+/// Which queues a claim statement covers (see `PostgresStore::claim_sql`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClaimShape {
+    /// Queues without limits; nothing at all when a wanted queue has limits.
+    Plain,
+    /// Queues without limits, and the limited queues of `$5`, each up to its cap in `$6`.
+    Capped,
+}
+
 /// The PostgreSQL store. Cheap to share behind an `Arc`; see the [module docs](self).
 pub struct PostgresStore {
     pool: Pool,
@@ -203,6 +260,9 @@ pub struct PostgresStore {
     s: String,
     wake: broadcast::Sender<Arc<str>>,
     listener: tokio::task::JoinHandle<()>,
+    /// The queue lists (as claims name them; empty for every queue) whose last claim met a
+    /// queue with limits: their next claim skips the plain statement. Only a hint.
+    limited_hint: std::sync::Mutex<HashSet<Vec<String>>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -625,7 +685,29 @@ impl PostgresStore {
             s,
             wake,
             listener,
+            limited_hint: std::sync::Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Whether the last claim of `queues` met a queue with limits.
+    fn covers_limited(&self, queues: &[String]) -> bool {
+        let hint = self.limited_hint.lock().unwrap_or_else(|p| p.into_inner());
+        hint.contains(queues)
+    }
+
+    /// Remembers whether a claim of `queues` met a queue with limits.
+    fn note_limited(&self, queues: &[String], limited: bool) {
+        let mut hint = self.limited_hint.lock().unwrap_or_else(|p| p.into_inner());
+        if !limited {
+            hint.remove(queues);
+            return;
+        }
+        // Workers claim with one list each; many lists mean callers that vary them, whose
+        // hints are cheap to lose.
+        if hint.len() >= 64 {
+            hint.clear();
+        }
+        hint.insert(queues.to_vec());
     }
 
     /// The schema holding this store's tables.
@@ -639,7 +721,10 @@ impl PostgresStore {
     }
 
     fn sql(&self, template: &str) -> String {
-        template.replace("{S}", &self.s)
+        template
+            .replace("{DELETED}", DELETED)
+            .replace("{BURY}", BURY)
+            .replace("{S}", &self.s)
     }
 
     fn enqueue_sql(&self, with_names: bool) -> String {
@@ -647,12 +732,23 @@ impl PostgresStore {
             // The named first step of an iterative run ends when it hands over: the name
             // stays taken while the run is live, and the tombstone window counts from the
             // end of the run.
-            "SELECT t.unique_name FROM input i JOIN {S}.taskq_tasks t ON t.unique_name = i.unique_name
-    LEFT JOIN {S}.taskq_iterations r ON r.run_id = t.run_id
-    WHERE i.unique_name IS NOT NULL
-      AND (t.state IN ('pending', 'running') OR r.state = 'running'
-           OR t.finished_at + t.tombstone_ms > $1::int8
-           OR r.finished_at + t.tombstone_ms > $1::int8)
+            //
+            // A deleted task's hold is its tombstone: the delete commits the row's removal
+            // and the tombstone together, and this check shares the insert's snapshot, so
+            // an enqueue racing a delete sees the task or its tombstone, never neither.
+            "SELECT c.unique_name FROM (
+        SELECT t.unique_name FROM input i JOIN {S}.taskq_tasks t ON t.unique_name = i.unique_name
+        LEFT JOIN {S}.taskq_iterations r ON r.run_id = t.run_id
+        WHERE i.unique_name IS NOT NULL
+          AND (t.state IN ('pending', 'running') OR r.state = 'running'
+               OR t.finished_at + t.tombstone_ms > $1::int8
+               OR r.finished_at + t.tombstone_ms > $1::int8)
+        UNION ALL
+        SELECT n.name FROM input i JOIN {S}.taskq_tombstones n ON n.name = i.unique_name
+        LEFT JOIN {S}.taskq_iterations r ON r.run_id = n.run_id
+        WHERE n.taken_until > $1::int8 OR r.state = 'running'
+              OR r.finished_at::numeric + n.tombstone_ms > $1::int8
+    ) c
     LIMIT 1"
         } else {
             "SELECT NULL::text AS unique_name WHERE false"
@@ -699,7 +795,10 @@ SELECT NULL, NULL, c.unique_name FROM conflict c
     /// [`StoreError::AlreadyExists`] and stores nothing (the transaction stays usable).
     /// Two transactions starting one unique name at the same moment: the second waits
     /// for the first and then fails with a unique violation that aborts its transaction,
-    /// reported as [`StoreError::AlreadyExists`].
+    /// reported as [`StoreError::AlreadyExists`]. The name check reads tombstones and
+    /// finished tasks with the statement's snapshot: under `READ COMMITTED` (PostgreSQL's
+    /// default) it sees every delete committed before it; under `REPEATABLE READ` it sees
+    /// the names as of your transaction's first statement.
     ///
     /// See the [module docs](self) for an example.
     pub async fn enqueue_in(
@@ -768,36 +867,114 @@ SELECT NULL, NULL, c.unique_name FROM conflict c
         }
     }
 
-    fn claim_sql(&self, filter: QueueFilter, exclude_limited: bool) -> String {
-        let excluded = if exclude_limited {
-            "q.paused OR q.rate IS NOT NULL OR q.max_concurrent IS NOT NULL"
-        } else {
-            "q.paused"
-        };
-        self.sql(&format!(
-            r#"
-WITH due AS (
-    SELECT t.id, t.priority, t.run_at, t.state AS old_state, t.worker AS old_worker,
-           t.started_at AS old_started, t.attempts AS old_attempts
+    /// The claim statement. Parameters: `$1` now, `$2` lease end, `$3` worker, `$4` limit;
+    /// then for [`ClaimShape::Plain`] the queue filter (`$5`, unless every queue), and for
+    /// [`ClaimShape::Capped`] `$5` queue names and `$6` their caps.
+    ///
+    /// Every shape picks in the one claim order (priority, `run_at`, id) over every queue
+    /// it covers, due pending tasks and lapsed leases alike; its rows come back in that
+    /// order.
+    fn claim_sql(&self, filter: QueueFilter, shape: ClaimShape) -> String {
+        const LIMITED: &str = "q.rate IS NOT NULL OR q.max_concurrent IS NOT NULL";
+        const COLUMNS: &str = "t.id, t.queue, t.priority, t.run_at, t.state AS old_state, \
+             t.worker AS old_worker, t.started_at AS old_started, t.attempts AS old_attempts";
+        // The best due pending tasks and lapsed leases of queues without limits (all, or
+        // those of the filter), each walking its index in claim order.
+        let unlimited = |guard: &str| {
+            format!(
+                r#"
+due AS (
+    SELECT {COLUMNS}
     FROM {{S}}.taskq_tasks t
     WHERE t.state = 'pending' AND t.run_at <= $1::int8
-      {qf}
+      {qf} {guard}
     ORDER BY t.priority DESC, t.run_at, t.id
     LIMIT $4::int8
     FOR UPDATE OF t SKIP LOCKED
 ),
 expired AS (
-    SELECT t.id, t.priority, t.run_at, t.state AS old_state, t.worker AS old_worker,
-           t.started_at AS old_started, t.attempts AS old_attempts
+    SELECT {COLUMNS}
     FROM {{S}}.taskq_tasks t
     WHERE t.state = 'running' AND t.lease_until <= $1::int8
-      {qf}
+      {qf} {guard}
     ORDER BY t.priority DESC, t.run_at, t.id
     LIMIT $4::int8
     FOR UPDATE OF t SKIP LOCKED
+),"#,
+                // Queues with limits are never claimed here: only through their caps,
+                // under their row locks.
+                qf = filter.sql_excluding(5, &format!("q.paused OR {LIMITED}")),
+            )
+        };
+        let (ctes, candidates) = match shape {
+            ClaimShape::Plain => (
+                // A claim that covers a queue with limits must order it among the others:
+                // this statement then claims nothing and the capped path runs instead.
+                unlimited(&format!(
+                    "AND NOT EXISTS (SELECT 1 FROM {{S}}.taskq_queues q \
+                     WHERE NOT q.paused AND ({LIMITED}) {})",
+                    filter.sql(5).replace("t.queue", "q.name")
+                )),
+                "SELECT * FROM due UNION ALL SELECT * FROM expired",
+            ),
+            ClaimShape::Capped => {
+                // `$5`/`$6`: the locked limited queues with their allowances, and (unless
+                // the claim covers every queue) the other wanted queues with cap -1: up to
+                // the limit, if they are neither paused nor limited by now. Each queue's
+                // best due and lapsed tasks are read through its index (at most its cap of
+                // each), then at most its cap of both are kept.
+                let capped = format!(
+                    r#"
+caps AS (
+    SELECT c.name, CASE WHEN c.cap < 0 THEN $4::int8 ELSE c.cap END AS cap
+    FROM unnest($5::text[], $6::int8[]) AS c(name, cap)
+    WHERE c.cap > 0 OR (c.cap < 0 AND NOT EXISTS (SELECT 1 FROM {{S}}.taskq_queues q
+                                                 WHERE q.name = c.name
+                                                   AND (q.paused OR {LIMITED})))
 ),
+capped_due AS (
+    SELECT x.* FROM caps c CROSS JOIN LATERAL (
+        SELECT {COLUMNS} FROM {{S}}.taskq_tasks t
+        WHERE t.state = 'pending' AND t.queue = c.name AND t.run_at <= $1::int8
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT LEAST(c.cap, $4::int8)
+        FOR UPDATE OF t SKIP LOCKED) x
+),
+capped_expired AS (
+    SELECT x.* FROM caps c CROSS JOIN LATERAL (
+        SELECT {COLUMNS} FROM {{S}}.taskq_tasks t
+        WHERE t.state = 'running' AND t.queue = c.name AND t.lease_until <= $1::int8
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT LEAST(c.cap, $4::int8)
+        FOR UPDATE OF t SKIP LOCKED) x
+),
+capped AS (
+    SELECT y.id, y.queue, y.priority, y.run_at, y.old_state, y.old_worker, y.old_started,
+           y.old_attempts
+    FROM (
+        SELECT z.*, row_number() OVER (PARTITION BY z.queue
+                                       ORDER BY z.priority DESC, z.run_at, z.id) AS rn
+        FROM (SELECT * FROM capped_due UNION ALL SELECT * FROM capped_expired) z
+    ) y JOIN caps c ON c.name = y.queue
+    WHERE y.rn <= c.cap
+),"#
+                );
+                if filter == QueueFilter::All {
+                    (
+                        capped + &unlimited(""),
+                        "SELECT * FROM due UNION ALL SELECT * FROM expired \
+                         UNION ALL SELECT * FROM capped",
+                    )
+                } else {
+                    (capped, "SELECT * FROM capped")
+                }
+            }
+        };
+        self.sql(&format!(
+            r#"
+WITH {ctes}
 picked AS (
-    SELECT * FROM (SELECT * FROM due UNION ALL SELECT * FROM expired) x
+    SELECT * FROM ({candidates}) x
     ORDER BY x.priority DESC, x.run_at, x.id
     LIMIT $4::int8
 ),
@@ -821,7 +998,6 @@ SELECT c.id, c.lease_token, c.task, c.queue, c.payload::text AS payload, c.attem
 FROM claimed c LEFT JOIN {{S}}.taskq_iterations i ON i.run_id = c.run_id
 ORDER BY c.priority DESC, c.run_at, c.id
 "#,
-            qf = filter.sql_excluding(5, excluded),
             lapsed = LAPSED.replace('\'', "''"),
         ))
     }
@@ -834,98 +1010,176 @@ ORDER BY c.priority DESC, c.run_at, c.id
         ))
     }
 
-    /// Claims from queues with a rate or a concurrency limit, in a transaction holding
-    /// their `taskq_queues` rows, so that limits hold across every worker.
-    async fn claim_limited(
+    /// A claim that covers queues with a rate or a concurrency limit: one transaction
+    /// locks their `taskq_queues` rows (so limits hold across every worker), reads how
+    /// many of their tasks run, computes each one's allowance ([`admission`]), claims
+    /// with one statement in the one claim order over the limited and unlimited queues
+    /// alike (each limited queue up to its allowance), and stores the buckets. It locks
+    /// every queue the claim covers that is limited when it runs, so it is right whatever
+    /// changed since the caller looked. Two round trips (lock and count; claim and
+    /// commit), three when a bucket is to be stored. Also says whether it met a limited
+    /// queue.
+    async fn claim_capped(
         &self,
         c: &mut PooledConn<'_>,
         req: &ClaimRequest,
-        limited: Vec<String>,
-        mut remaining: usize,
-        out: &mut Vec<ClaimedTask>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(Vec<ClaimedTask>, bool), StoreError> {
         let now = req.now.0;
+        let filter = QueueFilter::of(&req.queues);
+        // `$1`: the wanted queues, NULL for every queue.
         let lock_sql = self.sql(
             "SELECT name, rate, burst, max_concurrent, tokens, refilled_at FROM {S}.taskq_queues \
-             WHERE name = ANY($1::text[]) AND NOT paused \
+             WHERE ($1::text[] IS NULL OR name = ANY($1::text[])) AND NOT paused \
                AND (rate IS NOT NULL OR max_concurrent IS NOT NULL) \
              ORDER BY name FOR UPDATE",
         );
+        // A statement of its own, after the lock: its snapshot sees the tasks that the
+        // previous holder of the lock claimed.
+        // Only queues with a `max_concurrent` need the count. It walks the lease index, so
+        // it costs as many running tasks as the store holds (few, while workers finish
+        // what they claim).
         let running_sql = self.sql(
-            "SELECT queue, count(*) FROM {S}.taskq_tasks \
-             WHERE state = 'running' AND lease_until > $2::int8 AND queue = ANY($1::text[]) \
-             GROUP BY queue",
+            "SELECT t.queue, count(*) FROM {S}.taskq_tasks t \
+             WHERE t.state = 'running' AND t.lease_until > $2::int8 \
+               AND t.queue IN (SELECT q.name FROM {S}.taskq_queues q \
+                               WHERE ($1::text[] IS NULL OR q.name = ANY($1::text[])) \
+                                 AND NOT q.paused AND q.max_concurrent IS NOT NULL) \
+             GROUP BY t.queue",
         );
-        let claim_sql = self.claim_sql(QueueFilter::One, false);
+        let claim_sql = self.claim_sql(filter, ClaimShape::Capped);
         let bucket_sql = self.sql(
-            "UPDATE {S}.taskq_queues SET tokens = $2::float8, refilled_at = $3::int8 WHERE name = $1::text",
+            "UPDATE {S}.taskq_queues q SET tokens = b.tokens, refilled_at = b.refilled_at \
+             FROM unnest($1::text[], $2::float8[], $3::int8[]) AS b(name, tokens, refilled_at) \
+             WHERE q.name = b.name",
         );
         let st_lock = c.prep(&lock_sql).await?;
         let st_running = c.prep(&running_sql).await?;
         let st_claim = c.prep(&claim_sql).await?;
         let st_bucket = c.prep(&bucket_sql).await?;
         let lease_until = req.now.add(req.lease).0;
-        let limit_i64 = |n: usize| n.min(i64::MAX as usize) as i64;
+        let limit = req.limit.min(i64::MAX as usize) as i64;
 
+        // Lock every limited queue the claim covers, as of now, so that none is claimed
+        // from without its lock.
+        let wanted: Option<&Vec<String>> = match filter {
+            QueueFilter::All => None,
+            _ => Some(&req.queues),
+        };
         let client = c.client()?;
-        let result: Result<Vec<Row>, tokio_postgres::Error> = async {
-            let tx = client.transaction().await?;
-            let queues = tx.query(&st_lock, &[&limited]).await?;
-            let counts: HashMap<String, i64> = tx
-                .query(&st_running, &[&limited, &now])
-                .await?
+        let limited_p: [Param<'_>; 1] = [&wanted];
+        let running_p: [Param<'_>; 2] = [&wanted, &now];
+        let result: Result<(Vec<Row>, bool), tokio_postgres::Error> = async {
+            // One round trip: the lock, then the count under it.
+            let (begin, locked, running) = futures::join!(
+                client.batch_execute("BEGIN"),
+                client.query(&st_lock, &limited_p),
+                client.query(&st_running, &running_p),
+            );
+            begin?;
+            let (locked, running) = (locked?, running?);
+            let running: HashMap<String, i64> = running
                 .iter()
                 .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
                 .collect();
-            let mut got = Vec::new();
-            for q in &queues {
-                if remaining == 0 {
-                    break;
-                }
+            let mut names = Vec::with_capacity(locked.len());
+            let mut caps = Vec::with_capacity(locked.len());
+            let mut admissions = Vec::with_capacity(locked.len());
+            for q in &locked {
                 let name: String = q.get(0);
-                let rate: Option<f64> = q.get(1);
-                let burst: Option<i64> = q.get(2);
-                let max_concurrent: Option<i64> = q.get(3);
-                let tokens: Option<f64> = q.get(4);
-                let refilled_at: Option<i64> = q.get(5);
-                let mut cap = remaining;
-                if let Some(max) = max_concurrent {
-                    let running = counts.get(&name).copied().unwrap_or(0);
-                    cap = cap.min((max - running).max(0) as usize);
-                }
-                let mut bucket = None;
-                if let Some(rate) = rate {
-                    let burst = burst.map(|b| b as f64).unwrap_or(rate.max(1.0));
-                    let refilled = refilled_at.unwrap_or(now);
-                    let elapsed = (now - refilled).max(0) as f64 / 1000.0;
-                    let tokens = (tokens.unwrap_or(burst) + elapsed * rate).min(burst);
-                    cap = cap.min(tokens.max(0.0).floor() as usize);
-                    bucket = Some((tokens, refilled.max(now)));
-                }
-                let mut claimed = 0usize;
-                if cap > 0 {
-                    let limit = limit_i64(cap);
-                    let rows = tx
-                        .query(&st_claim, &[&now, &lease_until, &req.worker, &limit, &name])
-                        .await?;
-                    claimed = rows.len();
-                    got.extend(rows);
-                }
-                if let Some((tokens, refilled)) = bucket {
-                    let left = tokens - claimed as f64;
-                    tx.execute(&st_bucket, &[&name, &left, &refilled]).await?;
-                }
-                remaining -= claimed;
+                let config = QueueConfig {
+                    rate: q.get(1),
+                    burst: q
+                        .get::<_, Option<i64>>(2)
+                        .map(|b| b.clamp(0, i64::from(u32::MAX)) as u32),
+                    max_concurrent: q
+                        .get::<_, Option<i64>>(3)
+                        .map(|m| m.clamp(0, i64::from(u32::MAX)) as u32),
+                };
+                let bucket = match (q.get::<_, Option<f64>>(4), q.get::<_, Option<i64>>(5)) {
+                    (Some(tokens), Some(at)) => Some(Bucket {
+                        tokens,
+                        refilled_at: Timestamp(at),
+                    }),
+                    _ => None,
+                };
+                let n = running.get(&name).copied().unwrap_or(0).max(0) as u64;
+                let adm = admission::admit(&config, n, bucket, req.now);
+                caps.push(adm.allowance.min(i64::MAX as u64) as i64);
+                names.push(name);
+                admissions.push(adm);
             }
-            tx.commit().await?;
-            Ok(got)
+            // The other wanted queues, up to the limit (-1), unless paused or limited by
+            // the time the claim runs.
+            let mut seen: HashSet<&str> = names.iter().map(String::as_str).collect();
+            let mut all_names: Vec<&str> = names.iter().map(String::as_str).collect();
+            if filter != QueueFilter::All {
+                for q in &req.queues {
+                    if seen.insert(q.as_str()) {
+                        all_names.push(q.as_str());
+                        caps.push(-1);
+                    }
+                }
+            }
+            let params: [Param<'_>; 6] =
+                [&now, &lease_until, &req.worker, &limit, &all_names, &caps];
+            let any_limited = !locked.is_empty();
+            if admissions.iter().all(|a| a.bucket.is_none()) {
+                // No bucket to store: the claim and the commit in one round trip (a failed
+                // claim aborts the transaction, and the COMMIT then rolls it back).
+                let (rows, committed) = futures::join!(
+                    client.query(&st_claim, &params),
+                    client.batch_execute("COMMIT"),
+                );
+                let rows = rows?;
+                committed?;
+                return Ok((rows, any_limited));
+            }
+            let rows = client.query(&st_claim, &params).await?;
+            // The buckets of rate-limited queues taken from, then the commit: one trip.
+            let mut taken: HashMap<&str, u64> = HashMap::new();
+            for r in &rows {
+                if let Ok(queue) = r.try_get::<_, &str>("queue") {
+                    *taken.entry(queue).or_default() += 1;
+                }
+            }
+            let (mut b_names, mut b_tokens, mut b_at) = (Vec::new(), Vec::new(), Vec::new());
+            for (name, adm) in names.iter().zip(&admissions) {
+                let n = taken.get(name.as_str()).copied().unwrap_or(0);
+                if let (true, Some(b)) = (n > 0, adm.after(n)) {
+                    b_names.push(name.as_str());
+                    b_tokens.push(b.tokens);
+                    b_at.push(b.refilled_at.0);
+                }
+            }
+            let bucket_p: [Param<'_>; 3] = [&b_names, &b_tokens, &b_at];
+            let (updated, committed) = futures::join!(
+                async {
+                    match b_names.is_empty() {
+                        true => Ok(0),
+                        false => client.execute(&st_bucket, &bucket_p).await,
+                    }
+                },
+                client.batch_execute("COMMIT"),
+            );
+            // A failed update aborts the transaction: the COMMIT then rolls it back.
+            updated?;
+            committed?;
+            Ok((rows, any_limited))
         }
         .await;
-        let rows = c.check(result)?;
-        for r in &rows {
-            out.push(claimed_from_row(r)?);
+        if result.is_err() {
+            // Leave no transaction open on a connection that goes back to the pool.
+            let client = c.client()?;
+            if client.batch_execute("ROLLBACK").await.is_err() {
+                c.discard();
+            }
         }
-        Ok(())
+        let (rows, any_limited) = c.check(result)?;
+        let claimed = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok((claimed, any_limited))
     }
 
     async fn notify_sql_exec(
@@ -1033,7 +1287,16 @@ impl Store for PostgresStore {
         }
         let filter = QueueFilter::of(&req.queues);
         let mut c = self.pool.get().await?;
-        let st_claim = c.prep(&self.claim_sql(filter, true)).await?;
+        if self.covers_limited(&req.queues) {
+            // The last claim of these queues met limits: straight to the capped path (it is
+            // right whatever the settings are now), and plain again once it finds none.
+            let (claimed, any_limited) = self.claim_capped(&mut c, req).await?;
+            if !any_limited {
+                self.note_limited(&req.queues, false);
+            }
+            return Ok(claimed);
+        }
+        let st_claim = c.prep(&self.claim_sql(filter, ClaimShape::Plain)).await?;
         let st_limited = c.prep(&self.limited_sql(filter)).await?;
         let now = req.now.0;
         let lease_until = req.now.add(req.lease).0;
@@ -1049,44 +1312,30 @@ impl Store for PostgresStore {
             claim_params.push(queue_param);
             limited_params.push(queue_param);
         }
-        // Both in one round trip: the claim from unlimited queues, and which of the wanted
-        // queues have limits (claimed from next, under their row locks).
+        // One round trip: the plain claim (one statement, which claims nothing when a
+        // wanted queue has limits) and which of the wanted queues have limits.
         let client = c.client()?;
         let (claimed, limited) = futures::join!(
             client.query(&st_claim, &claim_params),
             client.query(&st_limited, &limited_params),
         );
         let claimed = c.check(claimed)?;
-        let mut out = Vec::with_capacity(claimed.len());
-        for r in &claimed {
-            out.push(claimed_from_row(r)?);
-        }
-        // From here on, tasks are claimed (committed): an error must not lose them, so it
-        // is logged and what was claimed is handed over; the limited queues wait for the
-        // next claim.
         let limited = match c.check(limited) {
             Ok(rows) => rows,
-            Err(e) if !out.is_empty() => {
-                tracing::warn!(error = %e, "listing rate- or concurrency-limited queues failed; claiming them next time");
-                return Ok(out);
+            // Tasks are claimed (committed): an error must not lose them.
+            Err(e) if !claimed.is_empty() => {
+                tracing::warn!(error = %e, "listing rate- or concurrency-limited queues failed after a claim");
+                Vec::new()
             }
             Err(e) => return Err(e),
         };
-        let limited: Vec<String> = limited.iter().map(|r| r.get(0)).collect();
-        let remaining = req.limit.saturating_sub(out.len());
-        if !limited.is_empty() && remaining > 0 {
-            if let Err(e) = self
-                .claim_limited(&mut c, req, limited, remaining, &mut out)
-                .await
-            {
-                // That transaction rolled back; only the first claim's tasks are held.
-                if out.is_empty() {
-                    return Err(e);
-                }
-                tracing::warn!(error = %e, "claiming from limited queues failed; handing over what was claimed");
-            }
+        // A queue whose limits were set between the two statements: what the plain claim
+        // took is handed over, and the next claim orders every queue together.
+        if limited.is_empty() || !claimed.is_empty() {
+            return claimed.iter().map(claimed_from_row).collect();
         }
-        Ok(out)
+        self.note_limited(&req.queues, true);
+        Ok(self.claim_capped(&mut c, req).await?.0)
     }
 
     async fn heartbeat(
@@ -1425,8 +1674,9 @@ LEFT JOIN LATERAL (
     async fn purge(&self, queue: &str, now: Timestamp) -> Result<u64, StoreError> {
         let sql = self.sql(
             "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE queue = $1::text AND state = 'pending' \
-                        RETURNING id, run_id), \
+                        RETURNING {DELETED}), \
                   a AS (DELETE FROM {S}.taskq_attempts WHERE task_id IN (SELECT id FROM d)), \
+                  n AS ({BURY}), \
                   r AS (UPDATE {S}.taskq_iterations i SET state = 'cancelled', \
                             finished_at = $2::int8, updated_at = $2::int8, \
                             error = 'its pending step ' || d.id || ' was purged from queue `' \
@@ -1524,8 +1774,9 @@ LEFT JOIN LATERAL (
 
     async fn delete(&self, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
         let sql = self.sql(
-            "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE id = $1::int8 RETURNING id, run_id, state), \
+            "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE id = $1::int8 RETURNING {DELETED}), \
                   a AS (DELETE FROM {S}.taskq_attempts WHERE task_id IN (SELECT id FROM d)), \
+                  n AS ({BURY}), \
                   r AS (UPDATE {S}.taskq_iterations i SET state = 'cancelled', \
                             finished_at = $2::int8, updated_at = $2::int8, \
                             error = 'its step ' || d.id || ' was deleted' \

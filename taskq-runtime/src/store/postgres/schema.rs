@@ -90,6 +90,15 @@ ALTER TABLE {S}.taskq_iterations
     ALTER COLUMN filter TYPE json USING filter::text::json,
     ALTER COLUMN cursor TYPE json USING cursor::text::json;
 "#,
+    // 3: tombstones, the holds deleted named tasks leave on their names.
+    r#"
+CREATE TABLE {S}.taskq_tombstones (
+    name          text   PRIMARY KEY,
+    taken_until   bigint NOT NULL,
+    run_id        bigint,
+    tombstone_ms  bigint NOT NULL DEFAULT 0
+);
+"#,
 ];
 
 /// The schema version this build knows.
