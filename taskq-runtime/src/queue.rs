@@ -1,5 +1,5 @@
-//! [`Queue`]: the handle to start tasks and manage them (the management API the console,
-//! the CLI and tests use).
+//! [`Queue`]: the handle to start tasks and manage them (the management API: list, inspect,
+//! run now, delete, retry, pause, resume, purge, configure; taskq has no CLI or console yet).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +42,9 @@ impl Queue {
         Queue { store, clock }
     }
 
-    /// Opens the store at `url` (`memory://`, `sqlite://PATH`, `postgres://...`).
+    /// Opens the store at `url` (`memory://`, `sqlite://PATH`, `postgres://...`); see
+    /// [`store::open`]. A `memory://` store lives in this process only: its tasks vanish
+    /// when the process exits.
     pub async fn open(url: &str) -> Result<Queue, StoreError> {
         Ok(Queue::new(store::open(url).await?))
     }

@@ -326,7 +326,8 @@ pub(crate) mod tokio_util_cancel {
     }
 }
 
-/// Builds a task's JSON payload: an object keyed by parameter name, readable in the console.
+/// Builds a task's JSON payload: an object keyed by parameter name (what the management API
+/// shows as [`TaskInfo::payload`](crate::TaskInfo::payload)).
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct ArgsEncoder {

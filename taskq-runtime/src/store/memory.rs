@@ -1,4 +1,6 @@
-//! The in-memory store: for tests and the simplest use. Not durable.
+//! The in-memory store: for tests and the simplest use. Not durable: it lives in this
+//! process only, so its tasks vanish when the process exits, and each
+//! [`open`] of `memory://` is a separate, empty store.
 //!
 //! It is the reference implementation of the [`Store`] rules: the SQLite and PostgreSQL
 //! backends do in SQL what this one does under a mutex.

@@ -164,7 +164,7 @@ pub struct NewIteration {
 pub struct ClaimRequest {
     /// Queues to claim from; empty means every queue.
     pub queues: Vec<String>,
-    /// Who claims (shown in attempts and in the console).
+    /// Who claims (shown in each attempt's [`AttemptInfo::worker`]).
     pub worker: String,
     /// How many tasks at most.
     pub limit: usize,
@@ -724,6 +724,10 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens a store from a URL: `memory://`, `sqlite://PATH` (created if missing; `sqlite::memory:`
 /// is not supported, use `memory://`), or `postgres://user@host/db`.
+///
+/// Each `memory://` open is a new, empty store that lives in this process only: its tasks
+/// vanish when the process exits. A URL whose backend's Cargo feature (`sqlite`, `postgres`)
+/// is off fails with [`StoreError::BadUrl`] naming the feature.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     let bad = |reason: &str| StoreError::BadUrl {
         url: url.to_string(),

@@ -12,7 +12,7 @@
 //! prepared statements.
 //!
 //! Several processes may open the same file (a worker that was killed and its
-//! replacement, the CLI next to a worker): the database is in WAL mode, every write
+//! replacement, a management process next to a worker): the database is in WAL mode, every write
 //! transaction starts with `BEGIN IMMEDIATE` (so two writers queue on the write lock
 //! instead of failing on a lock upgrade), and `busy_timeout` makes a writer wait for the
 //! other one instead of failing at once. Everything that must be unique across processes

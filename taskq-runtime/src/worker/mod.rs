@@ -161,7 +161,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// The worker's name, shown in attempts and the console. Default `host-pid-random`.
+    /// The worker's name, shown in each attempt's [`AttemptInfo::worker`](crate::AttemptInfo::worker)
+    /// and in the worker's log lines. Default `host-pid-random`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self

@@ -1,0 +1,376 @@
+//! The README's smaller Rust blocks, compiled and (all but the PostgreSQL one) run.
+//!
+//! Each block of README.md other than the tour (`src/bin/tour.rs`) appears here verbatim,
+//! up to whitespace, inside the code that gives it a context (the types it uses, the
+//! function around it); `tests/readme.rs` checks that, so a README block that stops
+//! compiling or stops working fails `cargo test`. The blocks are `#[rustfmt::skip]` so that
+//! they keep the README's layout (aligned comments, several calls on one line).
+
+use std::sync::{Arc, Mutex};
+
+/// The stand-in mailer of every snippet: it records what it was asked to send. Its clones
+/// share one record, so a test can hand a clone to a worker and count afterwards.
+#[derive(Clone, Default)]
+pub struct Mailer {
+    sent: Arc<Mutex<Vec<String>>>,
+}
+
+impl Mailer {
+    /// Records one mail.
+    pub async fn send(&self, to: &str, subject: &str) -> Result<(), std::io::Error> {
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{to}: {subject}"));
+        Ok(())
+    }
+
+    /// How many mails were sent.
+    pub fn count(&self) -> usize {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// The README's opening example.
+#[rustfmt::skip]
+mod intro {
+    use super::Mailer;
+
+use taskq_runtime::{task, Context, Queue, TaskError};
+
+#[task(queue = "email", max_attempts = 5, timeout = "30s")]
+async fn send_email(ctx: Context, to: String, subject: String) -> Result<(), TaskError> {
+    let mailer = ctx.state::<Mailer>()?;
+    mailer.send(&to, &subject).await.map_err(TaskError::retry)?;
+    Ok(())
+}
+
+async fn sign_up(queue: &Queue, email: String) -> Result<(), taskq_runtime::StartError> {
+    // Typed, generated next to the function, checked by rustc:
+    send_email::start(queue, email, "Welcome".into()).await?;
+    Ok(())
+}
+
+    #[tokio::test]
+    async fn the_intro_task_runs() -> Result<(), Box<dyn std::error::Error>> {
+        let h = taskq_runtime::testing::Harness::new().state(Mailer::default());
+        sign_up(&h.queue(), "ada@example.org".into()).await?;
+        assert_eq!(h.drain().await?.count("done"), 1);
+        Ok(())
+    }
+}
+
+/// "Declare a task".
+#[rustfmt::skip]
+mod declare {
+    async fn deliver(_to: &str, _subject: &str) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+
+use taskq_runtime::{task, Context, TaskError};
+
+#[task(queue = "email", max_attempts = 5, timeout = "30s", min_backoff = "1s")]
+async fn send_email(ctx: Context, to: String, subject: String) -> Result<(), TaskError> {
+    if to.is_empty() {
+        return Err(TaskError::fatal("no recipient"));      // failed, never retried
+    }
+    if ctx.deadline_exceeded() {
+        return Err(TaskError::retry("out of time"));       // retried with backoff
+    }
+    deliver(&to, &subject).await?;                         // an io::Error, say: retried too
+    Ok(())
+}
+
+    #[tokio::test]
+    async fn an_empty_recipient_is_fatal() {
+        let ctx = taskq_runtime::testing::Harness::new().context();
+        let e = send_email(ctx, String::new(), "Hi".into()).await.err();
+        assert!(e.is_some_and(|e| e.is_fatal()));
+    }
+}
+
+/// "Start it" and "Manage tasks".
+#[rustfmt::skip]
+mod start_and_manage {
+    use std::error::Error;
+
+    use taskq_runtime::{task, Queue, TaskError, TaskId};
+
+    pub struct User {
+        email: String,
+    }
+
+    #[task(queue = "email")]
+    async fn send_email(to: String, subject: String) -> Result<(), TaskError> {
+        let _ = (to, subject);
+        Ok(())
+    }
+
+    async fn start_it(queue: Queue, users: &[User]) -> Result<(), Box<dyn Error>> {
+send_email::start(&queue, "ada@example.org".into(), "Welcome".into()).await?;
+
+send_email::builder("ada@example.org".into(), "Welcome".into())
+    .delay(std::time::Duration::from_secs(60))   // or .at(eta)
+    .name("welcome-ada")                          // de-duplication: see below
+    .priority(5)
+    .start(&queue)
+    .await?;
+
+// Many at once, in one transaction (all are stored, or none):
+queue.start_many(users.iter().map(|u| send_email::builder(u.email.clone(), "Hi".into()))).await?;
+        Ok(())
+    }
+
+    async fn manage(queue: Queue, id: TaskId) -> Result<(), Box<dyn Error>> {
+use taskq_runtime::{QueueConfig, TaskQuery, TaskState};
+
+for q in queue.queues().await? {                   // every queue: counts by state, paused, settings
+    println!("{}: {} pending, {} dead", q.name, q.count(TaskState::Pending), q.count(TaskState::Dead));
+}
+let dead = queue.list(&TaskQuery { state: Some(TaskState::Dead), ..Default::default() }).await?;
+for t in &dead {
+    if let Some(detail) = queue.task(t.id).await? {  // with every attempt and its error
+        println!("{} {}: {:?}", t.id, t.task, detail.attempts.last().and_then(|a| a.error.as_deref()));
+    }
+    queue.retry(t.id).await?;                      // back to pending, with fresh attempts
+}
+queue.run_now(id).await?;                          // a pending task, due now
+queue.delete(id).await?;
+queue.pause("email").await?;  queue.resume("email").await?;  queue.purge("email").await?;
+queue.configure("email", QueueConfig { rate: Some(10.0), burst: Some(20), max_concurrent: Some(4) }).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn start_then_manage() -> Result<(), Box<dyn Error>> {
+        let queue = Queue::open("memory://").await?;
+        let users = [User { email: "bob@example.org".into() }, User { email: "eve@example.org".into() }];
+        start_it(queue.clone(), &users).await?;
+        let email = queue.queues().await?.into_iter().find(|q| q.name == "email");
+        assert_eq!(email.map(|q| q.count(taskq_runtime::TaskState::Pending)), Some(4));
+        // The named start again: refused, the name is taken.
+        assert!(start_it(queue.clone(), &users).await.is_err());
+
+        let id = send_email::builder("zoe@example.org".into(), "Later".into())
+            .delay(std::time::Duration::from_secs(3600))
+            .start(&queue)
+            .await?;
+        manage(queue.clone(), id).await?;
+        assert!(queue.task(id).await?.is_none(), "deleted");
+        Ok(())
+    }
+}
+
+/// "Run a worker".
+#[rustfmt::skip]
+mod worker {
+    use std::error::Error;
+
+    use taskq_runtime::{task, Context, Queue, TaskError};
+
+    use super::Mailer;
+
+    #[task(queue = "default")]
+    async fn ping(ctx: Context) -> Result<(), TaskError> {
+        ctx.state::<Mailer>()?.send("ops@example.org", "ping").await?;
+        Ok(())
+    }
+
+    async fn run_worker(queue: Queue, mailer: Mailer) -> Result<(), Box<dyn Error>> {
+use taskq_runtime::Worker;
+
+Worker::builder(queue.store().clone())
+    .state(mailer)                 // tasks read it with ctx.state::<Mailer>()
+    .queues(["email", "default"])  // default: every queue
+    .concurrency(16)
+    .build()?                      // refuses two tasks with one name, or none at all
+    .run_until_shutdown()          // Ctrl-C / SIGTERM: stop claiming, finish or release
+    .await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_worker_runs_until_told_to_stop() -> Result<(), Box<dyn Error>> {
+        let queue = Queue::open("memory://").await?;
+        ping::start(&queue).await?;
+        // No signal comes, so the worker is still running when the timeout ends it.
+        let ran = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            run_worker(queue.clone(), Mailer::default()),
+        )
+        .await;
+        assert!(ran.is_err(), "the worker stopped by itself: {ran:?}");
+        let t = queue.list(&Default::default()).await?;
+        assert_eq!(t[0].state, taskq_runtime::TaskState::Done);
+        Ok(())
+    }
+}
+
+/// "Test your tasks without sleeping".
+#[rustfmt::skip]
+mod harness {
+    use taskq_runtime::{task, Context, TaskError};
+
+    use super::Mailer;
+
+    #[task(queue = "email")]
+    async fn send_email(ctx: Context, to: String, subject: String) -> Result<(), TaskError> {
+        ctx.state::<Mailer>()?.send(&to, &subject).await?;
+        Ok(())
+    }
+
+use taskq_runtime::testing::Harness;
+
+#[tokio::test]
+async fn welcome_mail_is_sent() -> Result<(), Box<dyn std::error::Error>> {
+    let h = Harness::new().state(Mailer::default());
+    send_email::start(&h.queue(), "ada@example.org".into(), "Hi".into()).await?;
+    let report = h.drain().await?;      // runs every due task; delays and backoff on virtual time
+    assert_eq!(report.count("done"), 1);
+
+    // Or call the function itself, with a Context whose state is the harness's:
+    send_email(h.context(), "bob@example.org".into(), "Hi".into()).await?;
+    Ok(())
+}
+}
+
+/// "Start a task inside your own transaction". Compiled, not run: it needs a PostgreSQL
+/// server and a `users` table (the PostgreSQL store's own tests run `start_in`).
+#[rustfmt::skip]
+#[allow(dead_code)]
+mod transactional {
+    use std::error::Error;
+
+    use taskq_runtime::tokio_postgres::Client;
+    use taskq_runtime::{task, TaskError};
+
+    #[task(queue = "email")]
+    async fn send_email(to: String, subject: String) -> Result<(), TaskError> {
+        let _ = (to, subject);
+        Ok(())
+    }
+
+    async fn sign_up(client: &mut Client, email: String) -> Result<(), Box<dyn Error>> {
+use taskq_runtime::store::postgres::PostgresStore;
+
+let store = PostgresStore::open("postgres://app@127.0.0.1/app").await?;
+let tx = client.transaction().await?;             // your client, from taskq_runtime::tokio_postgres
+tx.execute("INSERT INTO users (email) VALUES ($1)", &[&email]).await?;
+send_email::builder(email.clone(), "Welcome".into()).start_in(&store, &tx).await?;
+tx.commit().await?;                                // the user and the email, or neither
+        Ok(())
+    }
+}
+
+/// "Walk a whole model".
+#[rustfmt::skip]
+mod iterative {
+    use std::error::Error;
+
+    use serde::{Deserialize, Serialize};
+    use taskq_runtime::Queue;
+
+    use super::Mailer;
+
+    pub struct Student {
+        id: i64,
+        email: String,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct StudentFilter {
+        program: String,
+    }
+
+    /// The app's database (a pool in a real app); here, `(id, email, program)` rows sorted
+    /// by id.
+    pub struct AppDb(Vec<(i64, String, String)>);
+
+    impl AppDb {
+        async fn students_after(&self, f: &StudentFilter, after: Option<&i64>, limit: usize)
+            -> Result<Vec<Student>, taskq_runtime::TaskError> {
+            Ok(self.0.iter()
+                .filter(|(id, _, p)| *p == f.program && after.is_none_or(|a| id > a))
+                .take(limit)
+                .map(|(id, email, _)| Student { id: *id, email: email.clone() })
+                .collect())
+        }
+    }
+
+use taskq_runtime::{iterative_task, Context, Model, TaskError};
+
+impl Model for Student {
+    type Key = i64;                 // the cursor
+    type Filter = StudentFilter;    // which students
+    type Source = AppDb;            // app state the worker was given
+    fn key(&self) -> i64 { self.id }
+    async fn batch(db: &AppDb, f: &StudentFilter, after: Option<&i64>, limit: usize)
+        -> Result<Vec<Student>, TaskError> { db.students_after(f, after, limit).await }
+}
+
+#[iterative_task(model = Student, batch_size = 200, queue = "email", timeout = "30s")]
+async fn email_all_students(ctx: Context, students: Vec<Student>, subject: String)
+    -> Result<(), TaskError> {
+    let mailer = ctx.state::<Mailer>()?;
+    for s in &students { mailer.send(&s.email, &subject).await?; }
+    Ok(())
+}
+
+    async fn walk(queue: Queue) -> Result<(), Box<dyn Error>> {
+let run = email_all_students::start(&queue, StudentFilter { program: "gsoc2009".into() },
+                                    "Results are out".into()).await?;
+let progress = queue.iteration(run).await?;   // processed, batches, cursor, state, total, percent()
+println!("{} students mailed in {} batches", progress.processed, progress.batches);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn every_student_of_the_program_is_mailed() -> Result<(), Box<dyn Error>> {
+        let db = AppDb((1..=500).map(|i| (i, format!("s{i}@example.org"), if i % 5 == 0 { "other" } else { "gsoc2009" }.to_string())).collect());
+        let mailer = Mailer::default();
+        let h = taskq_runtime::testing::Harness::new().state(db).state(mailer.clone());
+        walk(h.queue()).await?;
+        h.drain().await?;
+        assert_eq!(mailer.count(), 400);
+        Ok(())
+    }
+}
+
+/// "Deploying changes safely": a renamed task keeps its registered name, and a parameter
+/// added as an `Option` decodes payloads stored before it existed.
+#[rustfmt::skip]
+mod deploying {
+    use std::error::Error;
+
+use taskq_runtime::{task, TaskError};
+
+// Was `async fn send_welcome(to: String)` in `my_app::mail`: renamed, moved, and given a
+// new parameter. The name key keeps the registered name; the new parameter is an Option.
+#[task(name = "my_app::mail::send_welcome", queue = "email")]
+async fn welcome_new_user(to: String, locale: Option<String>) -> Result<(), TaskError> {
+    let locale = locale.unwrap_or_else(|| "en".into());   // tasks queued before: None
+    println!("welcome {to} ({locale})");
+    Ok(())
+}
+
+    #[tokio::test]
+    async fn a_payload_queued_by_the_old_version_still_runs() -> Result<(), Box<dyn Error>> {
+        assert_eq!(welcome_new_user::NAME, "my_app::mail::send_welcome");
+        let h = taskq_runtime::testing::Harness::new();
+        // What the old version stored: its name, and only `to`.
+        let now = h.clock().now();
+        let old = taskq_runtime::store::NewTask {
+            task: "my_app::mail::send_welcome".into(),
+            queue: "email".into(),
+            payload: serde_json::json!({ "to": "ada@example.org" }),
+            priority: 0,
+            run_at: now,
+            unique_name: None,
+            tombstone: std::time::Duration::ZERO,
+            iteration: None,
+        };
+        h.store().enqueue(vec![old], now).await?;
+        assert_eq!(h.drain().await?.count("done"), 1);
+        Ok(())
+    }
+}
