@@ -37,7 +37,7 @@ pub type Handler = fn(
 
 /// Retry, deadline and placement options of a task, as written in `#[task(...)]`.
 ///
-/// The defaults are those documented on the [`task`](crate::task) macro.
+/// The defaults are those documented on the [`task`](macro@crate::task) macro.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TaskOptions {
     /// Attempts before the task may go dead (also needs the age limit spent). Default 25.

@@ -127,10 +127,25 @@ async fn a_worker_says_what_it_serves_and_warns_about_what_it_cannot_run() {
     worker.shutdown().await.expect("shutdown");
     let text = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf-8");
     assert!(
-        text.contains("taskq worker started: serving newcomer with")
+        text.contains("taskq worker started: serving newcomer; it knows")
             && text.contains("newcomer::welcome"),
         "{text}"
     );
     let warning = "task `newcomer::on_another_queue` runs on queue `unserved`, which this worker does not serve";
     assert_eq!(text.matches(warning).count(), 1, "{text}");
+}
+
+#[tokio::test]
+async fn a_worker_name_a_store_cannot_hold_is_refused_at_build() {
+    for bad in ["", "w\0rker"] {
+        let err = Worker::builder(taskq_tests::memory_store().await)
+            .name(bad)
+            .build()
+            .expect_err("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("worker setting `name`:") && msg.contains("NUL"),
+            "{msg}"
+        );
+    }
 }

@@ -595,18 +595,21 @@ pub fn check_checkpoint(lease: Lease, cp: &Checkpoint) -> Result<(), StoreError>
 }
 
 /// Decodes JSON text a database store read back, or says why it does not decode.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn decode_stored(text: &str) -> Result<serde_json::Value, serde_json::Error> {
     serde_json::from_str(text)
 }
 
 /// Stored JSON text for the management calls: the value, or, when it does not decode, the
 /// raw text as a JSON string, so that one bad row never fails a listing.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn stored_or_raw(text: &str) -> serde_json::Value {
     decode_stored(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
 }
 
 /// Why the stored `what` (payload, cursor) of task `id` does not decode, for
 /// [`ClaimedTask::decode_error`] and the dead task's error.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn decode_failure(what: &str, id: i64, e: &serde_json::Error) -> String {
     format!(
         "the stored {what} of task {id} does not decode ({e}): the row was edited by hand or written by another version of taskq"

@@ -102,7 +102,7 @@ pub struct WorkerBuilder {
 }
 
 impl WorkerBuilder {
-    /// Adds app state that tasks read with [`Context::state`] (and models use as their
+    /// Adds app state that tasks read with [`Context::state`](crate::Context::state) (and models use as their
     /// `Source`). One value per type.
     pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.state.insert(value);
@@ -198,6 +198,12 @@ impl WorkerBuilder {
             });
         }
         let name = self.name.unwrap_or_else(default_worker_name);
+        if name.is_empty() || name.contains('\0') {
+            return Err(WorkerError::Config {
+                setting: "name",
+                reason: format!("{name:?} cannot name a worker: give a non-empty name without NUL bytes (it is stored with every attempt)"),
+            });
+        }
         Ok(Worker {
             exec: Exec {
                 store: self.store,
@@ -605,7 +611,7 @@ impl Worker {
         };
         tracing::info!(
             worker = %self.exec.worker, queues = %serves, concurrency = self.concurrency,
-            tasks = ?names, "taskq worker started: serving {serves} with {} known tasks", names.len()
+            tasks = ?names, "taskq worker started: serving {serves}; it knows {} task{}", names.len(), if names.len() == 1 { "" } else { "s" }
         );
         if self.queues.is_empty() {
             return;
