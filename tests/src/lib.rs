@@ -72,3 +72,16 @@ pub async fn postgres_store() -> Arc<dyn Store> {
         .await
         .unwrap_or_else(|e| panic!("open the test PostgreSQL store at {url}: {e}"))
 }
+
+/// Polls `f` every 20 ms until it is true; fails the test, naming `what`, after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: std::time::Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -11,18 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use taskq_runtime::testing::Harness;
 use taskq_runtime::{task, Context, Queue, TaskError, TaskId, TaskState, Worker};
 use taskq_tests::faulty::Faulty;
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use taskq_tests::wait_until;
 
 /// Executions of `hung_heartbeat_task` running now, the most at once, and how many were
 /// told to stop.

@@ -9,6 +9,7 @@ use taskq_runtime::store::NewTask;
 use taskq_runtime::testing::Harness;
 use taskq_runtime::{task, Queue, Store, TaskError, TaskId, TaskState, Timestamp, Worker};
 use taskq_tests::faulty::Faulty;
+use taskq_tests::wait_until;
 use taskq_tests::{memory_store, postgres_store, sqlite_store};
 
 #[task(
@@ -29,18 +30,6 @@ async fn plain(n: u64) -> Result<(), TaskError> {
 
 /// The text every store records for the error `upstream said: bin\0ary`.
 const STORED: &str = "upstream said: bin\u{FFFD}ary";
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn unknown_task(queue: &str) -> NewTask {
     NewTask {

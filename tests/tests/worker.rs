@@ -7,6 +7,7 @@ use std::time::Duration;
 use taskq_runtime::store::memory::MemoryStore;
 use taskq_runtime::store::{ClaimRequest, TaskQuery};
 use taskq_runtime::{task, Context, Queue, Store, TaskError, TaskState, Timestamp, Worker};
+use taskq_tests::wait_until;
 
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
@@ -52,18 +53,6 @@ async fn watches_deadline(ctx: Context) -> Result<(), TaskError> {
 async fn sleepy(ms: u64) -> Result<(), TaskError> {
     tokio::time::sleep(Duration::from_millis(ms)).await;
     Ok(())
-}
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn count(q: &Queue, queue: &str, state: TaskState) -> u64 {
