@@ -6,7 +6,12 @@
 //! - `schema=NAME`: keep every table in this schema (created if missing); default `public`.
 //!   [`PostgresStore::open_in_schema`] does the same.
 //! - `pool_size=N`: at most N pooled connections (default 10), plus one listening
-//!   connection.
+//!   connection. A call waits at most 10 s for a pooled connection, then fails.
+//!
+//! Connections detect a dead peer in seconds: unless the URL sets them, taskq sets
+//! `connect_timeout=5s`, TCP keepalives after 10 s idle every 2 s (3 probes:
+//! `keepalives_idle`, `keepalives_interval`, `keepalives_retries`) and
+//! `tcp_user_timeout=10s` (unacknowledged writes give up).
 //!
 //! TLS is not supported by this build: connect over a trusted network or a local socket.
 //!
@@ -323,6 +328,21 @@ fn parse_url(url: &str) -> Result<(Config, UrlOptions), StoreError> {
         .map_err(|e: tokio_postgres::Error| bad(e.to_string()))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
+    }
+    // Detect a dead peer (a failover, a half-open connection) in seconds, not the ~15
+    // minutes of the kernel's defaults: keepalive probes after 10 s idle, every 2 s, 3 of
+    // them; and unacknowledged writes give up after 10 s. The URL may set each.
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(Duration::from_secs(10));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(2));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(10));
     }
     if config.get_application_name().is_none() {
         config.application_name("taskq");

@@ -12,6 +12,9 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 use super::pg_err;
 use crate::store::StoreError;
 
+/// How long a call waits for a pooled connection before it fails.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
 /// One open connection and the statements prepared on it.
 pub(crate) struct Conn {
     pub(crate) client: Client,
@@ -76,11 +79,15 @@ impl Pool {
     /// unreachable, new connections are attempted with exponential back-off (50 ms doubling
     /// to 5 s); calls in between fail at once with the last error.
     pub(crate) async fn get(&self) -> Result<PooledConn<'_>, StoreError> {
-        let permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Backend("the PostgreSQL pool is closed".into()))?;
+        let permit = match tokio::time::timeout(POOL_WAIT, self.permits.acquire()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(StoreError::Backend("the PostgreSQL pool is closed".into())),
+            Err(_) => {
+                return Err(StoreError::Backend(format!(
+                    "every pooled PostgreSQL connection stayed busy for {POOL_WAIT:?}; raise `pool_size` in the store URL, or look for slow statements"
+                )))
+            }
+        };
         loop {
             let conn = self.idle().pop();
             match conn {

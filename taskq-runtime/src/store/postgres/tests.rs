@@ -99,6 +99,20 @@ fn url_options_are_parsed() {
     assert!(check_schema_name("x", "1abc").is_err());
 }
 
+#[test]
+fn connections_detect_a_dead_peer_in_seconds_unless_the_url_says_otherwise() {
+    let (cfg, _) = parse_url("postgres://u@h/db").expect("parse");
+    assert_eq!(cfg.get_keepalives_idle(), Duration::from_secs(10));
+    assert_eq!(cfg.get_keepalives_interval(), Some(Duration::from_secs(2)));
+    assert_eq!(cfg.get_keepalives_retries(), Some(3));
+    assert_eq!(cfg.get_tcp_user_timeout(), Some(&Duration::from_secs(10)));
+    assert_eq!(cfg.get_connect_timeout(), Some(&Duration::from_secs(5)));
+    let (cfg, _) =
+        parse_url("postgres://u@h/db?keepalives_idle=30&tcp_user_timeout=20").expect("parse");
+    assert_eq!(cfg.get_keepalives_idle(), Duration::from_secs(30));
+    assert_eq!(cfg.get_tcp_user_timeout(), Some(&Duration::from_secs(20)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_finish_and_fencing() {
     let url = url();
