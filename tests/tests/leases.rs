@@ -250,3 +250,83 @@ async fn the_heartbeat_and_the_outcome_writer_survive_a_panic() {
         "the panic happened"
     );
 }
+
+// ---- review: store calls outside the heartbeat that can stall a worker ----------------
+
+#[task(queue = "hung-finish")]
+async fn quick_after_hung_finish(n: u32) -> Result<(), TaskError> {
+    let _ = n;
+    Ok(())
+}
+
+/// A `finish` call that never returns (a half-open connection) must not wedge the outcome
+/// writer for the life of the worker: the call is bounded like the heartbeat, retried, and
+/// the outcomes are recorded once the store answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_finish_does_not_wedge_the_worker() {
+    let store = Arc::new(Faulty::default());
+    store.faults.hang_finishes.store(1, Ordering::SeqCst);
+    let queue = Queue::new(store.clone());
+    let a = quick_after_hung_finish::start(&queue, 1)
+        .await
+        .expect("start");
+    let worker = Worker::builder(store.clone())
+        .queues(["hung-finish"])
+        .lease(Duration::from_millis(400))
+        .build()
+        .expect("worker")
+        .spawn();
+    let b = quick_after_hung_finish::start(&queue, 2)
+        .await
+        .expect("start");
+    wait_until("both tasks done", Duration::from_secs(10), || {
+        let queue = queue.clone();
+        async move {
+            let mut all = true;
+            for id in [a, b] {
+                all &=
+                    matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Done);
+            }
+            all
+        }
+    })
+    .await;
+    assert_eq!(store.faults.hang_finishes.load(Ordering::SeqCst), 0);
+    worker.shutdown().await.expect("shutdown");
+}
+
+#[task(queue = "hung-next-due")]
+async fn runs_after_hung_next_due() -> Result<(), TaskError> {
+    Ok(())
+}
+
+/// A `next_due` call that never returns (asked when the worker is idle) must neither stop
+/// the worker from claiming new work nor hold up its shutdown past the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_next_due_neither_stalls_claims_nor_shutdown() {
+    let store = Arc::new(Faulty::default());
+    store.faults.hang_next_due.store(true, Ordering::SeqCst);
+    let queue = Queue::new(store.clone());
+    let worker = Worker::builder(store.clone())
+        .queues(["hung-next-due"])
+        .poll_interval(Duration::from_millis(100))
+        .shutdown_grace(Duration::from_secs(1))
+        .build()
+        .expect("worker")
+        .spawn();
+    // Let the idle worker ask `next_due` (which hangs), then give it work.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = runs_after_hung_next_due::start(&queue)
+        .await
+        .expect("start");
+    wait_until("the task to run", Duration::from_secs(5), || {
+        let queue = queue.clone();
+        async move { matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Done) }
+    })
+    .await;
+    let r = tokio::time::timeout(Duration::from_secs(5), worker.shutdown()).await;
+    assert!(
+        matches!(r, Ok(Ok(()))),
+        "shutdown did not return within 5 s: {r:?}"
+    );
+}
