@@ -31,6 +31,8 @@ pub struct Faults {
     pub hang_finishes: AtomicUsize,
     /// Every `next_due` call hangs forever.
     pub hang_next_due: std::sync::atomic::AtomicBool,
+    /// Every claim call hangs forever.
+    pub hang_claims: std::sync::atomic::AtomicBool,
 }
 
 /// A memory store with [`Faults`].
@@ -56,6 +58,9 @@ impl Store for Faulty {
         self.inner.enqueue(t, now).await
     }
     async fn claim(&self, r: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError> {
+        if self.faults.hang_claims.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.inner.claim(r).await
     }
     async fn heartbeat(

@@ -330,3 +330,49 @@ async fn a_hung_next_due_neither_stalls_claims_nor_shutdown() {
         "shutdown did not return within 5 s: {r:?}"
     );
 }
+
+#[task(queue = "hung-claim")]
+async fn ignores_shutdown() -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    Ok(())
+}
+
+/// A claim that hangs when shutdown comes may not use up the whole grace: the grace keeps
+/// the time to stop what still runs and to write its release, so the task is pending again
+/// (the attempt not counted) when `shutdown()` returns, not left for its lease to lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_claim_at_shutdown_leaves_time_to_release() {
+    let store = Arc::new(Faulty::default());
+    let queue = Queue::new(store.clone());
+    let id = ignores_shutdown::start(&queue).await.expect("start");
+    let worker = Worker::builder(store.clone())
+        .queues(["hung-claim"])
+        .concurrency(2)
+        .poll_interval(Duration::from_millis(50))
+        .shutdown_grace(Duration::from_secs(1))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("the task to run", Duration::from_secs(5), || {
+        let queue = queue.clone();
+        async move { matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Running) }
+    })
+    .await;
+    store.faults.hang_claims.store(true, Ordering::SeqCst);
+    // Let the worker's next claim start (and hang).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = std::time::Instant::now();
+    worker.shutdown().await.expect("shutdown");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        t0.elapsed()
+    );
+    let t = queue.task(id).await.expect("task").expect("exists");
+    assert_eq!(
+        (t.info.state, t.info.attempts),
+        (TaskState::Pending, 0),
+        "released within the grace: {:?}",
+        t.attempts
+    );
+}
