@@ -1634,19 +1634,27 @@ fn noise(n: usize, seed: u64) -> String {
         .collect()
 }
 
-/// A very long de-duplication or queue name is treated the same on every store: stored
-/// and kept taken, or refused up front with `InvalidValue`, never a backend error from one
-/// store's index (PostgreSQL's B-tree entries hold at most about 2.7 KB).
+/// A very long de-duplication or queue name is treated the same on every store: one of
+/// [`MAX_NAME_BYTES`](taskq_runtime::value::MAX_NAME_BYTES) is stored (and a stored unique
+/// name is taken), a longer one is refused up front with `InvalidValue`, never a backend
+/// error from one store's index (PostgreSQL's B-tree entries hold at most about 2.7 KB).
 pub async fn long_names_are_the_same_on_every_store(s: Arc<dyn Store>) {
-    for (what, n) in [("unique name", 100_000), ("queue name", 100_000)] {
+    use taskq_runtime::value::MAX_NAME_BYTES;
+    for (what, n) in [
+        ("unique name", MAX_NAME_BYTES),
+        ("queue name", MAX_NAME_BYTES),
+        ("unique name", 100_000),
+        ("queue name", 100_000),
+        ("unique name", MAX_NAME_BYTES + 1),
+    ] {
         let mut t = new_task("q", 1);
         if what == "unique name" {
-            t.unique_name = Some(noise(n, 7));
+            t.unique_name = Some(noise(n, n as u64));
         } else {
-            t.queue = noise(n, 11);
+            t.queue = noise(n, n as u64 + 1);
         }
         match s.enqueue(vec![t.clone()], T0).await {
-            Ok(ids) => {
+            Ok(ids) if n <= MAX_NAME_BYTES => {
                 assert_eq!(ids.len(), 1);
                 if what == "unique name" {
                     assert!(
@@ -1658,10 +1666,17 @@ pub async fn long_names_are_the_same_on_every_store(s: Arc<dyn Store>) {
                     );
                 }
             }
-            Err(StoreError::InvalidValue(_)) => {}
-            Err(e) => panic!("a {n}-byte {what}: {e:?}"),
+            Err(StoreError::InvalidValue(m)) if n > MAX_NAME_BYTES => {
+                assert!(m.contains(&format!("is {n} bytes long")), "{m}");
+            }
+            other => panic!("a {n}-byte {what}: {other:?}"),
         }
     }
+    let long = noise(MAX_NAME_BYTES + 1, 3);
+    assert!(matches!(
+        s.set_paused(&long, true).await,
+        Err(StoreError::InvalidValue(_))
+    ));
 }
 
 /// Generates one `#[tokio::test]` per conformance case for a backend.

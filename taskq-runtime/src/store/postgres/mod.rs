@@ -1640,6 +1640,7 @@ LEFT JOIN LATERAL (
     }
 
     async fn configure_queue(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError> {
+        check_queue_name(queue)?;
         let sql = self.sql(
             "INSERT INTO {S}.taskq_queues (name, rate, burst, max_concurrent) \
              VALUES ($1::text, $2::float8, $3::int8, $4::int8) \
@@ -1659,6 +1660,7 @@ LEFT JOIN LATERAL (
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        check_queue_name(queue)?;
         let sql = self.sql(
             "WITH u AS ( \
                  INSERT INTO {S}.taskq_queues (name, paused) VALUES ($1::text, $2::bool) \
@@ -1674,6 +1676,7 @@ LEFT JOIN LATERAL (
     }
 
     async fn purge(&self, queue: &str, now: Timestamp) -> Result<u64, StoreError> {
+        check_queue_name(queue)?;
         let sql = self.sql(
             "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE queue = $1::text AND state = 'pending' \
                         RETURNING {DELETED}), \
