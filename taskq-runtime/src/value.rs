@@ -16,8 +16,10 @@
 //!   a stored document (a payload, with its wrapping object, or a filter or cursor) deeper
 //!   than [`MAX_DEPTH`] with [`StoreError::InvalidValue`](crate::store::StoreError::InvalidValue).
 //! - **Names** (task name, queue, de-duplication name) must not contain a NUL byte, which
-//!   PostgreSQL cannot store in text: every store refuses them with
-//!   [`StoreError::InvalidValue`](crate::store::StoreError::InvalidValue).
+//!   PostgreSQL cannot store in text, and are at most [`MAX_NAME_BYTES`] long (PostgreSQL
+//!   indexes them): every store refuses others with
+//!   [`StoreError::InvalidValue`](crate::store::StoreError::InvalidValue), in `enqueue`
+//!   and in the queue management calls alike.
 
 use std::fmt;
 
@@ -30,6 +32,12 @@ use serde::ser::{self, Serialize, Serializer};
 /// 100 stays well inside the 128 levels serde_json parses, so every store can read back
 /// what it accepted.
 pub const MAX_DEPTH: usize = 100;
+
+/// The longest task name, queue name or de-duplication name a store keeps, in bytes of
+/// UTF-8. PostgreSQL indexes queue and de-duplication names, and one B-tree index entry
+/// holds at most about 2.7 KB; every store refuses a longer name the same way, so a name
+/// one store keeps is kept by all.
+pub const MAX_NAME_BYTES: usize = 1024;
 
 /// The deepest one value you hand taskq may nest: an argument, a filter, or a model key
 /// (the cursor). [`MAX_DEPTH`] less the two levels a payload may wrap it in (the payload

@@ -1546,6 +1546,139 @@ pub async fn deleting_a_runs_named_step_keeps_its_name(s: Arc<dyn Store>) {
     taken_until(&*s, &u, at(360_500)).await;
 }
 
+// ---- review of the policy and worker work (issues 7 and 9) ----------------------------
+
+/// A batch holding a stale lease of a task (an execution whose lease lapsed) beside its
+/// current lease: the stale outcome is refused, the current one recorded, on every store.
+/// (A worker can hand over both in one batch when its outcome writer fell a lease behind
+/// and it re-claimed the task.)
+pub async fn finish_of_a_stale_and_the_current_lease_in_one_batch(s: Arc<dyn Store>) {
+    let id = s
+        .enqueue(vec![new_task("q", 1)], T0)
+        .await
+        .expect("enqueue")[0];
+    let old = s.claim(&req(&[], 1, 1_000, T0)).await.expect("claim");
+    let new = s
+        .claim(&req(&[], 1, 30_000, at(2_000)))
+        .await
+        .expect("claim");
+    assert_eq!(
+        (old.len(), new.len()),
+        (1, 1),
+        "the lapsed lease is claimed again"
+    );
+    let r = s
+        .finish(
+            vec![
+                Finish {
+                    lease: old[0].lease,
+                    outcome: Outcome::Failed {
+                        error: "stale".into(),
+                    },
+                    started_at: T0,
+                },
+                Finish {
+                    lease: new[0].lease,
+                    outcome: Outcome::Done,
+                    started_at: at(2_000),
+                },
+            ],
+            "w1",
+            at(2_500),
+        )
+        .await
+        .expect("finish");
+    assert!(
+        matches!(r[0], Err(StoreError::LeaseLost(_))),
+        "the stale lease: {:?}",
+        r[0]
+    );
+    assert!(r[1].is_ok(), "the current lease: {:?}", r[1]);
+    let d = s.task(id).await.expect("task").expect("exists");
+    assert_eq!(d.info.state, TaskState::Done);
+    let outcomes: Vec<&str> = d.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["lease lapsed", "done"]);
+}
+
+/// A queue name holding a NUL byte is refused by the management calls the same way on
+/// every store (as `enqueue` refuses it), instead of being stored by some and failing
+/// with a transient-looking backend error on PostgreSQL.
+pub async fn management_calls_refuse_nul_queue_names(s: Arc<dyn Store>) {
+    let invalid = |what: &str, r: Result<(), StoreError>| match r {
+        Err(StoreError::InvalidValue(m)) => assert!(m.contains("NUL"), "{what}: {m}"),
+        other => panic!("{what}: expected InvalidValue, got {other:?}"),
+    };
+    invalid(
+        "configure_queue",
+        s.configure_queue("q\0", limited(Some(1.0), None)).await,
+    );
+    invalid("set_paused", s.set_paused("q\0", true).await);
+    invalid("purge", s.purge("q\0", T0).await.map(|_| ()));
+    let queues = s.queues().await.expect("queues");
+    assert!(
+        queues.iter().all(|q| !q.name.contains('\0')),
+        "nothing was stored"
+    );
+}
+
+/// A pseudo-random (incompressible) string of `n` ASCII letters.
+fn noise(n: usize, seed: u64) -> String {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
+
+/// A very long de-duplication or queue name is treated the same on every store: one of
+/// [`MAX_NAME_BYTES`](taskq_runtime::value::MAX_NAME_BYTES) is stored (and a stored unique
+/// name is taken), a longer one is refused up front with `InvalidValue`, never a backend
+/// error from one store's index (PostgreSQL's B-tree entries hold at most about 2.7 KB).
+pub async fn long_names_are_the_same_on_every_store(s: Arc<dyn Store>) {
+    use taskq_runtime::value::MAX_NAME_BYTES;
+    for (what, n) in [
+        ("unique name", MAX_NAME_BYTES),
+        ("queue name", MAX_NAME_BYTES),
+        ("unique name", 100_000),
+        ("queue name", 100_000),
+        ("unique name", MAX_NAME_BYTES + 1),
+    ] {
+        let mut t = new_task("q", 1);
+        if what == "unique name" {
+            t.unique_name = Some(noise(n, n as u64));
+        } else {
+            t.queue = noise(n, n as u64 + 1);
+        }
+        match s.enqueue(vec![t.clone()], T0).await {
+            Ok(ids) if n <= MAX_NAME_BYTES => {
+                assert_eq!(ids.len(), 1);
+                if what == "unique name" {
+                    assert!(
+                        matches!(
+                            s.enqueue(vec![t], T0).await,
+                            Err(StoreError::AlreadyExists(_))
+                        ),
+                        "a stored {what} is taken"
+                    );
+                }
+            }
+            Err(StoreError::InvalidValue(m)) if n > MAX_NAME_BYTES => {
+                assert!(m.contains(&format!("is {n} bytes long")), "{m}");
+            }
+            other => panic!("a {n}-byte {what}: {other:?}"),
+        }
+    }
+    let long = noise(MAX_NAME_BYTES + 1, 3);
+    assert!(matches!(
+        s.set_paused(&long, true).await,
+        Err(StoreError::InvalidValue(_))
+    ));
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -1569,6 +1702,8 @@ macro_rules! conformance_tests {
             deleting_a_finished_task_keeps_its_window, unnamed_delete_takes_no_name,
             deleting_a_runs_named_step_keeps_its_name, concurrent_claims_hold_queue_limits,
             limits_changed_between_claims_apply_at_once,
+            finish_of_a_stale_and_the_current_lease_in_one_batch,
+            management_calls_refuse_nul_queue_names, long_names_are_the_same_on_every_store,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -27,6 +27,12 @@ pub struct Faults {
     pub refuse_finish_of: Mutex<HashSet<TaskId>>,
     /// How many finish batches were refused.
     pub refused: AtomicUsize,
+    /// This many finish calls hang forever, then they work.
+    pub hang_finishes: AtomicUsize,
+    /// Every `next_due` call hangs forever.
+    pub hang_next_due: std::sync::atomic::AtomicBool,
+    /// Every claim call hangs forever.
+    pub hang_claims: std::sync::atomic::AtomicBool,
 }
 
 /// A memory store with [`Faults`].
@@ -52,6 +58,9 @@ impl Store for Faulty {
         self.inner.enqueue(t, now).await
     }
     async fn claim(&self, r: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError> {
+        if self.faults.hang_claims.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.inner.claim(r).await
     }
     async fn heartbeat(
@@ -77,6 +86,9 @@ impl Store for Faulty {
         if take_one(&self.faults.panic_finishes) {
             panic!("injected: finish panics");
         }
+        if take_one(&self.faults.hang_finishes) {
+            std::future::pending::<()>().await;
+        }
         let refused = self.faults.refuse_finish_of.lock().expect("lock").clone();
         if f.iter().any(|f| refused.contains(&f.lease.id)) {
             self.faults.refused.fetch_add(1, Ordering::SeqCst);
@@ -90,6 +102,9 @@ impl Store for Faulty {
         self.inner.checkpoint(l, c, now).await
     }
     async fn next_due(&self, q: &[String]) -> Result<Option<Timestamp>, StoreError> {
+        if self.faults.hang_next_due.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.inner.next_due(q).await
     }
     async fn wait_for_work(&self, q: &[String], timeout: Duration) {

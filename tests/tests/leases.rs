@@ -239,3 +239,129 @@ async fn the_heartbeat_and_the_outcome_writer_survive_a_panic() {
         "the panic happened"
     );
 }
+
+// ---- review: store calls outside the heartbeat that can stall a worker ----------------
+
+#[task(queue = "hung-finish")]
+async fn quick_after_hung_finish(n: u32) -> Result<(), TaskError> {
+    let _ = n;
+    Ok(())
+}
+
+/// A `finish` call that never returns (a half-open connection) must not wedge the outcome
+/// writer for the life of the worker: the call is bounded like the heartbeat, retried, and
+/// the outcomes are recorded once the store answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_finish_does_not_wedge_the_worker() {
+    let store = Arc::new(Faulty::default());
+    store.faults.hang_finishes.store(1, Ordering::SeqCst);
+    let queue = Queue::new(store.clone());
+    let a = quick_after_hung_finish::start(&queue, 1)
+        .await
+        .expect("start");
+    let worker = Worker::builder(store.clone())
+        .queues(["hung-finish"])
+        .lease(Duration::from_millis(400))
+        .build()
+        .expect("worker")
+        .spawn();
+    let b = quick_after_hung_finish::start(&queue, 2)
+        .await
+        .expect("start");
+    wait_until("both tasks done", Duration::from_secs(10), || {
+        let queue = queue.clone();
+        async move {
+            let mut all = true;
+            for id in [a, b] {
+                all &=
+                    matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Done);
+            }
+            all
+        }
+    })
+    .await;
+    assert_eq!(store.faults.hang_finishes.load(Ordering::SeqCst), 0);
+    worker.shutdown().await.expect("shutdown");
+}
+
+#[task(queue = "hung-next-due")]
+async fn runs_after_hung_next_due() -> Result<(), TaskError> {
+    Ok(())
+}
+
+/// A `next_due` call that never returns (asked when the worker is idle) must neither stop
+/// the worker from claiming new work nor hold up its shutdown past the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_next_due_neither_stalls_claims_nor_shutdown() {
+    let store = Arc::new(Faulty::default());
+    store.faults.hang_next_due.store(true, Ordering::SeqCst);
+    let queue = Queue::new(store.clone());
+    let worker = Worker::builder(store.clone())
+        .queues(["hung-next-due"])
+        .poll_interval(Duration::from_millis(100))
+        .shutdown_grace(Duration::from_secs(1))
+        .build()
+        .expect("worker")
+        .spawn();
+    // Let the idle worker ask `next_due` (which hangs), then give it work.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = runs_after_hung_next_due::start(&queue)
+        .await
+        .expect("start");
+    wait_until("the task to run", Duration::from_secs(5), || {
+        let queue = queue.clone();
+        async move { matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Done) }
+    })
+    .await;
+    let r = tokio::time::timeout(Duration::from_secs(5), worker.shutdown()).await;
+    assert!(
+        matches!(r, Ok(Ok(()))),
+        "shutdown did not return within 5 s: {r:?}"
+    );
+}
+
+#[task(queue = "hung-claim")]
+async fn ignores_shutdown() -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    Ok(())
+}
+
+/// A claim that hangs when shutdown comes may not use up the whole grace: the grace keeps
+/// the time to stop what still runs and to write its release, so the task is pending again
+/// (the attempt not counted) when `shutdown()` returns, not left for its lease to lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_claim_at_shutdown_leaves_time_to_release() {
+    let store = Arc::new(Faulty::default());
+    let queue = Queue::new(store.clone());
+    let id = ignores_shutdown::start(&queue).await.expect("start");
+    let worker = Worker::builder(store.clone())
+        .queues(["hung-claim"])
+        .concurrency(2)
+        .poll_interval(Duration::from_millis(50))
+        .shutdown_grace(Duration::from_secs(1))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("the task to run", Duration::from_secs(5), || {
+        let queue = queue.clone();
+        async move { matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Running) }
+    })
+    .await;
+    store.faults.hang_claims.store(true, Ordering::SeqCst);
+    // Let the worker's next claim start (and hang).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = std::time::Instant::now();
+    worker.shutdown().await.expect("shutdown");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        t0.elapsed()
+    );
+    let t = queue.task(id).await.expect("task").expect("exists");
+    assert_eq!(
+        (t.info.state, t.info.attempts),
+        (TaskState::Pending, 0),
+        "released within the grace: {:?}",
+        t.attempts
+    );
+}

@@ -516,3 +516,21 @@ async fn shutdown_during_a_claim_releases_what_it_claimed() {
     );
     assert_eq!(t.info.attempts, 0, "a released claim does not count");
 }
+
+/// A worker name or served queue holding a NUL byte is refused when the worker is built,
+/// like a NUL in a task's queue: PostgreSQL cannot store it, so such a worker would fail
+/// every claim there (silently retrying for ever) while memory and SQLite ran it.
+#[test]
+fn a_nul_byte_in_the_worker_name_or_a_queue_is_refused_at_build() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let e = Worker::builder(store.clone())
+        .name("w\0orker")
+        .build()
+        .expect_err("a NUL in the name");
+    assert!(e.to_string().starts_with("worker setting `name`"), "{e}");
+    let e = Worker::builder(store)
+        .queues(["ok", "bad\0"])
+        .build()
+        .expect_err("a NUL in a queue");
+    assert!(e.to_string().starts_with("worker setting `queues`"), "{e}");
+}

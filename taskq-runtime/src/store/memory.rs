@@ -642,6 +642,7 @@ impl Store for MemoryStore {
     }
 
     async fn configure_queue(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError> {
+        check_queue_name(queue)?;
         let mut g = self.lock();
         g.queues.entry(queue.to_string()).or_default().1 = config;
         g.buckets.remove(queue);
@@ -649,6 +650,7 @@ impl Store for MemoryStore {
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        check_queue_name(queue)?;
         self.lock().queues.entry(queue.to_string()).or_default().0 = paused;
         if !paused {
             self.notify.notify_waiters();
@@ -657,6 +659,7 @@ impl Store for MemoryStore {
     }
 
     async fn purge(&self, queue: &str, now: Timestamp) -> Result<u64, StoreError> {
+        check_queue_name(queue)?;
         let mut g = self.lock();
         let ids: Vec<i64> = g
             .by_time

@@ -25,8 +25,11 @@
 //! numbers and refuses `\u0000`) and decode it themselves, row by row:
 //! - [`Store::enqueue`] and [`Store::checkpoint`] refuse, the same way on every store, a
 //!   value nested deeper than [`MAX_DEPTH`](crate::value::MAX_DEPTH) levels and a task
-//!   name, queue or unique name holding a NUL byte, with [`StoreError::InvalidValue`]
+//!   name, queue or unique name holding a NUL byte or longer than
+//!   [`MAX_NAME_BYTES`](crate::value::MAX_NAME_BYTES), with [`StoreError::InvalidValue`]
 //!   (one shared check, [`check_new_tasks`] / [`check_checkpoint`]); nothing is stored.
+//!   The queue management calls refuse such a queue name the same way
+//!   ([`check_queue_name`]).
 //! - A stored row that does not decode (edited by hand, or written by another version)
 //!   never fails a call about other rows: [`Store::claim`] hands it out with
 //!   [`ClaimedTask::decode_error`] set (the worker sends it dead with that reason), and the
@@ -516,7 +519,8 @@ pub enum StoreError {
     /// A value no store can hold faithfully, refused before anything was stored: a
     /// payload, filter or cursor nested deeper than
     /// [`MAX_DEPTH`](crate::value::MAX_DEPTH) levels, or a task name, queue or unique name
-    /// with a NUL byte. The message says which and why; it is the same on every store.
+    /// with a NUL byte or longer than [`MAX_NAME_BYTES`](crate::value::MAX_NAME_BYTES).
+    /// The message says which and why; it is the same on every store.
     #[error("{0}")]
     InvalidValue(String),
     /// The backend failed (I/O, connection, SQL).
@@ -539,8 +543,22 @@ impl StoreError {
 }
 
 /// Refuses a name the databases cannot hold: PostgreSQL text cannot contain a NUL byte,
-/// so no store accepts one (the same error everywhere).
+/// and its indexes cannot hold a name longer than
+/// [`MAX_NAME_BYTES`](crate::value::MAX_NAME_BYTES), so no store accepts either (the same
+/// error everywhere).
 fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
+    let max = crate::value::MAX_NAME_BYTES;
+    if name.len() > max {
+        let mut head = 40;
+        while !name.is_char_boundary(head) {
+            head -= 1;
+        }
+        return Err(StoreError::InvalidValue(format!(
+            "the {what} {:?}… is {} bytes long; a store keeps names of at most {max} bytes (taskq_runtime::value::MAX_NAME_BYTES)",
+            &name[..head],
+            name.len()
+        )));
+    }
     if name.contains('\0') {
         return Err(StoreError::InvalidValue(format!(
             "the {what} {name:?} contains a NUL byte, which PostgreSQL cannot store in text; taskq refuses it on every store"
@@ -586,6 +604,14 @@ pub fn check_new_tasks(tasks: &[NewTask]) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The check every backend's [`Store::configure_queue`], [`Store::set_paused`] and
+/// [`Store::purge`] make on the queue name, as [`check_new_tasks`] does for a task's
+/// queue: no NUL byte and at most [`MAX_NAME_BYTES`](crate::value::MAX_NAME_BYTES), or
+/// [`StoreError::InvalidValue`].
+pub fn check_queue_name(queue: &str) -> Result<(), StoreError> {
+    check_name("queue name", queue)
 }
 
 /// The check every backend's [`Store::checkpoint`] makes before storing a cursor: nested

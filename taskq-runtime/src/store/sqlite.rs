@@ -1317,6 +1317,7 @@ impl Store for SqliteStore {
     }
 
     async fn configure_queue(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError> {
+        check_queue_name(queue)?;
         let queue = queue.to_string();
         self.call("configuring a queue", move |db| {
             db.write(true, |tx| {
@@ -1339,6 +1340,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        check_queue_name(queue)?;
         let queue = queue.to_string();
         self.call("pausing or resuming a queue", move |db| {
             db.write(true, |tx| {
@@ -1358,6 +1360,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, queue: &str, now: Timestamp) -> Result<u64, StoreError> {
+        check_queue_name(queue)?;
         let queue = queue.to_string();
         self.call("purging a queue", move |db| {
             db.write(true, |tx| {

@@ -176,7 +176,8 @@ impl WorkerBuilder {
 
     /// Checks the settings and the registry: duplicate task names are refused here, and so
     /// is a binary in which no task is registered ([`WorkerError::Config`] with setting
-    /// `tasks`).
+    /// `tasks`), and a worker name or served queue holding a NUL byte (setting `name` or
+    /// `queues`).
     pub fn build(self) -> Result<Worker, WorkerError> {
         let registry = Registry::collect()?;
         if registry.all().is_empty() {
@@ -195,6 +196,23 @@ impl WorkerBuilder {
             return Err(WorkerError::Config {
                 setting: "lease",
                 reason: format!("{:?} is too short to renew; use at least 30ms", self.lease),
+            });
+        }
+        // Stored with every claim and attempt: PostgreSQL text cannot hold a NUL byte, so
+        // such a worker would fail every claim there (the stores refuse it in task names and
+        // queues for the same reason).
+        if let Some(name) = self.name.as_deref().filter(|n| n.contains('\0')) {
+            return Err(WorkerError::Config {
+                setting: "name",
+                reason: format!("{name:?} contains a NUL byte, which PostgreSQL cannot store"),
+            });
+        }
+        if let Some(q) = self.queues.iter().find(|q| q.contains('\0')) {
+            return Err(WorkerError::Config {
+                setting: "queues",
+                reason: format!(
+                    "the queue name {q:?} contains a NUL byte, which no queue can have"
+                ),
             });
         }
         let name = self.name.unwrap_or_else(default_worker_name);
@@ -372,6 +390,8 @@ impl Worker {
             move || leases::heartbeat(exec.clone(), inflight.clone(), lease)
         }));
 
+        // Keep a few seconds of the shutdown grace to stop what is left and write its release.
+        let reserve = (self.shutdown_grace / 5).min(Duration::from_secs(5));
         tokio::pin!(shutdown);
         let mut store_backoff = Duration::from_millis(50);
         let mut claiming: Option<Vec<ClaimedTask>> = None;
@@ -395,9 +415,10 @@ impl Worker {
             // A claim is not abandoned when shutdown comes while it runs: a store may
             // commit it anyway (SQLite runs it on the blocking pool, PostgreSQL on the
             // server), and tasks claimed but never run would wait for their leases to lapse
-            // and lose an attempt. Let it finish (within the grace) and release what it took.
-            // A claim that does not answer within a lease is given up (its tasks, if it
-            // took any, run again when their leases lapse).
+            // and lose an attempt. Let it finish (within the grace, less the reserve kept
+            // to stop and release what runs) and release what it took. A claim that does
+            // not answer within a lease is given up (its tasks, if it took any, run again
+            // when their leases lapse).
             let claimed_at = tokio::time::Instant::now();
             let claim = tokio::time::timeout(self.lease, exec.store.claim(&req));
             tokio::pin!(claim);
@@ -405,7 +426,8 @@ impl Worker {
                 _ = &mut shutdown => {
                     shutdown_at = Some(tokio::time::Instant::now());
                     inflight.cancel_all();
-                    if let Ok(Ok(Ok(tasks))) = tokio::time::timeout(self.shutdown_grace, &mut claim).await {
+                    let limit = self.shutdown_grace.saturating_sub(reserve);
+                    if let Ok(Ok(Ok(tasks))) = tokio::time::timeout(limit, &mut claim).await {
                         claiming = Some(tasks);
                     }
                     break;
@@ -433,10 +455,15 @@ impl Worker {
                 }
             };
             if claimed.is_empty() {
-                let wait = self.idle_wait(&exec).await;
+                // Asking when work is next due is a store call too: shutdown must not wait
+                // for it.
+                let idle = async {
+                    let wait = self.idle_wait(&exec).await;
+                    exec.store.wait_for_work(&self.queues, wait).await
+                };
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = exec.store.wait_for_work(&self.queues, wait) => {}
+                    _ = idle => {}
                 }
                 continue;
             }
@@ -455,8 +482,6 @@ impl Worker {
         // Graceful shutdown, within one deadline.
         tracing::info!(worker = %exec.worker, "taskq worker shutting down");
         let deadline = shutdown_at.unwrap_or_else(tokio::time::Instant::now) + self.shutdown_grace;
-        // Keep a few seconds of the grace to stop what is left and write its release.
-        let reserve = (self.shutdown_grace / 5).min(Duration::from_secs(5));
         inflight.cancel_all();
         for task in claiming.take().unwrap_or_default() {
             let at = exec.clock.now();
@@ -631,12 +656,17 @@ impl Worker {
     /// until the next task falls due (a delay, a backoff, a lease that lapses), so delayed
     /// tasks run on time; at least [`MIN_IDLE_WAIT`] when tasks are due but were not
     /// claimable (a rate or concurrency limit holds them); at most the poll interval.
+    ///
+    /// The call is bounded by the poll interval: one that does not answer (a half-open
+    /// connection) has already idled that long, so the worker claims again at once.
     async fn idle_wait(&self, exec: &Exec) -> Duration {
-        match exec.store.next_due(&self.queues).await {
-            Ok(Some(t)) => t
+        let next = tokio::time::timeout(self.poll_interval, exec.store.next_due(&self.queues));
+        match next.await {
+            Ok(Ok(Some(t))) => t
                 .since(exec.clock.now())
                 .clamp(MIN_IDLE_WAIT, self.poll_interval.max(MIN_IDLE_WAIT)),
-            _ => self.poll_interval,
+            Ok(_) => self.poll_interval,
+            Err(_) => Duration::ZERO,
         }
     }
 }

@@ -59,6 +59,10 @@ pub(super) async fn outcome_writer(
 /// those that still fail are retried with backoff for up to `give_up_after` (the lease:
 /// past it another worker may hold the task anyway). An outcome given up is logged; its
 /// task runs again when its lease lapses (at least once).
+///
+/// Each `Store::finish` call is bounded by half of `give_up_after`, so a call that never
+/// answers (a half-open connection) cannot stall the writer, and with it the worker, for
+/// good.
 async fn finisher(
     exec: &Exec,
     rx: &mut mpsc::Receiver<Pending>,
@@ -89,17 +93,23 @@ async fn record(
     give_up_after: Duration,
 ) {
     let give_up_at = tokio::time::Instant::now() + give_up_after;
+    let bound = give_up_after / 2;
     let mut backoff = Duration::from_millis(50);
     loop {
-        let error = match write(exec, &pending, stats).await {
+        let (error, hung) = match write(exec, &pending, stats, bound).await {
             Ok(()) => return,
             Err(e) => e,
         };
-        if pending.len() > 1 {
+        // A call that did not answer says nothing about one outcome: writing each alone
+        // would only wait once per outcome.
+        if pending.len() > 1 && !hung {
             // One outcome may be what the store refuses: write each alone, keep the failures.
             let mut failed = Vec::new();
             for p in pending {
-                if write(exec, std::slice::from_ref(&p), stats).await.is_err() {
+                if write(exec, std::slice::from_ref(&p), stats, bound)
+                    .await
+                    .is_err()
+                {
                     failed.push(p);
                 }
             }
@@ -123,13 +133,26 @@ async fn record(
     }
 }
 
-/// One `Store::finish` call; counts what it recorded.
-async fn write(exec: &Exec, pending: &[Pending], stats: &WorkerStats) -> Result<(), StoreError> {
+/// One `Store::finish` call, bounded by `bound`; counts what it recorded. On failure, the
+/// error and whether the call timed out.
+async fn write(
+    exec: &Exec,
+    pending: &[Pending],
+    stats: &WorkerStats,
+    bound: Duration,
+) -> Result<(), (StoreError, bool)> {
     let finishes: Vec<Finish> = pending.iter().map(|(f, _)| f.clone()).collect();
-    let results = exec
-        .store
-        .finish(finishes, &exec.worker, exec.clock.now())
-        .await?;
+    let call = exec.store.finish(finishes, &exec.worker, exec.clock.now());
+    let results = match tokio::time::timeout(bound, call).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err((e, false)),
+        Err(_) => {
+            let e = StoreError::Backend(format!(
+                "recording outcomes did not answer within {bound:?}"
+            ));
+            return Err((e, true));
+        }
+    };
     for ((f, _), r) in pending.iter().zip(results) {
         match r {
             Ok(()) => stats.count(&f.outcome),

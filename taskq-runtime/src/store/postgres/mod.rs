@@ -1396,12 +1396,13 @@ impl Store for PostgresStore {
         if finished.is_empty() {
             return Ok(Vec::new());
         }
-        // A task listed twice: only its first entry can hold the lease.
+        // A lease listed twice: only its first entry is applied. Two leases of one task (a
+        // stale one beside the current one) both go in: at most one holds the task.
         let mut seen = HashSet::new();
         let mut first = Vec::with_capacity(finished.len());
         let mut cols = FinishColumns::default();
         for f in &finished {
-            let fresh = seen.insert(f.lease.id.0);
+            let fresh = seen.insert((f.lease.id.0, f.lease.token));
             first.push(fresh);
             if fresh {
                 cols.push(f, now);
@@ -1426,7 +1427,7 @@ upd AS (
         finished_at = CASE WHEN f.finished THEN $1::int8 ELSE t.finished_at END
     FROM f
     WHERE t.id = f.id AND t.lease_token = f.token AND t.state = 'running'
-    RETURNING t.id, t.queue, t.run_id, f.label, f.error, f.started_at, f.run_ends,
+    RETURNING t.id, f.token, t.queue, t.run_id, f.label, f.error, f.started_at, f.run_ends,
               f.continue_at, f.state,
               CASE WHEN f.counts THEN t.attempts ELSE t.attempts + 1 END AS attempt
 ),
@@ -1457,7 +1458,7 @@ cont AS (
     WHERE u.continue_at IS NOT NULL
     ORDER BY u.id
 )
-SELECT u.id FROM upd u
+SELECT u.id, u.token FROM upd u
 LEFT JOIN LATERAL (
     SELECT pg_notify('taskq_new', u.queue) AS n
     WHERE u.state = 'pending' OR u.continue_at IS NOT NULL
@@ -1468,12 +1469,13 @@ LEFT JOIN LATERAL (
         let st = c.prep(&sql).await?;
         let client = c.client()?;
         let r = client.query(&st, &cols.params(&now.0, &worker)).await;
-        let applied: HashSet<i64> = c.check(r)?.iter().map(|r| r.get(0)).collect();
+        let applied: HashSet<(i64, i64)> =
+            c.check(r)?.iter().map(|r| (r.get(0), r.get(1))).collect();
         Ok(finished
             .iter()
             .zip(first)
             .map(|(f, fresh)| {
-                if fresh && applied.contains(&f.lease.id.0) {
+                if fresh && applied.contains(&(f.lease.id.0, f.lease.token)) {
                     Ok(())
                 } else {
                     Err(StoreError::LeaseLost(f.lease.id))
@@ -1658,6 +1660,7 @@ LEFT JOIN LATERAL (
     }
 
     async fn configure_queue(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError> {
+        check_queue_name(queue)?;
         let sql = self.sql(
             "INSERT INTO {S}.taskq_queues (name, rate, burst, max_concurrent) \
              VALUES ($1::text, $2::float8, $3::int8, $4::int8) \
@@ -1677,6 +1680,7 @@ LEFT JOIN LATERAL (
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        check_queue_name(queue)?;
         let sql = self.sql(
             "WITH u AS ( \
                  INSERT INTO {S}.taskq_queues (name, paused) VALUES ($1::text, $2::bool) \
@@ -1692,6 +1696,7 @@ LEFT JOIN LATERAL (
     }
 
     async fn purge(&self, queue: &str, now: Timestamp) -> Result<u64, StoreError> {
+        check_queue_name(queue)?;
         let sql = self.sql(
             "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE queue = $1::text AND state = 'pending' \
                         RETURNING {DELETED}), \
