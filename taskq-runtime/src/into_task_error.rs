@@ -97,18 +97,27 @@ pub trait IntoTaskError {
 /// A boxed error is retried with its cause chain, unless it is a boxed `TaskError` (a
 /// `TaskError` converted with `?` in a task that returns a boxed error): that one keeps its
 /// kind, so a fatal error stays fatal.
-macro_rules! boxed_into_task_error {
-    ($($t:ty),*) => {$(
-        impl IntoTaskError for Box<$t> {
-            fn into_task_error(self) -> TaskError {
-                let e: &(dyn Error + 'static) = &*self;
-                crate::error::boxed_task_error(e).unwrap_or_else(|| TaskError::retry(chain(e)))
-            }
-        }
-    )*};
+impl IntoTaskError for Box<dyn Error + Send + Sync> {
+    fn into_task_error(self) -> TaskError {
+        boxed(&*self)
+    }
 }
 
-boxed_into_task_error!(dyn Error + Send + Sync, dyn Error + Send, dyn Error);
+impl IntoTaskError for Box<dyn Error + Send> {
+    fn into_task_error(self) -> TaskError {
+        boxed(&*self)
+    }
+}
+
+impl IntoTaskError for Box<dyn Error> {
+    fn into_task_error(self) -> TaskError {
+        boxed(&*self)
+    }
+}
+
+fn boxed(e: &(dyn Error + 'static)) -> TaskError {
+    crate::error::boxed_task_error(e).unwrap_or_else(|| TaskError::retry(chain(e)))
+}
 
 /// `anyhow::Error` as `{:#}` shows it (`context: cause: root cause`). A `TaskError` inside
 /// it (converted with `?` or `anyhow::Error::from`, then given context) keeps its kind, so a

@@ -198,15 +198,9 @@ impl WorkerBuilder {
                 reason: format!("{:?} is too short to renew; use at least 30ms", self.lease),
             });
         }
-        // Stored with every claim and attempt: PostgreSQL text cannot hold a NUL byte, so
-        // such a worker would fail every claim there (the stores refuse it in task names and
-        // queues for the same reason).
-        if let Some(name) = self.name.as_deref().filter(|n| n.contains('\0')) {
-            return Err(WorkerError::Config {
-                setting: "name",
-                reason: format!("{name:?} contains a NUL byte, which PostgreSQL cannot store"),
-            });
-        }
+        // The name and the queues are stored with every claim and attempt: PostgreSQL text
+        // cannot hold a NUL byte, so such a worker would fail every claim there (the
+        // stores refuse it in task names and queues for the same reason).
         if let Some(q) = self.queues.iter().find(|q| q.contains('\0')) {
             return Err(WorkerError::Config {
                 setting: "queues",
