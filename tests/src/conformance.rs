@@ -1546,6 +1546,169 @@ pub async fn deleting_a_runs_named_step_keeps_its_name(s: Arc<dyn Store>) {
     taken_until(&*s, &u, at(360_500)).await;
 }
 
+// ---- cases that were SQLite's own tests (issue 7: one suite for every store) -----------
+
+/// The attempt history and `last_error` each outcome leaves: its label, its error (or
+/// none), the worker and the times; a lapsed lease is recorded with the text of
+/// [`LEASE_LAPSED`](taskq_runtime::policy::LEASE_LAPSED), which also becomes the task's
+/// `last_error` while the new holder runs it.
+pub async fn every_outcome_leaves_its_attempt_and_error(s: Arc<dyn Store>) {
+    let (lapsed_label, lapsed_error) = taskq_runtime::policy::LEASE_LAPSED;
+    let ids = s
+        .enqueue((0..6).map(|n| new_task("q", n)).collect(), T0)
+        .await
+        .expect("enqueue");
+    let c = s.claim(&req(&[], 6, 30_000, T0)).await.expect("claim");
+    assert_eq!(c.len(), 6);
+    let outcomes = [
+        Outcome::Done,
+        Outcome::Failed {
+            error: "bad address".into(),
+        },
+        Outcome::Retry {
+            error: "smtp 451".into(),
+            run_at: at(60_000),
+        },
+        Outcome::Dead {
+            error: "gave up".into(),
+        },
+        Outcome::Release,
+    ];
+    let r = s
+        .finish(
+            c.iter()
+                .zip(outcomes)
+                .map(|(c, outcome)| Finish {
+                    lease: c.lease,
+                    outcome,
+                    started_at: at(1),
+                })
+                .collect(),
+            "w1",
+            at(7),
+        )
+        .await
+        .expect("finish");
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    let want: [(&str, Option<&str>, TaskState); 5] = [
+        ("done", None, TaskState::Done),
+        ("failed", Some("bad address"), TaskState::Failed),
+        ("retry", Some("smtp 451"), TaskState::Pending),
+        ("dead", Some("gave up"), TaskState::Dead),
+        ("released", None, TaskState::Pending),
+    ];
+    for (id, (label, error, state)) in ids.iter().zip(want) {
+        let d = s.task(*id).await.expect("task").expect("exists");
+        assert_eq!(d.info.state, state, "task {id} ({label})");
+        assert_eq!(d.info.last_error.as_deref(), error, "task {id} ({label})");
+        assert_eq!(d.attempts.len(), 1, "task {id} ({label})");
+        let a = &d.attempts[0];
+        assert_eq!(
+            (a.outcome.as_str(), a.error.as_deref(), a.attempt),
+            (label, error, 1),
+            "task {id}"
+        );
+        assert_eq!(
+            (a.worker.as_str(), a.started_at, a.finished_at),
+            ("w1", at(1), at(7))
+        );
+    }
+    // The sixth lapses (its lease ends at 30 s) and is taken again.
+    let again = s
+        .claim(&req(&[], 10, 30_000, at(30_000)))
+        .await
+        .expect("claim");
+    assert_eq!(
+        again.iter().map(|c| c.lease.id).collect::<Vec<_>>(),
+        vec![ids[5], ids[4]],
+        "by run_at: the lapsed task's (T0) before the released one's (its release)"
+    );
+    let d = s.task(ids[5]).await.expect("task").expect("exists");
+    assert_eq!(d.info.state, TaskState::Running);
+    assert_eq!(d.info.last_error.as_deref(), Some(lapsed_error));
+    assert_eq!(d.attempts.len(), 1);
+    let a = &d.attempts[0];
+    assert_eq!(
+        (a.outcome.as_str(), a.error.as_deref(), a.attempt),
+        (lapsed_label, Some(lapsed_error), 1)
+    );
+    assert_eq!((a.started_at, a.finished_at), (T0, at(30_000)));
+}
+
+/// `next_due` looks only at the queues it is given (all when none), counts pending run
+/// times and running leases' ends alike, and leaves out paused queues even when named.
+pub async fn next_due_covers_the_queues_asked_for(s: Arc<dyn Store>) {
+    let mut a = new_task("a", 1);
+    a.run_at = at(500);
+    let mut b = new_task("b", 2);
+    b.run_at = at(100);
+    let mut c = new_task("c", 3);
+    c.run_at = at(50);
+    s.enqueue(vec![a, b, c], T0).await.expect("enqueue");
+    s.set_paused("c", true).await.expect("pause");
+    let due = |qs: &[&str]| {
+        let qs: Vec<String> = qs.iter().map(|q| q.to_string()).collect();
+        let s = s.clone();
+        async move { s.next_due(&qs).await.expect("next_due") }
+    };
+    assert_eq!(due(&[]).await, Some(at(100)));
+    assert_eq!(due(&["a"]).await, Some(at(500)));
+    assert_eq!(due(&["a", "b"]).await, Some(at(100)));
+    assert_eq!(due(&["c"]).await, None, "paused");
+    assert_eq!(due(&["nowhere"]).await, None);
+    let got = s
+        .claim(&req(&["a"], 10, 1_000, at(500)))
+        .await
+        .expect("claim");
+    assert_eq!(got.len(), 1);
+    assert_eq!(due(&["a"]).await, Some(at(1_500)), "the lease's end");
+    s.set_paused("c", false).await.expect("resume");
+    assert_eq!(due(&[]).await, Some(at(50)));
+}
+
+/// A finished named task's name is free again exactly when its window ends, counted from
+/// its finish (`finished_at + window > now` holds it).
+pub async fn finished_name_is_free_exactly_when_its_window_ends(s: Arc<dyn Store>) {
+    let mut t = new_task("q", 1);
+    t.unique_name = Some("nightly".into());
+    t.tombstone = Duration::from_millis(2_500);
+    s.enqueue(vec![t.clone()], T0).await.expect("enqueue");
+    let c = s.claim(&req(&[], 1, 30_000, at(3))).await.expect("claim");
+    finish_one(&*s, &c[0], Outcome::Done, at(20))
+        .await
+        .expect("finish");
+    taken_until(&*s, &t, at(2_520)).await;
+}
+
+/// `wait_for_work` returns early when work is stored through the same store (memory: its
+/// notify; SQLite: its notify; PostgreSQL: `LISTEN/NOTIFY`), long before its timeout.
+pub async fn wait_for_work_wakes_on_new_work(s: Arc<dyn Store>) {
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            s.wait_for_work(&["q".to_string()], Duration::from_secs(60))
+                .await;
+            started.elapsed()
+        })
+    };
+    // Enqueue until the waiter returns: one enqueue could come before it waits.
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while !waiter.is_finished() && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.enqueue(vec![new_task("q", n)], T0)
+            .await
+            .expect("enqueue");
+        n += 1;
+    }
+    let waited = waiter.await.expect("the waiter");
+    assert!(
+        waited < Duration::from_secs(20),
+        "wait_for_work slept {waited:?} though work was stored"
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -1569,6 +1732,8 @@ macro_rules! conformance_tests {
             deleting_a_finished_task_keeps_its_window, unnamed_delete_takes_no_name,
             deleting_a_runs_named_step_keeps_its_name, concurrent_claims_hold_queue_limits,
             limits_changed_between_claims_apply_at_once,
+            every_outcome_leaves_its_attempt_and_error, next_due_covers_the_queues_asked_for,
+            finished_name_is_free_exactly_when_its_window_ends, wait_for_work_wakes_on_new_work,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
