@@ -1709,6 +1709,51 @@ pub async fn wait_for_work_wakes_on_new_work(s: Arc<dyn Store>) {
     );
 }
 
+/// A tombstone window too long for milliseconds in an `i64` (`Duration::MAX`, "keep the
+/// name for ever") saturates: the name stays taken after the task finishes, after it is
+/// deleted live or finished, and after a purge, on every store; no store wraps it to a
+/// negative window (which frees the name at once) or fails on the sum.
+pub async fn a_huge_tombstone_window_keeps_the_name(s: Arc<dyn Store>) {
+    let ten_years = 10 * 365 * 24 * 3_600_000;
+    for (w, window) in [Duration::MAX, Duration::from_millis(u64::MAX)]
+        .into_iter()
+        .enumerate()
+    {
+        for (i, end) in ["done", "deleted live", "deleted done", "purged"]
+            .into_iter()
+            .enumerate()
+        {
+            let mut t = new_task("huge", i as i64);
+            t.unique_name = Some(format!("for ever {w}, {end}"));
+            t.tombstone = window;
+            let id = s.enqueue(vec![t.clone()], T0).await.expect("enqueue")[0];
+            if end == "purged" {
+                assert_eq!(s.purge("huge", at(1)).await.expect("purge"), 1);
+            } else if end == "deleted live" {
+                s.delete(id, at(1)).await.expect("delete");
+            } else {
+                let c = s
+                    .claim(&req(&["huge"], 1, 30_000, T0))
+                    .await
+                    .expect("claim");
+                assert_eq!(c.len(), 1);
+                finish_one(&*s, &c[0], Outcome::Done, at(1))
+                    .await
+                    .expect("finish");
+                if end == "deleted done" {
+                    s.delete(id, at(2)).await.expect("delete");
+                }
+            }
+            let r = s.enqueue(vec![t], at(ten_years)).await;
+            assert!(
+                matches!(&r, Err(StoreError::AlreadyExists(_))),
+                "{window:?} window, {end}: the name is still taken ten years on: {r:?}"
+            );
+        }
+        s.purge("huge", at(3)).await.expect("purge");
+    }
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -1734,6 +1779,7 @@ macro_rules! conformance_tests {
             limits_changed_between_claims_apply_at_once,
             every_outcome_leaves_its_attempt_and_error, next_due_covers_the_queues_asked_for,
             finished_name_is_free_exactly_when_its_window_ends, wait_for_work_wakes_on_new_work,
+            a_huge_tombstone_window_keeps_the_name,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -294,7 +294,10 @@ impl Store for MemoryStore {
                         lease_until: None,
                     },
                     token: 0,
-                    tombstone_ms: t.tombstone.as_millis() as i64,
+                    // Saturated as every store does: a window beyond `i64::MAX` ms (such
+                    // as `Duration::MAX`) holds the name for ever instead of wrapping to a
+                    // negative window that frees it at once.
+                    tombstone_ms: t.tombstone.as_millis().min(i64::MAX as u128) as i64,
                     attempts: Vec::new(),
                     started_at: None,
                 });

@@ -733,6 +733,9 @@ impl PostgresStore {
             // stays taken while the run is live, and the tombstone window counts from the
             // end of the run.
             //
+            // Sums are `numeric`: a window of `Duration::MAX` (saturated to `i64::MAX` ms)
+            // holds the name instead of failing the check with an int8 overflow.
+            //
             // A deleted task's hold is its tombstone: the delete commits the row's removal
             // and the tombstone together, and this check shares the insert's snapshot, so
             // an enqueue racing a delete sees the task or its tombstone, never neither.
@@ -741,8 +744,8 @@ impl PostgresStore {
         LEFT JOIN {S}.taskq_iterations r ON r.run_id = t.run_id
         WHERE i.unique_name IS NOT NULL
           AND (t.state IN ('pending', 'running') OR r.state = 'running'
-               OR t.finished_at + t.tombstone_ms > $1::int8
-               OR r.finished_at + t.tombstone_ms > $1::int8)
+               OR t.finished_at::numeric + t.tombstone_ms > $1::int8
+               OR r.finished_at::numeric + t.tombstone_ms > $1::int8)
         UNION ALL
         SELECT n.name FROM input i JOIN {S}.taskq_tombstones n ON n.name = i.unique_name
         LEFT JOIN {S}.taskq_iterations r ON r.run_id = n.run_id
