@@ -1754,6 +1754,43 @@ pub async fn a_huge_tombstone_window_keeps_the_name(s: Arc<dyn Store>) {
     }
 }
 
+/// An iteration run's counts are kept up to [`MAX_COUNT`](taskq_runtime::store::MAX_COUNT)
+/// (`i64::MAX`, what a database integer holds) on every store: a larger total is kept as
+/// that, and `processed` saturates there instead of overflowing (a panic, a float, or an
+/// error on a database store).
+pub async fn iteration_counts_saturate_alike(s: Arc<dyn Store>) {
+    let max = taskq_runtime::store::MAX_COUNT;
+    let run = s
+        .enqueue(vec![iteration_task()], T0)
+        .await
+        .expect("enqueue")[0];
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    for (i, (processed, total)) in [(max - 1, Some(u64::MAX)), (u64::MAX, None), (5, None)]
+        .into_iter()
+        .enumerate()
+    {
+        s.checkpoint(
+            c[0].lease,
+            Checkpoint {
+                cursor: json!(i),
+                processed,
+                total,
+            },
+            at(1 + i as i64),
+        )
+        .await
+        .expect("checkpoint");
+    }
+    let it = s.iteration(run).await.expect("iteration").expect("exists");
+    assert_eq!((it.processed, it.batches, it.total), (max, 3, Some(max)));
+    finish_one(&*s, &c[0], Outcome::Continue { run_at: at(5) }, at(5))
+        .await
+        .expect("continue");
+    let c = s.claim(&req(&[], 1, 30_000, at(5))).await.expect("claim");
+    let cur = c[0].iteration.clone().expect("a step carries its run");
+    assert_eq!((cur.processed, cur.total), (max, Some(max)));
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -1779,7 +1816,7 @@ macro_rules! conformance_tests {
             limits_changed_between_claims_apply_at_once,
             every_outcome_leaves_its_attempt_and_error, next_due_covers_the_queues_asked_for,
             finished_name_is_free_exactly_when_its_window_ends, wait_for_work_wakes_on_new_work,
-            a_huge_tombstone_window_keeps_the_name,
+            a_huge_tombstone_window_keeps_the_name, iteration_counts_saturate_alike,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

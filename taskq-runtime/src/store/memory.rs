@@ -576,10 +576,10 @@ impl Store for MemoryStore {
             return Err(StoreError::LeaseLost(lease.id));
         }
         it.cursor = Some(cp.cursor);
-        it.processed += cp.processed;
+        it.processed = it.processed.saturating_add(cp.processed).min(MAX_COUNT);
         it.batches += 1;
-        if cp.total.is_some() {
-            it.total = cp.total;
+        if let Some(total) = cp.total {
+            it.total = Some(total.min(MAX_COUNT));
         }
         it.updated_at = now;
         if let Some(r) = g.tasks.get_mut(&lease.id.0) {

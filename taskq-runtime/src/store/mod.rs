@@ -230,11 +230,16 @@ pub struct IterationCursor {
 pub struct Checkpoint {
     /// The key of the last entity of the batch.
     pub cursor: serde_json::Value,
-    /// Entities in the batch.
+    /// Entities in the batch, added to the run's count (which saturates at [`MAX_COUNT`]).
     pub processed: u64,
-    /// Set when the model could count the run's entities.
+    /// Set when the model could count the run's entities; kept up to [`MAX_COUNT`].
     pub total: Option<u64>,
 }
+
+/// The largest count a store keeps for an iteration run's `processed` and `total`: what a
+/// database integer (`i64`) holds. A larger total is kept as this, and `processed` stops
+/// here instead of overflowing, the same on every store.
+pub const MAX_COUNT: u64 = i64::MAX as u64;
 
 /// How an attempt ended, as recorded by [`Store::finish`].
 #[derive(Clone, Debug, PartialEq)]

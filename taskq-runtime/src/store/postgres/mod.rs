@@ -1480,7 +1480,8 @@ LEFT JOIN LATERAL (
                  FOR UPDATE), \
              it AS ( \
                  UPDATE {S}.taskq_iterations i SET cursor = $3::text::json, \
-                     processed = i.processed + $4::int8, batches = i.batches + 1, \
+                     processed = LEAST(i.processed::numeric + $4::int8, \
+                         9223372036854775807)::int8, batches = i.batches + 1, \
                      total = COALESCE($5::int8, i.total), updated_at = $6::int8 \
                  FROM t WHERE i.run_id = t.run_id AND i.state = 'running' \
                  RETURNING i.run_id), \
@@ -1490,8 +1491,9 @@ LEFT JOIN LATERAL (
              SELECT it.run_id FROM it",
         );
         let cursor = to_json_text(&cp.cursor)?;
-        let processed = cp.processed.min(i64::MAX as u64) as i64;
-        let total = cp.total.map(|t| t.min(i64::MAX as u64) as i64);
+        // Counts saturate at `MAX_COUNT` (`i64::MAX`) on every store.
+        let processed = cp.processed.min(MAX_COUNT) as i64;
+        let total = cp.total.map(|t| t.min(MAX_COUNT) as i64);
         let mut c = self.pool.get().await?;
         let st = c.prep(&sql).await?;
         let client = c.client()?;

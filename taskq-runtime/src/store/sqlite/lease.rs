@@ -6,7 +6,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::rows::{run_state, to_json};
 use super::R;
-use crate::store::{Checkpoint, Finish, Lease, RunState, StoreError, TaskId};
+use crate::store::{Checkpoint, Finish, Lease, RunState, StoreError, TaskId, MAX_COUNT};
 use crate::time::Timestamp;
 
 /// Extends the leases still held to `until`; returns the ids whose lease was lost.
@@ -76,15 +76,19 @@ pub(super) fn checkpoint(
     }
     tx.prepare_cached(
         "UPDATE taskq_iterations
-         SET cursor = ?2, processed = processed + ?3, batches = batches + 1,
+         SET cursor = ?2, batches = batches + 1,
+             processed = CASE WHEN processed > 9223372036854775807 - ?3
+                              THEN 9223372036854775807 ELSE processed + ?3 END,
              total = COALESCE(?4, total), updated_at = ?5
          WHERE run = ?1",
     )?
     .execute(params![
         run,
         to_json(&cp.cursor),
-        cp.processed.min(i64::MAX as u64) as i64,
-        cp.total.map(|t| t.min(i64::MAX as u64) as i64),
+        // Counts saturate at `MAX_COUNT` (`i64::MAX`): an overflowing sum would turn the
+        // column into a float that no read accepts.
+        cp.processed.min(MAX_COUNT) as i64,
+        cp.total.map(|t| t.min(MAX_COUNT) as i64),
         now.0
     ])?;
     // Attempts count tries at the current cursor: progress starts a new count.
