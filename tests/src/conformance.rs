@@ -1791,6 +1791,44 @@ pub async fn iteration_counts_saturate_alike(s: Arc<dyn Store>) {
     assert_eq!((cur.processed, cur.total), (max, Some(max)));
 }
 
+/// When several tasks of one `enqueue` conflict, `AlreadyExists` names the first of them
+/// in the call's order, whether its name is taken in the store or repeats an earlier
+/// task's in the same call; nothing is stored either way.
+pub async fn already_exists_names_the_first_conflict(s: Arc<dyn Store>) {
+    let named = |n: &str| {
+        let mut t = new_task("q", 0);
+        t.unique_name = Some(n.into());
+        t
+    };
+    s.enqueue(vec![named("taken-1"), named("taken-2")], T0)
+        .await
+        .expect("enqueue");
+    let calls: [(&[&str], &str); 5] = [
+        (&["free-1", "taken-2", "taken-1"], "taken-2"),
+        (&["taken-1", "taken-2"], "taken-1"),
+        (&["twice", "twice", "taken-1"], "twice"),
+        (&["free-1", "taken-2", "free-1"], "taken-2"),
+        (&["free-1", "free-2", "free-2", "free-1"], "free-2"),
+    ];
+    for (names, first) in calls {
+        let r = s
+            .enqueue(names.iter().map(|n| named(n)).collect(), at(1))
+            .await;
+        assert!(
+            matches!(&r, Err(StoreError::AlreadyExists(n)) if n == first),
+            "{names:?}: {r:?}"
+        );
+    }
+    assert_eq!(
+        s.list_tasks(&TaskQuery::default())
+            .await
+            .expect("list")
+            .len(),
+        2,
+        "nothing stored by the refused calls"
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -1817,6 +1855,7 @@ macro_rules! conformance_tests {
             every_outcome_leaves_its_attempt_and_error, next_due_covers_the_queues_asked_for,
             finished_name_is_free_exactly_when_its_window_ends, wait_for_work_wakes_on_new_work,
             a_huge_tombstone_window_keeps_the_name, iteration_counts_saturate_alike,
+            already_exists_names_the_first_conflict,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -631,7 +631,8 @@ pub trait Store: Send + Sync + 'static {
     /// checked first by [`check_new_tasks`] ([`StoreError::InvalidValue`]). A task with a
     /// `unique_name` that is live, or finished within its tombstone window, or deleted
     /// within its window (see [`tombstone`]), or named twice in `tasks`, fails the whole
-    /// call with [`StoreError::AlreadyExists`]. The name of an iterative run is taken while
+    /// call with [`StoreError::AlreadyExists`], naming the first such task in `tasks`
+    /// (taken, or repeating an earlier one's name). The name of an iterative run is taken while
     /// the run is live, and its window counts from the run's end. A name is free again at
     /// the window's end exactly (taken while `end + window > now`).
     async fn enqueue(&self, tasks: Vec<NewTask>, now: Timestamp)

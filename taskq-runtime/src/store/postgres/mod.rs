@@ -551,7 +551,8 @@ impl EnqueueArgs {
     /// ([`check_new_tasks`]); used by [`Store::enqueue`] and [`PostgresStore::enqueue_in`].
     fn new(tasks: Vec<NewTask>) -> Result<EnqueueArgs, StoreError> {
         check_new_tasks(&tasks)?;
-        let mut seen = HashSet::new();
+        // A name repeated in the call is found by the statement's conflict check, in call
+        // order with the names taken in the store (the error names the first).
         let mut a = EnqueueArgs {
             task: Vec::with_capacity(tasks.len()),
             queue: Vec::with_capacity(tasks.len()),
@@ -565,11 +566,6 @@ impl EnqueueArgs {
         };
         let mut queues = HashSet::new();
         for t in tasks {
-            if let Some(n) = &t.unique_name {
-                if !seen.insert(n.clone()) {
-                    return Err(StoreError::AlreadyExists(n.clone()));
-                }
-            }
             if queues.insert(t.queue.clone()) {
                 a.queues.push(t.queue.clone());
             }
@@ -739,19 +735,26 @@ impl PostgresStore {
             // A deleted task's hold is its tombstone: the delete commits the row's removal
             // and the tombstone together, and this check shares the insert's snapshot, so
             // an enqueue racing a delete sees the task or its tombstone, never neither.
+            //
+            // The error names the first task of the call (by `ord`) whose name is taken or
+            // repeats an earlier one's in the call, as on every store.
             "SELECT c.unique_name FROM (
-        SELECT t.unique_name FROM input i JOIN {S}.taskq_tasks t ON t.unique_name = i.unique_name
+        SELECT i.ord, t.unique_name FROM input i JOIN {S}.taskq_tasks t ON t.unique_name = i.unique_name
         LEFT JOIN {S}.taskq_iterations r ON r.run_id = t.run_id
         WHERE i.unique_name IS NOT NULL
           AND (t.state IN ('pending', 'running') OR r.state = 'running'
                OR t.finished_at::numeric + t.tombstone_ms > $1::int8
                OR r.finished_at::numeric + t.tombstone_ms > $1::int8)
         UNION ALL
-        SELECT n.name FROM input i JOIN {S}.taskq_tombstones n ON n.name = i.unique_name
+        SELECT i.ord, n.name FROM input i JOIN {S}.taskq_tombstones n ON n.name = i.unique_name
         LEFT JOIN {S}.taskq_iterations r ON r.run_id = n.run_id
         WHERE n.taken_until > $1::int8 OR r.state = 'running'
               OR r.finished_at::numeric + n.tombstone_ms > $1::int8
+        UNION ALL
+        SELECT i.ord, i.unique_name FROM input i
+        WHERE EXISTS (SELECT 1 FROM input e WHERE e.unique_name = i.unique_name AND e.ord < i.ord)
     ) c
+    ORDER BY c.ord
     LIMIT 1"
         } else {
             "SELECT NULL::text AS unique_name WHERE false"
