@@ -1829,6 +1829,51 @@ pub async fn already_exists_names_the_first_conflict(s: Arc<dyn Store>) {
     );
 }
 
+/// One finish batch holding a task twice, under its lapsed lease and its current one (a
+/// worker that got a task back after its own lease lapsed, both outcomes queued
+/// together): the entry of the current lease applies wherever it stands in the batch, the
+/// stale one is lost; the same lease twice applies once.
+pub async fn finish_batch_with_a_stale_and_a_held_lease_of_one_task(s: Arc<dyn Store>) {
+    let ids = s
+        .enqueue((0..3).map(|n| new_task("q", n)).collect(), T0)
+        .await
+        .expect("enqueue");
+    let stale = s.claim(&req(&[], 3, 1_000, T0)).await.expect("claim");
+    let held = s
+        .claim(&req(&[], 3, 30_000, at(1_000)))
+        .await
+        .expect("claim");
+    assert_eq!(held.len(), 3, "every lease lapsed and was claimed again");
+    let entry = |c: &ClaimedTask| Finish {
+        lease: c.lease,
+        outcome: Outcome::Done,
+        started_at: T0,
+    };
+    let r = s
+        .finish(
+            vec![
+                entry(&stale[0]),
+                entry(&held[0]),
+                entry(&held[1]),
+                entry(&stale[1]),
+                entry(&held[2]),
+                entry(&held[2]),
+            ],
+            "w1",
+            at(2_000),
+        )
+        .await
+        .expect("finish");
+    let ok: Vec<bool> = r.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, vec![false, true, true, false, true, false], "{r:?}");
+    for id in ids {
+        let d = s.task(id).await.expect("task").expect("exists");
+        assert_eq!(d.info.state, TaskState::Done, "task {id}");
+        let outcomes: Vec<&str> = d.attempts.iter().map(|a| a.outcome.as_str()).collect();
+        assert_eq!(outcomes, vec!["lease lapsed", "done"], "task {id}");
+    }
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -1856,6 +1901,7 @@ macro_rules! conformance_tests {
             finished_name_is_free_exactly_when_its_window_ends, wait_for_work_wakes_on_new_work,
             a_huge_tombstone_window_keeps_the_name, iteration_counts_saturate_alike,
             already_exists_names_the_first_conflict,
+            finish_batch_with_a_stale_and_a_held_lease_of_one_task,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

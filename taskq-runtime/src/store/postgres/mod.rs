@@ -1382,12 +1382,14 @@ impl Store for PostgresStore {
         if finished.is_empty() {
             return Ok(Vec::new());
         }
-        // A task listed twice: only its first entry can hold the lease.
+        // A lease listed twice applies once (its first entry). A task listed under two
+        // leases (a stale one and the current one) keeps both: only the current token
+        // matches its row, wherever that entry stands.
         let mut seen = HashSet::new();
         let mut first = Vec::with_capacity(finished.len());
         let mut cols = FinishColumns::default();
         for f in &finished {
-            let fresh = seen.insert(f.lease.id.0);
+            let fresh = seen.insert((f.lease.id.0, f.lease.token));
             first.push(fresh);
             if fresh {
                 cols.push(f, now);
@@ -1412,7 +1414,7 @@ upd AS (
         finished_at = CASE WHEN f.finished THEN $1::int8 ELSE t.finished_at END
     FROM f
     WHERE t.id = f.id AND t.lease_token = f.token AND t.state = 'running'
-    RETURNING t.id, t.queue, t.run_id, f.label, f.error, f.started_at, f.run_ends,
+    RETURNING t.id, f.token, t.queue, t.run_id, f.label, f.error, f.started_at, f.run_ends,
               f.continue_at, f.state,
               CASE WHEN f.counts THEN t.attempts ELSE t.attempts + 1 END AS attempt
 ),
@@ -1443,7 +1445,7 @@ cont AS (
     WHERE u.continue_at IS NOT NULL
     ORDER BY u.id
 )
-SELECT u.id FROM upd u
+SELECT u.id, u.token FROM upd u
 LEFT JOIN LATERAL (
     SELECT pg_notify('taskq_new', u.queue) AS n
     WHERE u.state = 'pending' OR u.continue_at IS NOT NULL
@@ -1454,12 +1456,13 @@ LEFT JOIN LATERAL (
         let st = c.prep(&sql).await?;
         let client = c.client()?;
         let r = client.query(&st, &cols.params(&now.0, &worker)).await;
-        let applied: HashSet<i64> = c.check(r)?.iter().map(|r| r.get(0)).collect();
+        let applied: HashSet<(i64, i64)> =
+            c.check(r)?.iter().map(|r| (r.get(0), r.get(1))).collect();
         Ok(finished
             .iter()
             .zip(first)
             .map(|(f, fresh)| {
-                if fresh && applied.contains(&f.lease.id.0) {
+                if fresh && applied.contains(&(f.lease.id.0, f.lease.token)) {
                     Ok(())
                 } else {
                     Err(StoreError::LeaseLost(f.lease.id))
