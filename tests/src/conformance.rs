@@ -1874,6 +1874,37 @@ pub async fn finish_batch_with_a_stale_and_a_held_lease_of_one_task(s: Arc<dyn S
     }
 }
 
+/// A heartbeat of one task under its lapsed lease and its current one: the current lease
+/// is extended, and the task's id is reported lost once, for the stale lease.
+pub async fn heartbeat_reports_a_stale_lease_beside_the_held_one(s: Arc<dyn Store>) {
+    let ids = s
+        .enqueue(vec![new_task("q", 1)], T0)
+        .await
+        .expect("enqueue");
+    let stale = s.claim(&req(&[], 1, 1_000, T0)).await.expect("claim");
+    let held = s
+        .claim(&req(&[], 1, 1_000, at(1_000)))
+        .await
+        .expect("claim");
+    assert_eq!(held.len(), 1);
+    let lost = s
+        .heartbeat(
+            &[stale[0].lease, held[0].lease, held[0].lease],
+            "w1",
+            at(60_000),
+        )
+        .await
+        .expect("heartbeat");
+    assert_eq!(lost, vec![ids[0]]);
+    let lost = s
+        .heartbeat(&[held[0].lease, stale[0].lease], "w1", at(60_000))
+        .await
+        .expect("heartbeat");
+    assert_eq!(lost, vec![ids[0]]);
+    let info = s.task(ids[0]).await.expect("task").expect("exists").info;
+    assert_eq!(info.lease_until, Some(at(60_000)));
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -1902,6 +1933,7 @@ macro_rules! conformance_tests {
             a_huge_tombstone_window_keeps_the_name, iteration_counts_saturate_alike,
             already_exists_names_the_first_conflict,
             finish_batch_with_a_stale_and_a_held_lease_of_one_task,
+            heartbeat_reports_a_stale_lease_beside_the_held_one,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -1359,16 +1359,22 @@ impl Store for PostgresStore {
             "UPDATE {S}.taskq_tasks t SET lease_until = $1::int8 \
              FROM unnest($2::int8[], $3::int8[]) AS l(id, token) \
              WHERE t.id = l.id AND t.lease_token = l.token AND t.state = 'running' \
-             RETURNING t.id",
+             RETURNING t.id, t.lease_token",
         );
         let mut c = self.pool.get().await?;
         let st = c.prep(&sql).await?;
         let client = c.client()?;
         let r = client.query(&st, &[&until.0, &ids, &tokens]).await;
-        let kept: HashSet<i64> = c.check(r)?.iter().map(|r| r.get(0)).collect();
+        // Told apart by lease, not by task: a stale lease of a task listed beside its
+        // current one is lost though the task's row was extended.
+        let kept: HashSet<(i64, i64)> = c
+            .check(r)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         Ok(leases
             .iter()
-            .filter(|l| !kept.contains(&l.id.0))
+            .filter(|l| !kept.contains(&(l.id.0, l.token)))
             .map(|l| l.id)
             .collect())
     }
