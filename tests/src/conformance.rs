@@ -1905,6 +1905,46 @@ pub async fn heartbeat_reports_a_stale_lease_beside_the_held_one(s: Arc<dyn Stor
     assert_eq!(info.lease_until, Some(at(60_000)));
 }
 
+/// The continuation steps one `finish` stores are created in the batch's order, so that
+/// their ids (the claim order's last key) follow it on every store.
+pub async fn continuation_steps_follow_the_batch_order(s: Arc<dyn Store>) {
+    let runs = s
+        .enqueue(vec![iteration_task(), iteration_task()], T0)
+        .await
+        .expect("enqueue");
+    let c = s.claim(&req(&[], 2, 30_000, T0)).await.expect("claim");
+    assert_eq!(c.len(), 2);
+    let (first, second) = (&c[0], &c[1]);
+    assert_eq!(first.lease.id, runs[0]);
+    let r = s
+        .finish(
+            [second, first]
+                .iter()
+                .map(|c| Finish {
+                    lease: c.lease,
+                    outcome: Outcome::Continue { run_at: at(10) },
+                    started_at: T0,
+                })
+                .collect(),
+            "w1",
+            at(5),
+        )
+        .await
+        .expect("finish");
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    let next = s.claim(&req(&[], 2, 30_000, at(10))).await.expect("claim");
+    let order: Vec<TaskId> = next
+        .iter()
+        .map(|c| c.iteration.as_ref().expect("a step").run)
+        .collect();
+    assert_eq!(
+        order,
+        vec![runs[1], runs[0]],
+        "the step finished first in the batch was stored first"
+    );
+    assert!(next[0].lease.id < next[1].lease.id);
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -1934,6 +1974,7 @@ macro_rules! conformance_tests {
             already_exists_names_the_first_conflict,
             finish_batch_with_a_stale_and_a_held_lease_of_one_task,
             heartbeat_reports_a_stale_lease_beside_the_held_one,
+            continuation_steps_follow_the_batch_order,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -657,7 +657,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records finished attempts, each atomically with its state change (and, for an
     /// iterative step, with its run's state). Returns one entry per input: `Ok` if applied,
-    /// `Err(LeaseLost)` if that lease was no longer held (nothing changed for it).
+    /// `Err(LeaseLost)` if that lease was no longer held (nothing changed for it). Entries
+    /// apply in order: a lease listed twice applies once, and the continuation steps of
+    /// [`Outcome::Continue`] entries are stored (and get their ids) in the batch's order.
     async fn finish(
         &self,
         finished: Vec<Finish>,

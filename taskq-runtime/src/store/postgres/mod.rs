@@ -1367,11 +1367,7 @@ impl Store for PostgresStore {
         let r = client.query(&st, &[&until.0, &ids, &tokens]).await;
         // Told apart by lease, not by task: a stale lease of a task listed beside its
         // current one is lost though the task's row was extended.
-        let kept: HashSet<(i64, i64)> = c
-            .check(r)?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        let kept: HashSet<(i64, i64)> = c.check(r)?.iter().map(|r| (r.get(0), r.get(1))).collect();
         Ok(leases
             .iter()
             .filter(|l| !kept.contains(&(l.id.0, l.token)))
@@ -1406,8 +1402,9 @@ impl Store for PostgresStore {
 WITH f AS (
     SELECT * FROM unnest($3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::int8[],
                          $9::bool[], $10::bool[], $11::text[], $12::int8[], $13::int8[])
+        WITH ORDINALITY
         AS f(id, token, state, label, error, run_at, counts, finished, run_ends, continue_at,
-             started_at)
+             started_at, ord)
 ),
 upd AS (
     UPDATE {S}.taskq_tasks t SET
@@ -1421,7 +1418,7 @@ upd AS (
     FROM f
     WHERE t.id = f.id AND t.lease_token = f.token AND t.state = 'running'
     RETURNING t.id, f.token, t.queue, t.run_id, f.label, f.error, f.started_at, f.run_ends,
-              f.continue_at, f.state,
+              f.continue_at, f.state, f.ord,
               CASE WHEN f.counts THEN t.attempts ELSE t.attempts + 1 END AS attempt
 ),
 att AS (
@@ -1449,7 +1446,7 @@ cont AS (
            $1::int8, $1::int8, u.continue_at, t.run_id
     FROM upd u JOIN {S}.taskq_tasks t ON t.id = u.id
     WHERE u.continue_at IS NOT NULL
-    ORDER BY u.id
+    ORDER BY u.ord -- continuation ids follow the batch's order, as on every store
 )
 SELECT u.id, u.token FROM upd u
 LEFT JOIN LATERAL (
