@@ -1679,6 +1679,405 @@ pub async fn long_names_are_the_same_on_every_store(s: Arc<dyn Store>) {
     ));
 }
 
+// ---- cases that were SQLite's own tests (issue 7: one suite for every store) -----------
+
+/// The attempt history and `last_error` each outcome leaves: its label, its error (or
+/// none), the worker and the times; a lapsed lease is recorded with the text of
+/// [`LEASE_LAPSED`](taskq_runtime::policy::LEASE_LAPSED), which also becomes the task's
+/// `last_error` while the new holder runs it.
+pub async fn every_outcome_leaves_its_attempt_and_error(s: Arc<dyn Store>) {
+    let (lapsed_label, lapsed_error) = taskq_runtime::policy::LEASE_LAPSED;
+    let ids = s
+        .enqueue((0..6).map(|n| new_task("q", n)).collect(), T0)
+        .await
+        .expect("enqueue");
+    let c = s.claim(&req(&[], 6, 30_000, T0)).await.expect("claim");
+    assert_eq!(c.len(), 6);
+    let outcomes = [
+        Outcome::Done,
+        Outcome::Failed {
+            error: "bad address".into(),
+        },
+        Outcome::Retry {
+            error: "smtp 451".into(),
+            run_at: at(60_000),
+        },
+        Outcome::Dead {
+            error: "gave up".into(),
+        },
+        Outcome::Release,
+    ];
+    let r = s
+        .finish(
+            c.iter()
+                .zip(outcomes)
+                .map(|(c, outcome)| Finish {
+                    lease: c.lease,
+                    outcome,
+                    started_at: at(1),
+                })
+                .collect(),
+            "w1",
+            at(7),
+        )
+        .await
+        .expect("finish");
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    let want: [(&str, Option<&str>, TaskState); 5] = [
+        ("done", None, TaskState::Done),
+        ("failed", Some("bad address"), TaskState::Failed),
+        ("retry", Some("smtp 451"), TaskState::Pending),
+        ("dead", Some("gave up"), TaskState::Dead),
+        ("released", None, TaskState::Pending),
+    ];
+    for (id, (label, error, state)) in ids.iter().zip(want) {
+        let d = s.task(*id).await.expect("task").expect("exists");
+        assert_eq!(d.info.state, state, "task {id} ({label})");
+        assert_eq!(d.info.last_error.as_deref(), error, "task {id} ({label})");
+        assert_eq!(d.attempts.len(), 1, "task {id} ({label})");
+        let a = &d.attempts[0];
+        assert_eq!(
+            (a.outcome.as_str(), a.error.as_deref(), a.attempt),
+            (label, error, 1),
+            "task {id}"
+        );
+        assert_eq!(
+            (a.worker.as_str(), a.started_at, a.finished_at),
+            ("w1", at(1), at(7))
+        );
+    }
+    // The sixth lapses (its lease ends at 30 s) and is taken again.
+    let again = s
+        .claim(&req(&[], 10, 30_000, at(30_000)))
+        .await
+        .expect("claim");
+    assert_eq!(
+        again.iter().map(|c| c.lease.id).collect::<Vec<_>>(),
+        vec![ids[5], ids[4]],
+        "by run_at: the lapsed task's (T0) before the released one's (its release)"
+    );
+    let d = s.task(ids[5]).await.expect("task").expect("exists");
+    assert_eq!(d.info.state, TaskState::Running);
+    assert_eq!(d.info.last_error.as_deref(), Some(lapsed_error));
+    assert_eq!(d.attempts.len(), 1);
+    let a = &d.attempts[0];
+    assert_eq!(
+        (a.outcome.as_str(), a.error.as_deref(), a.attempt),
+        (lapsed_label, Some(lapsed_error), 1)
+    );
+    assert_eq!((a.started_at, a.finished_at), (T0, at(30_000)));
+}
+
+/// `next_due` looks only at the queues it is given (all when none), counts pending run
+/// times and running leases' ends alike, and leaves out paused queues even when named.
+pub async fn next_due_covers_the_queues_asked_for(s: Arc<dyn Store>) {
+    let mut a = new_task("a", 1);
+    a.run_at = at(500);
+    let mut b = new_task("b", 2);
+    b.run_at = at(100);
+    let mut c = new_task("c", 3);
+    c.run_at = at(50);
+    s.enqueue(vec![a, b, c], T0).await.expect("enqueue");
+    s.set_paused("c", true).await.expect("pause");
+    let due = |qs: &[&str]| {
+        let qs: Vec<String> = qs.iter().map(|q| q.to_string()).collect();
+        let s = s.clone();
+        async move { s.next_due(&qs).await.expect("next_due") }
+    };
+    assert_eq!(due(&[]).await, Some(at(100)));
+    assert_eq!(due(&["a"]).await, Some(at(500)));
+    assert_eq!(due(&["a", "b"]).await, Some(at(100)));
+    assert_eq!(due(&["c"]).await, None, "paused");
+    assert_eq!(due(&["nowhere"]).await, None);
+    let got = s
+        .claim(&req(&["a"], 10, 1_000, at(500)))
+        .await
+        .expect("claim");
+    assert_eq!(got.len(), 1);
+    assert_eq!(due(&["a"]).await, Some(at(1_500)), "the lease's end");
+    s.set_paused("c", false).await.expect("resume");
+    assert_eq!(due(&[]).await, Some(at(50)));
+}
+
+/// A finished named task's name is free again exactly when its window ends, counted from
+/// its finish (`finished_at + window > now` holds it).
+pub async fn finished_name_is_free_exactly_when_its_window_ends(s: Arc<dyn Store>) {
+    let mut t = new_task("q", 1);
+    t.unique_name = Some("nightly".into());
+    t.tombstone = Duration::from_millis(2_500);
+    s.enqueue(vec![t.clone()], T0).await.expect("enqueue");
+    let c = s.claim(&req(&[], 1, 30_000, at(3))).await.expect("claim");
+    finish_one(&*s, &c[0], Outcome::Done, at(20))
+        .await
+        .expect("finish");
+    taken_until(&*s, &t, at(2_520)).await;
+}
+
+/// `wait_for_work` returns early when work is stored through the same store (memory: its
+/// notify; SQLite: its notify; PostgreSQL: `LISTEN/NOTIFY`), long before its timeout.
+pub async fn wait_for_work_wakes_on_new_work(s: Arc<dyn Store>) {
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            s.wait_for_work(&["q".to_string()], Duration::from_secs(60))
+                .await;
+            started.elapsed()
+        })
+    };
+    // Enqueue until the waiter returns: one enqueue could come before it waits.
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while !waiter.is_finished() && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.enqueue(vec![new_task("q", n)], T0)
+            .await
+            .expect("enqueue");
+        n += 1;
+    }
+    let waited = waiter.await.expect("the waiter");
+    assert!(
+        waited < Duration::from_secs(20),
+        "wait_for_work slept {waited:?} though work was stored"
+    );
+}
+
+/// A tombstone window too long for milliseconds in an `i64` (`Duration::MAX`, "keep the
+/// name for ever") saturates: the name stays taken after the task finishes, after it is
+/// deleted live or finished, and after a purge, on every store; no store wraps it to a
+/// negative window (which frees the name at once) or fails on the sum.
+pub async fn a_huge_tombstone_window_keeps_the_name(s: Arc<dyn Store>) {
+    let ten_years = 10 * 365 * 24 * 3_600_000;
+    for (w, window) in [Duration::MAX, Duration::from_millis(u64::MAX)]
+        .into_iter()
+        .enumerate()
+    {
+        for (i, end) in ["done", "deleted live", "deleted done", "purged"]
+            .into_iter()
+            .enumerate()
+        {
+            let mut t = new_task("huge", i as i64);
+            t.unique_name = Some(format!("for ever {w}, {end}"));
+            t.tombstone = window;
+            let id = s.enqueue(vec![t.clone()], T0).await.expect("enqueue")[0];
+            if end == "purged" {
+                assert_eq!(s.purge("huge", at(1)).await.expect("purge"), 1);
+            } else if end == "deleted live" {
+                s.delete(id, at(1)).await.expect("delete");
+            } else {
+                let c = s
+                    .claim(&req(&["huge"], 1, 30_000, T0))
+                    .await
+                    .expect("claim");
+                assert_eq!(c.len(), 1);
+                finish_one(&*s, &c[0], Outcome::Done, at(1))
+                    .await
+                    .expect("finish");
+                if end == "deleted done" {
+                    s.delete(id, at(2)).await.expect("delete");
+                }
+            }
+            let r = s.enqueue(vec![t], at(ten_years)).await;
+            assert!(
+                matches!(&r, Err(StoreError::AlreadyExists(_))),
+                "{window:?} window, {end}: the name is still taken ten years on: {r:?}"
+            );
+        }
+        s.purge("huge", at(3)).await.expect("purge");
+    }
+}
+
+/// An iteration run's counts are kept up to [`MAX_COUNT`](taskq_runtime::store::MAX_COUNT)
+/// (`i64::MAX`, what a database integer holds) on every store: a larger total is kept as
+/// that, and `processed` saturates there instead of overflowing (a panic, a float, or an
+/// error on a database store).
+pub async fn iteration_counts_saturate_alike(s: Arc<dyn Store>) {
+    let max = taskq_runtime::store::MAX_COUNT;
+    let run = s
+        .enqueue(vec![iteration_task()], T0)
+        .await
+        .expect("enqueue")[0];
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    for (i, (processed, total)) in [(max - 1, Some(u64::MAX)), (u64::MAX, None), (5, None)]
+        .into_iter()
+        .enumerate()
+    {
+        s.checkpoint(
+            c[0].lease,
+            Checkpoint {
+                cursor: json!(i),
+                processed,
+                total,
+            },
+            at(1 + i as i64),
+        )
+        .await
+        .expect("checkpoint");
+    }
+    let it = s.iteration(run).await.expect("iteration").expect("exists");
+    assert_eq!((it.processed, it.batches, it.total), (max, 3, Some(max)));
+    finish_one(&*s, &c[0], Outcome::Continue { run_at: at(5) }, at(5))
+        .await
+        .expect("continue");
+    let c = s.claim(&req(&[], 1, 30_000, at(5))).await.expect("claim");
+    let cur = c[0].iteration.clone().expect("a step carries its run");
+    assert_eq!((cur.processed, cur.total), (max, Some(max)));
+}
+
+/// When several tasks of one `enqueue` conflict, `AlreadyExists` names the first of them
+/// in the call's order, whether its name is taken in the store or repeats an earlier
+/// task's in the same call; nothing is stored either way.
+pub async fn already_exists_names_the_first_conflict(s: Arc<dyn Store>) {
+    let named = |n: &str| {
+        let mut t = new_task("q", 0);
+        t.unique_name = Some(n.into());
+        t
+    };
+    s.enqueue(vec![named("taken-1"), named("taken-2")], T0)
+        .await
+        .expect("enqueue");
+    let calls: [(&[&str], &str); 5] = [
+        (&["free-1", "taken-2", "taken-1"], "taken-2"),
+        (&["taken-1", "taken-2"], "taken-1"),
+        (&["twice", "twice", "taken-1"], "twice"),
+        (&["free-1", "taken-2", "free-1"], "taken-2"),
+        (&["free-1", "free-2", "free-2", "free-1"], "free-2"),
+    ];
+    for (names, first) in calls {
+        let r = s
+            .enqueue(names.iter().map(|n| named(n)).collect(), at(1))
+            .await;
+        assert!(
+            matches!(&r, Err(StoreError::AlreadyExists(n)) if n == first),
+            "{names:?}: {r:?}"
+        );
+    }
+    assert_eq!(
+        s.list_tasks(&TaskQuery::default())
+            .await
+            .expect("list")
+            .len(),
+        2,
+        "nothing stored by the refused calls"
+    );
+}
+
+/// One finish batch holding a task twice, under its lapsed lease and its current one (a
+/// worker that got a task back after its own lease lapsed, both outcomes queued
+/// together): the entry of the current lease applies wherever it stands in the batch, the
+/// stale one is lost; the same lease twice applies once.
+pub async fn finish_batch_with_a_stale_and_a_held_lease_of_one_task(s: Arc<dyn Store>) {
+    let ids = s
+        .enqueue((0..3).map(|n| new_task("q", n)).collect(), T0)
+        .await
+        .expect("enqueue");
+    let stale = s.claim(&req(&[], 3, 1_000, T0)).await.expect("claim");
+    let held = s
+        .claim(&req(&[], 3, 30_000, at(1_000)))
+        .await
+        .expect("claim");
+    assert_eq!(held.len(), 3, "every lease lapsed and was claimed again");
+    let entry = |c: &ClaimedTask| Finish {
+        lease: c.lease,
+        outcome: Outcome::Done,
+        started_at: T0,
+    };
+    let r = s
+        .finish(
+            vec![
+                entry(&stale[0]),
+                entry(&held[0]),
+                entry(&held[1]),
+                entry(&stale[1]),
+                entry(&held[2]),
+                entry(&held[2]),
+            ],
+            "w1",
+            at(2_000),
+        )
+        .await
+        .expect("finish");
+    let ok: Vec<bool> = r.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, vec![false, true, true, false, true, false], "{r:?}");
+    for id in ids {
+        let d = s.task(id).await.expect("task").expect("exists");
+        assert_eq!(d.info.state, TaskState::Done, "task {id}");
+        let outcomes: Vec<&str> = d.attempts.iter().map(|a| a.outcome.as_str()).collect();
+        assert_eq!(outcomes, vec!["lease lapsed", "done"], "task {id}");
+    }
+}
+
+/// A heartbeat of one task under its lapsed lease and its current one: the current lease
+/// is extended, and the task's id is reported lost once, for the stale lease.
+pub async fn heartbeat_reports_a_stale_lease_beside_the_held_one(s: Arc<dyn Store>) {
+    let ids = s
+        .enqueue(vec![new_task("q", 1)], T0)
+        .await
+        .expect("enqueue");
+    let stale = s.claim(&req(&[], 1, 1_000, T0)).await.expect("claim");
+    let held = s
+        .claim(&req(&[], 1, 1_000, at(1_000)))
+        .await
+        .expect("claim");
+    assert_eq!(held.len(), 1);
+    let lost = s
+        .heartbeat(
+            &[stale[0].lease, held[0].lease, held[0].lease],
+            "w1",
+            at(60_000),
+        )
+        .await
+        .expect("heartbeat");
+    assert_eq!(lost, vec![ids[0]]);
+    let lost = s
+        .heartbeat(&[held[0].lease, stale[0].lease], "w1", at(60_000))
+        .await
+        .expect("heartbeat");
+    assert_eq!(lost, vec![ids[0]]);
+    let info = s.task(ids[0]).await.expect("task").expect("exists").info;
+    assert_eq!(info.lease_until, Some(at(60_000)));
+}
+
+/// The continuation steps one `finish` stores are created in the batch's order, so that
+/// their ids (the claim order's last key) follow it on every store.
+pub async fn continuation_steps_follow_the_batch_order(s: Arc<dyn Store>) {
+    let runs = s
+        .enqueue(vec![iteration_task(), iteration_task()], T0)
+        .await
+        .expect("enqueue");
+    let c = s.claim(&req(&[], 2, 30_000, T0)).await.expect("claim");
+    assert_eq!(c.len(), 2);
+    let (first, second) = (&c[0], &c[1]);
+    assert_eq!(first.lease.id, runs[0]);
+    let r = s
+        .finish(
+            [second, first]
+                .iter()
+                .map(|c| Finish {
+                    lease: c.lease,
+                    outcome: Outcome::Continue { run_at: at(10) },
+                    started_at: T0,
+                })
+                .collect(),
+            "w1",
+            at(5),
+        )
+        .await
+        .expect("finish");
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    let next = s.claim(&req(&[], 2, 30_000, at(10))).await.expect("claim");
+    let order: Vec<TaskId> = next
+        .iter()
+        .map(|c| c.iteration.as_ref().expect("a step").run)
+        .collect();
+    assert_eq!(
+        order,
+        vec![runs[1], runs[0]],
+        "the step finished first in the batch was stored first"
+    );
+    assert!(next[0].lease.id < next[1].lease.id);
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -1704,6 +2103,13 @@ macro_rules! conformance_tests {
             limits_changed_between_claims_apply_at_once,
             finish_of_a_stale_and_the_current_lease_in_one_batch,
             management_calls_refuse_nul_queue_names, long_names_are_the_same_on_every_store,
+            every_outcome_leaves_its_attempt_and_error, next_due_covers_the_queues_asked_for,
+            finished_name_is_free_exactly_when_its_window_ends, wait_for_work_wakes_on_new_work,
+            a_huge_tombstone_window_keeps_the_name, iteration_counts_saturate_alike,
+            already_exists_names_the_first_conflict,
+            finish_batch_with_a_stale_and_a_held_lease_of_one_task,
+            heartbeat_reports_a_stale_lease_beside_the_held_one,
+            continuation_steps_follow_the_batch_order,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -294,7 +294,10 @@ impl Store for MemoryStore {
                         lease_until: None,
                     },
                     token: 0,
-                    tombstone_ms: t.tombstone.as_millis() as i64,
+                    // Saturated as every store does: a window beyond `i64::MAX` ms (such
+                    // as `Duration::MAX`) holds the name for ever instead of wrapping to a
+                    // negative window that frees it at once.
+                    tombstone_ms: t.tombstone.as_millis().min(i64::MAX as u128) as i64,
                     attempts: Vec::new(),
                     started_at: None,
                 });
@@ -573,10 +576,10 @@ impl Store for MemoryStore {
             return Err(StoreError::LeaseLost(lease.id));
         }
         it.cursor = Some(cp.cursor);
-        it.processed += cp.processed;
+        it.processed = it.processed.saturating_add(cp.processed).min(MAX_COUNT);
         it.batches += 1;
-        if cp.total.is_some() {
-            it.total = cp.total;
+        if let Some(total) = cp.total {
+            it.total = Some(total.min(MAX_COUNT));
         }
         it.updated_at = now;
         if let Some(r) = g.tasks.get_mut(&lease.id.0) {

@@ -233,11 +233,16 @@ pub struct IterationCursor {
 pub struct Checkpoint {
     /// The key of the last entity of the batch.
     pub cursor: serde_json::Value,
-    /// Entities in the batch.
+    /// Entities in the batch, added to the run's count (which saturates at [`MAX_COUNT`]).
     pub processed: u64,
-    /// Set when the model could count the run's entities.
+    /// Set when the model could count the run's entities; kept up to [`MAX_COUNT`].
     pub total: Option<u64>,
 }
+
+/// The largest count a store keeps for an iteration run's `processed` and `total`: what a
+/// database integer (`i64`) holds. A larger total is kept as this, and `processed` stops
+/// here instead of overflowing, the same on every store.
+pub const MAX_COUNT: u64 = i64::MAX as u64;
 
 /// How an attempt ended, as recorded by [`Store::finish`].
 #[derive(Clone, Debug, PartialEq)]
@@ -655,7 +660,8 @@ pub trait Store: Send + Sync + 'static {
     /// checked first by [`check_new_tasks`] ([`StoreError::InvalidValue`]). A task with a
     /// `unique_name` that is live, or finished within its tombstone window, or deleted
     /// within its window (see [`tombstone`]), or named twice in `tasks`, fails the whole
-    /// call with [`StoreError::AlreadyExists`]. The name of an iterative run is taken while
+    /// call with [`StoreError::AlreadyExists`], naming the first such task in `tasks`
+    /// (taken, or repeating an earlier one's name). The name of an iterative run is taken while
     /// the run is live, and its window counts from the run's end. A name is free again at
     /// the window's end exactly (taken while `end + window > now`).
     async fn enqueue(&self, tasks: Vec<NewTask>, now: Timestamp)
@@ -680,7 +686,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records finished attempts, each atomically with its state change (and, for an
     /// iterative step, with its run's state). Returns one entry per input: `Ok` if applied,
-    /// `Err(LeaseLost)` if that lease was no longer held (nothing changed for it).
+    /// `Err(LeaseLost)` if that lease was no longer held (nothing changed for it). Entries
+    /// apply in order: a lease listed twice applies once, and the continuation steps of
+    /// [`Outcome::Continue`] entries are stored (and get their ids) in the batch's order.
     async fn finish(
         &self,
         finished: Vec<Finish>,

@@ -2,7 +2,7 @@
 //! (`TASKQ_TEST_POSTGRES_URL`). Without it they fail under `CI=true` and say so elsewhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,0 +1,411 @@
+//! The management calls: queues and their settings, listing and reading tasks, run now,
+//! delete, retry, purge, and iteration runs (read, list, cancel); and [`BURY`], the
+//! tombstones every deletion of task rows leaves in its statement.
+
+use std::collections::BTreeMap;
+
+use super::pool::PooledConn;
+use super::rows::{iteration_from_row, task_from_row, ITERATION_COLUMNS, TASK_COLUMNS};
+use super::{is_unique_violation, Param, PostgresStore};
+use crate::store::{
+    AttemptInfo, IterationInfo, QueueConfig, QueueInfo, StoreError, TaskDetail, TaskId, TaskInfo,
+    TaskQuery, TaskState,
+};
+use crate::time::Timestamp;
+
+/// The columns a deleting CTE `d` returns for [`BURY`].
+pub(super) const DELETED: &str = "id, run_id, state, unique_name, tombstone_ms, finished_at";
+
+/// Leaves the tombstones of the named rows a CTE `d` deleted (columns [`DELETED`]), at
+/// the time `$2`, in the same statement: the rule of [`tombstone`] in
+/// SQL. A live row holds its name for its window from now, a finished one for what is
+/// left of its window, a step of a run that holds the name keeps the run; one record per
+/// name, keeping the later hold. Sums are `numeric`, so a huge window saturates instead
+/// of failing the delete.
+pub(super) const BURY: &str = "\
+INSERT INTO {S}.taskq_tombstones AS o (name, taken_until, run_id, tombstone_ms)
+SELECT DISTINCT ON (y.name) y.name, y.taken_until, y.run_id, y.tombstone_ms FROM (
+    SELECT x.name, LEAST(x.ended::numeric + GREATEST(x.tombstone_ms, 0),
+                         9223372036854775807)::int8 AS taken_until,
+           x.run_id, x.tombstone_ms
+    FROM (
+        SELECT d.unique_name AS name, d.tombstone_ms,
+               CASE WHEN d.state IN ('pending', 'running') THEN $2::int8
+                    ELSE COALESCE(d.finished_at, $2::int8) END AS ended,
+               CASE WHEN i.state = 'running'
+                         OR i.finished_at::numeric + d.tombstone_ms > $2::int8
+                    THEN d.run_id END AS run_id
+        FROM d LEFT JOIN {S}.taskq_iterations i ON i.run_id = d.run_id
+        WHERE d.unique_name IS NOT NULL
+    ) x
+) y
+WHERE y.taken_until > $2::int8 OR y.run_id IS NOT NULL
+ORDER BY y.name, y.taken_until DESC
+ON CONFLICT (name) DO UPDATE SET
+    taken_until = GREATEST(o.taken_until, EXCLUDED.taken_until,
+        CASE WHEN EXCLUDED.run_id IS NOT NULL AND EXCLUDED.run_id IS DISTINCT FROM o.run_id
+             THEN (SELECT LEAST(p.finished_at::numeric + o.tombstone_ms,
+                                9223372036854775807)::int8
+                   FROM {S}.taskq_iterations p WHERE p.run_id = o.run_id) END),
+    run_id = COALESCE(EXCLUDED.run_id, o.run_id),
+    tombstone_ms = CASE WHEN EXCLUDED.run_id IS NOT NULL THEN EXCLUDED.tombstone_ms
+                        ELSE o.tombstone_ms END";
+
+/// Every queue that has tasks or settings, with counts by state.
+pub(super) async fn queues(s: &PostgresStore) -> Result<Vec<QueueInfo>, StoreError> {
+    let cfg_sql = s.sql("SELECT name, paused, rate, burst, max_concurrent FROM {S}.taskq_queues");
+    let count_sql =
+        s.sql("SELECT queue, state, count(*) FROM {S}.taskq_tasks GROUP BY queue, state");
+    let mut c = s.pool.get().await?;
+    let st_cfg = c.prep(&cfg_sql).await?;
+    let st_count = c.prep(&count_sql).await?;
+    let client = c.client()?;
+    let (cfg, counts) = futures::join!(client.query(&st_cfg, &[]), client.query(&st_count, &[]));
+    let cfg = c.check(cfg)?;
+    let counts = c.check(counts)?;
+    let mut map: BTreeMap<String, QueueInfo> = BTreeMap::new();
+    for r in &cfg {
+        let name: String = r.get(0);
+        let burst: Option<i64> = r.get(3);
+        let max: Option<i64> = r.get(4);
+        map.insert(
+            name.clone(),
+            QueueInfo {
+                name,
+                counts: Vec::new(),
+                paused: r.get(1),
+                config: QueueConfig {
+                    rate: r.get(2),
+                    burst: burst.map(|b| b.clamp(0, u32::MAX as i64) as u32),
+                    max_concurrent: max.map(|m| m.clamp(0, u32::MAX as i64) as u32),
+                },
+            },
+        );
+    }
+    for r in &counts {
+        let queue: String = r.get(0);
+        let state: String = r.get(1);
+        let n: i64 = r.get(2);
+        let state: TaskState = state.parse().map_err(StoreError::Backend)?;
+        let q = map.entry(queue.clone()).or_insert_with(|| QueueInfo {
+            name: queue,
+            ..QueueInfo::default()
+        });
+        q.counts.push((state, n.max(0) as u64));
+    }
+    Ok(map
+        .into_values()
+        .map(|mut q| {
+            q.counts.sort();
+            q
+        })
+        .collect())
+}
+
+/// Saves a queue's settings; its token bucket starts afresh.
+pub(super) async fn configure_queue(
+    s: &PostgresStore,
+    queue: &str,
+    config: QueueConfig,
+) -> Result<(), StoreError> {
+    let sql = s.sql(
+        "INSERT INTO {S}.taskq_queues (name, rate, burst, max_concurrent) \
+         VALUES ($1::text, $2::float8, $3::int8, $4::int8) \
+         ON CONFLICT (name) DO UPDATE SET rate = EXCLUDED.rate, burst = EXCLUDED.burst, \
+             max_concurrent = EXCLUDED.max_concurrent, tokens = NULL, refilled_at = NULL",
+    );
+    let burst = config.burst.map(i64::from);
+    let max = config.max_concurrent.map(i64::from);
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    let r = client
+        .execute(&st, &[&queue, &config.rate, &burst, &max])
+        .await;
+    c.check(r)?;
+    Ok(())
+}
+
+/// Pauses or resumes a queue (creating it if needed).
+pub(super) async fn set_paused(
+    s: &PostgresStore,
+    queue: &str,
+    paused: bool,
+) -> Result<(), StoreError> {
+    let sql = s.sql(
+        "WITH u AS ( \
+             INSERT INTO {S}.taskq_queues (name, paused) VALUES ($1::text, $2::bool) \
+             ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused RETURNING name) \
+         SELECT 1 FROM (SELECT pg_notify('taskq_new', u.name) FROM u WHERE NOT $2::bool) n",
+    );
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    let r = client.query(&st, &[&queue, &paused]).await;
+    c.check(r)?;
+    Ok(())
+}
+
+/// Deletes the pending tasks of a queue, ending their runs and burying their names.
+pub(super) async fn purge(
+    s: &PostgresStore,
+    queue: &str,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let sql = s.sql(
+        "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE queue = $1::text AND state = 'pending' \
+                    RETURNING {DELETED}), \
+              a AS (DELETE FROM {S}.taskq_attempts WHERE task_id IN (SELECT id FROM d)), \
+              n AS ({BURY}), \
+              r AS (UPDATE {S}.taskq_iterations i SET state = 'cancelled', \
+                        finished_at = $2::int8, updated_at = $2::int8, \
+                        error = 'its pending step ' || d.id || ' was purged from queue `' \
+                                || $1::text || '`' \
+                    FROM d WHERE i.run_id = d.run_id AND i.state = 'running') \
+         SELECT count(*) FROM d",
+    );
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    let r = client.query_one(&st, &[&queue, &now.0]).await;
+    let n: i64 = c.check(r)?.get(0);
+    Ok(n.max(0) as u64)
+}
+
+/// Lists tasks, newest first.
+pub(super) async fn list_tasks(
+    s: &PostgresStore,
+    q: &TaskQuery,
+) -> Result<Vec<TaskInfo>, StoreError> {
+    let sql = s.sql(&format!(
+        "SELECT {TASK_COLUMNS} FROM {{S}}.taskq_tasks \
+         WHERE ($1::int8 IS NULL OR id < $1::int8) \
+           AND ($2::text IS NULL OR queue = $2::text) \
+           AND ($3::text IS NULL OR state = $3::text) \
+           AND ($4::text IS NULL OR task = $4::text) \
+         ORDER BY id DESC LIMIT $5::int8"
+    ));
+    let limit = if q.limit == 0 { 100 } else { q.limit };
+    let limit = limit.min(i64::MAX as usize) as i64;
+    let before = q.before.map(|b| b.0);
+    let state = q.state.map(|s| s.as_str());
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    let r = client
+        .query(&st, &[&before, &q.queue, &state, &q.task, &limit])
+        .await;
+    c.check(r)?.iter().map(task_from_row).collect()
+}
+
+/// One task with every attempt.
+pub(super) async fn task(s: &PostgresStore, id: TaskId) -> Result<Option<TaskDetail>, StoreError> {
+    let task_sql = s.sql(&format!(
+        "SELECT {TASK_COLUMNS} FROM {{S}}.taskq_tasks WHERE id = $1::int8"
+    ));
+    let att_sql = s.sql(
+        "SELECT attempt, worker, started_at, finished_at, outcome, error \
+         FROM {S}.taskq_attempts WHERE task_id = $1::int8 ORDER BY id",
+    );
+    let mut c = s.pool.get().await?;
+    let st_task = c.prep(&task_sql).await?;
+    let st_att = c.prep(&att_sql).await?;
+    let client = c.client()?;
+    let idp: [Param<'_>; 1] = [&id.0];
+    let (task, atts) = futures::join!(
+        client.query_opt(&st_task, &idp),
+        client.query(&st_att, &idp)
+    );
+    let Some(task) = c.check(task)? else {
+        return Ok(None);
+    };
+    let atts = c.check(atts)?;
+    Ok(Some(TaskDetail {
+        info: task_from_row(&task)?,
+        attempts: atts
+            .iter()
+            .map(|r| AttemptInfo {
+                attempt: r.get::<_, i32>(0).max(0) as u32,
+                worker: r.get(1),
+                started_at: Timestamp(r.get(2)),
+                finished_at: Timestamp(r.get(3)),
+                outcome: r.get(4),
+                error: r.get(5),
+            })
+            .collect(),
+    }))
+}
+
+/// Makes a pending task due now.
+pub(super) async fn run_now(
+    s: &PostgresStore,
+    id: TaskId,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let sql = s.sql(
+        "WITH t AS (UPDATE {S}.taskq_tasks SET run_at = $2::int8 \
+                    WHERE id = $1::int8 AND state = 'pending' RETURNING queue) \
+         SELECT 1 FROM (SELECT pg_notify('taskq_new', t.queue) FROM t) n",
+    );
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    let r = client.query(&st, &[&id.0, &now.0]).await;
+    if !c.check(r)?.is_empty() {
+        return Ok(());
+    }
+    match s.state_of(&mut c, id).await? {
+        None => Err(StoreError::NotFound(format!("task {id}"))),
+        Some(state) => Err(StoreError::Conflict(format!(
+            "task {id} is {state}, only a pending task can be run now"
+        ))),
+    }
+}
+
+/// Deletes a task in any state, ending its run if it was the live step.
+pub(super) async fn delete(
+    s: &PostgresStore,
+    id: TaskId,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let sql = s.sql(
+        "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE id = $1::int8 RETURNING {DELETED}), \
+              a AS (DELETE FROM {S}.taskq_attempts WHERE task_id IN (SELECT id FROM d)), \
+              n AS ({BURY}), \
+              r AS (UPDATE {S}.taskq_iterations i SET state = 'cancelled', \
+                        finished_at = $2::int8, updated_at = $2::int8, \
+                        error = 'its step ' || d.id || ' was deleted' \
+                    FROM d WHERE i.run_id = d.run_id AND i.state = 'running' \
+                      AND d.state IN ('pending', 'running')) \
+         SELECT count(*) FROM d",
+    );
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    let r = client.query_one(&st, &[&id.0, &now.0]).await;
+    let n: i64 = c.check(r)?.get(0);
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("task {id}")));
+    }
+    Ok(())
+}
+
+/// Puts a dead or failed task back to pending, its run running again.
+pub(super) async fn retry(s: &PostgresStore, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
+    let sql = s.sql(
+        "WITH t AS (UPDATE {S}.taskq_tasks SET state = 'pending', attempts = 0, \
+                        enqueued_at = $2::int8, run_at = $2::int8, finished_at = NULL \
+                    WHERE id = $1::int8 AND state IN ('dead', 'failed') \
+                    RETURNING run_id, queue), \
+              r AS (UPDATE {S}.taskq_iterations i SET state = 'running', finished_at = NULL, \
+                        error = NULL, updated_at = $2::int8 \
+                    FROM t WHERE i.run_id = t.run_id) \
+         SELECT 1 FROM (SELECT pg_notify('taskq_new', t.queue) FROM t) n",
+    );
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    match client.query(&st, &[&id.0, &now.0]).await {
+        Ok(rows) if !rows.is_empty() => return Ok(()),
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {
+            return Err(StoreError::Conflict(format!(
+                "task {id} cannot be retried: another live task has its unique name"
+            )))
+        }
+        Err(e) => {
+            c.check::<()>(Err(e))?;
+        }
+    }
+    match s.state_of(&mut c, id).await? {
+        None => Err(StoreError::NotFound(format!("task {id}"))),
+        Some(state) => Err(StoreError::Conflict(format!(
+            "task {id} is {state}, only a dead or failed task can be retried"
+        ))),
+    }
+}
+
+/// One iteration run.
+pub(super) async fn iteration(
+    s: &PostgresStore,
+    run: TaskId,
+) -> Result<Option<IterationInfo>, StoreError> {
+    let sql = s.sql(&format!(
+        "SELECT {ITERATION_COLUMNS} FROM {{S}}.taskq_iterations WHERE run_id = $1::int8"
+    ));
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    let r = client.query_opt(&st, &[&run.0]).await;
+    c.check(r)?.as_ref().map(iteration_from_row).transpose()
+}
+
+/// Iteration runs, newest first.
+pub(super) async fn iterations(
+    s: &PostgresStore,
+    limit: usize,
+) -> Result<Vec<IterationInfo>, StoreError> {
+    let sql = s.sql(&format!(
+        "SELECT {ITERATION_COLUMNS} FROM {{S}}.taskq_iterations ORDER BY run_id DESC LIMIT $1::int8"
+    ));
+    let limit = limit.min(i64::MAX as usize) as i64;
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    let r = client.query(&st, &[&limit]).await;
+    c.check(r)?.iter().map(iteration_from_row).collect()
+}
+
+/// Cancels a running iteration run and its live step.
+pub(super) async fn cancel_iteration(
+    s: &PostgresStore,
+    run: TaskId,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let sql = s.sql(
+        "WITH it AS (UPDATE {S}.taskq_iterations SET state = 'cancelled', \
+                         finished_at = $2::int8, updated_at = $2::int8 \
+                     WHERE run_id = $1::int8 AND state = 'running' RETURNING run_id), \
+              t AS (UPDATE {S}.taskq_tasks SET state = 'cancelled', finished_at = $2::int8, \
+                         worker = NULL, lease_until = NULL \
+                    WHERE run_id IN (SELECT run_id FROM it) \
+                      AND state IN ('pending', 'running')) \
+         SELECT count(*) FROM it",
+    );
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    let r = client.query_one(&st, &[&run.0, &now.0]).await;
+    let n: i64 = c.check(r)?.get(0);
+    if n > 0 {
+        return Ok(());
+    }
+    let state_sql = s.sql("SELECT state FROM {S}.taskq_iterations WHERE run_id = $1::int8");
+    let st = c.prep(&state_sql).await?;
+    let client = c.client()?;
+    let r = client.query_opt(&st, &[&run.0]).await;
+    match c.check(r)? {
+        None => Err(StoreError::NotFound(format!("iteration run {run}"))),
+        Some(row) => {
+            let state: String = row.get(0);
+            Err(StoreError::Conflict(format!(
+                "run {run} is {state}, only a running run can be cancelled"
+            )))
+        }
+    }
+}
+
+impl PostgresStore {
+    /// The state of task `id`, if it exists.
+    async fn state_of(
+        &self,
+        c: &mut PooledConn<'_>,
+        id: TaskId,
+    ) -> Result<Option<String>, StoreError> {
+        let sql = self.sql("SELECT state FROM {S}.taskq_tasks WHERE id = $1::int8");
+        let st = c.prep(&sql).await?;
+        let client = c.client()?;
+        let r = client.query_opt(&st, &[&id.0]).await;
+        Ok(c.check(r)?.map(|row| row.get(0)))
+    }
+}

@@ -1,0 +1,355 @@
+//! Claiming: the one claim order over every queue a claim covers, each queue's admission
+//! (pause, `max_concurrent`, token bucket; the arithmetic is [`admission`]'s), lapsed
+//! leases recorded as attempts, fencing tokens; and [`next_due`], which says when the
+//! next claim can find work.
+
+use std::collections::{HashMap, HashSet};
+
+use rusqlite::{params, OptionalExtension};
+
+use super::rows::{u32_of, u64_of};
+use super::R;
+use crate::store::admission::{self, Admission, Bucket};
+use crate::store::{
+    decode_failure, decode_stored, ClaimRequest, ClaimedTask, IterationCursor, Lease, QueueConfig,
+    TaskId,
+};
+use crate::time::Timestamp;
+
+/// The attempt label and error of a lapsed lease.
+const LAPSED: (&str, &str) = crate::policy::LEASE_LAPSED;
+
+/// Settings and bucket of one queue, as read inside a claim.
+#[derive(Default)]
+struct QueueRow {
+    paused: bool,
+    config: QueueConfig,
+    tokens: Option<f64>,
+    refilled_at: Option<i64>,
+    /// Running tasks with a live lease (only counted when `max_concurrent` is set).
+    running: u32,
+}
+
+/// One claim candidate.
+struct Candidate {
+    id: i64,
+    queue: String,
+    priority: i64,
+    run_at: i64,
+    running: bool,
+}
+
+/// Every queue's settings and bucket, by name.
+fn load_queues(tx: &rusqlite::Transaction<'_>) -> R<HashMap<String, QueueRow>> {
+    let mut st = tx.prepare_cached(
+        "SELECT name, paused, rate, burst, max_concurrent, bucket_tokens, bucket_refilled_at
+         FROM taskq_queues",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            QueueRow {
+                paused: r.get::<_, i64>(1)? != 0,
+                config: QueueConfig {
+                    rate: r.get(2)?,
+                    burst: r.get::<_, Option<i64>>(3)?.map(u32_of),
+                    max_concurrent: r.get::<_, Option<i64>>(4)?.map(u32_of),
+                },
+                tokens: r.get(5)?,
+                refilled_at: r.get(6)?,
+                running: 0,
+            },
+        ))
+    })?;
+    let mut map = HashMap::new();
+    for row in rows {
+        let (name, q) = row?;
+        map.insert(name, q);
+    }
+    Ok(map)
+}
+
+/// The queues to look at: those asked for, or every queue that has live tasks.
+fn claim_queues(tx: &rusqlite::Transaction<'_>, asked: &[String]) -> R<Vec<String>> {
+    if !asked.is_empty() {
+        let mut seen = HashSet::new();
+        return Ok(asked
+            .iter()
+            .filter(|q| seen.insert(q.as_str()))
+            .cloned()
+            .collect());
+    }
+    // Distinct queues of live tasks, walking the claim index one queue at a time.
+    let mut out = Vec::new();
+    for state in ["pending", "running"] {
+        let mut st = tx.prepare_cached(
+            "SELECT queue FROM taskq_tasks WHERE state = ?1 AND queue > ?2 ORDER BY queue LIMIT 1",
+        )?;
+        let mut last = String::new();
+        let mut first = true;
+        loop {
+            let next: Option<String> = if first {
+                tx.prepare_cached(
+                    "SELECT queue FROM taskq_tasks WHERE state = ?1 ORDER BY queue LIMIT 1",
+                )?
+                .query_row([state], |r| r.get(0))
+                .optional()?
+            } else {
+                st.query_row(params![state, last], |r| r.get(0))
+                    .optional()?
+            };
+            first = false;
+            match next {
+                Some(q) => {
+                    if !out.contains(&q) {
+                        out.push(q.clone());
+                    }
+                    last = q;
+                }
+                None => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Claims up to `req.limit` due tasks in one write transaction (see [`Store::claim`](crate::store::Store::claim)).
+pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec<ClaimedTask>> {
+    let now = req.now.0;
+    let limit = req.limit;
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut queues = load_queues(tx)?;
+    let names = claim_queues(tx, &req.queues)?;
+
+    // Candidates of every unpaused queue: its best `limit` due pending tasks and its best
+    // `limit` lapsed running ones. A queue's rows are only ever skipped once the queue is
+    // out of capacity for the rest of this claim, so `limit` per queue is enough.
+    let mut cands: Vec<Candidate> = Vec::new();
+    {
+        let mut pending = tx.prepare_cached(
+            "SELECT id, priority, run_at FROM taskq_tasks
+             WHERE state = 'pending' AND queue = ?1 AND run_at <= ?2
+             ORDER BY priority DESC, run_at, id LIMIT ?3",
+        )?;
+        let mut lapsed = tx.prepare_cached(
+            "SELECT id, priority, run_at FROM taskq_tasks
+             WHERE state = 'running' AND queue = ?1 AND (lease_until IS NULL OR lease_until <= ?2)
+             ORDER BY priority DESC, run_at, id LIMIT ?3",
+        )?;
+        let mut running = tx.prepare_cached(
+            "SELECT COUNT(*) FROM taskq_tasks
+             WHERE state = 'running' AND queue = ?1 AND lease_until > ?2",
+        )?;
+        for name in &names {
+            let q = queues.entry(name.clone()).or_default();
+            if q.paused {
+                continue;
+            }
+            if q.config.max_concurrent.is_some() {
+                let n: i64 = running.query_row(params![name, now], |r| r.get(0))?;
+                q.running = u32_of(n);
+            }
+            for (st, is_running) in [(&mut pending, false), (&mut lapsed, true)] {
+                let rows = st.query_map(params![name, now, limit as i64], |r| {
+                    Ok(Candidate {
+                        id: r.get(0)?,
+                        queue: name.clone(),
+                        priority: r.get(1)?,
+                        run_at: r.get(2)?,
+                        running: is_running,
+                    })
+                })?;
+                for c in rows {
+                    cands.push(c?);
+                }
+            }
+        }
+    }
+    cands.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.run_at.cmp(&b.run_at))
+            .then(a.id.cmp(&b.id))
+    });
+
+    // Each queue's admission (concurrency and token bucket), then the candidates in the
+    // one claim order, each queue up to its allowance.
+    let mut admissions: HashMap<&str, (Admission, u64)> = HashMap::new();
+    for name in &names {
+        if let Some(q) = queues.get(name) {
+            if !q.paused {
+                let bucket = match (q.tokens, q.refilled_at) {
+                    (Some(tokens), Some(at)) => Some(Bucket {
+                        tokens,
+                        refilled_at: Timestamp(at),
+                    }),
+                    _ => None,
+                };
+                let adm = admission::admit(&q.config, u64::from(q.running), bucket, req.now);
+                admissions.insert(name.as_str(), (adm, 0));
+            }
+        }
+    }
+    let mut chosen: Vec<&Candidate> = Vec::new();
+    for c in &cands {
+        if chosen.len() >= limit {
+            break;
+        }
+        let Some((adm, taken)) = admissions.get_mut(c.queue.as_str()) else {
+            continue;
+        };
+        if *taken >= adm.allowance {
+            continue;
+        }
+        *taken += 1;
+        chosen.push(c);
+    }
+
+    // Refilling alone needs no write: a later claim computes the same refill from the
+    // stored state.
+    for (name, (adm, taken)) in admissions.iter().filter(|(_, (_, n))| *n > 0) {
+        if let Some(b) = adm.after(*taken) {
+            tx.prepare_cached(
+                "UPDATE taskq_queues SET bucket_tokens = ?2, bucket_refilled_at = ?3 WHERE name = ?1",
+            )?
+            .execute(params![name, b.tokens, b.refilled_at.0])?;
+        }
+    }
+    if chosen.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let first_token: i64 = tx
+        .prepare_cached(
+            "UPDATE taskq_counters SET value = value + ?1 WHERE name = 'lease_token' RETURNING value",
+        )?
+        .query_row([chosen.len() as i64], |r| r.get::<_, i64>(0))?
+        - chosen.len() as i64
+        + 1;
+
+    let lease_until = Timestamp(now).add(req.lease).0;
+    let mut lapse = tx.prepare_cached(
+        "INSERT INTO taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
+         SELECT id, attempts, COALESCE(worker, ''), COALESCE(started_at, ?2), ?2, ?3, ?4
+         FROM taskq_tasks WHERE id = ?1",
+    )?;
+    let mut take = tx.prepare_cached(
+        "UPDATE taskq_tasks
+         SET state = 'running', attempts = attempts + 1, worker = ?2, lease_until = ?3,
+             token = ?4, started_at = ?5,
+             last_error = CASE WHEN ?6 THEN ?7 ELSE last_error END
+         WHERE id = ?1
+         RETURNING task, queue, payload, attempts, enqueued_at, run_id",
+    )?;
+    let mut iteration = tx.prepare_cached(
+        "SELECT cursor, processed, batches, total FROM taskq_iterations WHERE run = ?1",
+    )?;
+    let mut out = Vec::with_capacity(chosen.len());
+    for (i, c) in chosen.into_iter().enumerate() {
+        let token = first_token + i as i64;
+        if c.running {
+            lapse.execute(params![c.id, now, LAPSED.0, LAPSED.1])?;
+        }
+        let (task, queue, payload, attempts, enqueued_at, run_id): (
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            Option<i64>,
+        ) = take.query_row(
+            params![
+                c.id,
+                req.worker,
+                lease_until,
+                token,
+                now,
+                c.running,
+                LAPSED.1
+            ],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?;
+        // Decoded row by row: a row that does not decode is handed out with the reason
+        // (the worker sends it dead) instead of failing the claim of the others.
+        let mut decode_error = None;
+        let payload = match decode_stored(&payload) {
+            Ok(v) => v,
+            Err(e) => {
+                decode_error = Some(decode_failure("payload", c.id, &e));
+                serde_json::Value::String(payload)
+            }
+        };
+        let iteration = match run_id {
+            None => None,
+            Some(run) => {
+                let row: Option<(Option<String>, i64, i64, Option<i64>)> = iteration
+                    .query_row([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .optional()?;
+                row.map(|(cursor, processed, batches, total)| IterationCursor {
+                    run: TaskId(run),
+                    cursor: cursor.and_then(|text| match decode_stored(&text) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            decode_error.get_or_insert_with(|| decode_failure("cursor", c.id, &e));
+                            None
+                        }
+                    }),
+                    processed: u64_of(processed),
+                    batches: u64_of(batches),
+                    total: total.map(u64_of),
+                })
+            }
+        };
+        out.push(ClaimedTask {
+            lease: Lease {
+                id: TaskId(c.id),
+                token,
+            },
+            payload,
+            task,
+            queue,
+            attempt: u32_of(attempts),
+            enqueued_at: Timestamp(enqueued_at),
+            iteration,
+            decode_error,
+        });
+    }
+    Ok(out)
+}
+
+/// The earliest `run_at` of pending tasks or lease end of running ones, in `queues` (all
+/// if empty), paused queues left out.
+pub(super) fn next_due(tx: &rusqlite::Transaction<'_>, queues: &[String]) -> R<Option<Timestamp>> {
+    let all = queues.is_empty();
+    let wanted = serde_json::Value::from(queues.to_vec()).to_string();
+    let filter = "(?1 OR queue IN (SELECT value FROM json_each(?2)))
+         AND queue NOT IN (SELECT name FROM taskq_queues WHERE paused <> 0)";
+    let pending: Option<i64> = tx
+        .prepare_cached(&format!(
+            "SELECT run_at FROM taskq_tasks WHERE state = 'pending' AND {filter}
+             ORDER BY run_at LIMIT 1"
+        ))?
+        .query_row(params![all, wanted], |r| r.get(0))
+        .optional()?;
+    let lease: Option<i64> = tx
+        .prepare_cached(&format!(
+            "SELECT MIN(lease_until) FROM taskq_tasks
+             WHERE state = 'running' AND {filter}"
+        ))?
+        .query_row(params![all, wanted], |r| r.get(0))?;
+    Ok(match (pending, lease) {
+        (Some(a), Some(b)) => Some(Timestamp(a.min(b))),
+        (a, b) => a.or(b).map(Timestamp),
+    })
+}

@@ -1,0 +1,186 @@
+//! Rows in and out: the columns the management calls read, the encoding of values written
+//! (times, JSON text) and the decoding of rows read back. JSON text is decoded row by row,
+//! so one row that does not decode never fails a call about others (see the
+//! [store module docs](crate::store#values)).
+
+use std::time::Duration;
+
+use super::Fail;
+use crate::store::{
+    stored_or_raw, IterationInfo, RunState, StoreError, TaskId, TaskInfo, TaskState,
+};
+use crate::time::Timestamp;
+
+/// The `taskq_tasks` columns [`RawTask::read`] reads, in its order.
+pub(super) const TASK_COLUMNS: &str =
+    "id, task, queue, state, payload, priority, attempts, unique_name, \
+     created_at, enqueued_at, run_at, finished_at, last_error, run_id, worker, lease_until";
+
+/// The `taskq_iterations` columns [`RawIteration::read`] reads, in its order.
+pub(super) const ITERATION_COLUMNS: &str =
+    "run, task, queue, filter, cursor, processed, batches, steps, \
+     total, state, started_at, updated_at, finished_at, error";
+
+/// A duration in whole milliseconds, saturating at `i64::MAX`.
+pub(super) fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+/// The exact JSON text stored for a value.
+pub(super) fn to_json(v: &serde_json::Value) -> String {
+    // Serialising a `Value` cannot fail: its map keys are strings.
+    v.to_string()
+}
+
+/// A stored task state, or a backend error naming the corrupt table.
+pub(super) fn task_state(s: &str) -> Result<TaskState, Fail> {
+    s.parse::<TaskState>()
+        .map_err(|e| Fail::Store(StoreError::Backend(format!("corrupt taskq_tasks row: {e}"))))
+}
+
+/// A stored run state, or a backend error naming the corrupt table.
+pub(super) fn run_state(s: &str) -> Result<RunState, Fail> {
+    s.parse::<RunState>().map_err(|e| {
+        Fail::Store(StoreError::Backend(format!(
+            "corrupt taskq_iterations row: {e}"
+        )))
+    })
+}
+
+/// A stored count (never negative when taskq wrote it) as a `u64`.
+pub(super) fn u64_of(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// A stored count as a `u32`, clamped.
+pub(super) fn u32_of(v: i64) -> u32 {
+    v.clamp(0, u32::MAX as i64) as u32
+}
+
+/// A `taskq_tasks` row as read by [`TASK_COLUMNS`], before its text is decoded.
+pub(super) struct RawTask {
+    id: i64,
+    task: String,
+    queue: String,
+    state: String,
+    payload: String,
+    priority: i64,
+    attempts: i64,
+    unique_name: Option<String>,
+    created_at: i64,
+    enqueued_at: i64,
+    run_at: i64,
+    finished_at: Option<i64>,
+    last_error: Option<String>,
+    run_id: Option<i64>,
+    worker: Option<String>,
+    lease_until: Option<i64>,
+}
+
+impl RawTask {
+    /// Reads a row selected with [`TASK_COLUMNS`].
+    pub(super) fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawTask> {
+        Ok(RawTask {
+            id: r.get(0)?,
+            task: r.get(1)?,
+            queue: r.get(2)?,
+            state: r.get(3)?,
+            payload: r.get(4)?,
+            priority: r.get(5)?,
+            attempts: r.get(6)?,
+            unique_name: r.get(7)?,
+            created_at: r.get(8)?,
+            enqueued_at: r.get(9)?,
+            run_at: r.get(10)?,
+            finished_at: r.get(11)?,
+            last_error: r.get(12)?,
+            run_id: r.get(13)?,
+            worker: r.get(14)?,
+            lease_until: r.get(15)?,
+        })
+    }
+
+    /// The task as the management calls show it; an undecodable payload shows as its
+    /// raw text.
+    pub(super) fn decode(self) -> Result<TaskInfo, Fail> {
+        Ok(TaskInfo {
+            id: TaskId(self.id),
+            payload: stored_or_raw(&self.payload),
+            state: task_state(&self.state)?,
+            task: self.task,
+            queue: self.queue,
+            priority: self.priority.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+            attempts: u32_of(self.attempts),
+            unique_name: self.unique_name,
+            created_at: Timestamp(self.created_at),
+            enqueued_at: Timestamp(self.enqueued_at),
+            run_at: Timestamp(self.run_at),
+            finished_at: self.finished_at.map(Timestamp),
+            last_error: self.last_error,
+            run: self.run_id.map(TaskId),
+            worker: self.worker,
+            lease_until: self.lease_until.map(Timestamp),
+        })
+    }
+}
+
+/// A `taskq_iterations` row as read by [`ITERATION_COLUMNS`].
+pub(super) struct RawIteration {
+    run: i64,
+    task: String,
+    queue: String,
+    filter: String,
+    cursor: Option<String>,
+    processed: i64,
+    batches: i64,
+    steps: i64,
+    total: Option<i64>,
+    state: String,
+    started_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+    error: Option<String>,
+}
+
+impl RawIteration {
+    /// Reads a row selected with [`ITERATION_COLUMNS`].
+    pub(super) fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawIteration> {
+        Ok(RawIteration {
+            run: r.get(0)?,
+            task: r.get(1)?,
+            queue: r.get(2)?,
+            filter: r.get(3)?,
+            cursor: r.get(4)?,
+            processed: r.get(5)?,
+            batches: r.get(6)?,
+            steps: r.get(7)?,
+            total: r.get(8)?,
+            state: r.get(9)?,
+            started_at: r.get(10)?,
+            updated_at: r.get(11)?,
+            finished_at: r.get(12)?,
+            error: r.get(13)?,
+        })
+    }
+
+    /// The run as the management calls show it; an undecodable filter or cursor shows
+    /// as its raw text.
+    pub(super) fn decode(self) -> Result<IterationInfo, Fail> {
+        Ok(IterationInfo {
+            run: TaskId(self.run),
+            filter: stored_or_raw(&self.filter),
+            cursor: self.cursor.as_deref().map(stored_or_raw),
+            state: run_state(&self.state)?,
+            task: self.task,
+            queue: self.queue,
+            processed: u64_of(self.processed),
+            batches: u64_of(self.batches),
+            steps: u64_of(self.steps),
+            total: self.total.map(u64_of),
+            started_at: Timestamp(self.started_at),
+            updated_at: Timestamp(self.updated_at),
+            finished_at: self.finished_at.map(Timestamp),
+            error: self.error,
+        })
+    }
+}

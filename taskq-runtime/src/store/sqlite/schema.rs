@@ -1,0 +1,116 @@
+//! The schema: its migrations, in order, and the check that refuses a database written by
+//! a newer taskq. The tables are described in the [module docs](super#tables).
+
+use super::R;
+use crate::store::StoreError;
+
+/// The schema version this build knows (the number of migrations).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Migrations, in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE taskq_iterations (
+    run          INTEGER PRIMARY KEY,
+    task         TEXT    NOT NULL,
+    queue        TEXT    NOT NULL,
+    filter       TEXT    NOT NULL,
+    cursor       TEXT,
+    processed    INTEGER NOT NULL DEFAULT 0,
+    batches      INTEGER NOT NULL DEFAULT 0,
+    steps        INTEGER NOT NULL DEFAULT 1,
+    total        INTEGER,
+    state        TEXT    NOT NULL,
+    started_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    finished_at  INTEGER,
+    error        TEXT
+);
+CREATE TABLE taskq_tasks (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    task         TEXT    NOT NULL,
+    queue        TEXT    NOT NULL,
+    state        TEXT    NOT NULL,
+    payload      TEXT    NOT NULL,
+    priority     INTEGER NOT NULL DEFAULT 0,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    unique_name  TEXT,
+    tombstone_ms INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,
+    enqueued_at  INTEGER NOT NULL,
+    run_at       INTEGER NOT NULL,
+    finished_at  INTEGER,
+    last_error   TEXT,
+    run_id       INTEGER REFERENCES taskq_iterations(run) DEFERRABLE INITIALLY DEFERRED,
+    token        INTEGER NOT NULL DEFAULT 0,
+    worker       TEXT,
+    lease_until  INTEGER,
+    started_at   INTEGER
+);
+CREATE INDEX taskq_tasks_claim ON taskq_tasks (state, queue, priority DESC, run_at, id);
+CREATE INDEX taskq_tasks_due ON taskq_tasks (state, run_at);
+CREATE INDEX taskq_tasks_state ON taskq_tasks (state, id);
+CREATE INDEX taskq_tasks_unique ON taskq_tasks (unique_name) WHERE unique_name IS NOT NULL;
+CREATE INDEX taskq_tasks_run ON taskq_tasks (run_id) WHERE run_id IS NOT NULL;
+CREATE TABLE taskq_attempts (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id      INTEGER NOT NULL REFERENCES taskq_tasks(id) ON DELETE CASCADE,
+    attempt      INTEGER NOT NULL,
+    worker       TEXT    NOT NULL,
+    started_at   INTEGER NOT NULL,
+    finished_at  INTEGER NOT NULL,
+    outcome      TEXT    NOT NULL,
+    error        TEXT
+);
+CREATE INDEX taskq_attempts_task ON taskq_attempts (task_id, seq);
+CREATE TABLE taskq_queues (
+    name               TEXT PRIMARY KEY,
+    paused             INTEGER NOT NULL DEFAULT 0,
+    rate               REAL,
+    burst              INTEGER,
+    max_concurrent     INTEGER,
+    bucket_tokens      REAL,
+    bucket_refilled_at INTEGER
+);
+CREATE TABLE taskq_counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT INTO taskq_counters (name, value) VALUES ('lease_token', 0);
+"#,
+    // 2: tombstones, the holds deleted named tasks leave on their names (issue 7, item 7).
+    r#"
+CREATE TABLE taskq_tombstones (
+    name          TEXT    PRIMARY KEY,
+    taken_until   INTEGER NOT NULL,
+    run_id        INTEGER,
+    tombstone_ms  INTEGER NOT NULL DEFAULT 0
+);
+"#,
+];
+
+/// Brings the schema up to date inside the opening transaction, or refuses a database
+/// whose version is newer than this build knows ([`StoreError::SchemaTooNew`]).
+pub(super) fn migrate(tx: &rusqlite::Transaction<'_>) -> R<()> {
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS taskq_schema (version INTEGER NOT NULL)")?;
+    let found: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM taskq_schema",
+        [],
+        |r| r.get(0),
+    )?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: SCHEMA_VERSION,
+        }
+        .into());
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version > found {
+            tx.execute_batch(sql)?;
+            tx.execute("INSERT INTO taskq_schema (version) VALUES (?1)", [version])?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! What only the SQLite store has: a file that outlives the process (reopen, a second
+//! store on the same file, a writer killed with SIGKILL), schema migration from an older
+//! file and refusal of a newer one. The store rules every backend shares are the
+//! conformance suite's (`tests/src/conformance.rs`), and the comparison with the memory
+//! store on random operations is `tests/tests/stores_proptest.rs`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use rusqlite::Connection;
+
+use super::*;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh database path under the temp dir, removed (with its WAL files) on drop.
+struct TempDb(String);
+
+impl TempDb {
+    fn new(name: &str) -> TempDb {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!(
+            "taskq-sqlite-test-{}-{name}-{n}.db",
+            std::process::id()
+        ));
+        let t = TempDb(path.to_string_lossy().into_owned());
+        t.clean();
+        t
+    }
+    fn clean(&self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0));
+        }
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}
+
+async fn open(t: &TempDb) -> SqliteStore {
+    match SqliteStore::open(&t.0).await {
+        Ok(s) => s,
+        Err(e) => panic!("open {}: {e}", t.0),
+    }
+}
+
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp(T0.0 + ms)
+}
+
+fn new_task(queue: &str, priority: i32, run_at: Timestamp) -> NewTask {
+    NewTask {
+        task: "tests::job".into(),
+        queue: queue.into(),
+        payload: serde_json::json!({ "n": priority, "q": queue }),
+        priority,
+        run_at,
+        unique_name: None,
+        tombstone: Duration::from_secs(60),
+        iteration: None,
+    }
+}
+
+fn req(queues: &[&str], limit: usize, now: Timestamp) -> ClaimRequest {
+    ClaimRequest {
+        queues: queues.iter().map(|q| q.to_string()).collect(),
+        worker: "w1".into(),
+        limit,
+        lease: Duration::from_secs(30),
+        now,
+    }
+}
+
+fn finish(lease: Lease, outcome: Outcome, started_at: Timestamp) -> Finish {
+    Finish {
+        lease,
+        outcome,
+        started_at,
+    }
+}
+
+/// Only named rows leave tombstones (one row per name), and a version 1 database is
+/// migrated to version 2 on open.
+#[tokio::test]
+async fn tombstones_only_for_names_and_migrated_from_v1() -> Result<(), StoreError> {
+    let db = TempDb::new("tombstones");
+    {
+        let s = open(&db).await;
+        drop(s);
+        // Back to version 1, as a database written by the previous release.
+        let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
+        conn.execute_batch(
+            "DROP TABLE taskq_tombstones; DELETE FROM taskq_schema WHERE version > 1;",
+        )
+        .map_err(StoreError::backend)?;
+    }
+    let s = open(&db).await;
+    let count = |db: &TempDb| -> Result<i64, StoreError> {
+        let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
+        conn.query_row("SELECT COUNT(*) FROM taskq_tombstones", [], |r| r.get(0))
+            .map_err(StoreError::backend)
+    };
+    let mut named = new_task("a", 0, at(60_000));
+    named.unique_name = Some("n".into());
+    let ids = s
+        .enqueue(
+            vec![
+                new_task("a", 0, at(60_000)),
+                new_task("p", 0, at(0)),
+                named.clone(),
+            ],
+            at(0),
+        )
+        .await?;
+    s.delete(ids[0], at(1)).await?;
+    assert_eq!(s.purge("p", at(1)).await?, 1);
+    assert_eq!(count(&db)?, 0, "unnamed tasks leave nothing");
+    s.delete(ids[2], at(1)).await?;
+    assert_eq!(count(&db)?, 1);
+    assert!(matches!(
+        s.enqueue(vec![named.clone()], at(60_000)).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    s.enqueue(vec![named], at(60_001)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn survives_reopen_and_refuses_newer_schema() -> Result<(), StoreError> {
+    let db = TempDb::new("reopen");
+    {
+        let s = open(&db).await;
+        s.enqueue(vec![new_task("a", 3, at(0))], at(0)).await?;
+        s.set_paused("b", true).await?;
+    }
+    let s = open(&db).await;
+    let all = s.list_tasks(&TaskQuery::default()).await?;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].priority, 3);
+    assert!(s.queues().await?.iter().any(|q| q.name == "b" && q.paused));
+    // A second store on the same file (another process, in effect) sees the same data
+    // and shares lease tokens safely.
+    let other = open(&db).await;
+    let c = other.claim(&req(&[], 10, at(0))).await?;
+    assert_eq!(c.len(), 1);
+    assert!(s.claim(&req(&[], 10, at(0))).await?.is_empty());
+    drop((s, other));
+    {
+        let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
+        conn.execute("INSERT INTO taskq_schema (version) VALUES (99)", [])
+            .map_err(StoreError::backend)?;
+    }
+    assert!(matches!(
+        SqliteStore::open(&db.0).await,
+        Err(StoreError::SchemaTooNew {
+            found: 99,
+            known: SCHEMA_VERSION
+        })
+    ));
+    let bad = SqliteStore::open("/nonexistent-dir/x/taskq.db").await;
+    match bad {
+        Err(StoreError::Backend(m)) => {
+            assert!(m.contains("/nonexistent-dir/x/taskq.db"), "{m}")
+        }
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// The child side of [`kill_9_loses_no_acknowledged_task`]: when the variable is set,
+/// enqueues tasks one by one on that file and appends each acknowledged id to the
+/// `.acks` file beside it, until it is killed. A no-op in a normal test run.
+#[tokio::test]
+async fn child_enqueue_until_killed() -> Result<(), StoreError> {
+    let Ok(path) = std::env::var("TASKQ_SQLITE_TEST_CHILD_DB") else {
+        return Ok(());
+    };
+    use std::io::Write;
+    let s = SqliteStore::open(&path).await?;
+    let mut acks = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(format!("{path}.acks"))
+        .map_err(StoreError::backend)?;
+    for i in 0..100_000 {
+        let ids = s
+            .enqueue(vec![new_task("crash", i % 3, at(0))], at(0))
+            .await?;
+        writeln!(acks, "{}", ids[0].0).map_err(StoreError::backend)?;
+    }
+    Ok(())
+}
+
+/// Another process enqueues on the same file while this one claims from it; the other
+/// process is killed with SIGKILL; every id it was acknowledged is in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_task() -> Result<(), StoreError> {
+    let db = TempDb::new("kill9");
+    let acks_path = format!("{}.acks", db.0);
+    let _ = std::fs::remove_file(&acks_path);
+    let s = open(&db).await;
+    let exe = std::env::current_exe().map_err(StoreError::backend)?;
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "store::sqlite::tests::child_enqueue_until_killed",
+            "--test-threads=1",
+        ])
+        .env("TASKQ_SQLITE_TEST_CHILD_DB", &db.0)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(StoreError::backend)?;
+    let read_acks = || -> Vec<i64> {
+        std::fs::read_to_string(&acks_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    let mut claimed = 0;
+    while read_acks().len() < 200 {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the child process acknowledged too few tasks in 60 s");
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the child process exited early: {status}");
+        }
+        // Claim and finish from this process meanwhile: two writers on one file.
+        let c = s.claim(&req(&["crash"], 10, at(0))).await?;
+        claimed += c.len();
+        let fs = c
+            .iter()
+            .map(|c| finish(c.lease, Outcome::Done, at(0)))
+            .collect();
+        s.finish(fs, "w1", at(0)).await?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    child.kill().map_err(StoreError::backend)?;
+    let _ = child.wait();
+    let acked = read_acks();
+    drop(s);
+    let s = open(&db).await;
+    let stored: HashSet<i64> = s
+        .list_tasks(&TaskQuery {
+            limit: 1_000_000,
+            ..TaskQuery::default()
+        })
+        .await?
+        .iter()
+        .map(|t| t.id.0)
+        .collect();
+    let missing: Vec<&i64> = acked.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert!(
+        claimed > 0,
+        "the parent never claimed while the child wrote"
+    );
+    let _ = std::fs::remove_file(&acks_path);
+    Ok(())
+}

@@ -1,0 +1,1064 @@
+//! Property test: the SQLite and PostgreSQL stores answer random sequences of operations
+//! exactly as the memory store (the reference) does.
+//!
+//! Each case opens a fresh store of the kind under test and a fresh memory store, runs the
+//! same operations on both with the same virtual clock, and compares every answer, results
+//! and errors alike, and after every operation the whole-store views (`list_tasks`,
+//! `queues`, `next_due`; every few operations also `task()` of every task, `iterations`
+//! and filtered, paged listings). The operations: enqueue (unique names, delays,
+//! priorities, tombstone windows, iterative runs), claim (queue filters, leases), finish
+//! with every outcome, heartbeat, checkpoint, delete, purge, pause and resume, configure a
+//! queue's rate, burst or `max_concurrent`, retry, run now, cancel an iteration run, and
+//! moving the clock. Payloads, filters and cursors carry the values of issue 7: `f64` from
+//! arbitrary bits, `i64`/`u64` extremes, strings with NUL, controls and non-BMP
+//! characters. On a mismatch the failure prints the operations up to it, both answers,
+//! and proptest's smallest failing sequence.
+//!
+//! What may differ between stores and is normalised before comparing: lease tokens (only
+//! their equality per lease matters) and task ids (PostgreSQL's sequence skips the ids of
+//! a refused enqueue), which are mapped to the memory store's ids, in structured fields and
+//! in error texts. Ids must still be handed out in increasing order on every store, since
+//! the claim order and paging depend on it.
+//!
+//! Bounded for CI: 16 cases of up to 60 operations per store. For more, set
+//! `TASKQ_PROPTEST_CASES` (e.g. `TASKQ_PROPTEST_CASES=500 cargo test -p taskq-tests --test
+//! stores_proptest`). The PostgreSQL test needs `TASKQ_TEST_POSTGRES_URL`, like every
+//! PostgreSQL test: it fails without it, it never skips.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde_json::{json, Value};
+use taskq_runtime::store::{
+    AttemptInfo, Checkpoint, ClaimRequest, ClaimedTask, Finish, IterationCursor, IterationInfo,
+    Lease, NewIteration, NewTask, Outcome, QueueConfig, QueueInfo, Store, StoreError, TaskDetail,
+    TaskInfo, TaskQuery, TaskState,
+};
+use taskq_runtime::{TaskId, Timestamp};
+use taskq_tests::values::{sample_floats, sample_strings};
+
+/// Cases per store unless `TASKQ_PROPTEST_CASES` says otherwise.
+const CASES: u32 = 16;
+/// The most operations in one case.
+const MAX_OPS: usize = 60;
+
+/// The clock starts here (as in the conformance suite).
+const T0: i64 = 1_800_000_000_000;
+
+/// Queue names: plain, a non-BMP one, and one whose order depends on byte order vs a
+/// collation (capital letter).
+const QUEUES: [&str; 4] = ["q1", "q2", "ü😀", "Q3"];
+/// Unique names: a few, so that they collide often.
+const NAMES: [&str; 4] = ["n", "n😀", "m\u{10FFFF}", "N"];
+/// Error texts of outcomes: NUL (stored with a replacement on every store), non-BMP,
+/// quotes, empty. No standalone digits, so that id mapping in texts cannot touch them.
+const ERRORS: [&str; 5] = [
+    "bad",
+    "bin\0ary",
+    "𝄞 upstream said no",
+    "",
+    "it's \"quoted\"",
+];
+
+// ---- the operations -------------------------------------------------------------------
+
+/// A task to enqueue; indices pick from the constants above.
+#[derive(Clone, Debug)]
+struct NewSpec {
+    queue: usize,
+    priority: i32,
+    delay_ms: i64,
+    name: Option<usize>,
+    tombstone_ms: u64,
+    /// `Some(filter)` for the first step of an iterative run.
+    iteration: Option<Value>,
+    payload: Value,
+}
+
+/// Which held lease an operation uses: counted from the newest (modulo how many are
+/// held), so that most operations use a lease that may still be held.
+type Pick = usize;
+
+/// A task id: one of the known tasks (modulo how many), or one that does not exist.
+#[derive(Clone, Copy, Debug)]
+enum IdPick {
+    Known(usize),
+    Missing(i64),
+}
+
+#[derive(Clone, Debug)]
+enum OutcomeSpec {
+    Done,
+    Failed(usize),
+    Retry(usize, i64),
+    Dead(usize),
+    Release,
+    Continue(i64),
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Enqueue(Vec<NewSpec>),
+    Claim {
+        queues: Vec<usize>,
+        limit: usize,
+        lease_ms: u64,
+        worker: u8,
+    },
+    Finish(Vec<(Pick, OutcomeSpec)>, u8),
+    Heartbeat(Vec<Pick>, u64),
+    Checkpoint {
+        pick: Pick,
+        cursor: Value,
+        processed: u64,
+        total: Option<u64>,
+    },
+    Delete(IdPick),
+    Purge(usize),
+    Pause(usize, bool),
+    Configure(usize, QueueConfig),
+    Retry(IdPick),
+    RunNow(IdPick),
+    CancelIteration(IdPick),
+    Advance(i64),
+}
+
+// ---- strategies -----------------------------------------------------------------------
+
+fn float() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<u64>().prop_filter_map("JSON numbers are finite", |b| {
+            serde_json::Number::from_f64(f64::from_bits(b)).map(Value::Number)
+        }),
+        proptest::sample::select(sample_floats()).prop_filter_map("finite", |f| {
+            serde_json::Number::from_f64(f).map(Value::Number)
+        }),
+    ]
+}
+
+fn string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        vec(any::<char>(), 0..8).prop_map(|c| c.into_iter().collect::<String>()),
+        proptest::sample::select(sample_strings()),
+    ]
+}
+
+/// A JSON value holding the issue's real-world values, a few levels deep.
+fn value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        3 => float(),
+        1 => any::<i64>().prop_map(Value::from),
+        1 => any::<u64>().prop_map(Value::from),
+        1 => proptest::sample::select(vec![
+            json!(i64::MIN),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!(0),
+            json!(-1)
+        ]),
+        3 => string().prop_map(Value::from),
+        1 => Just(Value::Null),
+        1 => any::<bool>().prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..4).prop_map(Value::Array),
+            vec((string(), inner), 0..4).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+fn new_spec() -> impl Strategy<Value = NewSpec> {
+    (
+        0..QUEUES.len(),
+        prop_oneof![4 => -2i32..3, 1 => any::<i32>()],
+        prop_oneof![6 => -1_000i64..300, 2 => 300i64..5_000, 1 => Just(i64::MAX / 4)],
+        proptest::option::weighted(0.2, 0..NAMES.len()),
+        prop_oneof![
+            3 => 0u64..5_000,
+            1 => Just(u64::MAX),
+            1 => Just(i64::MAX as u64),
+        ],
+        proptest::option::weighted(0.35, value()),
+        value(),
+    )
+        .prop_map(
+            |(queue, priority, delay_ms, name, tombstone_ms, iteration, payload)| NewSpec {
+                queue,
+                priority,
+                delay_ms,
+                name,
+                tombstone_ms,
+                iteration,
+                payload,
+            },
+        )
+}
+
+fn outcome() -> impl Strategy<Value = OutcomeSpec> {
+    prop_oneof![
+        Just(OutcomeSpec::Done),
+        (0..ERRORS.len()).prop_map(OutcomeSpec::Failed),
+        (0..ERRORS.len(), -100i64..2_000).prop_map(|(e, d)| OutcomeSpec::Retry(e, d)),
+        (0..ERRORS.len()).prop_map(OutcomeSpec::Dead),
+        Just(OutcomeSpec::Release),
+        (-100i64..2_000).prop_map(OutcomeSpec::Continue),
+    ]
+}
+
+fn pick() -> impl Strategy<Value = Pick> {
+    prop_oneof![4 => 0usize..3, 1 => any::<usize>()]
+}
+
+fn id_pick() -> impl Strategy<Value = IdPick> {
+    prop_oneof![
+        6 => any::<usize>().prop_map(IdPick::Known),
+        1 => proptest::sample::select(vec![0, -1, i64::MIN, i64::MAX, 100_000])
+            .prop_map(IdPick::Missing),
+    ]
+}
+
+fn queue_config() -> impl Strategy<Value = QueueConfig> {
+    // `Queue::configure` refuses a rate that is not positive and finite; any other f64 can
+    // reach a store, subnormals and extremes included.
+    let rate = prop_oneof![
+        6 => (1u32..80).prop_map(|r| f64::from(r) / 10.0),
+        1 => any::<u64>().prop_filter_map("positive finite", |b| {
+            let f = f64::from_bits(b).abs();
+            (f.is_finite() && f > 0.0).then_some(f)
+        }),
+    ];
+    (
+        proptest::option::weighted(0.5, rate),
+        proptest::option::weighted(
+            0.5,
+            prop_oneof![1 => Just(0u32), 6 => 1u32..6, 1 => Just(u32::MAX)],
+        ),
+        proptest::option::weighted(
+            0.4,
+            prop_oneof![1 => Just(0u32), 6 => 1u32..4, 1 => Just(u32::MAX)],
+        ),
+    )
+        .prop_map(|(rate, burst, max_concurrent)| QueueConfig {
+            rate,
+            burst,
+            max_concurrent,
+        })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        10 => vec(new_spec(), 1..4).prop_map(Op::Enqueue),
+        9 => (
+            vec(0..QUEUES.len() + 1, 0..3),
+            prop_oneof![1 => Just(0usize), 6 => 1usize..6],
+            prop_oneof![4 => 200u64..5_000, 1 => Just(u64::MAX / 2)],
+            0u8..2,
+        )
+            .prop_map(|(queues, limit, lease_ms, worker)| Op::Claim {
+                queues,
+                limit,
+                lease_ms,
+                worker,
+            }),
+        8 => (vec((pick(), outcome()), 1..4), 0u8..2)
+            .prop_map(|(f, w)| Op::Finish(f, w)),
+        3 => (vec(pick(), 1..4), 0u64..6_000).prop_map(|(p, ms)| Op::Heartbeat(p, ms)),
+        4 => (
+            pick(),
+            value(),
+            0u64..1_000,
+            proptest::option::of(prop_oneof![0u64..5_000, Just(u64::MAX)]),
+        )
+            .prop_map(|(pick, cursor, processed, total)| Op::Checkpoint {
+                pick,
+                cursor,
+                processed,
+                total,
+            }),
+        2 => id_pick().prop_map(Op::Delete),
+        1 => (0..QUEUES.len()).prop_map(Op::Purge),
+        2 => (0..QUEUES.len(), any::<bool>()).prop_map(|(q, p)| Op::Pause(q, p)),
+        2 => (0..QUEUES.len(), queue_config()).prop_map(|(q, c)| Op::Configure(q, c)),
+        2 => id_pick().prop_map(Op::Retry),
+        2 => id_pick().prop_map(Op::RunNow),
+        2 => id_pick().prop_map(Op::CancelIteration),
+        9 => prop_oneof![4 => 0i64..3_000, 1 => 0i64..120_000].prop_map(Op::Advance),
+    ]
+}
+
+// ---- normalising answers --------------------------------------------------------------
+
+/// Rewrites the store-specific parts of an answer: task ids through `map` (in fields and
+/// in texts) and lease tokens to 0.
+trait Norm {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self;
+}
+
+/// Maps every id-like number in a text (a run of digits with no letter, digit, `-` or
+/// `_` beside it) through `map`.
+fn map_text(s: &str, map: &dyn Fn(i64) -> i64) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut prev: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        if c.is_ascii_digit() {
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let (digits, after) = rest.split_at(end);
+            let next = after.chars().next();
+            let glued =
+                |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || "-_".contains(c));
+            match digits.parse::<i64>() {
+                Ok(n) if !glued(prev) && !glued(next) => out.push_str(&map(n).to_string()),
+                _ => out.push_str(digits),
+            }
+            prev = digits.chars().next_back();
+            rest = after;
+        } else {
+            out.push(c);
+            prev = Some(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
+impl Norm for String {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        map_text(&self, map)
+    }
+}
+
+impl Norm for TaskId {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        TaskId(map(self.0))
+    }
+}
+
+impl Norm for Lease {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        Lease {
+            id: self.id.norm(map),
+            token: 0,
+        }
+    }
+}
+
+impl<T: Norm> Norm for Vec<T> {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        self.into_iter().map(|x| x.norm(map)).collect()
+    }
+}
+
+impl<T: Norm> Norm for Option<T> {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        self.map(|x| x.norm(map))
+    }
+}
+
+impl<T: Norm> Norm for Result<T, StoreError> {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        match self {
+            Ok(v) => Ok(v.norm(map)),
+            Err(e) => Err(e.norm(map)),
+        }
+    }
+}
+
+impl Norm for StoreError {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        match self {
+            StoreError::NotFound(s) => StoreError::NotFound(s.norm(map)),
+            StoreError::Conflict(s) => StoreError::Conflict(s.norm(map)),
+            StoreError::InvalidValue(s) => StoreError::InvalidValue(s.norm(map)),
+            StoreError::LeaseLost(id) => StoreError::LeaseLost(id.norm(map)),
+            other => other,
+        }
+    }
+}
+
+/// Answers with no ids in them.
+macro_rules! plain_norm {
+    ($($t:ty),*) => {
+        $(impl Norm for $t {
+            fn norm(self, _: &dyn Fn(i64) -> i64) -> Self {
+                self
+            }
+        })*
+    };
+}
+plain_norm!((), u64, Timestamp, QueueInfo);
+
+impl Norm for ClaimedTask {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        ClaimedTask {
+            lease: self.lease.norm(map),
+            iteration: self.iteration.norm(map),
+            ..self
+        }
+    }
+}
+
+impl Norm for IterationCursor {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        IterationCursor {
+            run: self.run.norm(map),
+            ..self
+        }
+    }
+}
+
+impl Norm for TaskInfo {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        TaskInfo {
+            id: self.id.norm(map),
+            run: self.run.norm(map),
+            last_error: self.last_error.norm(map),
+            ..self
+        }
+    }
+}
+
+impl Norm for AttemptInfo {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        AttemptInfo {
+            error: self.error.norm(map),
+            ..self
+        }
+    }
+}
+
+impl Norm for TaskDetail {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        TaskDetail {
+            info: self.info.norm(map),
+            attempts: self.attempts.norm(map),
+        }
+    }
+}
+
+impl Norm for IterationInfo {
+    fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
+        IterationInfo {
+            run: self.run.norm(map),
+            error: self.error.norm(map),
+            ..self
+        }
+    }
+}
+
+// ---- running one case -----------------------------------------------------------------
+
+/// What the cases did, over a whole run: a generator that stops reaching the interesting
+/// states would make the property pass without testing anything.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stats {
+    ops: u64,
+    claimed: u64,
+    finished: u64,
+    lost: u64,
+    continued: u64,
+    checkpoints: u64,
+    refused_names: u64,
+    management_ok: u64,
+}
+
+/// A lease held on both stores (same task), and when it was claimed.
+#[derive(Clone, Copy)]
+struct Held {
+    a: Lease,
+    b: Lease,
+    claimed_at: Timestamp,
+    /// A step of an iterative run (which can checkpoint).
+    step: bool,
+}
+
+/// The store under test (`a`), the reference (`b`) and what the case knows of them.
+struct World {
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+    now: i64,
+    /// Task ids of `a` mapped to those of `b`, and back.
+    a_to_b: HashMap<i64, i64>,
+    b_to_a: HashMap<i64, i64>,
+    /// Every task's id on `b`, in creation order.
+    known: Vec<i64>,
+    held: Vec<Held>,
+    /// What happened so far, for the failure message.
+    log: Vec<String>,
+    stats: Stats,
+}
+
+impl World {
+    fn t(&self) -> Timestamp {
+        Timestamp(self.now)
+    }
+
+    fn a_map(&self) -> impl Fn(i64) -> i64 + '_ {
+        |id| self.a_to_b.get(&id).copied().unwrap_or(id)
+    }
+
+    /// Compares `a`'s answer (its ids mapped) with `b`'s; `Err` with the story on a
+    /// difference.
+    fn same<T: Norm + Debug>(&self, what: &str, ra: T, rb: T) -> Result<(), String> {
+        let ra = ra.norm(&self.a_map());
+        let rb = rb.norm(&|id| id);
+        let (sa, sb) = (format!("{ra:#?}"), format!("{rb:#?}"));
+        if sa != sb {
+            return Err(self.story(what, &sa, &sb));
+        }
+        Ok(())
+    }
+
+    fn story(&self, what: &str, a: &str, b: &str) -> String {
+        let first = a
+            .lines()
+            .zip(b.lines())
+            .position(|(x, y)| x != y)
+            .unwrap_or_else(|| a.lines().count().min(b.lines().count()));
+        let near = |t: &str| {
+            let lines: Vec<&str> = t.lines().collect();
+            lines[first.saturating_sub(3)..(first + 3).min(lines.len())].join("\n")
+        };
+        format!(
+            "{what} differs from the memory store's after these operations:\n{}\n\n\
+             first difference, at line {}:\n{} says:\n{}\nmemory says:\n{}\n\n\
+             {} says in full:\n{a}\n\nmemory says in full:\n{b}",
+            self.log.join("\n"),
+            first + 1,
+            self.a.backend(),
+            near(a),
+            near(b),
+            self.a.backend()
+        )
+    }
+
+    /// Records that `a`'s task `ia` is `b`'s task `ib`; both stores hand out increasing ids.
+    fn learn(&mut self, ia: i64, ib: i64) -> Result<(), String> {
+        let last_a = self.a_to_b.keys().max().copied();
+        let last_b = self.known.last().copied();
+        if last_a.is_some_and(|m| ia <= m) || last_b.is_some_and(|m| ib <= m) {
+            return Err(self.story(
+                "the order of task ids",
+                &format!("new id {ia} after {last_a:?}"),
+                &format!("new id {ib} after {last_b:?}"),
+            ));
+        }
+        self.a_to_b.insert(ia, ib);
+        self.b_to_a.insert(ib, ia);
+        self.known.push(ib);
+        Ok(())
+    }
+
+    /// The pair of ids an [`IdPick`] names.
+    fn ids(&self, p: IdPick) -> (TaskId, TaskId) {
+        match p {
+            IdPick::Known(i) if !self.known.is_empty() => {
+                let b = self.known[i % self.known.len()];
+                (TaskId(self.b_to_a.get(&b).copied().unwrap_or(b)), TaskId(b))
+            }
+            IdPick::Known(_) => (TaskId(i64::MAX), TaskId(i64::MAX)),
+            IdPick::Missing(n) => (TaskId(n), TaskId(n)),
+        }
+    }
+
+    fn held(&self, p: Pick) -> Option<Held> {
+        let n = self.held.len();
+        (n > 0).then(|| self.held[n - 1 - p % n])
+    }
+
+    /// Like [`World::held`] among the leases of iterative steps, if any is held.
+    fn held_step(&self, p: Pick) -> Option<Held> {
+        let steps: Vec<Held> = self.held.iter().filter(|h| h.step).copied().collect();
+        match steps.len() {
+            0 => self.held(p),
+            n => Some(steps[n - 1 - p % n]),
+        }
+    }
+
+    async fn run(&mut self, op: &Op) -> Result<(), String> {
+        let now = self.t();
+        let (a, b) = (self.a.clone(), self.b.clone());
+        match op {
+            Op::Enqueue(specs) => {
+                let tasks: Vec<NewTask> = specs.iter().map(|s| new_task(s, now)).collect();
+                self.log.push(format!("enqueue at {now}: {tasks:?}"));
+                let ra = a.enqueue(tasks.clone(), now).await;
+                let rb = b.enqueue(tasks, now).await;
+                match (&ra, &rb) {
+                    (Ok(ia), Ok(ib)) if ia.len() == ib.len() => {
+                        for (x, y) in ia.iter().zip(ib) {
+                            self.learn(x.0, y.0)?;
+                        }
+                    }
+                    _ => {
+                        if matches!(rb, Err(StoreError::AlreadyExists(_))) {
+                            self.stats.refused_names += 1;
+                        }
+                        self.same("enqueue", ra, rb)?;
+                    }
+                }
+            }
+            Op::Claim {
+                queues,
+                limit,
+                lease_ms,
+                worker,
+            } => {
+                let queues = queues
+                    .iter()
+                    .map(|&i| QUEUES.get(i).unwrap_or(&"nowhere").to_string())
+                    .collect();
+                let req = ClaimRequest {
+                    queues,
+                    worker: format!("w{worker}"),
+                    limit: *limit,
+                    lease: Duration::from_millis(*lease_ms),
+                    now,
+                };
+                self.log.push(format!("claim: {req:?}"));
+                let ra = a.claim(&req).await;
+                let rb = b.claim(&req).await;
+                let (la, lb) = (
+                    ra.as_ref().map(|c| leases(c)).unwrap_or_default(),
+                    rb.as_ref().map(|c| leases(c)).unwrap_or_default(),
+                );
+                let steps: Vec<bool> = rb
+                    .as_ref()
+                    .map(|c| c.iter().map(|c| c.iteration.is_some()).collect())
+                    .unwrap_or_default();
+                self.same("claim", ra, rb)?;
+                self.stats.claimed += lb.len() as u64;
+                for ((a, b), step) in la.into_iter().zip(lb).zip(steps) {
+                    self.held.push(Held {
+                        a,
+                        b,
+                        claimed_at: now,
+                        step,
+                    });
+                }
+                // Keep the list short: old leases (mostly lost by now) still test fencing.
+                if self.held.len() > 24 {
+                    self.held.drain(..self.held.len() - 24);
+                }
+            }
+            Op::Finish(picks, worker) => {
+                let mut fa = Vec::new();
+                let mut fb = Vec::new();
+                for (p, o) in picks {
+                    let Some(h) = self.held(*p) else { continue };
+                    let outcome = outcome_of(o, now);
+                    fa.push(Finish {
+                        lease: h.a,
+                        outcome: outcome.clone(),
+                        started_at: h.claimed_at,
+                    });
+                    fb.push(Finish {
+                        lease: h.b,
+                        outcome,
+                        started_at: h.claimed_at,
+                    });
+                }
+                let worker = format!("w{worker}");
+                self.log
+                    .push(format!("finish at {now} by {worker}: {fb:?}"));
+                let continues = fb
+                    .iter()
+                    .filter(|f| matches!(f.outcome, Outcome::Continue { .. }))
+                    .count();
+                let bl: Vec<Lease> = fb.iter().map(|f| f.lease).collect();
+                let ra = a.finish(fa, &worker, now).await;
+                let rb = b.finish(fb, &worker, now).await;
+                if let Ok(r) = &rb {
+                    let done: HashSet<Lease> = bl
+                        .iter()
+                        .zip(r)
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(l, _)| *l)
+                        .collect();
+                    self.held.retain(|h| !done.contains(&h.b));
+                    let ok = r.iter().filter(|r| r.is_ok()).count() as u64;
+                    self.stats.finished += ok;
+                    self.stats.lost += r.len() as u64 - ok;
+                    self.stats.continued += (continues > 0 && ok > 0) as u64;
+                }
+                self.same("finish", ra, rb)?;
+                self.learn_new_steps().await?;
+            }
+            Op::Heartbeat(picks, extend_ms) => {
+                let hs: Vec<Held> = picks.iter().filter_map(|p| self.held(*p)).collect();
+                let until = Timestamp(self.now + *extend_ms as i64);
+                let la: Vec<Lease> = hs.iter().map(|h| h.a).collect();
+                let lb: Vec<Lease> = hs.iter().map(|h| h.b).collect();
+                self.log.push(format!("heartbeat until {until}: {lb:?}"));
+                let ra = a.heartbeat(&la, "w0", until).await;
+                let rb = b.heartbeat(&lb, "w0", until).await;
+                self.same("heartbeat", ra, rb)?;
+            }
+            Op::Checkpoint {
+                pick,
+                cursor,
+                processed,
+                total,
+            } => {
+                let Some(h) = self.held_step(*pick) else {
+                    return Ok(());
+                };
+                let cp = Checkpoint {
+                    cursor: cursor.clone(),
+                    processed: *processed,
+                    total: *total,
+                };
+                self.log
+                    .push(format!("checkpoint at {now} of {:?}: {cp:?}", h.b));
+                let ra = a.checkpoint(h.a, cp.clone(), now).await;
+                let rb = b.checkpoint(h.b, cp, now).await;
+                self.stats.checkpoints += rb.is_ok() as u64;
+                self.same("checkpoint", ra, rb)?;
+            }
+            Op::Delete(p) => {
+                let (ia, ib) = self.ids(*p);
+                self.log.push(format!("delete {ib} at {now}"));
+                let r = (a.delete(ia, now).await, b.delete(ib, now).await);
+                self.stats.management_ok += r.1.is_ok() as u64;
+                self.same("delete", r.0, r.1)?;
+            }
+            Op::Purge(q) => {
+                self.log.push(format!("purge {:?} at {now}", QUEUES[*q]));
+                let r = (
+                    a.purge(QUEUES[*q], now).await,
+                    b.purge(QUEUES[*q], now).await,
+                );
+                self.same("purge", r.0, r.1)?;
+            }
+            Op::Pause(q, paused) => {
+                self.log
+                    .push(format!("set_paused {:?} {paused}", QUEUES[*q]));
+                let r = (
+                    a.set_paused(QUEUES[*q], *paused).await,
+                    b.set_paused(QUEUES[*q], *paused).await,
+                );
+                self.same("set_paused", r.0, r.1)?;
+            }
+            Op::Configure(q, c) => {
+                self.log.push(format!("configure {:?}: {c:?}", QUEUES[*q]));
+                let r = (
+                    a.configure_queue(QUEUES[*q], c.clone()).await,
+                    b.configure_queue(QUEUES[*q], c.clone()).await,
+                );
+                self.same("configure_queue", r.0, r.1)?;
+            }
+            Op::Retry(p) => {
+                let (ia, ib) = self.ids(*p);
+                self.log.push(format!("retry {ib} at {now}"));
+                let r = (a.retry(ia, now).await, b.retry(ib, now).await);
+                self.stats.management_ok += r.1.is_ok() as u64;
+                self.same("retry", r.0, r.1)?;
+            }
+            Op::RunNow(p) => {
+                let (ia, ib) = self.ids(*p);
+                self.log.push(format!("run_now {ib} at {now}"));
+                let r = (a.run_now(ia, now).await, b.run_now(ib, now).await);
+                self.stats.management_ok += r.1.is_ok() as u64;
+                self.same("run_now", r.0, r.1)?;
+            }
+            Op::CancelIteration(p) => {
+                let (ia, ib) = self.ids(*p);
+                self.log.push(format!("cancel_iteration {ib} at {now}"));
+                let r = (
+                    a.cancel_iteration(ia, now).await,
+                    b.cancel_iteration(ib, now).await,
+                );
+                self.stats.management_ok += r.1.is_ok() as u64;
+                self.same("cancel_iteration", r.0, r.1)?;
+            }
+            Op::Advance(ms) => {
+                self.now += ms;
+                self.log.push(format!("time + {ms} ms = {}", self.t()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps the continuation steps a finish created: `a`'s new step of run R is `b`'s new
+    /// step of R's counterpart.
+    async fn learn_new_steps(&mut self) -> Result<(), String> {
+        let all = TaskQuery {
+            limit: 100_000,
+            ..TaskQuery::default()
+        };
+        let (la, lb) = (self.a.list_tasks(&all).await, self.b.list_tasks(&all).await);
+        let (Ok(la), Ok(lb)) = (la, lb) else {
+            return Ok(()); // the views comparison reports it
+        };
+        let mut new_b: Vec<&TaskInfo> = lb
+            .iter()
+            .filter(|t| !self.b_to_a.contains_key(&t.id.0))
+            .collect();
+        new_b.sort_by_key(|t| t.id);
+        let mut new_a: Vec<&TaskInfo> = la
+            .iter()
+            .filter(|t| !self.a_to_b.contains_key(&t.id.0))
+            .collect();
+        new_a.sort_by_key(|t| t.id);
+        let mut pairs = Vec::new();
+        let mut taken = HashSet::new();
+        for tb in &new_b {
+            let want_run = tb.run.and_then(|r| self.b_to_a.get(&r.0).copied());
+            let found = new_a
+                .iter()
+                .find(|ta| !taken.contains(&ta.id) && ta.run.map(|r| r.0) == want_run);
+            if let Some(ta) = found {
+                taken.insert(ta.id);
+                pairs.push((ta.id.0, tb.id.0));
+            }
+        }
+        if pairs.len() != new_a.len() || pairs.len() != new_b.len() {
+            return Err(self.story(
+                "the steps a finish created",
+                &format!("{new_a:#?}"),
+                &format!("{new_b:#?}"),
+            ));
+        }
+        for (ia, ib) in pairs {
+            self.learn(ia, ib)?;
+        }
+        Ok(())
+    }
+
+    /// Compares the whole-store views; `deep` adds every task's detail, the iteration
+    /// runs and a few filtered, paged listings.
+    async fn compare_views(&self, deep: bool, salt: usize) -> Result<(), String> {
+        let all = TaskQuery {
+            limit: 100_000,
+            ..TaskQuery::default()
+        };
+        let (a, b) = (&self.a, &self.b);
+        self.same(
+            "list_tasks",
+            a.list_tasks(&all).await,
+            b.list_tasks(&all).await,
+        )?;
+        self.same("queues", a.queues().await, b.queues().await)?;
+        self.same(
+            "next_due (all)",
+            a.next_due(&[]).await,
+            b.next_due(&[]).await,
+        )?;
+        let q = vec![QUEUES[salt % QUEUES.len()].to_string()];
+        self.same(
+            "next_due (one queue)",
+            a.next_due(&q).await,
+            b.next_due(&q).await,
+        )?;
+        if !deep {
+            return Ok(());
+        }
+        for &ib in &self.known {
+            let ia = self.b_to_a.get(&ib).copied().unwrap_or(ib);
+            let what = format!("task({ib})");
+            self.same(&what, a.task(TaskId(ia)).await, b.task(TaskId(ib)).await)?;
+            let what = format!("iteration({ib})");
+            self.same(
+                &what,
+                a.iteration(TaskId(ia)).await,
+                b.iteration(TaskId(ib)).await,
+            )?;
+        }
+        self.same(
+            "iterations",
+            a.iterations(100).await,
+            b.iterations(100).await,
+        )?;
+        self.same(
+            "iterations(2)",
+            a.iterations(2).await,
+            b.iterations(2).await,
+        )?;
+        let (before_a, before_b) = self.ids(IdPick::Known(salt));
+        for (i, state) in TaskState::ALL.iter().enumerate() {
+            let qa = TaskQuery {
+                queue: (i % 2 == 0).then(|| QUEUES[(salt + i) % QUEUES.len()].to_string()),
+                state: Some(*state),
+                task: (i % 3 == 0).then(|| "prop::job".to_string()),
+                before: (i % 2 == 1).then_some(before_a),
+                limit: 1 + i % 3,
+            };
+            let qb = TaskQuery {
+                before: qa.before.map(|_| before_b),
+                ..qa.clone()
+            };
+            let what = format!("list_tasks({qb:?})");
+            self.same(&what, a.list_tasks(&qa).await, b.list_tasks(&qb).await)?;
+        }
+        for extreme in [i64::MIN, 0, i64::MAX] {
+            let q = TaskQuery {
+                before: Some(TaskId(extreme)),
+                limit: 3,
+                ..TaskQuery::default()
+            };
+            let what = format!("list_tasks(before {extreme})");
+            self.same(&what, a.list_tasks(&q).await, b.list_tasks(&q).await)?;
+        }
+        Ok(())
+    }
+}
+
+fn leases(c: &[ClaimedTask]) -> Vec<Lease> {
+    c.iter().map(|c| c.lease).collect()
+}
+
+fn new_task(s: &NewSpec, now: Timestamp) -> NewTask {
+    let iterative = s.iteration.is_some();
+    NewTask {
+        task: if iterative { "prop::walk" } else { "prop::job" }.into(),
+        queue: QUEUES[s.queue].into(),
+        payload: if iterative {
+            json!({ "filter": s.iteration, "args": s.payload })
+        } else {
+            json!({ "v": s.payload })
+        },
+        priority: s.priority,
+        run_at: Timestamp(now.0.saturating_add(s.delay_ms)),
+        unique_name: s.name.map(|i| NAMES[i].to_string()),
+        tombstone: Duration::from_millis(s.tombstone_ms),
+        iteration: s.iteration.clone().map(|filter| NewIteration { filter }),
+    }
+}
+
+fn outcome_of(o: &OutcomeSpec, now: Timestamp) -> Outcome {
+    match o {
+        OutcomeSpec::Done => Outcome::Done,
+        OutcomeSpec::Failed(e) => Outcome::Failed {
+            error: ERRORS[*e].into(),
+        },
+        OutcomeSpec::Retry(e, d) => Outcome::Retry {
+            error: ERRORS[*e].into(),
+            run_at: Timestamp(now.0 + d),
+        },
+        OutcomeSpec::Dead(e) => Outcome::Dead {
+            error: ERRORS[*e].into(),
+        },
+        OutcomeSpec::Release => Outcome::Release,
+        OutcomeSpec::Continue(d) => Outcome::Continue {
+            run_at: Timestamp(now.0 + d),
+        },
+    }
+}
+
+async fn one_case(a: Arc<dyn Store>, ops: &[Op], stats: &mut Stats) -> Result<(), String> {
+    let mut w = World {
+        a,
+        b: taskq_tests::memory_store().await,
+        now: T0,
+        a_to_b: HashMap::new(),
+        b_to_a: HashMap::new(),
+        known: Vec::new(),
+        held: Vec::new(),
+        log: Vec::new(),
+        stats: *stats,
+    };
+    for (i, op) in ops.iter().enumerate() {
+        w.stats.ops += 1;
+        w.run(op).await?;
+        w.compare_views(i % 6 == 5 || i + 1 == ops.len(), i).await?;
+    }
+    *stats = w.stats;
+    Ok(())
+}
+
+fn cases() -> u32 {
+    match std::env::var("TASKQ_PROPTEST_CASES") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("TASKQ_PROPTEST_CASES={v:?} is not a number of cases")),
+        Err(_) => CASES,
+    }
+}
+
+/// Runs the property with a fresh store from `open` per case.
+fn agrees_with_memory<F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = (Arc<dyn Store>, Option<tempfile::TempDir>)>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let mut runner = TestRunner::new(Config {
+        cases: cases(),
+        // No regression files in the repository: a failure prints its minimal input.
+        failure_persistence: None,
+        // Each shrinking step opens fresh stores: keep a failure's report quick.
+        max_shrink_iters: 200,
+        ..Config::default()
+    });
+    let backend = std::cell::Cell::new("");
+    let stats = std::cell::Cell::new(Stats::default());
+    let result = runner.run(&vec(op(), 1..=MAX_OPS), |ops| {
+        rt.block_on(async {
+            let (store, _dir) = open().await;
+            backend.set(store.backend());
+            let mut st = stats.get();
+            let r = one_case(store, &ops, &mut st).await;
+            stats.set(st);
+            r
+        })
+        .map_err(TestCaseError::fail)
+    });
+    if let Err(e) = result {
+        panic!(
+            "the {} store disagrees with the memory store: {e}",
+            backend.get()
+        );
+    }
+    let st = stats.get();
+    eprintln!("{}: {st:?}", backend.get());
+    // Loose floors (the seed is random): every kind of answer was compared at all.
+    assert!(
+        st.claimed > 0
+            && st.finished > 0
+            && st.lost > 0
+            && st.continued > 0
+            && st.checkpoints > 0
+            && st.refused_names > 0
+            && st.management_ok > 0,
+        "the operations reached too little: {st:?}"
+    );
+}
+
+#[test]
+fn sqlite_store_agrees_with_memory_on_random_operations() {
+    agrees_with_memory(|| async {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let url = format!("sqlite://{}", dir.path().join("taskq.db").display());
+        let store = taskq_runtime::store::open(&url)
+            .await
+            .expect("open the sqlite store");
+        (store, Some(dir))
+    });
+}
+
+#[test]
+fn postgres_store_agrees_with_memory_on_random_operations() {
+    agrees_with_memory(|| async { (taskq_tests::postgres_store().await, None) });
+}
+
+#[test]
+fn id_mapping_in_texts_leaves_other_numbers() {
+    let map = |n: i64| n + 100;
+    assert_eq!(
+        map_text("task 5 is done; run 12 of q1, -1, x_7, 8", &map),
+        "task 105 is done; run 112 of q1, -1, x_7, 108"
+    );
+}
