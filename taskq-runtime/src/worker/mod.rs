@@ -370,8 +370,10 @@ impl Worker {
         let inflight = InFlight::default();
         let freed = Arc::new(Notify::new());
         // Bounded: when the store falls behind, finished tasks wait to hand over their
-        // outcome while holding their slot, so the worker stops claiming more.
-        let (done_tx, done_rx) = mpsc::channel::<Pending>(self.concurrency.max(16));
+        // outcome while holding their slot, so the worker stops claiming more. Room for one
+        // full batch of the writer (or four per slot), so a fast store never waits on it.
+        let (done_tx, done_rx) =
+            mpsc::channel::<Pending>((self.concurrency * 4).max(outcomes::FINISH_BATCH));
 
         let writer = tokio::spawn(outcomes::outcome_writer(
             exec.clone(),

@@ -83,7 +83,7 @@ async fn finisher(
 }
 
 /// The most outcomes one `Store::finish` call records.
-const FINISH_BATCH: usize = 512;
+pub(super) const FINISH_BATCH: usize = 512;
 
 /// Writes one batch of outcomes; see [`finisher`].
 async fn record(
