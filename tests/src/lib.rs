@@ -85,3 +85,18 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Whether every task of `ids` exists and is in `state` (a `wait_until` condition).
+pub async fn all_in_state(
+    queue: &taskq_runtime::Queue,
+    ids: impl IntoIterator<Item = taskq_runtime::TaskId>,
+    state: taskq_runtime::TaskState,
+) -> bool {
+    for id in ids {
+        match queue.task(id).await {
+            Ok(Some(t)) if t.info.state == state => {}
+            _ => return false,
+        }
+    }
+    true
+}

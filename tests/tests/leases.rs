@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use taskq_runtime::testing::Harness;
-use taskq_runtime::{task, Context, Queue, TaskError, TaskId, TaskState, Worker};
+use taskq_runtime::{task, Context, Queue, TaskError, TaskState, Worker};
 use taskq_tests::faulty::Faulty;
-use taskq_tests::wait_until;
+use taskq_tests::{all_in_state, wait_until};
 
 /// Executions of `hung_heartbeat_task` running now, the most at once, and how many were
 /// told to stop.
@@ -209,19 +209,8 @@ async fn the_heartbeat_and_the_outcome_writer_survive_a_panic() {
         .spawn();
     // The first outcome is lost with the writer's panic: it runs again once its lease lapses.
     let long = outlives_a_lease::start(&queue, 1_200).await.expect("start");
-    let done = |ids: Vec<TaskId>| {
-        let queue = queue.clone();
-        async move {
-            let mut all = true;
-            for id in ids {
-                all &=
-                    matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Done);
-            }
-            all
-        }
-    };
     wait_until("both tasks done", Duration::from_secs(15), || {
-        done(vec![first, long])
+        all_in_state(&queue, [first, long], TaskState::Done)
     })
     .await;
     worker.shutdown().await.expect("shutdown");
@@ -269,15 +258,7 @@ async fn a_hung_finish_does_not_wedge_the_worker() {
         .await
         .expect("start");
     wait_until("both tasks done", Duration::from_secs(10), || {
-        let queue = queue.clone();
-        async move {
-            let mut all = true;
-            for id in [a, b] {
-                all &=
-                    matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Done);
-            }
-            all
-        }
+        all_in_state(&queue, [a, b], TaskState::Done)
     })
     .await;
     assert_eq!(store.faults.hang_finishes.load(Ordering::SeqCst), 0);
@@ -309,8 +290,7 @@ async fn a_hung_next_due_neither_stalls_claims_nor_shutdown() {
         .await
         .expect("start");
     wait_until("the task to run", Duration::from_secs(5), || {
-        let queue = queue.clone();
-        async move { matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Done) }
+        all_in_state(&queue, [id], TaskState::Done)
     })
     .await;
     let r = tokio::time::timeout(Duration::from_secs(5), worker.shutdown()).await;

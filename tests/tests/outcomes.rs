@@ -9,7 +9,7 @@ use taskq_runtime::store::NewTask;
 use taskq_runtime::testing::Harness;
 use taskq_runtime::{task, Queue, Store, TaskError, TaskId, TaskState, Timestamp, Worker};
 use taskq_tests::faulty::Faulty;
-use taskq_tests::wait_until;
+use taskq_tests::{all_in_state, wait_until};
 use taskq_tests::{memory_store, postgres_store, sqlite_store};
 
 #[task(
@@ -71,13 +71,8 @@ async fn nul_error_and_unknown_task(store: Arc<dyn Store>) {
         let queue = queue.clone();
         let ids = ids.clone();
         async move {
-            let bad_done =
-                matches!(queue.task(bad).await, Ok(Some(t)) if t.info.state == TaskState::Dead);
-            let mut all = bad_done;
-            for id in ids {
-                all &=
-                    matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Done);
-            }
+            let all = all_in_state(&queue, [bad], TaskState::Dead).await
+                && all_in_state(&queue, ids.clone(), TaskState::Done).await;
             let tried = matches!(queue.task(unknown).await, Ok(Some(t)) if !t.attempts.is_empty());
             all && tried
         }
@@ -211,16 +206,7 @@ async fn an_outcome_the_store_refuses_holds_up_no_other() {
         .expect("worker")
         .spawn();
     wait_until("the 39 others to be done", Duration::from_secs(20), || {
-        let queue = queue.clone();
-        let ids = ids.clone();
-        async move {
-            let mut all = true;
-            for id in ids {
-                all &=
-                    matches!(queue.task(id).await, Ok(Some(t)) if t.info.state == TaskState::Done);
-            }
-            all
-        }
+        all_in_state(&queue, ids.clone(), TaskState::Done)
     })
     .await;
     // Tasks started now still run: the outcome writer is not stuck on the refused one.
@@ -228,12 +214,7 @@ async fn an_outcome_the_store_refuses_holds_up_no_other() {
     wait_until(
         "a task started later to be done",
         Duration::from_secs(10),
-        || {
-            let queue = queue.clone();
-            async move {
-                matches!(queue.task(later).await, Ok(Some(t)) if t.info.state == TaskState::Done)
-            }
-        },
+        || all_in_state(&queue, [later], TaskState::Done),
     )
     .await;
     worker.shutdown().await.expect("shutdown");
