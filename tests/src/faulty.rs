@@ -33,6 +33,13 @@ pub struct Faults {
     pub hang_next_due: std::sync::atomic::AtomicBool,
     /// Every claim call hangs forever.
     pub hang_claims: std::sync::atomic::AtomicBool,
+    /// While set, every finish call fails (a store that cannot take outcomes for a while).
+    pub refuse_all_finishes: std::sync::atomic::AtomicBool,
+    /// This many claim calls answer only after [`Faults::claim_delay_ms`], their claim made
+    /// (and their leases counting) before the delay: a claim that answers slowly.
+    pub slow_claims: AtomicUsize,
+    /// How long a slow claim takes to answer, in milliseconds.
+    pub claim_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A memory store with [`Faults`].
@@ -61,7 +68,12 @@ impl Store for Faulty {
         if self.faults.hang_claims.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        self.inner.claim(r).await
+        let claimed = self.inner.claim(r).await;
+        if matches!(&claimed, Ok(c) if !c.is_empty()) && take_one(&self.faults.slow_claims) {
+            let ms = self.faults.claim_delay_ms.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        claimed
     }
     async fn heartbeat(
         &self,
@@ -88,6 +100,12 @@ impl Store for Faulty {
         }
         if take_one(&self.faults.hang_finishes) {
             std::future::pending::<()>().await;
+        }
+        if self.faults.refuse_all_finishes.load(Ordering::SeqCst) {
+            self.faults.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Backend(
+                "refused: the store takes no outcome for now".into(),
+            ));
         }
         let refused = self.faults.refuse_finish_of.lock().expect("lock").clone();
         if f.iter().any(|f| refused.contains(&f.lease.id)) {

@@ -345,3 +345,114 @@ async fn a_hung_claim_at_shutdown_leaves_time_to_release() {
         t.attempts
     );
 }
+
+// ---- review: leases between the end of an attempt and its recorded outcome -------------
+
+/// Executions of `short_then_recorded`.
+static RECORDED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[task(queue = "slow-outcome")]
+async fn short_then_recorded() -> Result<(), TaskError> {
+    RECORDED_RUNS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
+/// An outcome that waits for a store refusing outcomes for longer than a lease: the lease
+/// of the finished task stays renewed until the outcome is recorded, so no worker runs it
+/// again meanwhile (before, the lease lapsed behind the waiting outcome and a second worker
+/// ran the task again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_task_keeps_its_lease_until_its_outcome_is_recorded() {
+    let store = Arc::new(Faulty::default());
+    store
+        .faults
+        .refuse_all_finishes
+        .store(true, Ordering::SeqCst);
+    let queue = Queue::new(store.clone());
+    let id = short_then_recorded::start(&queue).await.expect("start");
+    let lease = Duration::from_millis(1_000);
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            Worker::builder(store.clone())
+                .queues(["slow-outcome"])
+                .lease(lease)
+                .poll_interval(Duration::from_millis(20))
+                .build()
+                .expect("worker")
+                .spawn()
+        })
+        .collect();
+    wait_until("the task ran", Duration::from_secs(15), || async {
+        RECORDED_RUNS.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    // Longer than a lease: the old behaviour let the lease lapse meanwhile.
+    tokio::time::sleep(lease * 14 / 10).await;
+    assert!(
+        store.faults.refused.load(Ordering::SeqCst) > 0,
+        "outcomes were refused"
+    );
+    store
+        .faults
+        .refuse_all_finishes
+        .store(false, Ordering::SeqCst);
+    wait_until("the task done", Duration::from_secs(15), || {
+        all_in_state(&queue, [id], TaskState::Done)
+    })
+    .await;
+    for w in workers {
+        w.shutdown().await.expect("shutdown");
+    }
+    assert_eq!(RECORDED_RUNS.load(Ordering::SeqCst), 1, "ran exactly once");
+    let t = queue.task(id).await.expect("task").expect("exists");
+    let outcomes: Vec<&str> = t.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["done"]);
+}
+
+/// Executions of `after_a_slow_claim`.
+static SLOW_CLAIM_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[task(queue = "slow-claim")]
+async fn after_a_slow_claim() -> Result<(), TaskError> {
+    SLOW_CLAIM_RUNS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    Ok(())
+}
+
+/// A claim that answers after most of the lease has gone: the worker renews the fresh
+/// leases at once instead of stopping the tasks at its first check (before, the task was
+/// stopped a tick after it began, its lease lapsed and it ran a second attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_claim_renews_at_once_instead_of_stopping_its_tasks() {
+    let store = Arc::new(Faulty::default());
+    store.faults.slow_claims.store(1, Ordering::SeqCst);
+    store.faults.claim_delay_ms.store(700, Ordering::SeqCst);
+    let queue = Queue::new(store.clone());
+    let id = after_a_slow_claim::start(&queue).await.expect("start");
+    let worker = Worker::builder(store.clone())
+        .queues(["slow-claim"])
+        .lease(Duration::from_millis(1_000))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until("the task done", Duration::from_secs(15), || {
+        all_in_state(&queue, [id], TaskState::Done)
+    })
+    .await;
+    worker.shutdown().await.expect("shutdown");
+    assert_eq!(
+        store.faults.slow_claims.load(Ordering::SeqCst),
+        0,
+        "the slow claim happened"
+    );
+    assert_eq!(
+        SLOW_CLAIM_RUNS.load(Ordering::SeqCst),
+        1,
+        "ran exactly once"
+    );
+    let t = queue.task(id).await.expect("task").expect("exists");
+    let outcomes: Vec<&str> = t.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["done"]);
+}

@@ -12,6 +12,11 @@
 //! - No lease is renewed past the task's hard deadline plus one lease: a task that blocks
 //!   its thread (and so never reaches the hard deadline's check) is given up, its lease
 //!   lapses and the task runs again elsewhere.
+//! - A finished attempt keeps its lease renewed until the outcome writer has recorded its
+//!   outcome (or given up on it): an outcome waiting behind a slow store must not let the
+//!   lease lapse and the task run again elsewhere.
+//! - A task claimed with less than half its lease left (a claim that answered slowly) asks
+//!   for a renewal at once instead of waiting for the next quarter.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,6 +46,9 @@ pub(super) struct Running {
     pub held_until: Instant,
     /// No renewal after this: the hard deadline plus one lease.
     pub renew_until: Instant,
+    /// The attempt has ended and its outcome waits to be recorded: its lease is still
+    /// renewed, but there is nothing left to tell, stop or release.
+    pub finishing: bool,
 }
 
 impl Running {
@@ -52,21 +60,49 @@ impl Running {
     }
 }
 
-/// The tasks this worker runs, keyed by task id, each under one lease.
+/// The tasks this worker runs (or whose outcome it still records), keyed by task id, each
+/// under one lease.
 #[derive(Clone, Default)]
-pub(super) struct InFlight(Arc<Mutex<HashMap<TaskId, Running>>>);
+pub(super) struct InFlight {
+    tasks: Arc<Mutex<HashMap<TaskId, Running>>>,
+    /// Wakes the heartbeat to renew at once (a task arrived with little of its lease left).
+    urgent: Arc<tokio::sync::Notify>,
+}
 
 impl InFlight {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds a task; an older execution of the same task here (whose lease lapsed) is
-    /// stopped first: one local execution per task.
-    pub fn insert(&self, r: Running) {
+    /// stopped first: one local execution per task. A task with less than `lease / 2` of
+    /// its lease left wakes the heartbeat to renew it at once.
+    pub fn insert(&self, r: Running, lease: Duration) {
+        let short = r.held_until.saturating_duration_since(Instant::now()) < lease / 2;
         if let Some(old) = self.lock().insert(r.lease.id, r) {
-            tracing::warn!(id = %old.lease.id, "claimed a task this worker still ran (its lease had lapsed); stopping the older execution");
-            old.stop();
+            if !old.finishing {
+                tracing::warn!(id = %old.lease.id, "claimed a task this worker still ran (its lease had lapsed); stopping the older execution");
+                old.stop();
+            }
+        }
+        if short {
+            self.urgent.notify_one();
+        }
+    }
+
+    /// Marks the execution under `lease` as ended, its outcome on the way to the store:
+    /// its lease is renewed until [`InFlight::remove`], for at most three leases of
+    /// `lease_time` (the outcome writer gives up within two). Whether it was still there
+    /// (not stopped or replaced by a newer claim).
+    pub fn finished(&self, lease: Lease, lease_time: Duration) -> bool {
+        match self.lock().get_mut(&lease.id) {
+            Some(r) if r.lease == lease && !r.finishing => {
+                r.finishing = true;
+                r.abort = None;
+                r.renew_until = Instant::now() + lease_time * 3;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -91,9 +127,9 @@ impl InFlight {
         }
     }
 
-    /// How many tasks run.
+    /// How many tasks run (not counting ended ones whose outcome waits to be recorded).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().values().filter(|r| !r.finishing).count()
     }
 
     /// Tells every task to stop (`ctx.is_cancelled()`), without stopping it yet.
@@ -103,9 +139,16 @@ impl InFlight {
         }
     }
 
-    /// Takes every task out, for shutdown.
+    /// Takes every running task out, for shutdown; ended ones stay until their outcome is
+    /// recorded (they already have one, so they must not be released).
     pub fn drain(&self) -> Vec<Running> {
-        self.lock().drain().map(|(_, r)| r).collect()
+        let mut g = self.lock();
+        let running: Vec<TaskId> = g
+            .iter()
+            .filter(|(_, r)| !r.finishing)
+            .map(|(id, _)| *id)
+            .collect();
+        running.iter().filter_map(|id| g.remove(id)).collect()
     }
 
     /// Stops and removes the execution under `lease`, if it is still there.
@@ -117,9 +160,15 @@ impl InFlight {
                 _ => None,
             }
         };
-        if let Some(r) = removed {
-            tracing::warn!(id = %lease.id, task = %r.claimed.task, "{why}; stopping it here");
-            r.stop();
+        match removed {
+            Some(r) if r.finishing => {
+                tracing::warn!(id = %lease.id, task = %r.claimed.task, "{why}; its outcome may not be recorded (the task then runs again)");
+            }
+            Some(r) => {
+                tracing::warn!(id = %lease.id, task = %r.claimed.task, "{why}; stopping it here");
+                r.stop();
+            }
+            None => {}
         }
     }
 }
@@ -134,8 +183,13 @@ pub(super) async fn heartbeat(exec: Exec, inflight: InFlight, lease: Duration) {
     let renew_every = lease / 4;
     let mut last_renewal = Instant::now();
     let mut renewal: Option<tokio::task::JoinHandle<()>> = None;
+    // An urgent renewal asked for while one was still running is done after it.
+    let mut want_urgent = false;
     loop {
-        tokio::time::sleep(tick).await;
+        let urgent = tokio::select! {
+            _ = tokio::time::sleep(tick) => false,
+            _ = inflight.urgent.notified() => true,
+        };
         let now = Instant::now();
         // Stop what can no longer be held (two ticks before it lapses), tell what may soon
         // not be.
@@ -148,19 +202,25 @@ pub(super) async fn heartbeat(exec: Exec, inflight: InFlight, lease: Duration) {
                     "its lease could not be renewed and is about to lapse",
                 ));
             } else if now >= r.renew_until {
-                to_stop.push((r.lease, "it ran past its hard deadline (is it blocking its thread?); its lease is no longer renewed"));
-            } else if left <= lease / 2 {
+                to_stop.push((r.lease, if r.finishing {
+                    "its outcome was not recorded within three leases; its lease is no longer renewed"
+                } else {
+                    "it ran past its hard deadline (is it blocking its thread?); its lease is no longer renewed"
+                }));
+            } else if left <= lease / 2 && !r.finishing {
                 r.cancel.set();
             }
         }
         for (l, why) in to_stop {
             inflight.stop(l, why);
         }
-        if now.duration_since(last_renewal) < renew_every
+        want_urgent |= urgent;
+        if (!want_urgent && now.duration_since(last_renewal) < renew_every)
             || renewal.as_ref().is_some_and(|r| !r.is_finished())
         {
             continue;
         }
+        want_urgent = false;
         last_renewal = now;
         let leases: Vec<Lease> = inflight.lock().values().map(|r| r.lease).collect();
         if leases.is_empty() {

@@ -377,9 +377,11 @@ impl Worker {
 
         let writer = tokio::spawn(outcomes::outcome_writer(
             exec.clone(),
+            inflight.clone(),
             done_rx,
             self.stats.clone(),
-            self.lease,
+            // The leases of finished tasks are renewed while their outcome is retried.
+            self.lease * 2,
         ));
         let heartbeat = tokio::spawn(supervised("lease renewal", {
             let (exec, inflight, lease) = (exec.clone(), inflight.clone(), self.lease);
@@ -540,19 +542,27 @@ impl Worker {
             .get(&task.task)
             .map(|d| d.options.timeout)
             .unwrap_or(crate::task::TaskOptions::DEFAULT.timeout);
-        inflight.insert(Running {
-            lease,
-            cancel: cancel.clone(),
-            abort: None,
-            claimed: task.clone(),
-            started_at,
-            // The store's lease counts from the claim's `now`, taken before the call.
-            held_until: claimed_at + self.lease,
-            renew_until: tokio::time::Instant::now() + timeout + exec.deadline_grace + self.lease,
-        });
+        inflight.insert(
+            Running {
+                lease,
+                cancel: cancel.clone(),
+                abort: None,
+                claimed: task.clone(),
+                started_at,
+                // The store's lease counts from the claim's `now`, taken before the call.
+                held_until: claimed_at + self.lease,
+                renew_until: tokio::time::Instant::now()
+                    + timeout
+                    + exec.deadline_grace
+                    + self.lease,
+                finishing: false,
+            },
+            self.lease,
+        );
         let exec2 = exec.clone();
         let tx = done_tx.clone();
         let inflight2 = inflight.clone();
+        let lease_time = self.lease;
         let slot = Slot {
             permit: Some(permit),
             freed: freed.clone(),
@@ -578,12 +588,13 @@ impl Worker {
                 {
                     tracing::warn!(error = %error, "attempt failed");
                 }
-                // Remove from in-flight before reporting, so shutdown never releases a
-                // task that already has an outcome; an execution whose lease was taken
-                // from it (stopped, or replaced by a newer claim) reports nothing.
-                if inflight2.remove(lease) {
+                // Marked ended before reporting, so shutdown never releases a task that
+                // already has an outcome, while its lease is still renewed until the
+                // outcome writer has recorded it; an execution whose lease was taken from
+                // it (stopped, or replaced by a newer claim) reports nothing.
+                if inflight2.finished(lease, lease_time) {
                     // Waits (holding the slot) while the outcome writer is behind.
-                    let _ = tx
+                    let sent = tx
                         .send((
                             Finish {
                                 lease,
@@ -593,6 +604,9 @@ impl Worker {
                             task,
                         ))
                         .await;
+                    if sent.is_err() {
+                        inflight2.remove(lease);
+                    }
                 }
             }
             .instrument(span),

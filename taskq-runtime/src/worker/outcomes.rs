@@ -9,6 +9,7 @@ use futures::FutureExt;
 use tokio::sync::mpsc;
 
 use super::exec::Exec;
+use super::leases::InFlight;
 use super::WorkerStats;
 use crate::store::{ClaimedTask, Finish, Outcome, StoreError};
 use crate::time::Timestamp;
@@ -36,12 +37,13 @@ pub(super) type Pending = (Finish, ClaimedTask);
 /// life of the worker; the outcomes of the batch it held run again when their leases lapse).
 pub(super) async fn outcome_writer(
     exec: Exec,
+    inflight: InFlight,
     mut rx: mpsc::Receiver<Pending>,
     stats: Arc<WorkerStats>,
     give_up_after: Duration,
 ) {
     loop {
-        let run = finisher(&exec, &mut rx, &stats, give_up_after);
+        let run = finisher(&exec, &inflight, &mut rx, &stats, give_up_after);
         match AssertUnwindSafe(run).catch_unwind().await {
             Ok(()) => return,
             Err(panic) => tracing::error!(
@@ -56,15 +58,19 @@ pub(super) async fn outcome_writer(
 ///
 /// A batch the store refuses is not retried as a whole forever: each outcome is then
 /// written alone, so one outcome the store cannot take never holds up the others, and
-/// those that still fail are retried with backoff for up to `give_up_after` (the lease:
-/// past it another worker may hold the task anyway). An outcome given up is logged; its
-/// task runs again when its lease lapses (at least once).
+/// those that still fail are retried with backoff for up to `give_up_after` (two leases;
+/// the heartbeat renews the leases of tasks whose outcome waits, for up to three). An
+/// outcome given up is logged; its task runs again when its lease lapses (at least once).
 ///
-/// Each `Store::finish` call is bounded by half of `give_up_after`, so a call that never
-/// answers (a half-open connection) cannot stall the writer, and with it the worker, for
-/// good.
+/// Each `Store::finish` call is bounded by a quarter of `give_up_after` (half a lease), so
+/// a call that never answers (a half-open connection) cannot stall the writer, and with it
+/// the worker, for good.
+///
+/// Until a batch is recorded (or given up), the leases of its tasks stay in `inflight` and
+/// are renewed; then they are removed.
 async fn finisher(
     exec: &Exec,
+    inflight: &InFlight,
     rx: &mut mpsc::Receiver<Pending>,
     stats: &WorkerStats,
     give_up_after: Duration,
@@ -78,7 +84,11 @@ async fn finisher(
                 Err(_) => break,
             }
         }
+        let leases: Vec<_> = batch.iter().map(|(f, _)| f.lease).collect();
         record(exec, std::mem::take(&mut batch), stats, give_up_after).await;
+        for l in leases {
+            inflight.remove(l);
+        }
     }
 }
 
@@ -93,7 +103,7 @@ async fn record(
     give_up_after: Duration,
 ) {
     let give_up_at = tokio::time::Instant::now() + give_up_after;
-    let bound = give_up_after / 2;
+    let bound = give_up_after / 4;
     let mut backoff = Duration::from_millis(50);
     loop {
         let (error, hung) = match write(exec, &pending, stats, bound).await {
@@ -122,7 +132,7 @@ async fn record(
             for (f, task) in &pending {
                 tracing::error!(
                     id = %f.lease.id, task = %task.task, error = %error,
-                    "could not record this attempt's outcome within a lease; giving up: the task runs again when its lease lapses"
+                    "could not record this attempt's outcome in time; giving up: the task runs again when its lease lapses"
                 );
             }
             return;
