@@ -131,8 +131,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// The lease a claimed task gets, renewed every third of it. Default 30 s. A task whose
-    /// worker died runs again this long after the last renewal.
+    /// The lease a claimed task gets. Default 30 s. It is renewed every quarter of it; a
+    /// task whose lease could not be renewed is told at half a lease left and stopped at a
+    /// quarter left. A task whose worker died runs again this long after the last renewal.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
