@@ -100,9 +100,13 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 ///
 /// The worker and [`Queue`](crate::Queue) use [`Clock::system`]; the test harness uses
 /// [`Clock::manual`] and moves it forward itself, so delays and backoff cost no real sleep.
+/// [`Clock::ahead`] and [`Clock::behind`] make a clock that is off by a fixed amount, as the
+/// wall clock of a badly synchronised host is (for tests of clock skew).
 #[derive(Clone, Debug)]
 pub struct Clock {
     manual: Option<Arc<AtomicI64>>,
+    /// Milliseconds added to every reading ([`Clock::ahead`], [`Clock::behind`]).
+    skew_ms: i64,
 }
 
 impl Default for Clock {
@@ -114,22 +118,47 @@ impl Default for Clock {
 impl Clock {
     /// The wall clock.
     pub fn system() -> Clock {
-        Clock { manual: None }
+        Clock {
+            manual: None,
+            skew_ms: 0,
+        }
     }
 
     /// A virtual clock starting at `start`, moved only by [`Clock::advance_to`].
     pub fn manual(start: Timestamp) -> Clock {
         Clock {
             manual: Some(Arc::new(AtomicI64::new(start.0))),
+            skew_ms: 0,
+        }
+    }
+
+    /// This clock reading `by` later than it does (added to any skew it has): the wall
+    /// clock of a host that runs ahead, for tests of clock skew. Saturating.
+    pub fn ahead(self, by: Duration) -> Clock {
+        let ms = by.as_millis().min(i64::MAX as u128) as i64;
+        Clock {
+            skew_ms: self.skew_ms.saturating_add(ms),
+            ..self
+        }
+    }
+
+    /// This clock reading `by` earlier than it does (added to any skew it has): the wall
+    /// clock of a host that lags behind, for tests of clock skew. Saturating.
+    pub fn behind(self, by: Duration) -> Clock {
+        let ms = by.as_millis().min(i64::MAX as u128) as i64;
+        Clock {
+            skew_ms: self.skew_ms.saturating_sub(ms),
+            ..self
         }
     }
 
     /// The current time of this clock.
     pub fn now(&self) -> Timestamp {
-        match &self.manual {
+        let base = match &self.manual {
             Some(t) => Timestamp(t.load(Ordering::SeqCst)),
             None => Timestamp::now(),
-        }
+        };
+        Timestamp(base.0.saturating_add(self.skew_ms))
     }
 
     /// Whether this clock is virtual.
@@ -137,10 +166,11 @@ impl Clock {
         self.manual.is_some()
     }
 
-    /// Move a virtual clock forward to `t` (never backwards). No effect on the wall clock.
+    /// Move a virtual clock forward so that it reads `t` (never backwards). No effect on the
+    /// wall clock.
     pub fn advance_to(&self, t: Timestamp) {
         if let Some(m) = &self.manual {
-            m.fetch_max(t.0, Ordering::SeqCst);
+            m.fetch_max(t.0.saturating_sub(self.skew_ms), Ordering::SeqCst);
         }
     }
 }
