@@ -473,3 +473,63 @@ async fn a_skewed_worker_writes_lease_and_backoff_in_database_time() {
         info.run_at
     );
 }
+
+#[task(queue = "clock_virtual")]
+async fn virtual_task() -> Result<(), TaskError> {
+    Ok(())
+}
+
+/// Virtual time stays virtual on PostgreSQL: the harness's clock is kept (a delay of an
+/// hour costs no real time), while a queue on real time reads the database's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_time_is_kept_on_postgres() {
+    let (store, _) = two_stores().await;
+    assert!(Queue::new(store.clone()).clock().is_remote());
+    assert!(
+        Queue::with_clock(store.clone(), Clock::system().ahead(HOUR))
+            .clock()
+            .is_remote()
+    );
+    let h = taskq_runtime::testing::Harness::with_store(store.clone());
+    let queue = h.queue();
+    assert!(queue.clock().is_manual());
+    let t0 = h.clock().now();
+    let id = virtual_task::builder()
+        .delay(HOUR)
+        .start(&queue)
+        .await
+        .expect("start");
+    let started = Instant::now();
+    let report = h.drain().await.expect("drain");
+    assert!(
+        started.elapsed() < Duration::from_secs(600),
+        "no real hour passed"
+    );
+    let runs = report.of(id);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].outcome, "done");
+    assert!(
+        runs[0].at >= t0.add(HOUR),
+        "ran at virtual {}, an hour after {t0}",
+        runs[0].at
+    );
+}
+
+/// The store's estimate of the database clock agrees with a direct reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_clock_estimates_the_database_clock() {
+    let (store, _) = two_stores().await;
+    let clock = store.clock().expect("PostgreSQL keeps a clock");
+    for _ in 0..3 {
+        let before = db_now().await;
+        let estimate = clock.now();
+        let after = db_now().await;
+        // The estimate's error is at most half its reading's round trip (local: below a
+        // millisecond); 50 ms of slack for a loaded machine.
+        let slack = Duration::from_millis(50);
+        assert!(
+            estimate >= before.sub(slack) && estimate <= after.add(slack),
+            "estimate {estimate} outside the database's {before}..{after}"
+        );
+    }
+}
