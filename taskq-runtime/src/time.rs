@@ -116,7 +116,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// a worker or queue: they may be off by any amount, and may be stepped, without effect. Two
 /// hosts' estimates of the database clock differ by at most half of each one's best
 /// measuring round trip (milliseconds on a LAN) plus the drift of their monotonic clocks
-/// over one refresh period (a minute: well under 100 ms). Leases tolerate a difference of up
+/// over one refresh period (a minute: a few milliseconds, 6 ms for an unsynchronised
+/// crystal 100 ppm off). Leases tolerate a difference of up
 /// to a quarter of the lease between two hosts' estimates (7.5 s with the default 30 s
 /// lease: the worker stops a task it cannot renew when a quarter is left); due times and
 /// tombstone windows are off by the same difference, and a rate-limited queue's bucket
@@ -238,9 +239,10 @@ impl Clock {
 /// clock is off, or is stepped between two readings, estimates the remote clock as well as
 /// any other. A reading is taken to be made at the midpoint of its round trip, so the
 /// estimate is off by at most half that round trip, plus the drift of the monotonic clock
-/// since (parts per million when synchronised, well under a millisecond a minute) and any
-/// step of the remote clock since. The store reads the remote clock again periodically and
-/// after reconnecting ([`RemoteClock::record`]).
+/// since (a few milliseconds a minute at worst) and any step of the remote clock since. The
+/// store reads the remote clock again periodically and after reconnecting
+/// ([`RemoteClock::record`]). A host that was suspended (a paused VM) estimates behind by
+/// the pause until the next reading: the monotonic clock does not count it.
 #[derive(Debug, Default)]
 pub struct RemoteClock {
     anchor: Mutex<Option<Anchor>>,

@@ -366,7 +366,7 @@ async fn named_task() -> Result<(), TaskError> {
 /// in the database's time: not freed at once (behind), not held for an hour (ahead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tombstones_count_in_database_time() {
-    let window = Duration::from_secs(3);
+    let window = Duration::from_secs(5);
     let (store, _) = two_stores().await;
     let honest = Queue::new(store.clone());
     for (what, clock) in [
@@ -381,8 +381,9 @@ async fn tombstones_count_in_database_time() {
             .start(&honest)
             .await
             .expect("start");
-        skewed.delete(id).await.expect("delete");
+        // Before the call: the window counts from the `now` the call takes.
         let deleted = Instant::now();
+        skewed.delete(id).await.expect("delete");
         let again = named_task::builder()
             .name(&name)
             .tombstone(window)
@@ -393,7 +394,7 @@ async fn tombstones_count_in_database_time() {
             "deleted through a queue {what}, the name was free at once: {again:?}"
         );
         wait_until(
-            &format!("the name deleted through a queue {what} to be free after its 3 s window"),
+            &format!("the name deleted through a queue {what} to be free after its 5 s window"),
             Duration::from_secs(20),
             || async {
                 named_task::builder()
@@ -525,8 +526,8 @@ async fn the_store_clock_estimates_the_database_clock() {
         let estimate = clock.now();
         let after = db_now().await;
         // The estimate's error is at most half its reading's round trip (local: below a
-        // millisecond); 50 ms of slack for a loaded machine.
-        let slack = Duration::from_millis(50);
+        // millisecond); slack for a loaded machine.
+        let slack = Duration::from_millis(250);
         assert!(
             estimate >= before.sub(slack) && estimate <= after.add(slack),
             "estimate {estimate} outside the database's {before}..{after}"

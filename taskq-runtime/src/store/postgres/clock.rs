@@ -3,7 +3,7 @@
 //! opens, on every (re)connection of the listening connection (after a failover the server
 //! may be another machine) and every [`REFRESH`] while it stays connected.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,8 @@ pub(super) struct DbClock {
     pub remote: Arc<RemoteClock>,
     /// The wall clock's offset from the database last warned about (0: none).
     warned_ms: AtomicI64,
+    /// How many times the clock was read (for tests of the refresh).
+    pub readings: AtomicU64,
 }
 
 impl DbClock {
@@ -68,6 +70,7 @@ impl DbClock {
         }
         if let Some((sent, received, ms)) = best {
             self.remote.record(sent, received, Timestamp(ms));
+            self.readings.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(round_trip = ?received - sent, "taskq: read the PostgreSQL clock");
             self.check_wall_clock();
         }

@@ -117,7 +117,8 @@
 //! One subject per file: `schema.rs` (migrations), `pool.rs` (connections), `enqueue.rs`
 //! (the name check and the insert), `claim.rs` (claim statements, admission, `next_due`),
 //! `lease.rs` (heartbeat, finish, checkpoint), `manage.rs` (management calls, tombstones),
-//! `rows.rs` (row decoding). This file holds the store, opening, `LISTEN/NOTIFY` and the
+//! `rows.rs` (row decoding), `clock.rs` (reading the database clock). This file holds the
+//! store, opening, `LISTEN/NOTIFY` (whose connection also refreshes the clock) and the
 //! `Store` impl that delegates to them.
 
 use std::collections::HashSet;
