@@ -32,13 +32,18 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// A queue on a store, on the wall clock.
+    /// A queue on a store, on real time: the store's own clock when it keeps one
+    /// (PostgreSQL: the database's), else the wall clock.
     pub fn new(store: Arc<dyn Store>) -> Queue {
         Queue::with_clock(store, Clock::system())
     }
 
-    /// A queue on a store with the given clock (the test harness passes a virtual one).
+    /// A queue on a store with the given clock (the test harness passes a virtual one). A
+    /// real clock gives way to the store's own clock when it keeps one
+    /// ([`Clock::for_store`]): on PostgreSQL, delays, tombstone windows and `run_now` count
+    /// in the database's time.
     pub fn with_clock(store: Arc<dyn Store>, clock: Clock) -> Queue {
+        let clock = clock.for_store(&*store);
         Queue { store, clock }
     }
 
@@ -224,7 +229,8 @@ impl TaskBuilder {
         self
     }
 
-    /// Not due before `eta`.
+    /// Not due before `eta`, on the store's clock: compute it from
+    /// [`Queue::clock`]`().now()` (on PostgreSQL the database's time, not this host's).
     pub fn at(mut self, eta: Timestamp) -> Self {
         self.when = When::At(eta);
         self
@@ -292,7 +298,8 @@ impl TaskBuilder {
         store: &crate::store::postgres::PostgresStore,
         tx: &tokio_postgres::Transaction<'_>,
     ) -> Result<TaskId, StartError> {
-        let now = Timestamp::now();
+        // The database's time, as every other start on PostgreSQL uses.
+        let now = store.now();
         let task = self.into_new_task(now)?;
         let ids = store.enqueue_in(tx, vec![task], now).await?;
         ids.into_iter().next().ok_or_else(|| {

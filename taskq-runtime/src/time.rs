@@ -2,8 +2,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A point in time: milliseconds since the Unix epoch, UTC.
 ///
@@ -98,11 +98,42 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Where the runtime reads the time from.
 ///
-/// The worker and [`Queue`](crate::Queue) use [`Clock::system`]; the test harness uses
-/// [`Clock::manual`] and moves it forward itself, so delays and backoff cost no real sleep.
+/// - [`Clock::system`]: the host's wall clock, what a worker and a [`Queue`](crate::Queue)
+///   use unless told otherwise.
+/// - [`Clock::manual`]: virtual time, moved by [`Clock::advance_to`]; the test harness
+///   uses it, so delays and backoff cost no real sleep. It is kept on every store.
+/// - [`Clock::remote`]: a store's own clock, as this process estimates it ([`RemoteClock`]).
+///   A store that many hosts share has one (PostgreSQL: the database server's clock), and
+///   a worker or queue given a real clock reads it instead ([`Clock::for_store`]), so that
+///   every time written to that store (due times, lease ends, backoff, token-bucket
+///   refills, tombstone windows) is in one clock, whatever the hosts' wall clocks say.
+/// - [`Clock::ahead`] and [`Clock::behind`] make any of these read off by a fixed amount, as
+///   the wall clock of a badly synchronised host does (for tests of clock skew).
+///
+/// # The clock-skew budget
+/// On memory and SQLite (one host) the caller's clock decides, so every process must share
+/// one clock (they do, on one host). On PostgreSQL the hosts' wall clocks play no part for
+/// a worker or queue: they may be off by any amount, and may be stepped, without effect. Two
+/// hosts' estimates of the database clock differ by at most half of each one's best
+/// measuring round trip (milliseconds on a LAN) plus the drift of their monotonic clocks
+/// over one refresh period (a minute: a few milliseconds, 6 ms for an unsynchronised
+/// crystal 100 ppm off). Leases tolerate a difference of up
+/// to a quarter of the lease between two hosts' estimates (7.5 s with the default 30 s
+/// lease: the worker stops a task it cannot renew when a quarter is left); due times and
+/// tombstone windows are off by the same difference, and a rate-limited queue's bucket
+/// refills at most that much early or late.
 #[derive(Clone, Debug)]
 pub struct Clock {
-    manual: Option<Arc<AtomicI64>>,
+    source: Source,
+    /// Milliseconds added to every reading ([`Clock::ahead`], [`Clock::behind`]).
+    skew_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    System,
+    Manual(Arc<AtomicI64>),
+    Remote(Arc<RemoteClock>),
 }
 
 impl Default for Clock {
@@ -114,34 +145,159 @@ impl Default for Clock {
 impl Clock {
     /// The wall clock.
     pub fn system() -> Clock {
-        Clock { manual: None }
+        Clock {
+            source: Source::System,
+            skew_ms: 0,
+        }
     }
 
     /// A virtual clock starting at `start`, moved only by [`Clock::advance_to`].
     pub fn manual(start: Timestamp) -> Clock {
         Clock {
-            manual: Some(Arc::new(AtomicI64::new(start.0))),
+            source: Source::Manual(Arc::new(AtomicI64::new(start.0))),
+            skew_ms: 0,
+        }
+    }
+
+    /// The estimate of another machine's clock kept by `remote` (a store's, see
+    /// [`Store::clock`](crate::Store::clock)). Before `remote` has its first reading, this
+    /// clock reads the wall clock.
+    pub fn remote(remote: Arc<RemoteClock>) -> Clock {
+        Clock {
+            source: Source::Remote(remote),
+            skew_ms: 0,
+        }
+    }
+
+    /// The clock to use with `store`: this one if it is virtual ([`Clock::manual`]) or if
+    /// the store keeps no clock of its own (memory, SQLite); otherwise the store's
+    /// ([`Store::clock`](crate::Store::clock): PostgreSQL's database clock), whose times
+    /// every host agrees on. A real clock's skew ([`Clock::ahead`]) is dropped with it: it
+    /// stands for a host's wall clock, which the store's clock replaces. The worker and
+    /// [`Queue`](crate::Queue) call this on the clock they are given.
+    pub fn for_store(self, store: &dyn crate::store::Store) -> Clock {
+        if self.is_manual() {
+            return self;
+        }
+        store.clock().unwrap_or(self)
+    }
+
+    /// This clock reading `by` later than it does (added to any skew it has): the wall
+    /// clock of a host that runs ahead, for tests of clock skew. Saturating.
+    pub fn ahead(self, by: Duration) -> Clock {
+        let ms = by.as_millis().min(i64::MAX as u128) as i64;
+        Clock {
+            skew_ms: self.skew_ms.saturating_add(ms),
+            ..self
+        }
+    }
+
+    /// This clock reading `by` earlier than it does (added to any skew it has): the wall
+    /// clock of a host that lags behind, for tests of clock skew. Saturating.
+    pub fn behind(self, by: Duration) -> Clock {
+        let ms = by.as_millis().min(i64::MAX as u128) as i64;
+        Clock {
+            skew_ms: self.skew_ms.saturating_sub(ms),
+            ..self
         }
     }
 
     /// The current time of this clock.
     pub fn now(&self) -> Timestamp {
-        match &self.manual {
-            Some(t) => Timestamp(t.load(Ordering::SeqCst)),
-            None => Timestamp::now(),
-        }
+        let base = match &self.source {
+            Source::System => Timestamp::now(),
+            Source::Manual(t) => Timestamp(t.load(Ordering::SeqCst)),
+            Source::Remote(r) => r.now().unwrap_or_else(Timestamp::now),
+        };
+        Timestamp(base.0.saturating_add(self.skew_ms))
     }
 
     /// Whether this clock is virtual.
     pub fn is_manual(&self) -> bool {
-        self.manual.is_some()
+        matches!(self.source, Source::Manual(_))
     }
 
-    /// Move a virtual clock forward to `t` (never backwards). No effect on the wall clock.
+    /// Whether this clock is a store's ([`Clock::remote`]).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.source, Source::Remote(_))
+    }
+
+    /// Move a virtual clock forward so that it reads `t` (never backwards). No effect on
+    /// other clocks.
     pub fn advance_to(&self, t: Timestamp) {
-        if let Some(m) = &self.manual {
-            m.fetch_max(t.0, Ordering::SeqCst);
+        if let Source::Manual(m) = &self.source {
+            m.fetch_max(t.0.saturating_sub(self.skew_ms), Ordering::SeqCst);
         }
+    }
+}
+
+/// An estimate of a clock on another machine (a database server's), kept by a store that
+/// many hosts share so that all of them write times in that one clock.
+///
+/// It is anchored on one reading of the remote clock and carried forward by this
+/// process's monotonic clock ([`Instant`]), never by its wall clock: a host whose wall
+/// clock is off, or is stepped between two readings, estimates the remote clock as well as
+/// any other. A reading is taken to be made at the midpoint of its round trip, so the
+/// estimate is off by at most half that round trip, plus the drift of the monotonic clock
+/// since (a few milliseconds a minute at worst) and any step of the remote clock since. The
+/// store reads the remote clock again periodically and after reconnecting
+/// ([`RemoteClock::record`]). A host that was suspended (a paused VM) estimates behind by
+/// the pause until the next reading: the monotonic clock does not count it.
+#[derive(Debug, Default)]
+pub struct RemoteClock {
+    anchor: Mutex<Option<Anchor>>,
+}
+
+/// One reading of the remote clock.
+#[derive(Clone, Copy, Debug)]
+struct Anchor {
+    /// When the reading was made, on this process's monotonic clock (the round trip's
+    /// midpoint).
+    at: Instant,
+    /// What the remote clock read.
+    remote: Timestamp,
+    /// The reading's round trip.
+    round_trip: Duration,
+}
+
+impl RemoteClock {
+    /// An estimate with no reading yet ([`RemoteClock::now`] is `None` until the first
+    /// [`RemoteClock::record`]).
+    pub fn new() -> RemoteClock {
+        RemoteClock::default()
+    }
+
+    fn anchor(&self) -> std::sync::MutexGuard<'_, Option<Anchor>> {
+        self.anchor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a reading: the remote clock read `remote` (milliseconds) in answer to a
+    /// request sent at `sent` and answered at `received` (this process's monotonic clock).
+    /// It replaces the reading in use.
+    pub fn record(&self, sent: Instant, received: Instant, remote: Timestamp) {
+        let round_trip = received.saturating_duration_since(sent);
+        *self.anchor() = Some(Anchor {
+            at: sent + round_trip / 2,
+            remote,
+            round_trip,
+        });
+    }
+
+    /// The remote clock now, as estimated; `None` before the first reading.
+    pub fn now(&self) -> Option<Timestamp> {
+        let a = (*self.anchor())?;
+        let now = Instant::now();
+        Some(if now >= a.at {
+            a.remote.add(now - a.at)
+        } else {
+            a.remote.sub(a.at - now)
+        })
+    }
+
+    /// The round trip of the reading in use: the estimate was off by at most half of it
+    /// when it was made. `None` before the first reading.
+    pub fn round_trip(&self) -> Option<Duration> {
+        self.anchor().map(|a| a.round_trip)
     }
 }
 
@@ -206,6 +362,63 @@ mod tests {
             .expect_err("no unit")
             .contains("without a unit"));
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn a_skewed_clock_reads_off_by_its_skew() {
+        let base = Clock::manual(Timestamp(10_000));
+        let ahead = base.clone().ahead(Duration::from_secs(5));
+        let behind = base.clone().behind(Duration::from_secs(3));
+        assert_eq!(ahead.now(), Timestamp(15_000));
+        assert_eq!(behind.now(), Timestamp(7_000));
+        assert_eq!(
+            ahead.clone().behind(Duration::from_secs(5)).now(),
+            Timestamp(10_000)
+        );
+        // Advancing a skewed virtual clock moves the time they share so that it reads `t`.
+        ahead.advance_to(Timestamp(20_000));
+        assert_eq!(
+            (base.now(), ahead.now()),
+            (Timestamp(15_000), Timestamp(20_000))
+        );
+        assert!(ahead.is_manual() && !Clock::system().ahead(Duration::ZERO).is_manual());
+        let wall = Clock::system().behind(Duration::from_secs(3600)).now();
+        let off = Timestamp::now().as_millis() - wall.as_millis();
+        assert!((3_599_000..=3_601_000).contains(&off), "{off}");
+    }
+
+    #[test]
+    fn a_remote_clock_follows_its_reading_not_the_wall_clock() {
+        let remote = Arc::new(RemoteClock::new());
+        let clock = Clock::remote(remote.clone());
+        assert!(clock.is_remote() && !clock.is_manual());
+        assert_eq!(remote.now(), None);
+        // Before its first reading it reads the wall clock.
+        let off = clock.now().as_millis() - Timestamp::now().as_millis();
+        assert!(off.abs() < 1_000, "{off}");
+        // A remote clock an hour ahead of this host, read over a 200 ms round trip: taken
+        // at the midpoint, 100 ms after the request left.
+        let received = Instant::now();
+        let sent = received - Duration::from_millis(200);
+        let at_midpoint = Timestamp::now()
+            .add(Duration::from_secs(3600))
+            .sub(Duration::from_millis(100));
+        remote.record(sent, received, at_midpoint);
+        assert_eq!(remote.round_trip(), Some(Duration::from_millis(200)));
+        let off = clock.now().as_millis() - Timestamp::now().as_millis();
+        assert!((3_599_000..=3_601_000).contains(&off), "{off}");
+        // Carried forward by the monotonic clock: later readings of `now` grow with it.
+        let a = clock.now();
+        std::thread::sleep(Duration::from_millis(20));
+        let b = clock.now();
+        assert!(b.since(a) >= Duration::from_millis(19), "{a} {b}");
+        // A skew still applies on top (a test may want a remote clock that is off too).
+        let off = clock
+            .clone()
+            .ahead(Duration::from_secs(1))
+            .now()
+            .since(clock.now());
+        assert!(off >= Duration::from_millis(990), "{off:?}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use taskq_examples::wait_finished;
-use taskq_runtime::{task, Context, Queue, TaskError, Timestamp, Worker};
+use taskq_runtime::{task, Context, Queue, TaskError, Worker};
 
 /// When each reminder ran, in ms after start-up.
 struct Log(Instant, Mutex<Vec<(String, u128)>>);
@@ -37,7 +37,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .delay(Duration::from_millis(300))
         .start(&queue)
         .await?;
-    let eta = Timestamp::now().add(Duration::from_millis(600));
+    // An ETA on the queue's clock: on PostgreSQL the database's, which decides when it is due.
+    let eta = queue.clock().now().add(Duration::from_millis(600));
     let at = remind::builder("at now + 600 ms (eta)".into())
         .at(eta)
         .start(&queue)
@@ -47,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "task {later} is {} until run_at {} ms from now",
         t.info.state,
-        t.info.run_at.0 - Timestamp::now().0
+        t.info.run_at.0 - queue.clock().now().0
     );
 
     for id in [now, later, at] {

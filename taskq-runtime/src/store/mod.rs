@@ -2,7 +2,11 @@
 //!
 //! A store keeps tasks, their attempts, queue settings and iteration runs. Every method
 //! that depends on the time takes `now` from the caller, so the same store runs on the
-//! wall clock in a worker and on virtual time in the test harness.
+//! wall clock in a worker and on virtual time in the test harness. A store that many hosts
+//! share keeps a clock of its own ([`Store::clock`]; PostgreSQL: the database server's),
+//! and callers on real time read it, so every `now` and every time derived from it (due
+//! times, lease ends, backoff, token-bucket refills, tombstone windows) is in that one
+//! clock however far the hosts' wall clocks are off (the budget is in [`Clock`]).
 //!
 //! Rules every backend follows (the conformance suite in `tests/` checks them):
 //! - [`Store::enqueue`] is all-or-nothing: one unique-name conflict stores nothing.
@@ -40,7 +44,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::time::Timestamp;
+use crate::time::{Clock, Timestamp};
 
 pub mod admission;
 pub mod memory;
@@ -655,6 +659,17 @@ pub(crate) fn decode_failure(what: &str, id: i64, e: &serde_json::Error) -> Stri
 pub trait Store: Send + Sync + 'static {
     /// A short name of the backend: `memory`, `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+
+    /// The clock of a store that hosts share, when it keeps one: PostgreSQL's is the
+    /// database server's clock as this process estimates it
+    /// ([`RemoteClock`](crate::time::RemoteClock)). `None`, the default (memory and SQLite,
+    /// which one host uses), means the caller's clock decides. A worker or
+    /// [`Queue`](crate::Queue) given a real clock reads this one instead, and one given a
+    /// virtual clock keeps it ([`Clock::for_store`]); the store itself always takes the
+    /// caller's `now`. A store that wraps another should return the inner store's clock.
+    fn clock(&self) -> Option<Clock> {
+        None
+    }
 
     /// Stores tasks, all or none, and returns their ids in order. Values and names are
     /// checked first by [`check_new_tasks`] ([`StoreError::InvalidValue`]). A task with a

@@ -169,7 +169,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// Another clock than the wall clock.
+    /// Another clock than the wall clock. A real clock gives way to the store's own clock
+    /// when it keeps one ([`Clock::for_store`]: PostgreSQL's database clock decides lease,
+    /// due, backoff and bucket times); a virtual one ([`Clock::manual`]) is kept.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -219,8 +221,8 @@ impl WorkerBuilder {
         }
         Ok(Worker {
             exec: Exec {
+                clock: self.clock.for_store(&*self.store),
                 store: self.store,
-                clock: self.clock,
                 state: Arc::new(self.state),
                 registry: Arc::new(registry),
                 worker: name,

@@ -199,6 +199,9 @@ SELECT NULL, NULL, c.unique_name FROM conflict c
     /// default) it sees every delete committed before it; under `REPEATABLE READ` it sees
     /// the names as of your transaction's first statement.
     ///
+    /// `now` and the tasks' `run_at` are in the database's time: take `now` from
+    /// [`PostgresStore::now`], not from this host's wall clock, which may be off.
+    ///
     /// See the [module docs](super) for an example.
     pub async fn enqueue_in(
         &self,

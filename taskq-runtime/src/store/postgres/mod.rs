@@ -43,8 +43,18 @@
 //!   unreachable; broken connections are dropped and new ones are made with back-off
 //!   (50 ms doubling to 5 s), and the listening connection reconnects by itself (and wakes
 //!   every waiter, since notifications may have been missed meanwhile).
-//! - **Time**: every time is an `int8` of milliseconds since the Unix epoch given by the
-//!   caller (`now`), never the database clock, as in every store.
+//! - **Time**: the database's clock decides. Every time is an `int8` of milliseconds since
+//!   the Unix epoch, given by the caller (`now`) as on every store, and the store gives
+//!   callers its clock ([`Store::clock`]): the database server's `clock_timestamp()`, read
+//!   at open, on every (re)connection of the listening connection and every minute (three
+//!   readings, the one with the shortest round trip kept, taken at its midpoint), and
+//!   carried forward in between by this process's monotonic clock
+//!   ([`RemoteClock`](crate::time::RemoteClock)). A worker or [`Queue`](crate::Queue) on
+//!   real time reads it, so due times, lease ends, backoff, token-bucket refills and
+//!   tombstone windows are in the database's time and the token-bucket arithmetic stays in
+//!   one place in Rust ([`admission`]); hosts' wall clocks may be off by any amount (the
+//!   budget is in [`Clock`]). A host whose wall clock is more than a second off is logged.
+//!   Virtual time ([`Clock::manual`]) is passed through unchanged.
 //!
 //! # Table layout (schema version 3)
 //! Migrations are versioned in `taskq_schema(version, applied_at)` and applied under an
@@ -71,7 +81,6 @@
 //! ```no_run
 //! use taskq_runtime::store::postgres::PostgresStore;
 //! use taskq_runtime::store::NewTask;
-//! use taskq_runtime::time::Timestamp;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let url = "postgres://app@127.0.0.1/app";
@@ -81,7 +90,7 @@
 //!
 //! let tx = client.transaction().await?;
 //! tx.execute("UPDATE accounts SET welcomed = true WHERE id = $1", &[&42i64]).await?;
-//! let now = Timestamp::now();
+//! let now = store.now(); // the database's time, not this host's
 //! let ids = store
 //!     .enqueue_in(
 //!         &tx,
@@ -108,7 +117,8 @@
 //! One subject per file: `schema.rs` (migrations), `pool.rs` (connections), `enqueue.rs`
 //! (the name check and the insert), `claim.rs` (claim statements, admission, `next_due`),
 //! `lease.rs` (heartbeat, finish, checkpoint), `manage.rs` (management calls, tombstones),
-//! `rows.rs` (row decoding). This file holds the store, opening, `LISTEN/NOTIFY` and the
+//! `rows.rs` (row decoding), `clock.rs` (reading the database clock). This file holds the
+//! store, opening, `LISTEN/NOTIFY` (whose connection also refreshes the clock) and the
 //! `Store` impl that delegates to them.
 
 use std::collections::HashSet;
@@ -124,6 +134,7 @@ use tokio_postgres::{AsyncMessage, Config, Row};
 use super::*;
 
 mod claim;
+mod clock;
 mod enqueue;
 mod lease;
 mod manage;
@@ -133,6 +144,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
+use clock::DbClock;
 use manage::{BURY, DELETED};
 use pool::{Pool, PooledConn};
 
@@ -179,6 +191,8 @@ pub struct PostgresStore {
     s: String,
     wake: broadcast::Sender<Arc<str>>,
     listener: tokio::task::JoinHandle<()>,
+    /// The database clock, as this process estimates it: what decides every time.
+    clock: Arc<DbClock>,
     /// The queue lists (as claims name them; empty for every queue) whose last claim met a
     /// queue with limits: their next claim skips the plain statement. Only a hint.
     limited_hint: std::sync::Mutex<HashSet<Vec<String>>>,
@@ -288,17 +302,21 @@ fn check_schema_name(url: &str, name: &str) -> Result<(), StoreError> {
 /// Keeps a `LISTEN taskq_new` connection open, reconnecting with back-off, and forwards
 /// every notification's payload (a queue name) to `wake`. An empty payload wakes everyone
 /// (sent after each (re)connection, since notifications may have been missed).
+///
+/// It also reads the database clock on each (re)connection (after a failover the server
+/// may be another machine) and every [`clock::REFRESH`] while connected.
 async fn listen_forever(
     config: Config,
     wake: broadcast::Sender<Arc<str>>,
     ready: watch::Sender<bool>,
+    db_clock: Arc<DbClock>,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
         match config.connect(tokio_postgres::NoTls).await {
             Ok((client, mut connection)) => {
                 let fwd = wake.clone();
-                let driver = tokio::spawn(async move {
+                let mut driver = tokio::spawn(async move {
                     let mut messages =
                         futures::stream::poll_fn(move |cx| connection.poll_message(cx));
                     while let Some(m) = messages.next().await {
@@ -319,7 +337,15 @@ async fn listen_forever(
                         backoff = Duration::from_millis(50);
                         let _ = ready.send(true);
                         let _ = wake.send(Arc::from(""));
-                        let _ = driver.await;
+                        loop {
+                            if let Err(e) = db_clock.read(&client).await {
+                                tracing::warn!(error = %e, "taskq: cannot read the PostgreSQL clock; the last estimate stays in use");
+                            }
+                            tokio::select! {
+                                _ = &mut driver => break,
+                                _ = tokio::time::sleep(clock::REFRESH) => {}
+                            }
+                        }
                         tracing::warn!("taskq: PostgreSQL listening connection lost; reconnecting");
                     }
                     Err(e) => {
@@ -364,13 +390,26 @@ impl PostgresStore {
     ) -> Result<PostgresStore, StoreError> {
         let s = format!("\"{schema_name}\"");
         let pool = Pool::new(config.clone(), pool_size);
+        let db_clock = Arc::new(DbClock::default());
         {
             let mut c = pool.get().await?;
             schema::migrate(&mut c, &schema_name, &s).await?;
+            // Every time this store is given must be in the database's clock from the
+            // first call on.
+            let read = db_clock.read(c.client()?).await;
+            if read.is_err() {
+                c.discard();
+            }
+            read?;
         }
         let (wake, _) = broadcast::channel(1024);
         let (ready_tx, mut ready_rx) = watch::channel(false);
-        let listener = tokio::spawn(listen_forever(config, wake.clone(), ready_tx));
+        let listener = tokio::spawn(listen_forever(
+            config,
+            wake.clone(),
+            ready_tx,
+            db_clock.clone(),
+        ));
         // Wait (briefly) for LISTEN so that work started right after `open` wakes us.
         let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx.wait_for(|r| *r)).await;
         Ok(PostgresStore {
@@ -379,8 +418,16 @@ impl PostgresStore {
             s,
             wake,
             listener,
+            clock: db_clock,
             limited_hint: std::sync::Mutex::new(HashSet::new()),
         })
+    }
+
+    /// The database's time, as this process estimates it ([`Store::clock`]): the `now` to
+    /// give [`PostgresStore::enqueue_in`] and the base of an ETA. Never this host's wall
+    /// clock, which may be off.
+    pub fn now(&self) -> Timestamp {
+        self.clock.remote.now().unwrap_or_else(Timestamp::now)
     }
 
     /// The schema holding this store's tables.
@@ -463,6 +510,10 @@ impl PostgresStore {
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    fn clock(&self) -> Option<Clock> {
+        Some(Clock::remote(self.clock.remote.clone()))
     }
 
     async fn enqueue(

@@ -718,3 +718,54 @@ async fn tombstones_only_for_names_and_migrated_from_v1() {
     drop(s);
     drop_schema(&url, &schema).await;
 }
+
+/// The database clock is read at open, and again when the listening connection comes back
+/// (after a failover the server may be another machine, with another clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clock_is_read_again_after_a_reconnection() {
+    let url = url();
+    let _g = SERVER.read().await;
+    let schema = schema_name("clock");
+    // Its own application name, so that only this store's connections are ended.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let s = store(&format!("{url}{sep}application_name={schema}"), &schema).await;
+    let readings = || s.clock.readings.load(Ordering::Relaxed);
+    let until = |what: &str, n: u64| {
+        let what = what.to_string();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while readings() < n {
+                assert!(Instant::now() < deadline, "{what}: {} readings", readings());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // One at open, one by the listening connection once it listens.
+    until("the listener's first reading", 2).await;
+    let before = readings();
+    let side = client(&url).await;
+    let ended = side
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap();
+    assert!(!ended.is_empty(), "the store's connections were found");
+    until("a reading after the reconnection", before + 1).await;
+    let estimate = s.clock().expect("a clock").now();
+    let db: i64 = side
+        .query_one(
+            "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::int8",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        (db - estimate.as_millis()).abs() < 1_000,
+        "estimate {estimate} against the database's {db}"
+    );
+    drop(s);
+    drop_schema(&url, &schema).await;
+}
