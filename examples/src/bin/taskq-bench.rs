@@ -24,6 +24,11 @@
 //!   processed by a worker (tasks/s), and start-to-run latency p50/p99 of tasks started
 //!   one at a time while a worker runs.
 //! - `memory`: resident memory per queued task in the memory store.
+//! - `scale` (not run by default): per store, claim latency of a stream of due tasks on
+//!   the empty store and again beside `--finished N` done tasks (default 1,000,000) and
+//!   `--scheduled N` (default 100,000) pending tasks each an hour ahead at a higher
+//!   priority, due in a paused queue, and due in a queue not served; `queues()` latency;
+//!   heartbeat p99 while `queues()` runs every 100 ms (see `src/bench/scale.rs`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -40,6 +45,9 @@ use taskq_runtime::tokio_postgres::{self, NoTls};
 use taskq_runtime::{
     iterative_task, task, Context, Model, Queue, Store, TaskError, TaskId, Timestamp, Worker,
 };
+
+#[path = "../bench/scale.rs"]
+mod scale;
 
 /// The benchmark table, behind one mutex-guarded connection.
 #[derive(Clone)]
@@ -195,12 +203,17 @@ struct Args {
     tasks: u64,
     data: PathBuf,
     postgres: Option<String>,
+    finished: u64,
+    scheduled: u64,
 }
 
-const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,claim,memory] [--rows N] [--tasks N] [--data DIR] [--postgres URL]";
+const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,claim,memory,scale] [--rows N] [--tasks N] [--finished N] [--scheduled N] [--data DIR] [--postgres URL]";
 
 /// The workloads, in the order they run by default.
 const WORKLOADS: [&str; 4] = ["iteration", "throughput", "claim", "memory"];
+
+/// The workloads run only when named.
+const ON_REQUEST: [&str; 1] = ["scale"];
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -209,6 +222,8 @@ fn parse_args() -> Result<Args, String> {
         tasks: 20_000,
         data: std::env::temp_dir().join("taskq-bench"),
         postgres: None,
+        finished: 1_000_000,
+        scheduled: 100_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -228,13 +243,15 @@ fn parse_args() -> Result<Args, String> {
             "--workloads" => {
                 a.workloads = v.split(',').map(|s| s.trim().to_string()).collect();
                 for w in &a.workloads {
-                    if !WORKLOADS.contains(&w.as_str()) {
+                    if !WORKLOADS.contains(&w.as_str()) && !ON_REQUEST.contains(&w.as_str()) {
                         return Err(format!("unknown workload `{w}`"));
                     }
                 }
             }
             "--rows" => a.rows = num(&v)?,
             "--tasks" => a.tasks = num(&v)?,
+            "--finished" => a.finished = num(&v)?,
+            "--scheduled" => a.scheduled = num(&v)?,
             "--data" => a.data = v.into(),
             "--postgres" => a.postgres = Some(v),
             other => return Err(format!("unknown option `{other}`")),
@@ -301,6 +318,23 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 }
             }
             "memory" => memory(args.tasks.max(100_000)).await?,
+            "scale" => {
+                let (f, n) = (args.finished, args.scheduled);
+                scale::scale("memory", taskq_runtime::store::open("memory://").await?, f, n)
+                    .await?;
+                let path = args.data.join("scale.db");
+                remove_db(&path);
+                let store =
+                    taskq_runtime::store::open(&format!("sqlite://{}", path.display())).await?;
+                scale::scale("sqlite", store, f, n).await?;
+                if let Some(url) = &args.postgres {
+                    let schema = "taskq_bench_scale";
+                    drop_pg_schema(url, schema).await?;
+                    let store = PostgresStore::open_in_schema(url, schema).await?;
+                    scale::scale("postgres", Arc::new(store), f, n).await?;
+                    drop_pg_schema(url, schema).await?;
+                }
+            }
             _ => unreachable!("checked by parse_args"),
         }
     }
