@@ -15,6 +15,13 @@
 //!   levels). Deeper values are refused the same way as NaN. The stores themselves refuse
 //!   a stored document (a payload, with its wrapping object, or a filter or cursor) deeper
 //!   than [`MAX_DEPTH`] with [`StoreError::InvalidValue`](crate::store::StoreError::InvalidValue).
+//! - **At most [`MAX_PAYLOAD_BYTES`] of JSON** (16 MiB) for a task's payload (its
+//!   arguments, with the wrapping object), an iterative run's filter and its cursor, the
+//!   same on every store: `start()` fails with
+//!   [`StartError::Store`](crate::StartError::Store) holding
+//!   [`StoreError::InvalidValue`](crate::store::StoreError::InvalidValue), which names the
+//!   task, its largest argument, the size and the limit, and nothing is stored. A value
+//!   that large is better kept elsewhere (a file, an object store) and passed by key.
 //! - **Names** (task name, queue, de-duplication name) must not contain a NUL byte, which
 //!   PostgreSQL cannot store in text, and are at most [`MAX_NAME_BYTES`] long (PostgreSQL
 //!   indexes them): every store refuses others with
@@ -39,10 +46,40 @@ pub const MAX_DEPTH: usize = 100;
 /// one store keeps is kept by all.
 pub const MAX_NAME_BYTES: usize = 1024;
 
+/// The largest JSON document a store keeps, in bytes of the JSON text taskq writes: a
+/// task's payload (the object of its arguments, and for an iterative task the
+/// `{"filter": .., "args": {..}}` around them), an iteration's filter, or its cursor.
+/// Every store's `enqueue` and `checkpoint` refuse a larger one with
+/// [`StoreError::InvalidValue`](crate::store::StoreError::InvalidValue), so a value one
+/// store keeps is kept by all. 16 MiB: far below what the databases take (PostgreSQL's
+/// `json` up to 1 GB, SQLite's default 1,000,000,000 bytes), because a worker holds the
+/// payload of every task it claims (`claim_batch` of them at once) and the database
+/// stores send each claimed payload in one result.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
+
 /// The deepest one value you hand taskq may nest: an argument, a filter, or a model key
 /// (the cursor). [`MAX_DEPTH`] less the two levels a payload may wrap it in (the payload
 /// object, and an iterative task's `args` object).
 pub const MAX_VALUE_DEPTH: usize = MAX_DEPTH - 2;
+
+/// The length in bytes of `v` as JSON text, as the stores write it (`v.to_string()`),
+/// counted without building the text.
+pub fn json_len(v: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a `Value` cannot fail (its map keys are strings), and `Count` never fails.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
 
 /// Turns `value` into JSON the way taskq stores it, refusing what would not come back
 /// unchanged: NaN and ±infinity (anywhere inside it), and nesting deeper than `max_depth`

@@ -15,6 +15,9 @@ use taskq_runtime::store::{
 };
 use taskq_runtime::{TaskId, Timestamp};
 
+mod scale;
+pub use scale::*;
+
 /// A fixed starting time for every case.
 pub const T0: Timestamp = Timestamp(1_800_000_000_000);
 
@@ -1010,6 +1013,7 @@ pub async fn values_cross_the_store_bit_identical(s: Arc<dyn Store>) {
     let listed = s
         .list_tasks(&TaskQuery {
             limit: 10,
+            with_payload: true,
             ..TaskQuery::default()
         })
         .await
@@ -2110,6 +2114,9 @@ macro_rules! conformance_tests {
             finish_batch_with_a_stale_and_a_held_lease_of_one_task,
             heartbeat_reports_a_stale_lease_beside_the_held_one,
             continuation_steps_follow_the_batch_order,
+            queue_counts_equal_a_full_count, listing_leaves_payloads_out_unless_asked,
+            claims_reach_due_rows_past_rows_they_must_not_take,
+            payload_size_limit_is_the_same_on_every_store,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

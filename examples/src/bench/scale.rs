@@ -215,7 +215,10 @@ pub async fn scale(
         q_lat.push(t.elapsed());
         counts = json!(qs
             .iter()
-            .map(|q| (q.name.clone(), q.count(TaskState::Done) + q.count(TaskState::Pending)))
+            .map(|q| (
+                q.name.clone(),
+                q.count(TaskState::Done) + q.count(TaskState::Pending)
+            ))
             .collect::<std::collections::BTreeMap<_, _>>());
     }
     q_lat.sort_unstable();

@@ -320,8 +320,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
             "memory" => memory(args.tasks.max(100_000)).await?,
             "scale" => {
                 let (f, n) = (args.finished, args.scheduled);
-                scale::scale("memory", taskq_runtime::store::open("memory://").await?, f, n)
-                    .await?;
+                scale::scale(
+                    "memory",
+                    taskq_runtime::store::open("memory://").await?,
+                    f,
+                    n,
+                )
+                .await?;
                 let path = args.data.join("scale.db");
                 remove_db(&path);
                 let store =

@@ -6,7 +6,7 @@
 //! backends do in SQL what this one does under a mutex.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -35,16 +35,82 @@ struct Inner {
     queues: BTreeMap<String, (bool, QueueConfig)>,
     buckets: HashMap<String, Bucket>,
     runs: BTreeMap<i64, IterationInfo>,
-    /// Pending tasks in claim order: priority (high first), then run_at, then id.
-    due: BTreeSet<(Reverse<i32>, Timestamp, i64)>,
-    /// Pending tasks by run_at, for `next_due`.
-    by_time: BTreeSet<(Timestamp, i64)>,
-    /// Running tasks by lease expiry, for lapsed leases and concurrency counts.
-    leased: BTreeSet<(Timestamp, i64)>,
+    /// Each queue's live rows in claim structures and its ids by state (a queue is here
+    /// while it has rows), so that a claim, `next_due` and `queues()` touch only the
+    /// queues they are about and never a finished or future row.
+    lanes: HashMap<String, Lane>,
+    /// Task ids by state, for listing by state.
+    by_state: [BTreeSet<i64>; 6],
+    /// Task ids by task name and state, for listing by task name.
+    by_task: HashMap<String, [BTreeSet<i64>; 6]>,
     /// Task ids by unique name.
     names: HashMap<String, BTreeSet<i64>>,
     /// Holds that deleted named tasks left on their names (see [`tombstone`]).
     tombstones: HashMap<String, Tombstone>,
+}
+
+/// One queue's rows, indexed (see [`Inner::index`]).
+#[derive(Debug)]
+struct Lane {
+    /// Every pending row, by due time.
+    pending: BTreeSet<(Timestamp, i64)>,
+    /// The pending rows due at `promoted` (`run_at <= promoted`), in claim order:
+    /// priority (high first), then `run_at`, then id. A claim at `now` first moves the
+    /// rows between `promoted` and `now` in or out (each row moves once as time goes on),
+    /// so it reads due rows only, never the future rows of a higher priority.
+    ready: BTreeSet<(Reverse<i32>, Timestamp, i64)>,
+    /// The time `ready` is up to date for.
+    promoted: Timestamp,
+    /// Running rows by lease end: lapsed leases and concurrency counts.
+    leased: BTreeSet<(Timestamp, i64)>,
+    /// Ids by state (in [`TaskState::ALL`] order): counts and listing by queue.
+    by_state: [BTreeSet<i64>; 6],
+}
+
+impl Default for Lane {
+    fn default() -> Lane {
+        Lane {
+            pending: BTreeSet::new(),
+            ready: BTreeSet::new(),
+            promoted: Timestamp(i64::MIN),
+            leased: BTreeSet::new(),
+            by_state: Default::default(),
+        }
+    }
+}
+
+impl Lane {
+    /// Brings `ready` to exactly the pending rows due at `now`.
+    fn promote(&mut self, tasks: &BTreeMap<i64, Row>, now: Timestamp) {
+        let key = |id: i64, t: Timestamp| {
+            let prio = tasks.get(&id).map(|r| r.info.priority).unwrap_or(0);
+            (Reverse(prio), t, id)
+        };
+        if now > self.promoted {
+            let from = (Timestamp(self.promoted.0.saturating_add(1)), i64::MIN);
+            for &(t, id) in self.pending.range(from..=(now, i64::MAX)) {
+                self.ready.insert(key(id, t));
+            }
+        } else if now < self.promoted {
+            let from = (Timestamp(now.0.saturating_add(1)), i64::MIN);
+            for &(t, id) in self.pending.range(from..=(self.promoted, i64::MAX)) {
+                self.ready.remove(&key(id, t));
+            }
+        }
+        self.promoted = now;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_state.iter().all(BTreeSet::is_empty)
+    }
+}
+
+/// The position of a state in [`TaskState::ALL`] (the per-state index arrays).
+fn slot(state: TaskState) -> usize {
+    TaskState::ALL
+        .iter()
+        .position(|s| *s == state)
+        .unwrap_or_default()
 }
 
 /// A store that keeps everything in process memory behind one mutex.
@@ -72,37 +138,60 @@ fn queue_wanted(queues: &[String], q: &str) -> bool {
 }
 
 impl Inner {
-    // The indexes (`due`, `by_time`, `leased`) follow a row's state, priority, run_at and
-    // lease: every change to those goes between `unindex(id)` and `index(id)`.
+    // The indexes (`lanes`, `by_state`, `by_task`) follow a row's state, priority, run_at
+    // and lease: every change to those goes between `unindex(id)` and `index(id)`, and
+    // every row is indexed while it exists (`insert_row`, `remove_row`).
 
     fn unindex(&mut self, id: i64) {
         let Some(r) = self.tasks.get(&id) else { return };
+        let (st, q) = (slot(r.info.state), &r.info.queue);
+        self.by_state[st].remove(&id);
+        if let Some(ids) = self.by_task.get_mut(&r.info.task) {
+            ids[st].remove(&id);
+            if ids.iter().all(BTreeSet::is_empty) {
+                self.by_task.remove(&r.info.task);
+            }
+        }
+        let Some(lane) = self.lanes.get_mut(q) else {
+            return;
+        };
+        lane.by_state[st].remove(&id);
         match r.info.state {
             TaskState::Pending => {
-                self.due
+                lane.pending.remove(&(r.info.run_at, id));
+                lane.ready
                     .remove(&(Reverse(r.info.priority), r.info.run_at, id));
-                self.by_time.remove(&(r.info.run_at, id));
             }
             TaskState::Running => {
                 if let Some(l) = r.info.lease_until {
-                    self.leased.remove(&(l, id));
+                    lane.leased.remove(&(l, id));
                 }
             }
             _ => {}
+        }
+        if lane.is_empty() {
+            self.lanes.remove(q);
         }
     }
 
     fn index(&mut self, id: i64) {
         let Some(r) = self.tasks.get(&id) else { return };
+        let st = slot(r.info.state);
+        self.by_state[st].insert(id);
+        self.by_task.entry(r.info.task.clone()).or_default()[st].insert(id);
+        let lane = self.lanes.entry(r.info.queue.clone()).or_default();
+        lane.by_state[st].insert(id);
         match r.info.state {
             TaskState::Pending => {
-                self.due
-                    .insert((Reverse(r.info.priority), r.info.run_at, id));
-                self.by_time.insert((r.info.run_at, id));
+                lane.pending.insert((r.info.run_at, id));
+                if r.info.run_at <= lane.promoted {
+                    lane.ready
+                        .insert((Reverse(r.info.priority), r.info.run_at, id));
+                }
             }
             TaskState::Running => {
                 if let Some(l) = r.info.lease_until {
-                    self.leased.insert((l, id));
+                    lane.leased.insert((l, id));
                 }
             }
             _ => {}
@@ -165,13 +254,12 @@ impl Inner {
         let Some((_, config)) = self.queues.get(queue) else {
             return admission::admit(&QueueConfig::default(), 0, None, now);
         };
-        let running = match config.max_concurrent {
-            Some(_) => self
+        let running = match (config.max_concurrent, self.lanes.get(queue)) {
+            (Some(_), Some(lane)) => lane
                 .leased
                 .range((Timestamp(now.0.saturating_add(1)), i64::MIN)..)
-                .filter(|(_, id)| self.tasks.get(id).map(|r| r.info.queue == queue) == Some(true))
                 .count() as u64,
-            None => 0,
+            _ => 0,
         };
         admission::admit(config, running, self.buckets.get(queue).copied(), now)
     }
@@ -312,51 +400,52 @@ impl Store for MemoryStore {
         let now = req.now;
         let mut g = self.lock();
         let g = &mut *g;
-        // Pick, without changing anything: lapsed leases and due pending tasks, merged in
-        // claim order, each queue up to its allowance (concurrency and token bucket).
+        // Pick: lapsed leases and due pending tasks of the wanted, unpaused queues, at most
+        // `limit` of each kind per queue (a queue's rows are only passed over once it is
+        // out of allowance), merged in claim order, each queue up to its allowance
+        // (concurrency and token bucket). Only these queues' due rows are read.
         let mut picks: Vec<i64> = Vec::new();
         {
-            let wanted = |g: &Inner, id: &i64| {
-                g.tasks
-                    .get(id)
-                    .map(|r| queue_wanted(&req.queues, &r.info.queue) && !g.paused(&r.info.queue))
-                    .unwrap_or(false)
+            let mut names: Vec<String> = if req.queues.is_empty() {
+                g.lanes.keys().cloned().collect()
+            } else {
+                req.queues.clone()
             };
-            let mut lapsed: Vec<(Reverse<i32>, Timestamp, i64)> = g
-                .leased
-                .range(..=(now, i64::MAX))
-                .filter(|(_, id)| wanted(g, id))
-                .filter_map(|(_, id)| {
-                    g.tasks
-                        .get(id)
-                        .map(|r| (Reverse(r.info.priority), r.info.run_at, *id))
-                })
-                .collect();
-            lapsed.sort();
-            let mut lapsed = lapsed.into_iter().peekable();
-            let mut due = g.due.iter().filter(|(_, t, _)| *t <= now).peekable();
-            let mut admissions: HashMap<String, (Admission, u64)> = HashMap::new();
-            let mut blocked: HashSet<String> = HashSet::new();
-            while picks.len() < req.limit {
-                let next = match (lapsed.peek(), due.peek()) {
-                    (Some(a), Some(b)) if a <= *b => lapsed.next(),
-                    (_, Some(_)) => due.next().copied(),
-                    (Some(_), None) => lapsed.next(),
-                    (None, None) => break,
+            names.sort_unstable();
+            names.dedup();
+            names.retain(|q| !g.paused(q) && g.lanes.contains_key(q));
+            let mut cands: Vec<(Reverse<i32>, Timestamp, i64)> = Vec::new();
+            for q in &names {
+                let Some(lane) = g.lanes.get_mut(q) else {
+                    continue;
                 };
-                let Some((_, _, id)) = next else { break };
-                if !wanted(g, &id) {
-                    continue;
+                lane.promote(&g.tasks, now);
+                cands.extend(lane.ready.iter().take(req.limit).copied());
+                let mut lapsed: Vec<(Reverse<i32>, Timestamp, i64)> = lane
+                    .leased
+                    .range(..=(now, i64::MAX))
+                    .filter_map(|(_, id)| {
+                        g.tasks
+                            .get(id)
+                            .map(|r| (Reverse(r.info.priority), r.info.run_at, *id))
+                    })
+                    .collect();
+                lapsed.sort_unstable();
+                cands.extend(lapsed.into_iter().take(req.limit));
+            }
+            cands.sort_unstable();
+            let mut admissions: HashMap<String, (Admission, u64)> = HashMap::new();
+            for (_, _, id) in cands {
+                if picks.len() >= req.limit {
+                    break;
                 }
-                let queue = &g.tasks[&id].info.queue;
-                if blocked.contains(queue) {
+                let Some(queue) = g.tasks.get(&id).map(|r| &r.info.queue) else {
                     continue;
-                }
+                };
                 let (adm, taken) = admissions
                     .entry(queue.clone())
                     .or_insert_with(|| (g.admission(queue, now), 0));
                 if *taken >= adm.allowance {
-                    blocked.insert(queue.clone());
                     continue;
                 }
                 *taken += 1;
@@ -591,17 +680,25 @@ impl Store for MemoryStore {
 
     async fn next_due(&self, queues: &[String]) -> Result<Option<Timestamp>, StoreError> {
         let g = self.lock();
-        let wanted = |id: &i64| {
-            g.tasks
-                .get(id)
-                .map(|r| queue_wanted(queues, &r.info.queue) && !g.paused(&r.info.queue))
-                .unwrap_or(false)
+        let first = |lane: &Lane| {
+            let pending = lane.pending.first().map(|(t, _)| *t);
+            let lease = lane.leased.first().map(|(t, _)| *t);
+            pending.into_iter().chain(lease).min()
         };
-        let pending = g.by_time.iter().find(|(_, id)| wanted(id)).map(|(t, _)| *t);
-        let lease = g.leased.iter().find(|(_, id)| wanted(id)).map(|(t, _)| *t);
-        Ok(match (pending, lease) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let due = g
+            .lanes
+            .iter()
+            .filter(|(q, _)| queue_wanted(queues, q) && !g.paused(q))
+            .filter_map(|(_, lane)| first(lane));
+        Ok(match queues.is_empty() {
+            true => due.min(),
+            // Only the queues asked for: a look-up each, not a walk of every lane.
+            false => queues
+                .iter()
+                .filter(|q| !g.paused(q))
+                .filter_map(|q| g.lanes.get(q))
+                .filter_map(first)
+                .min(),
         })
     }
 
@@ -623,25 +720,20 @@ impl Store for MemoryStore {
                 },
             );
         }
-        for r in g.tasks.values() {
-            let q = map
-                .entry(r.info.queue.clone())
-                .or_insert_with(|| QueueInfo {
-                    name: r.info.queue.clone(),
-                    ..QueueInfo::default()
-                });
-            match q.counts.iter_mut().find(|(s, _)| *s == r.info.state) {
-                Some((_, n)) => *n += 1,
-                None => q.counts.push((r.info.state, 1)),
-            }
+        // Counts are the sizes of each queue's per-state index: no row is read.
+        for (name, lane) in &g.lanes {
+            let q = map.entry(name.clone()).or_insert_with(|| QueueInfo {
+                name: name.clone(),
+                ..QueueInfo::default()
+            });
+            q.counts = TaskState::ALL
+                .into_iter()
+                .zip(&lane.by_state)
+                .filter(|(_, ids)| !ids.is_empty())
+                .map(|(state, ids)| (state, ids.len() as u64))
+                .collect();
         }
-        Ok(map
-            .into_values()
-            .map(|mut q| {
-                q.counts.sort();
-                q
-            })
-            .collect())
+        Ok(map.into_values().collect())
     }
 
     async fn configure_queue(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError> {
@@ -665,11 +757,10 @@ impl Store for MemoryStore {
         check_queue_name(queue)?;
         let mut g = self.lock();
         let ids: Vec<i64> = g
-            .by_time
-            .iter()
-            .filter(|(_, id)| g.tasks.get(id).map(|r| r.info.queue == queue) == Some(true))
-            .map(|(_, id)| *id)
-            .collect();
+            .lanes
+            .get(queue)
+            .map(|lane| lane.pending.iter().map(|(_, id)| *id).collect())
+            .unwrap_or_default();
         for id in &ids {
             if let Some(row) = g.remove_row(*id, now) {
                 let why = format!("its pending step {id} was purged from queue `{queue}`");
@@ -682,15 +773,57 @@ impl Store for MemoryStore {
     async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<TaskInfo>, StoreError> {
         let g = self.lock();
         let limit = if q.limit == 0 { 100 } else { q.limit };
-        Ok(g.tasks
-            .values()
-            .rev()
-            .filter(|r| q.before.map(|b| r.info.id < b).unwrap_or(true))
-            .filter(|r| q.queue.as_ref().map(|x| *x == r.info.queue).unwrap_or(true))
-            .filter(|r| q.state.map(|s| s == r.info.state).unwrap_or(true))
-            .filter(|r| q.task.as_ref().map(|t| *t == r.info.task).unwrap_or(true))
-            .take(limit)
-            .map(|r| r.info.clone())
+        let below = q.before.map(|b| b.0).unwrap_or(i64::MAX);
+        let matches = |r: &Row| {
+            q.queue.as_ref().is_none_or(|x| *x == r.info.queue)
+                && q.state.is_none_or(|s| s == r.info.state)
+                && q.task.as_ref().is_none_or(|t| *t == r.info.task)
+        };
+        let states: Vec<usize> = match q.state {
+            Some(s) => vec![slot(s)],
+            None => (0..TaskState::ALL.len()).collect(),
+        };
+        // The narrowest index the filters allow (queue, then task name, then state), read
+        // newest first from `before`, one set per state; the other filters are checked
+        // on the rows it gives.
+        let sets: Option<Vec<&BTreeSet<i64>>> = if let Some(queue) = &q.queue {
+            Some(match g.lanes.get(queue) {
+                Some(lane) => states.iter().map(|s| &lane.by_state[*s]).collect(),
+                None => Vec::new(),
+            })
+        } else if let Some(task) = &q.task {
+            Some(match g.by_task.get(task) {
+                Some(ids) => states.iter().map(|s| &ids[*s]).collect(),
+                None => Vec::new(),
+            })
+        } else {
+            q.state.map(|s| vec![&g.by_state[slot(s)]])
+        };
+        let mut ids: Vec<i64> = match sets {
+            Some(sets) => sets
+                .into_iter()
+                .flat_map(|set| {
+                    set.range(..below)
+                        .rev()
+                        .filter(|id| g.tasks.get(id).is_some_and(|r| matches(r)))
+                        .take(limit)
+                        .copied()
+                })
+                .collect(),
+            None => g
+                .tasks
+                .range(..below)
+                .rev()
+                .take(limit)
+                .map(|(id, _)| *id)
+                .collect(),
+        };
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.truncate(limit);
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| g.tasks.get(&id))
+            .map(|r| listed(&r.info, q.with_payload))
             .collect())
     }
 
@@ -762,7 +895,7 @@ impl Store for MemoryStore {
                     )));
                 }
             }
-            // Dead and failed tasks are in no index: set the fields, then index.
+            g.unindex(id.0);
             let r = g
                 .tasks
                 .get_mut(&id.0)
@@ -831,7 +964,34 @@ impl Store for MemoryStore {
                 r.info.worker = None;
                 r.info.lease_until = None;
             }
+            g.index(id);
         }
         Ok(())
+    }
+}
+
+/// A task as a listing shows it: without its payload (null) unless asked, so a listing
+/// never copies payloads it was not asked for.
+fn listed(info: &TaskInfo, with_payload: bool) -> TaskInfo {
+    TaskInfo {
+        id: info.id,
+        task: info.task.clone(),
+        queue: info.queue.clone(),
+        state: info.state,
+        payload: match with_payload {
+            true => info.payload.clone(),
+            false => serde_json::Value::Null,
+        },
+        priority: info.priority,
+        attempts: info.attempts,
+        unique_name: info.unique_name.clone(),
+        created_at: info.created_at,
+        enqueued_at: info.enqueued_at,
+        run_at: info.run_at,
+        finished_at: info.finished_at,
+        last_error: info.last_error.clone(),
+        run: info.run,
+        worker: info.worker.clone(),
+        lease_until: info.lease_until,
     }
 }

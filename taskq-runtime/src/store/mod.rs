@@ -328,6 +328,11 @@ pub struct QueueConfig {
 }
 
 /// Which tasks [`Store::list_tasks`] returns, newest first.
+///
+/// Listings page by key: pass the last id of a page as `before` to get the next one.
+/// Every store reads a page through an index whatever filters are given (queue, state,
+/// task name, any of them together), so a page costs about `limit` rows however long
+/// the history is; and it leaves payloads out unless `with_payload` asks for them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskQuery {
     /// Only this queue.
@@ -340,6 +345,10 @@ pub struct TaskQuery {
     pub before: Option<TaskId>,
     /// At most this many (0 means 100).
     pub limit: usize,
+    /// Whether to return each task's payload. Default `false`: [`TaskInfo::payload`] is
+    /// `null` and the store does not read payloads at all (a page of large payloads
+    /// costs what a page of small ones does). [`Store::task`] always returns it.
+    pub with_payload: bool,
 }
 
 /// One task as the management API shows it.
@@ -353,7 +362,8 @@ pub struct TaskInfo {
     pub queue: String,
     /// State.
     pub state: TaskState,
-    /// Arguments.
+    /// Arguments (the JSON object of the task's arguments). `null` in a listing that
+    /// did not ask for payloads ([`TaskQuery::with_payload`]).
     pub payload: serde_json::Value,
     /// Priority.
     pub priority: i32,
@@ -590,10 +600,46 @@ fn check_depth(what: impl FnOnce() -> String, v: &serde_json::Value) -> Result<(
     Ok(())
 }
 
+/// Refuses a stored document larger than
+/// [`MAX_PAYLOAD_BYTES`](crate::value::MAX_PAYLOAD_BYTES) of JSON, naming its largest
+/// member (an argument of a payload; inside `args` for an iterative task's payload).
+fn check_size(
+    what: impl FnOnce() -> String,
+    v: &serde_json::Value,
+    is_payload: bool,
+) -> Result<(), StoreError> {
+    let max = crate::value::MAX_PAYLOAD_BYTES;
+    let size = crate::value::json_len(v);
+    if size <= max {
+        return Ok(());
+    }
+    // The largest member, one level into `args` when that is the largest (an iterative
+    // task's payload wraps its arguments there).
+    fn largest(v: &serde_json::Value) -> Option<(String, usize, &serde_json::Value)> {
+        v.as_object().and_then(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), crate::value::json_len(v), v))
+                .max_by_key(|(_, n, _)| *n)
+        })
+    }
+    let part = largest(v).map(|(k, n, inner)| match (k.as_str(), largest(inner)) {
+        ("args", Some((arg, m, _))) if is_payload => format!(" (argument `{arg}` is {m} bytes)"),
+        _ if is_payload => format!(" (argument `{k}` is {n} bytes)"),
+        _ => format!(" (`{k}` is {n} bytes)"),
+    });
+    Err(StoreError::InvalidValue(format!(
+        "{} is {size} bytes of JSON{}; a store keeps values of at most {max} bytes (taskq_runtime::value::MAX_PAYLOAD_BYTES): keep large data elsewhere and pass its key",
+        what(),
+        part.unwrap_or_default()
+    )))
+}
+
 /// The one check every backend's [`Store::enqueue`] makes before storing anything: no
-/// NUL byte in a task name, queue or unique name, and no payload or filter nested deeper
-/// than [`MAX_DEPTH`](crate::value::MAX_DEPTH). Fails with [`StoreError::InvalidValue`]
-/// naming the first offending task (by its position in the call and its name).
+/// NUL byte in a task name, queue or unique name, no payload or filter nested deeper
+/// than [`MAX_DEPTH`](crate::value::MAX_DEPTH) or larger than
+/// [`MAX_PAYLOAD_BYTES`](crate::value::MAX_PAYLOAD_BYTES) of JSON. Fails with
+/// [`StoreError::InvalidValue`] naming the first offending task (by its position in the
+/// call and its name), and for a payload too large, its largest argument and the sizes.
 pub fn check_new_tasks(tasks: &[NewTask]) -> Result<(), StoreError> {
     for (i, t) in tasks.iter().enumerate() {
         check_name("task name", &t.task)?;
@@ -601,15 +647,13 @@ pub fn check_new_tasks(tasks: &[NewTask]) -> Result<(), StoreError> {
         if let Some(n) = &t.unique_name {
             check_name("unique name", n)?;
         }
-        check_depth(
-            || format!("the payload of task #{i} (`{}`)", t.task),
-            &t.payload,
-        )?;
+        let payload = || format!("the payload of task #{i} (`{}`)", t.task);
+        check_depth(payload, &t.payload)?;
+        check_size(payload, &t.payload, true)?;
         if let Some(it) = &t.iteration {
-            check_depth(
-                || format!("the filter of task #{i} (`{}`)", t.task),
-                &it.filter,
-            )?;
+            let filter = || format!("the filter of task #{i} (`{}`)", t.task);
+            check_depth(filter, &it.filter)?;
+            check_size(filter, &it.filter, false)?;
         }
     }
     Ok(())
@@ -624,9 +668,13 @@ pub fn check_queue_name(queue: &str) -> Result<(), StoreError> {
 }
 
 /// The check every backend's [`Store::checkpoint`] makes before storing a cursor: nested
-/// at most [`MAX_DEPTH`](crate::value::MAX_DEPTH) levels, or [`StoreError::InvalidValue`].
+/// at most [`MAX_DEPTH`](crate::value::MAX_DEPTH) levels and at most
+/// [`MAX_PAYLOAD_BYTES`](crate::value::MAX_PAYLOAD_BYTES) of JSON, or
+/// [`StoreError::InvalidValue`].
 pub fn check_checkpoint(lease: Lease, cp: &Checkpoint) -> Result<(), StoreError> {
-    check_depth(|| format!("the cursor of step {}", lease.id), &cp.cursor)
+    let cursor = || format!("the cursor of step {}", lease.id);
+    check_depth(cursor, &cp.cursor)?;
+    check_size(cursor, &cp.cursor, false)
 }
 
 /// Decodes JSON text a database store read back, or says why it does not decode.
@@ -738,7 +786,11 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- management -------------------------------------------------------------------
 
-    /// Every queue that has tasks or settings, with counts by state.
+    /// Every queue that has tasks or settings, by name, with counts by state (states with
+    /// no task left out). The counts are exact and cost what the number of queues does,
+    /// never a read of the whole history: kept with the rows (memory, SQLite), or for
+    /// PostgreSQL counted through an index for pending and running tasks and kept with
+    /// the rows for finished ones.
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError>;
     /// Saves a queue's settings (creating the queue if needed).
     async fn configure_queue(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError>;
@@ -748,7 +800,8 @@ pub trait Store: Send + Sync + 'static {
     /// pending step is purged ends as cancelled (its error says so). A purged named task
     /// keeps its name taken for its tombstone window from `now` ([`tombstone`]).
     async fn purge(&self, queue: &str, now: Timestamp) -> Result<u64, StoreError>;
-    /// Lists tasks, newest first.
+    /// Lists tasks, newest first, a page of at most `query.limit` after the key
+    /// `query.before`, payloads left out unless `query.with_payload` (see [`TaskQuery`]).
     async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskInfo>, StoreError>;
     /// One task with every attempt.
     async fn task(&self, id: TaskId) -> Result<Option<TaskDetail>, StoreError>;

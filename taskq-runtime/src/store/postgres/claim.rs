@@ -63,6 +63,71 @@ impl QueueFilter {
             QueueFilter::Many => format!("AND t.queue = ANY(${n}::text[])"),
         }
     }
+
+    /// The queues a statement walks, as the FROM item `w(name)`: the one of `$n`, the
+    /// distinct ones of `$n`, or every queue that has pending tasks (one seek per queue of
+    /// the pending index, a loose index scan); those whose `taskq_queues` row `q` matches
+    /// `excluded` are left out.
+    fn queues_sql(self, n: usize, excluded: &str) -> String {
+        let keep = format!(
+            "NOT EXISTS (SELECT 1 FROM {{S}}.taskq_queues q WHERE q.name = w0.name AND ({excluded}))"
+        );
+        match self {
+            QueueFilter::One => {
+                format!("(SELECT w0.name FROM (SELECT ${n}::text AS name) w0 WHERE {keep}) w")
+            }
+            QueueFilter::Many => format!(
+                "(SELECT w0.name FROM (SELECT DISTINCT x AS name FROM unnest(${n}::text[]) AS x) w0 \
+                 WHERE {keep}) w"
+            ),
+            QueueFilter::All => format!(
+                r#"(WITH RECURSIVE w0(name) AS (
+        (SELECT t.queue FROM {{S}}.taskq_tasks t WHERE t.state = 'pending'
+         ORDER BY t.queue LIMIT 1)
+        UNION ALL
+        SELECT (SELECT t.queue FROM {{S}}.taskq_tasks t
+                WHERE t.state = 'pending' AND t.queue > w0.name ORDER BY t.queue LIMIT 1)
+        FROM w0 WHERE w0.name IS NOT NULL)
+     SELECT w0.name FROM w0 WHERE w0.name IS NOT NULL AND {keep}) w"#
+            ),
+        }
+    }
+}
+
+/// The priorities of the pending tasks of the queue `w.name`, highest first, as the
+/// recursive CTE `levels(priority)` (ending with one NULL row): one seek of the pending
+/// index `(queue, priority DESC, run_at, id)` per priority, read only as far as the
+/// statement needs them.
+const LEVELS: &str = r#"WITH RECURSIVE levels(priority) AS (
+        SELECT (SELECT t.priority FROM {S}.taskq_tasks t
+                WHERE t.state = 'pending' AND t.queue = w.name
+                ORDER BY t.priority DESC LIMIT 1)
+        UNION ALL
+        SELECT (SELECT t.priority FROM {S}.taskq_tasks t
+                WHERE t.state = 'pending' AND t.queue = w.name AND t.priority < l.priority
+                ORDER BY t.priority DESC LIMIT 1)
+        FROM levels l WHERE l.priority IS NOT NULL)"#;
+
+/// The best `cap` due pending tasks of the queue `w.name` (a lateral subquery), in claim
+/// order, locked with `SKIP LOCKED`: one priority at a time, highest first, each read
+/// with a range seek of the pending index (`queue`, `priority` equal, `run_at <= $1`),
+/// so the rows due later (an hour ahead at a higher priority, say) are never read, and
+/// the statement stops at `cap` rows. Without this, one index walk in claim order steps
+/// over every future row of a higher priority on each claim.
+fn due_of_queue(columns: &str, cap: &str) -> String {
+    format!(
+        r#"(
+    {LEVELS}
+    SELECT z.* FROM levels l CROSS JOIN LATERAL (
+        SELECT {columns} FROM {{S}}.taskq_tasks t
+        WHERE t.state = 'pending' AND t.queue = w.name AND t.priority = l.priority
+          AND t.run_at <= $1::int8
+        ORDER BY t.run_at, t.id
+        LIMIT {cap}
+        FOR UPDATE OF t SKIP LOCKED) z
+    WHERE l.priority IS NOT NULL
+    LIMIT {cap})"#
+    )
 }
 
 /// Which queues a claim statement covers (see `PostgresStore::claim_sql`).
@@ -113,13 +178,11 @@ impl PostgresStore {
             format!(
                 r#"
 due AS (
-    SELECT {COLUMNS}
-    FROM {{S}}.taskq_tasks t
-    WHERE t.state = 'pending' AND t.run_at <= $1::int8
-      {qf} {guard}
-    ORDER BY t.priority DESC, t.run_at, t.id
+    SELECT x.*
+    FROM {queues} CROSS JOIN LATERAL {per_queue} x
+    WHERE true {guard}
+    ORDER BY x.priority DESC, x.run_at, x.id
     LIMIT $4::int8
-    FOR UPDATE OF t SKIP LOCKED
 ),
 expired AS (
     SELECT {COLUMNS}
@@ -133,6 +196,8 @@ expired AS (
                 // Queues with limits are never claimed here: only through their caps,
                 // under their row locks.
                 qf = filter.sql_excluding(5, &format!("q.paused OR {LIMITED}")),
+                queues = filter.queues_sql(5, &format!("q.paused OR {LIMITED}")),
+                per_queue = due_of_queue(COLUMNS, "$4::int8"),
             )
         };
         let (ctes, candidates) = match shape {
@@ -162,12 +227,7 @@ caps AS (
                                                    AND (q.paused OR {LIMITED})))
 ),
 capped_due AS (
-    SELECT x.* FROM caps c CROSS JOIN LATERAL (
-        SELECT {COLUMNS} FROM {{S}}.taskq_tasks t
-        WHERE t.state = 'pending' AND t.queue = c.name AND t.run_at <= $1::int8
-        ORDER BY t.priority DESC, t.run_at, t.id
-        LIMIT LEAST(c.cap, $4::int8)
-        FOR UPDATE OF t SKIP LOCKED) x
+    SELECT x.* FROM (SELECT c.name, c.cap FROM caps c) w CROSS JOIN LATERAL {capped_per_queue} x
 ),
 capped_expired AS (
     SELECT x.* FROM caps c CROSS JOIN LATERAL (
@@ -186,7 +246,8 @@ capped AS (
         FROM (SELECT * FROM capped_due UNION ALL SELECT * FROM capped_expired) z
     ) y JOIN caps c ON c.name = y.queue
     WHERE y.rn <= c.cap
-),"#
+),"#,
+                    capped_per_queue = due_of_queue(COLUMNS, "LEAST(w.cap, $4::int8)"),
                 );
                 if filter == QueueFilter::All {
                     (
@@ -474,17 +535,26 @@ pub(super) async fn claim(
 }
 
 /// The earliest `run_at` of pending tasks or lease end of running ones, in `queues`
-/// (all if empty), paused queues left out.
+/// (all if empty), paused queues left out. Queue by queue, one seek per priority for the
+/// pending tasks (the first of each), so future rows of other queues or priorities are
+/// never walked; lease ends through the lease index (running tasks are few).
 pub(super) async fn next_due(
     s: &PostgresStore,
     queues: &[String],
 ) -> Result<Option<Timestamp>, StoreError> {
     let filter = QueueFilter::of(queues);
     let sql = s.sql(&format!(
-        "SELECT min(CASE WHEN t.state = 'pending' THEN t.run_at ELSE t.lease_until END) \
-         FROM {{S}}.taskq_tasks t \
-         WHERE t.state IN ('pending', 'running') {}",
-        filter.sql_excluding(1, "q.paused")
+        r#"SELECT LEAST(
+    (SELECT min(f.run_at) FROM {queues} CROSS JOIN LATERAL (
+        {LEVELS}
+        SELECT (SELECT t.run_at FROM {{S}}.taskq_tasks t
+                WHERE t.state = 'pending' AND t.queue = w.name AND t.priority = l.priority
+                ORDER BY t.run_at LIMIT 1) AS run_at
+        FROM levels l WHERE l.priority IS NOT NULL) f),
+    (SELECT min(t.lease_until) FROM {{S}}.taskq_tasks t
+     WHERE t.state = 'running' {running}))"#,
+        queues = filter.queues_sql(1, "q.paused"),
+        running = filter.sql_excluding(1, "q.paused"),
     ));
     let one = queues.first().cloned().unwrap_or_default();
     let mut params: Vec<Param<'_>> = Vec::new();

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use super::pool::PooledConn;
-use super::rows::{iteration_from_row, task_from_row, ITERATION_COLUMNS, TASK_COLUMNS};
+use super::rows::{
+    iteration_from_row, task_from_row, ITERATION_COLUMNS, TASK_COLUMNS, TASK_COLUMNS_NO_PAYLOAD,
+};
 use super::{is_unique_violation, Param, PostgresStore};
 use crate::store::{
     AttemptInfo, IterationInfo, QueueConfig, QueueInfo, StoreError, TaskDetail, TaskId, TaskInfo,
@@ -51,11 +53,19 @@ ON CONFLICT (name) DO UPDATE SET
     tombstone_ms = CASE WHEN EXCLUDED.run_id IS NOT NULL THEN EXCLUDED.tombstone_ms
                         ELSE o.tombstone_ms END";
 
-/// Every queue that has tasks or settings, with counts by state.
+/// Every queue that has tasks or settings, with counts by state: pending and running
+/// tasks counted through the `(state, queue, id)` index (live rows, never the history),
+/// finished ones from the counts the triggers keep (`taskq_queue_counts`, summed over
+/// its slots), in one statement (one snapshot).
 pub(super) async fn queues(s: &PostgresStore) -> Result<Vec<QueueInfo>, StoreError> {
     let cfg_sql = s.sql("SELECT name, paused, rate, burst, max_concurrent FROM {S}.taskq_queues");
-    let count_sql =
-        s.sql("SELECT queue, state, count(*) FROM {S}.taskq_tasks GROUP BY queue, state");
+    let count_sql = s.sql(
+        "SELECT t.queue, t.state, count(*)::int8 FROM {S}.taskq_tasks t \
+         WHERE t.state IN ('pending', 'running') GROUP BY t.queue, t.state \
+         UNION ALL \
+         SELECT c.queue, c.state, sum(c.n)::int8 FROM {S}.taskq_queue_counts c \
+         GROUP BY c.queue, c.state HAVING sum(c.n) <> 0",
+    );
     let mut c = s.pool.get().await?;
     let st_cfg = c.prep(&cfg_sql).await?;
     let st_count = c.prep(&count_sql).await?;
@@ -172,30 +182,74 @@ pub(super) async fn purge(
     Ok(n.max(0) as u64)
 }
 
-/// Lists tasks, newest first.
+/// Lists tasks, newest first: a page of at most `limit` below `before`, payloads left out
+/// unless asked. Without a filter, the primary key backwards; with any, one indexed read
+/// per state (the one given, or all six), each at most `limit` rows newest first through
+/// `(state, id)`, `(state, queue, id)` or `(state, task, id)`, merged, in one statement.
 pub(super) async fn list_tasks(
     s: &PostgresStore,
     q: &TaskQuery,
 ) -> Result<Vec<TaskInfo>, StoreError> {
-    let sql = s.sql(&format!(
-        "SELECT {TASK_COLUMNS} FROM {{S}}.taskq_tasks \
-         WHERE ($1::int8 IS NULL OR id < $1::int8) \
-           AND ($2::text IS NULL OR queue = $2::text) \
-           AND ($3::text IS NULL OR state = $3::text) \
-           AND ($4::text IS NULL OR task = $4::text) \
-         ORDER BY id DESC LIMIT $5::int8"
-    ));
+    let (sql, states) = list_sql(q);
+    let sql = s.sql(&sql);
     let limit = if q.limit == 0 { 100 } else { q.limit };
     let limit = limit.min(i64::MAX as usize) as i64;
-    let before = q.before.map(|b| b.0);
-    let state = q.state.map(|s| s.as_str());
+    let before = q.before.map(|b| b.0).unwrap_or(i64::MAX);
     let mut c = s.pool.get().await?;
     let st = c.prep(&sql).await?;
     let client = c.client()?;
-    let r = client
-        .query(&st, &[&before, &q.queue, &state, &q.task, &limit])
-        .await;
+    let mut params: Vec<Param<'_>> = vec![&before, &limit];
+    if let Some(states) = &states {
+        params.push(states);
+    }
+    if let Some(queue) = &q.queue {
+        params.push(queue);
+    }
+    if let Some(task) = &q.task {
+        params.push(task);
+    }
+    let r = client.query(&st, &params).await;
     c.check(r)?.iter().map(task_from_row).collect()
+}
+
+/// The statement of [`list_tasks`] (with `{S}`) and the states it reads one by one (`$3`,
+/// when there is a filter). `$1` is `before`, `$2` the limit; then the states, the queue
+/// and the task name, those given. Only the filters given are in the SQL, so that each
+/// read uses the index made for it.
+pub(super) fn list_sql(q: &TaskQuery) -> (String, Option<Vec<&'static str>>) {
+    let columns = match q.with_payload {
+        true => TASK_COLUMNS,
+        false => TASK_COLUMNS_NO_PAYLOAD,
+    };
+    if q.state.is_none() && q.queue.is_none() && q.task.is_none() {
+        let sql = format!(
+            "SELECT {columns} FROM {{S}}.taskq_tasks WHERE id < $1::int8 \
+             ORDER BY id DESC LIMIT $2::int8"
+        );
+        return (sql, None);
+    }
+    let states: Vec<&'static str> = match q.state {
+        Some(st) => vec![st.as_str()],
+        None => TaskState::ALL.iter().map(|st| st.as_str()).collect(),
+    };
+    let mut n = 3;
+    let mut filters = String::new();
+    if q.queue.is_some() {
+        n += 1;
+        filters.push_str(&format!(" AND t.queue = ${n}::text"));
+    }
+    if q.task.is_some() {
+        n += 1;
+        filters.push_str(&format!(" AND t.task = ${n}::text"));
+    }
+    let sql = format!(
+        "SELECT x.* FROM unnest($3::text[]) AS st(state) CROSS JOIN LATERAL ( \
+             SELECT {columns} FROM {{S}}.taskq_tasks t \
+             WHERE t.state = st.state{filters} AND t.id < $1::int8 \
+             ORDER BY t.id DESC LIMIT $2::int8) x \
+         ORDER BY x.id DESC LIMIT $2::int8"
+    );
+    (sql, Some(states))
 }
 
 /// One task with every attempt.

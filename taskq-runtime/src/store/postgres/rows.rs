@@ -74,16 +74,25 @@ pub(super) fn to_json_text(v: &serde_json::Value) -> Result<String, StoreError> 
 pub(super) const TASK_COLUMNS: &str = "id, task, queue, state, payload::text AS payload, priority, attempts, \
      unique_name, created_at, enqueued_at, run_at, finished_at, last_error, run_id, worker, lease_until";
 
+/// [`TASK_COLUMNS`] with `NULL` for the payload: a listing reads payloads only when asked.
+pub(super) const TASK_COLUMNS_NO_PAYLOAD: &str =
+    "id, task, queue, state, NULL::text AS payload, priority, \
+     attempts, unique_name, created_at, enqueued_at, run_at, finished_at, last_error, run_id, \
+     worker, lease_until";
+
 pub(super) fn task_from_row(r: &Row) -> Result<TaskInfo, StoreError> {
     let e = |e: tokio_postgres::Error| pg_err(&e);
     let state: String = r.try_get("state").map_err(e)?;
-    let payload: String = r.try_get("payload").map_err(e)?;
+    let payload: Option<String> = r.try_get("payload").map_err(e)?;
     Ok(TaskInfo {
         id: TaskId(r.try_get("id").map_err(e)?),
         task: r.try_get("task").map_err(e)?,
         queue: r.try_get("queue").map_err(e)?,
         state: state.parse().map_err(StoreError::Backend)?,
-        payload: stored_or_raw(&payload),
+        payload: payload
+            .as_deref()
+            .map(stored_or_raw)
+            .unwrap_or(serde_json::Value::Null),
         priority: r.try_get("priority").map_err(e)?,
         attempts: r.try_get::<_, i32>("attempts").map_err(e)?.max(0) as u32,
         unique_name: r.try_get("unique_name").map_err(e)?,

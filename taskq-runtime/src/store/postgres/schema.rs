@@ -99,6 +99,70 @@ CREATE TABLE {S}.taskq_tombstones (
     tombstone_ms  bigint NOT NULL DEFAULT 0
 );
 "#,
+    // 4: reserved for the retention policy (issue 10), merged from its own branch.
+    "",
+    // 5: counts of finished tasks kept with the rows, and indexes for listings by state,
+    // queue and task name. `queues()` counts pending and running tasks through the
+    // `(state, queue, id)` index (live rows only, never the history) and adds the
+    // finished counts kept here. They are kept by statement-level triggers (one counter
+    // write per queue and state per statement, whichever statement moves the rows) in
+    // one of 16 slots chosen by the backend's pid, so that workers finishing tasks of
+    // one queue at once do not queue on one counter row; `queues()` sums the slots.
+    r#"
+CREATE INDEX taskq_tasks_state_idx ON {S}.taskq_tasks (state, id);
+CREATE INDEX taskq_tasks_state_queue_idx ON {S}.taskq_tasks (state, queue, id);
+CREATE INDEX taskq_tasks_state_task_idx ON {S}.taskq_tasks (state, task, id);
+CREATE TABLE {S}.taskq_queue_counts (
+    queue  text    NOT NULL,
+    state  text    NOT NULL,
+    slot   integer NOT NULL,
+    n      bigint  NOT NULL,
+    PRIMARY KEY (queue, state, slot)
+);
+INSERT INTO {S}.taskq_queue_counts (queue, state, slot, n)
+    SELECT queue, state, 0, count(*) FROM {S}.taskq_tasks
+    WHERE state NOT IN ('pending', 'running') GROUP BY queue, state;
+CREATE FUNCTION {S}.taskq_count_finished() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    -- In (queue, state) order, so that two statements never wait on each other's
+    -- counter rows in opposite orders.
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {S}.taskq_queue_counts AS c (queue, state, slot, n)
+        SELECT x.queue, x.state, pg_backend_pid() % 16, count(*) FROM new_rows x
+        WHERE x.state NOT IN ('pending', 'running')
+        GROUP BY x.queue, x.state ORDER BY x.queue, x.state
+        ON CONFLICT (queue, state, slot) DO UPDATE SET n = c.n + EXCLUDED.n;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO {S}.taskq_queue_counts AS c (queue, state, slot, n)
+        SELECT x.queue, x.state, pg_backend_pid() % 16, -count(*) FROM old_rows x
+        WHERE x.state NOT IN ('pending', 'running')
+        GROUP BY x.queue, x.state ORDER BY x.queue, x.state
+        ON CONFLICT (queue, state, slot) DO UPDATE SET n = c.n + EXCLUDED.n;
+    ELSE
+        INSERT INTO {S}.taskq_queue_counts AS c (queue, state, slot, n)
+        SELECT y.queue, y.state, pg_backend_pid() % 16, sum(y.d) FROM (
+            SELECT x.queue, x.state, 1 AS d FROM new_rows x
+            WHERE x.state NOT IN ('pending', 'running')
+            UNION ALL
+            SELECT x.queue, x.state, -1 AS d FROM old_rows x
+            WHERE x.state NOT IN ('pending', 'running')
+        ) y
+        GROUP BY y.queue, y.state HAVING sum(y.d) <> 0 ORDER BY y.queue, y.state
+        ON CONFLICT (queue, state, slot) DO UPDATE SET n = c.n + EXCLUDED.n;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER taskq_tasks_counted_insert AFTER INSERT ON {S}.taskq_tasks
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {S}.taskq_count_finished();
+CREATE TRIGGER taskq_tasks_counted_update AFTER UPDATE ON {S}.taskq_tasks
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {S}.taskq_count_finished();
+CREATE TRIGGER taskq_tasks_counted_delete AFTER DELETE ON {S}.taskq_tasks
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {S}.taskq_count_finished();
+"#,
 ];
 
 /// The schema version this build knows.

@@ -113,6 +113,70 @@ fn claim_queues(tx: &rusqlite::Transaction<'_>, asked: &[String]) -> R<Vec<Strin
     Ok(out)
 }
 
+/// The priorities of `queue`'s pending tasks, highest first, each found with one seek of
+/// the claim index `(state, queue, priority DESC, run_at, id)`: `None` after the lowest.
+fn next_level(tx: &rusqlite::Transaction<'_>, queue: &str, below: Option<i64>) -> R<Option<i64>> {
+    let row = match below {
+        None => tx
+            .prepare_cached(
+                "SELECT priority FROM taskq_tasks WHERE state = 'pending' AND queue = ?1
+                 ORDER BY priority DESC LIMIT 1",
+            )?
+            .query_row([queue], |r| r.get(0))
+            .optional()?,
+        Some(p) => tx
+            .prepare_cached(
+                "SELECT priority FROM taskq_tasks
+                 WHERE state = 'pending' AND queue = ?1 AND priority < ?2
+                 ORDER BY priority DESC LIMIT 1",
+            )?
+            .query_row(params![queue, p], |r| r.get(0))
+            .optional()?,
+    };
+    Ok(row)
+}
+
+/// Adds `queue`'s best `limit` due pending tasks to `out`, in claim order. One priority at
+/// a time, highest first: within a priority the claim index holds rows by `run_at`, so a
+/// range seek (`run_at <= now`) reads the due rows only. The rows due later (an hour
+/// ahead at a higher priority, say) are never read; the cost is one seek per priority
+/// that has pending tasks, until `limit` rows are found.
+fn due_pending(
+    tx: &rusqlite::Transaction<'_>,
+    queue: &str,
+    now: i64,
+    limit: usize,
+    out: &mut Vec<Candidate>,
+) -> R<()> {
+    let mut rows_of = tx.prepare_cached(
+        "SELECT id, priority, run_at FROM taskq_tasks
+         WHERE state = 'pending' AND queue = ?1 AND priority = ?2 AND run_at <= ?3
+         ORDER BY run_at, id LIMIT ?4",
+    )?;
+    let mut found = 0;
+    let mut level = next_level(tx, queue, None)?;
+    while let Some(p) = level {
+        if found >= limit {
+            break;
+        }
+        let rows = rows_of.query_map(params![queue, p, now, (limit - found) as i64], |r| {
+            Ok(Candidate {
+                id: r.get(0)?,
+                queue: queue.to_string(),
+                priority: r.get(1)?,
+                run_at: r.get(2)?,
+                running: false,
+            })
+        })?;
+        for c in rows {
+            out.push(c?);
+            found += 1;
+        }
+        level = next_level(tx, queue, Some(p))?;
+    }
+    Ok(())
+}
+
 /// Claims up to `req.limit` due tasks in one write transaction (see [`Store::claim`](crate::store::Store::claim)).
 pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec<ClaimedTask>> {
     let now = req.now.0;
@@ -128,11 +192,6 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
     // out of capacity for the rest of this claim, so `limit` per queue is enough.
     let mut cands: Vec<Candidate> = Vec::new();
     {
-        let mut pending = tx.prepare_cached(
-            "SELECT id, priority, run_at FROM taskq_tasks
-             WHERE state = 'pending' AND queue = ?1 AND run_at <= ?2
-             ORDER BY priority DESC, run_at, id LIMIT ?3",
-        )?;
         let mut lapsed = tx.prepare_cached(
             "SELECT id, priority, run_at FROM taskq_tasks
              WHERE state = 'running' AND queue = ?1 AND (lease_until IS NULL OR lease_until <= ?2)
@@ -151,19 +210,18 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
                 let n: i64 = running.query_row(params![name, now], |r| r.get(0))?;
                 q.running = u32_of(n);
             }
-            for (st, is_running) in [(&mut pending, false), (&mut lapsed, true)] {
-                let rows = st.query_map(params![name, now, limit as i64], |r| {
-                    Ok(Candidate {
-                        id: r.get(0)?,
-                        queue: name.clone(),
-                        priority: r.get(1)?,
-                        run_at: r.get(2)?,
-                        running: is_running,
-                    })
-                })?;
-                for c in rows {
-                    cands.push(c?);
-                }
+            due_pending(tx, name, now, limit, &mut cands)?;
+            let rows = lapsed.query_map(params![name, now, limit as i64], |r| {
+                Ok(Candidate {
+                    id: r.get(0)?,
+                    queue: name.clone(),
+                    priority: r.get(1)?,
+                    run_at: r.get(2)?,
+                    running: true,
+                })
+            })?;
+            for c in rows {
+                cands.push(c?);
             }
         }
     }
@@ -329,27 +387,32 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
 }
 
 /// The earliest `run_at` of pending tasks or lease end of running ones, in `queues` (all
-/// if empty), paused queues left out.
+/// if empty), paused queues left out. Queue by queue, and within a queue one seek per
+/// priority (its earliest row), so tasks of other queues are never read.
 pub(super) fn next_due(tx: &rusqlite::Transaction<'_>, queues: &[String]) -> R<Option<Timestamp>> {
-    let all = queues.is_empty();
-    let wanted = serde_json::Value::from(queues.to_vec()).to_string();
-    let filter = "(?1 OR queue IN (SELECT value FROM json_each(?2)))
-         AND queue NOT IN (SELECT name FROM taskq_queues WHERE paused <> 0)";
-    let pending: Option<i64> = tx
-        .prepare_cached(&format!(
-            "SELECT run_at FROM taskq_tasks WHERE state = 'pending' AND {filter}
-             ORDER BY run_at LIMIT 1"
-        ))?
-        .query_row(params![all, wanted], |r| r.get(0))
-        .optional()?;
-    let lease: Option<i64> = tx
-        .prepare_cached(&format!(
-            "SELECT MIN(lease_until) FROM taskq_tasks
-             WHERE state = 'running' AND {filter}"
-        ))?
-        .query_row(params![all, wanted], |r| r.get(0))?;
-    Ok(match (pending, lease) {
-        (Some(a), Some(b)) => Some(Timestamp(a.min(b))),
-        (a, b) => a.or(b).map(Timestamp),
-    })
+    let names = claim_queues(tx, queues)?;
+    let mut paused = tx.prepare_cached("SELECT paused FROM taskq_queues WHERE name = ?1")?;
+    let mut first = tx.prepare_cached(
+        "SELECT run_at FROM taskq_tasks WHERE state = 'pending' AND queue = ?1 AND priority = ?2
+         ORDER BY run_at LIMIT 1",
+    )?;
+    let mut lease = tx.prepare_cached(
+        "SELECT MIN(lease_until) FROM taskq_tasks WHERE state = 'running' AND queue = ?1",
+    )?;
+    let mut best: Option<i64> = None;
+    for name in &names {
+        let p: Option<i64> = paused.query_row([name], |r| r.get(0)).optional()?;
+        if p.unwrap_or(0) != 0 {
+            continue;
+        }
+        let mut level = next_level(tx, name, None)?;
+        while let Some(p) = level {
+            let t: Option<i64> = first.query_row(params![name, p], |r| r.get(0)).optional()?;
+            best = best.into_iter().chain(t).min();
+            level = next_level(tx, name, Some(p))?;
+        }
+        let l: Option<i64> = lease.query_row([name], |r| r.get(0))?;
+        best = best.into_iter().chain(l).min();
+    }
+    Ok(best.map(Timestamp))
 }

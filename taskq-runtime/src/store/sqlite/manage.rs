@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use rusqlite::{params, OptionalExtension};
 
 use super::rows::{
-    run_state, task_state, u32_of, u64_of, RawIteration, RawTask, ITERATION_COLUMNS, TASK_COLUMNS,
+    run_state, task_columns, task_state, u32_of, u64_of, RawIteration, RawTask, ITERATION_COLUMNS,
+    TASK_COLUMNS,
 };
 use super::R;
 use crate::store::tombstone::{self, Deleted, Tombstone};
@@ -17,7 +18,8 @@ use crate::store::{
 };
 use crate::time::Timestamp;
 
-/// Every queue that has tasks or settings, with counts by state.
+/// Every queue that has tasks or settings, with counts by state: the counts kept with
+/// the rows (`taskq_queue_counts`, one row per queue and state), never the tasks.
 pub(super) fn queues(tx: &rusqlite::Transaction<'_>) -> R<Vec<QueueInfo>> {
     let mut map: BTreeMap<String, QueueInfo> = BTreeMap::new();
     let mut st =
@@ -38,8 +40,7 @@ pub(super) fn queues(tx: &rusqlite::Transaction<'_>) -> R<Vec<QueueInfo>> {
         let q = q?;
         map.insert(q.name.clone(), q);
     }
-    let mut st =
-        tx.prepare_cached("SELECT queue, state, COUNT(*) FROM taskq_tasks GROUP BY queue, state")?;
+    let mut st = tx.prepare_cached("SELECT queue, state, n FROM taskq_queue_counts WHERE n > 0")?;
     let rows = st.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -123,38 +124,66 @@ pub(super) fn purge(tx: &rusqlite::Transaction<'_>, queue: &str, now: Timestamp)
     Ok(n as u64)
 }
 
-/// Lists tasks, newest first.
+/// Lists tasks, newest first: a page of at most `limit` below `before`, each read
+/// through an index (see [`list_sql`]), payloads left out unless asked.
 pub(super) fn list_tasks(tx: &rusqlite::Transaction<'_>, q: &TaskQuery) -> R<Vec<TaskInfo>> {
-    // Only the filters given are written into the SQL, so that SQLite can use
-    // the `(state, id)` index or walk the primary key backwards.
-    let mut sql = format!("SELECT {TASK_COLUMNS} FROM taskq_tasks WHERE 1");
+    let limit = if q.limit == 0 { 100 } else { q.limit };
+    let limit = limit.min(i64::MAX as usize) as i64;
+    // Without a state but with a queue or task name, one indexed read per state (each
+    // at most `limit` rows, newest first), merged: the `(state, queue, id)` and
+    // `(state, task, id)` indexes give each page by key.
+    let states: Vec<Option<TaskState>> = match (q.state, q.queue.is_some() || q.task.is_some()) {
+        (Some(s), _) => vec![Some(s)],
+        (None, true) => TaskState::ALL.into_iter().map(Some).collect(),
+        (None, false) => vec![None],
+    };
+    let mut raw: Vec<RawTask> = Vec::new();
+    for state in states {
+        let (sql, args) = list_sql(q, state, limit);
+        let mut st = tx.prepare_cached(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args), RawTask::read)?;
+        for r in rows {
+            raw.push(r?);
+        }
+    }
+    raw.sort_by_key(|r| std::cmp::Reverse(r.id()));
+    raw.truncate(limit as usize);
+    raw.into_iter().map(RawTask::decode).collect()
+}
+
+/// The statement of one indexed read of [`list_tasks`] and its arguments: only the
+/// filters given are written into the SQL, so that SQLite picks the index made for
+/// them (the primary key backwards, `(state, id)`, `(state, queue, id)` or
+/// `(state, task, id)`); the payload column is read only when asked for.
+pub(super) fn list_sql(
+    q: &TaskQuery,
+    state: Option<TaskState>,
+    limit: i64,
+) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = format!(
+        "SELECT {} FROM taskq_tasks WHERE 1",
+        task_columns(q.with_payload)
+    );
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    if let Some(b) = q.before {
-        args.push(b.0.into());
-        sql.push_str(&format!(" AND id < ?{}", args.len()));
+    if let Some(s) = state {
+        args.push(s.as_str().to_string().into());
+        sql.push_str(&format!(" AND state = ?{}", args.len()));
     }
     if let Some(queue) = &q.queue {
         args.push(queue.clone().into());
         sql.push_str(&format!(" AND queue = ?{}", args.len()));
     }
-    if let Some(s) = q.state {
-        args.push(s.as_str().to_string().into());
-        sql.push_str(&format!(" AND state = ?{}", args.len()));
-    }
     if let Some(t) = &q.task {
         args.push(t.clone().into());
         sql.push_str(&format!(" AND task = ?{}", args.len()));
     }
-    let limit = if q.limit == 0 { 100 } else { q.limit };
-    args.push((limit.min(i64::MAX as usize) as i64).into());
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
-    let mut st = tx.prepare_cached(&sql)?;
-    let rows = st.query_map(rusqlite::params_from_iter(args), RawTask::read)?;
-    let mut out = Vec::new();
-    for r in rows {
-        out.push(r?.decode()?);
+    if let Some(b) = q.before {
+        args.push(b.0.into());
+        sql.push_str(&format!(" AND id < ?{}", args.len()));
     }
-    Ok(out)
+    args.push(limit.into());
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+    (sql, args)
 }
 
 /// One task with every attempt.

@@ -16,6 +16,18 @@ pub(super) const TASK_COLUMNS: &str =
     "id, task, queue, state, payload, priority, attempts, unique_name, \
      created_at, enqueued_at, run_at, finished_at, last_error, run_id, worker, lease_until";
 
+/// [`TASK_COLUMNS`], or the same with `NULL` for the payload: a listing reads payloads
+/// only when asked for them.
+pub(super) fn task_columns(with_payload: bool) -> &'static str {
+    match with_payload {
+        true => TASK_COLUMNS,
+        false => {
+            "id, task, queue, state, NULL AS payload, priority, attempts, unique_name, \
+             created_at, enqueued_at, run_at, finished_at, last_error, run_id, worker, lease_until"
+        }
+    }
+}
+
 /// The `taskq_iterations` columns [`RawIteration::read`] reads, in its order.
 pub(super) const ITERATION_COLUMNS: &str =
     "run, task, queue, filter, cursor, processed, batches, steps, \
@@ -63,7 +75,8 @@ pub(super) struct RawTask {
     task: String,
     queue: String,
     state: String,
-    payload: String,
+    /// `None` when the payload was not read (a listing that did not ask for it).
+    payload: Option<String>,
     priority: i64,
     attempts: i64,
     unique_name: Option<String>,
@@ -100,12 +113,21 @@ impl RawTask {
         })
     }
 
+    /// The task's id.
+    pub(super) fn id(&self) -> i64 {
+        self.id
+    }
+
     /// The task as the management calls show it; an undecodable payload shows as its
-    /// raw text.
+    /// raw text, one not read as `null`.
     pub(super) fn decode(self) -> Result<TaskInfo, Fail> {
         Ok(TaskInfo {
             id: TaskId(self.id),
-            payload: stored_or_raw(&self.payload),
+            payload: self
+                .payload
+                .as_deref()
+                .map(stored_or_raw)
+                .unwrap_or(serde_json::Value::Null),
             state: task_state(&self.state)?,
             task: self.task,
             queue: self.queue,
