@@ -26,7 +26,7 @@ pub(super) enum QueueFilter {
 }
 
 impl QueueFilter {
-    fn of(queues: &[String]) -> QueueFilter {
+    pub(super) fn of(queues: &[String]) -> QueueFilter {
         match queues.len() {
             0 => QueueFilter::All,
             1 => QueueFilter::One,
@@ -132,7 +132,7 @@ fn due_of_queue(columns: &str, cap: &str) -> String {
 
 /// Which queues a claim statement covers (see `PostgresStore::claim_sql`).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum ClaimShape {
+pub(super) enum ClaimShape {
     /// Queues without limits; nothing at all when a wanted queue has limits.
     Plain,
     /// Queues without limits, and the limited queues of `$5`, each up to its cap in `$6`.
@@ -168,7 +168,7 @@ impl PostgresStore {
     /// Every shape picks in the one claim order (priority, `run_at`, id) over every queue
     /// it covers, due pending tasks and lapsed leases alike; its rows come back in that
     /// order.
-    fn claim_sql(&self, filter: QueueFilter, shape: ClaimShape) -> String {
+    pub(super) fn claim_sql(&self, filter: QueueFilter, shape: ClaimShape) -> String {
         const LIMITED: &str = "q.rate IS NOT NULL OR q.max_concurrent IS NOT NULL";
         const COLUMNS: &str = "t.id, t.queue, t.priority, t.run_at, t.state AS old_state, \
              t.worker AS old_worker, t.started_at AS old_started, t.attempts AS old_attempts";

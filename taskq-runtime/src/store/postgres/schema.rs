@@ -108,21 +108,26 @@ CREATE TABLE {S}.taskq_tombstones (
     // write per queue and state per statement, whichever statement moves the rows) in
     // one of 16 slots chosen by the backend's pid, so that workers finishing tasks of
     // one queue at once do not queue on one counter row; `queues()` sums the slots.
+    // Written to run again over its own result (the counts are recomputed). The lock
+    // keeps writers out until the triggers exist, so no finish goes uncounted between
+    // the count and the triggers.
     r#"
-CREATE INDEX taskq_tasks_state_idx ON {S}.taskq_tasks (state, id);
-CREATE INDEX taskq_tasks_state_queue_idx ON {S}.taskq_tasks (state, queue, id);
-CREATE INDEX taskq_tasks_state_task_idx ON {S}.taskq_tasks (state, task, id);
-CREATE TABLE {S}.taskq_queue_counts (
+LOCK TABLE {S}.taskq_tasks IN SHARE ROW EXCLUSIVE MODE;
+CREATE INDEX IF NOT EXISTS taskq_tasks_state_idx ON {S}.taskq_tasks (state, id);
+CREATE INDEX IF NOT EXISTS taskq_tasks_state_queue_idx ON {S}.taskq_tasks (state, queue, id);
+CREATE INDEX IF NOT EXISTS taskq_tasks_state_task_idx ON {S}.taskq_tasks (state, task, id);
+CREATE TABLE IF NOT EXISTS {S}.taskq_queue_counts (
     queue  text    NOT NULL,
     state  text    NOT NULL,
     slot   integer NOT NULL,
     n      bigint  NOT NULL,
     PRIMARY KEY (queue, state, slot)
 );
+DELETE FROM {S}.taskq_queue_counts;
 INSERT INTO {S}.taskq_queue_counts (queue, state, slot, n)
     SELECT queue, state, 0, count(*) FROM {S}.taskq_tasks
     WHERE state NOT IN ('pending', 'running') GROUP BY queue, state;
-CREATE FUNCTION {S}.taskq_count_finished() RETURNS trigger LANGUAGE plpgsql AS $fn$
+CREATE OR REPLACE FUNCTION {S}.taskq_count_finished() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     -- In (queue, state) order, so that two statements never wait on each other's
     -- counter rows in opposite orders.
@@ -153,12 +158,15 @@ BEGIN
     RETURN NULL;
 END
 $fn$;
+DROP TRIGGER IF EXISTS taskq_tasks_counted_insert ON {S}.taskq_tasks;
 CREATE TRIGGER taskq_tasks_counted_insert AFTER INSERT ON {S}.taskq_tasks
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION {S}.taskq_count_finished();
+DROP TRIGGER IF EXISTS taskq_tasks_counted_update ON {S}.taskq_tasks;
 CREATE TRIGGER taskq_tasks_counted_update AFTER UPDATE ON {S}.taskq_tasks
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION {S}.taskq_count_finished();
+DROP TRIGGER IF EXISTS taskq_tasks_counted_delete ON {S}.taskq_tasks;
 CREATE TRIGGER taskq_tasks_counted_delete AFTER DELETE ON {S}.taskq_tasks
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION {S}.taskq_count_finished();

@@ -92,32 +92,34 @@ CREATE TABLE taskq_tombstones (
     // 4: counts by state kept with the rows, so `queues()` reads one row per queue and
     // state instead of the whole history (triggers, so every statement that inserts,
     // deletes or moves a task keeps them, whichever file it is in); indexes that let a
-    // listing filtered by queue or task name read a page by key.
+    // listing filtered by queue or task name read a page by key. Written to run again
+    // over its own result (the counts are recomputed), as a test's downgrade needs.
     r#"
-CREATE TABLE taskq_queue_counts (
+CREATE TABLE IF NOT EXISTS taskq_queue_counts (
     queue  TEXT    NOT NULL,
     state  TEXT    NOT NULL,
     n      INTEGER NOT NULL,
     PRIMARY KEY (queue, state)
 ) WITHOUT ROWID;
+DELETE FROM taskq_queue_counts;
 INSERT INTO taskq_queue_counts (queue, state, n)
     SELECT queue, state, COUNT(*) FROM taskq_tasks GROUP BY queue, state;
-CREATE TRIGGER taskq_tasks_counted_insert AFTER INSERT ON taskq_tasks BEGIN
+CREATE TRIGGER IF NOT EXISTS taskq_tasks_counted_insert AFTER INSERT ON taskq_tasks BEGIN
     INSERT INTO taskq_queue_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
         ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
 END;
-CREATE TRIGGER taskq_tasks_counted_delete AFTER DELETE ON taskq_tasks BEGIN
+CREATE TRIGGER IF NOT EXISTS taskq_tasks_counted_delete AFTER DELETE ON taskq_tasks BEGIN
     UPDATE taskq_queue_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
     DELETE FROM taskq_queue_counts WHERE queue = OLD.queue AND state = OLD.state AND n = 0;
 END;
-CREATE TRIGGER taskq_tasks_counted_update AFTER UPDATE OF queue, state ON taskq_tasks
+CREATE TRIGGER IF NOT EXISTS taskq_tasks_counted_update AFTER UPDATE OF queue, state ON taskq_tasks
     WHEN OLD.queue IS NOT NEW.queue OR OLD.state IS NOT NEW.state BEGIN
     UPDATE taskq_queue_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
     INSERT INTO taskq_queue_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
         ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
 END;
-CREATE INDEX taskq_tasks_state_queue ON taskq_tasks (state, queue, id);
-CREATE INDEX taskq_tasks_state_task ON taskq_tasks (state, task, id);
+CREATE INDEX IF NOT EXISTS taskq_tasks_state_queue ON taskq_tasks (state, queue, id);
+CREATE INDEX IF NOT EXISTS taskq_tasks_state_task ON taskq_tasks (state, task, id);
 "#,
 ];
 

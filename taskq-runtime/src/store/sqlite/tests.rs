@@ -265,3 +265,147 @@ async fn kill_9_loses_no_acknowledged_task() -> Result<(), StoreError> {
     let _ = std::fs::remove_file(&acks_path);
     Ok(())
 }
+
+/// The plan SQLite picks for `sql`, one line per step.
+fn plan(conn: &Connection, sql: &str, args: &[rusqlite::types::Value]) -> Vec<String> {
+    let mut st = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap_or_else(|e| panic!("explain {sql}: {e}"));
+    let rows = st
+        .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+        .unwrap_or_else(|e| panic!("explain {sql}: {e}"));
+    rows.map(|r| r.unwrap_or_else(|e| panic!("explain {sql}: {e}")))
+        .collect()
+}
+
+/// Every listing filter (queue, state, task name, any of them together) reads its page
+/// through an index in id order (a SEARCH, no sort of the matching rows), and the payload
+/// column is read only when asked for; the claim's per-priority seek and the level seek
+/// search the claim index by queue, priority and `run_at`; `queues()` reads the counts.
+#[tokio::test]
+async fn listings_claims_and_counts_search_indexes() -> Result<(), StoreError> {
+    let db = TempDb::new("plans");
+    drop(open(&db).await);
+    let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
+    conn.execute_batch("ANALYZE").map_err(StoreError::backend)?;
+    for queue in [None, Some("q")] {
+        for state in [None, Some(TaskState::Done)] {
+            for task in [None, Some("t")] {
+                for before in [None, Some(TaskId(100))] {
+                    for with_payload in [false, true] {
+                        let q = TaskQuery {
+                            queue: queue.map(str::to_string),
+                            state,
+                            task: task.map(str::to_string),
+                            before,
+                            limit: 10,
+                            with_payload,
+                        };
+                        let states: Vec<Option<TaskState>> =
+                            match (state, queue.is_some() || task.is_some()) {
+                                (Some(s), _) => vec![Some(s)],
+                                (None, true) => TaskState::ALL.into_iter().map(Some).collect(),
+                                (None, false) => vec![None],
+                            };
+                        for st in states {
+                            let (sql, args) = manage::list_sql(&q, st, 10);
+                            assert_eq!(sql.contains("NULL AS payload"), !with_payload, "{sql}");
+                            assert_eq!(sql.contains("state, payload,"), with_payload, "{sql}");
+                            let p = plan(&conn, &sql, &args).join("; ");
+                            assert!(!p.contains("TEMP B-TREE"), "{q:?}: sorts: {p}");
+                            if st.is_some() {
+                                assert!(p.starts_with("SEARCH taskq_tasks USING"), "{q:?}: {p}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let level = plan(
+        &conn,
+        "SELECT id, priority, run_at FROM taskq_tasks
+         WHERE state = 'pending' AND queue = ?1 AND priority = ?2 AND run_at <= ?3
+         ORDER BY run_at, id LIMIT ?4",
+        &["q".to_string().into(), 1.into(), 5.into(), 10.into()],
+    )
+    .join("; ");
+    assert!(
+        level.contains("(state=? AND queue=? AND priority=? AND run_at<?)")
+            && !level.contains("TEMP B-TREE"),
+        "{level}"
+    );
+    let next = plan(
+        &conn,
+        "SELECT priority FROM taskq_tasks WHERE state = 'pending' AND queue = ?1 AND priority < ?2
+         ORDER BY priority DESC LIMIT 1",
+        &["q".to_string().into(), 1.into()],
+    )
+    .join("; ");
+    assert!(
+        next.contains("(state=? AND queue=? AND priority") && !next.contains("TEMP B-TREE"),
+        "{next}"
+    );
+    let counts = plan(
+        &conn,
+        "SELECT queue, state, n FROM taskq_queue_counts WHERE n > 0",
+        &[],
+    );
+    assert_eq!(counts, vec!["SCAN taskq_queue_counts".to_string()]);
+    Ok(())
+}
+
+/// A version 2 database with tasks in every state is migrated to the counted schema with
+/// its counts exact, and the triggers keep them from there.
+#[tokio::test]
+async fn counts_are_backfilled_by_the_migration() -> Result<(), StoreError> {
+    let db = TempDb::new("counts-migration");
+    {
+        let s = open(&db).await;
+        let ids = s
+            .enqueue(
+                (0..6)
+                    .map(|i| new_task(["a", "b"][i % 2], 0, at(0)))
+                    .collect(),
+                at(0),
+            )
+            .await?;
+        let c = s.claim(&req(&["a"], 2, at(0))).await?;
+        s.finish(vec![finish(c[0].lease, Outcome::Done, at(0))], "w1", at(1))
+            .await?;
+        s.delete(ids[1], at(1)).await?;
+        drop(s);
+        let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
+        conn.execute_batch(
+            "DROP TABLE taskq_queue_counts; DROP TRIGGER taskq_tasks_counted_insert;
+             DROP TRIGGER taskq_tasks_counted_delete; DROP TRIGGER taskq_tasks_counted_update;
+             DROP INDEX taskq_tasks_state_queue; DROP INDEX taskq_tasks_state_task;
+             DELETE FROM taskq_schema WHERE version > 2;",
+        )
+        .map_err(StoreError::backend)?;
+    }
+    let s = open(&db).await;
+    let count = |qs: &[QueueInfo], q: &str, st: TaskState| {
+        qs.iter().find(|x| x.name == q).map(|x| x.count(st))
+    };
+    let qs = s.queues().await?;
+    assert_eq!(count(&qs, "a", TaskState::Done), Some(1));
+    assert_eq!(count(&qs, "a", TaskState::Running), Some(1));
+    assert_eq!(count(&qs, "a", TaskState::Pending), Some(1));
+    assert_eq!(count(&qs, "b", TaskState::Pending), Some(2));
+    let c = s.claim(&req(&["b"], 1, at(2))).await?;
+    s.finish(
+        vec![finish(
+            c[0].lease,
+            Outcome::Dead { error: "x".into() },
+            at(2),
+        )],
+        "w1",
+        at(3),
+    )
+    .await?;
+    let qs = s.queues().await?;
+    assert_eq!(count(&qs, "b", TaskState::Pending), Some(1));
+    assert_eq!(count(&qs, "b", TaskState::Dead), Some(1));
+    Ok(())
+}
