@@ -102,7 +102,8 @@ impl Queue {
         self.store.configure_queue(queue, config).await
     }
 
-    /// Lists tasks, newest first.
+    /// Lists tasks, newest first: a page of `query.limit` (100 if 0) before `query.before`,
+    /// without payloads (`null`) unless `query.with_payload` (see [`TaskQuery`]).
     pub async fn list(&self, query: &TaskQuery) -> Result<Vec<TaskInfo>, StoreError> {
         self.store.list_tasks(query).await
     }

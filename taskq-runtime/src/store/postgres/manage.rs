@@ -54,14 +54,17 @@ ON CONFLICT (name) DO UPDATE SET
                         ELSE o.tombstone_ms END";
 
 /// Every queue that has tasks or settings, with counts by state: pending and running
-/// tasks counted through the `(state, queue, id)` index (live rows, never the history),
+/// tasks counted through their partial indexes (live rows, never the history),
 /// finished ones from the counts the triggers keep (`taskq_queue_counts`, summed over
 /// its slots), in one statement (one snapshot).
 pub(super) async fn queues(s: &PostgresStore) -> Result<Vec<QueueInfo>, StoreError> {
     let cfg_sql = s.sql("SELECT name, paused, rate, burst, max_concurrent FROM {S}.taskq_queues");
     let count_sql = s.sql(
-        "SELECT t.queue, t.state, count(*)::int8 FROM {S}.taskq_tasks t \
-         WHERE t.state IN ('pending', 'running') GROUP BY t.queue, t.state \
+        "SELECT t.queue, 'pending', count(*)::int8 FROM {S}.taskq_tasks t \
+         WHERE t.state = 'pending' GROUP BY t.queue \
+         UNION ALL \
+         SELECT t.queue, 'running', count(*)::int8 FROM {S}.taskq_tasks t \
+         WHERE t.state = 'running' GROUP BY t.queue \
          UNION ALL \
          SELECT c.queue, c.state, sum(c.n)::int8 FROM {S}.taskq_queue_counts c \
          GROUP BY c.queue, c.state HAVING sum(c.n) <> 0",
@@ -183,15 +186,14 @@ pub(super) async fn purge(
 }
 
 /// Lists tasks, newest first: a page of at most `limit` below `before`, payloads left out
-/// unless asked. Without a filter, the primary key backwards; with any, one indexed read
-/// per state (the one given, or all six), each at most `limit` rows newest first through
-/// `(state, id)`, `(state, queue, id)` or `(state, task, id)`, merged, in one statement.
+/// unless asked. Without a filter, the primary key backwards; with any, one read per
+/// state (the one given, or all six), each at most `limit` rows newest first, merged, in
+/// one statement (see [`list_sql`]).
 pub(super) async fn list_tasks(
     s: &PostgresStore,
     q: &TaskQuery,
 ) -> Result<Vec<TaskInfo>, StoreError> {
-    let (sql, states) = list_sql(q);
-    let sql = s.sql(&sql);
+    let sql = s.sql(&list_sql(q));
     let limit = if q.limit == 0 { 100 } else { q.limit };
     let limit = limit.min(i64::MAX as usize) as i64;
     let before = q.before.map(|b| b.0).unwrap_or(i64::MAX);
@@ -199,9 +201,6 @@ pub(super) async fn list_tasks(
     let st = c.prep(&sql).await?;
     let client = c.client()?;
     let mut params: Vec<Param<'_>> = vec![&before, &limit];
-    if let Some(states) = &states {
-        params.push(states);
-    }
     if let Some(queue) = &q.queue {
         params.push(queue);
     }
@@ -212,44 +211,52 @@ pub(super) async fn list_tasks(
     c.check(r)?.iter().map(task_from_row).collect()
 }
 
-/// The statement of [`list_tasks`] (with `{S}`) and the states it reads one by one (`$3`,
-/// when there is a filter). `$1` is `before`, `$2` the limit; then the states, the queue
-/// and the task name, those given. Only the filters given are in the SQL, so that each
-/// read uses the index made for it.
-pub(super) fn list_sql(q: &TaskQuery) -> (String, Option<Vec<&'static str>>) {
+/// The statement of [`list_tasks`] (with `{S}`): `$1` is `before`, `$2` the limit, then
+/// the queue and the task name, those given. Only the filters given are in the SQL, and
+/// each state is written as a literal, so that the planner can use the partial index
+/// made for it: finished states through `(state, id)`, `(state, queue, id)` and
+/// `(state, task, id)` of finished rows, pending tasks through the pending indexes and
+/// running ones through the lease index (live rows only, however long the history).
+pub(super) fn list_sql(q: &TaskQuery) -> String {
     let columns = match q.with_payload {
         true => TASK_COLUMNS,
         false => TASK_COLUMNS_NO_PAYLOAD,
     };
     if q.state.is_none() && q.queue.is_none() && q.task.is_none() {
-        let sql = format!(
+        return format!(
             "SELECT {columns} FROM {{S}}.taskq_tasks WHERE id < $1::int8 \
              ORDER BY id DESC LIMIT $2::int8"
         );
-        return (sql, None);
     }
-    let states: Vec<&'static str> = match q.state {
-        Some(st) => vec![st.as_str()],
-        None => TaskState::ALL.iter().map(|st| st.as_str()).collect(),
+    let states: Vec<TaskState> = match q.state {
+        Some(st) => vec![st],
+        None => TaskState::ALL.to_vec(),
     };
-    let mut n = 3;
+    let mut n = 2;
     let mut filters = String::new();
     if q.queue.is_some() {
         n += 1;
-        filters.push_str(&format!(" AND t.queue = ${n}::text"));
+        filters.push_str(&format!(" AND queue = ${n}::text"));
     }
     if q.task.is_some() {
         n += 1;
-        filters.push_str(&format!(" AND t.task = ${n}::text"));
+        filters.push_str(&format!(" AND task = ${n}::text"));
     }
-    let sql = format!(
-        "SELECT x.* FROM unnest($3::text[]) AS st(state) CROSS JOIN LATERAL ( \
-             SELECT {columns} FROM {{S}}.taskq_tasks t \
-             WHERE t.state = st.state{filters} AND t.id < $1::int8 \
-             ORDER BY t.id DESC LIMIT $2::int8) x \
-         ORDER BY x.id DESC LIMIT $2::int8"
-    );
-    (sql, Some(states))
+    let reads: Vec<String> = states
+        .iter()
+        .map(|st| {
+            format!(
+                "(SELECT {columns} FROM {{S}}.taskq_tasks \
+                  WHERE state = '{}'{filters} AND id < $1::int8 \
+                  ORDER BY id DESC LIMIT $2::int8)",
+                st.as_str()
+            )
+        })
+        .collect();
+    format!(
+        "SELECT x.* FROM ({}) x ORDER BY x.id DESC LIMIT $2::int8",
+        reads.join(" UNION ALL ")
+    )
 }
 
 /// One task with every attempt.

@@ -56,17 +56,18 @@
 //!   budget is in [`Clock`]). A host whose wall clock is more than a second off is logged.
 //!   Virtual time ([`Clock::manual`]) is passed through unchanged.
 //!
-//! # Table layout (schema version 3)
+//! # Table layout (schema version 5; version 4 is reserved for the retention policy)
 //! Migrations are versioned in `taskq_schema(version, applied_at)` and applied under an
 //! advisory lock when a store is opened. A database whose schema is newer than this build
 //! knows is refused with [`StoreError::SchemaTooNew`].
 //!
 //! | table | columns | notes |
 //! |---|---|---|
-//! | `taskq_tasks` | `id bigserial`, `task`, `queue`, `state` (`pending` `running` `done` `failed` `dead` `cancelled`), `payload json`, `priority`, `attempts`, `unique_name`, `tombstone_ms`, `created_at`, `enqueued_at`, `run_at`, `finished_at`, `last_error`, `run_id`, `worker`, `lease_until`, `lease_token`, `started_at` | claim indexes `(priority DESC, run_at, id)` and `(queue, priority DESC, run_at, id)` of pending tasks and `(lease_until)` of running ones (lapsed leases); a unique partial index on `unique_name` of live tasks; `run_id` index |
+//! | `taskq_tasks` | `id bigserial`, `task`, `queue`, `state` (`pending` `running` `done` `failed` `dead` `cancelled`), `payload json`, `priority`, `attempts`, `unique_name`, `tombstone_ms`, `created_at`, `enqueued_at`, `run_at`, `finished_at`, `last_error`, `run_id`, `worker`, `lease_until`, `lease_token`, `started_at` | claim indexes `(priority DESC, run_at, id)` and `(queue, priority DESC, run_at, id)` of pending tasks (a claim seeks each priority's due rows, `run_at <= now`, so rows due later are never read) and `(lease_until)` of running ones (lapsed leases); a unique partial index on `unique_name` of live tasks; `run_id` index; `(state, id)`, `(state, queue, id)`, `(state, task, id)` (version 5) for listings by key and the counts of pending and running tasks |
 //! | `taskq_attempts` | `id`, `task_id`, `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error` | one row per finished or lapsed attempt; deleted with its task |
 //! | `taskq_queues` | `name`, `paused`, `rate`, `burst`, `max_concurrent`, `tokens`, `refilled_at` | settings and the token bucket's state |
 //! | `taskq_iterations` | `run_id` (the first step's id), `task`, `queue`, `filter json`, `cursor json`, `processed`, `batches`, `steps`, `total`, `state`, `started_at`, `updated_at`, `finished_at`, `error` | one row per iterative run |
+//! | `taskq_queue_counts` | `queue`, `state`, `slot`, `n` | version 5: finished tasks per queue and state, kept by statement-level triggers on `taskq_tasks` (one write per queue and state per statement), in 16 slots by backend pid so that concurrent finishes of one queue rarely wait on one row; [`Store::queues`] sums them and counts pending and running tasks through `(state, queue, id)` |
 //! | `taskq_tombstones` | `name`, `taken_until`, `run_id`, `tombstone_ms` | version 3: the holds deleted named tasks leave on their names (see [`tombstone`]); written by delete and purge in their statement, read by enqueue's name check |
 //!
 //! Payloads, filters and cursors are `json`, not `jsonb`: the exact text taskq wrote, so

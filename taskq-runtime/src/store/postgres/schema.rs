@@ -101,10 +101,12 @@ CREATE TABLE {S}.taskq_tombstones (
 "#,
     // 4: reserved for the retention policy (issue 10), merged from its own branch.
     "",
-    // 5: counts of finished tasks kept with the rows, and indexes for listings by state,
-    // queue and task name. `queues()` counts pending and running tasks through the
-    // `(state, queue, id)` index (live rows only, never the history) and adds the
-    // finished counts kept here. They are kept by statement-level triggers (one counter
+    // 5: counts of finished tasks kept with the rows, and indexes for listings of finished
+    // tasks by state, queue and task name (partial: a claim, whose row is not finished,
+    // adds no entry to them; every full index would take one per claimed row, since a
+    // claim's update is never HOT). `queues()` counts pending and running tasks through
+    // their partial indexes (live rows only, never the history) and adds the finished
+    // counts kept here. They are kept by statement-level triggers (one counter
     // write per queue and state per statement, whichever statement moves the rows) in
     // one of 16 slots chosen by the backend's pid, so that workers finishing tasks of
     // one queue at once do not queue on one counter row; `queues()` sums the slots.
@@ -113,9 +115,12 @@ CREATE TABLE {S}.taskq_tombstones (
     // the count and the triggers.
     r#"
 LOCK TABLE {S}.taskq_tasks IN SHARE ROW EXCLUSIVE MODE;
-CREATE INDEX IF NOT EXISTS taskq_tasks_state_idx ON {S}.taskq_tasks (state, id);
-CREATE INDEX IF NOT EXISTS taskq_tasks_state_queue_idx ON {S}.taskq_tasks (state, queue, id);
-CREATE INDEX IF NOT EXISTS taskq_tasks_state_task_idx ON {S}.taskq_tasks (state, task, id);
+CREATE INDEX IF NOT EXISTS taskq_tasks_finished_idx ON {S}.taskq_tasks (state, id)
+    WHERE state IN ('done', 'failed', 'dead', 'cancelled');
+CREATE INDEX IF NOT EXISTS taskq_tasks_finished_queue_idx ON {S}.taskq_tasks (state, queue, id)
+    WHERE state IN ('done', 'failed', 'dead', 'cancelled');
+CREATE INDEX IF NOT EXISTS taskq_tasks_finished_task_idx ON {S}.taskq_tasks (state, task, id)
+    WHERE state IN ('done', 'failed', 'dead', 'cancelled');
 CREATE TABLE IF NOT EXISTS {S}.taskq_queue_counts (
     queue  text    NOT NULL,
     state  text    NOT NULL,

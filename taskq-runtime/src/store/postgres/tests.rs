@@ -886,7 +886,7 @@ fn listings_select_payloads_only_when_asked() {
                 with_payload,
                 ..TaskQuery::default()
             };
-            let (sql, _) = super::manage::list_sql(&q);
+            let sql = super::manage::list_sql(&q);
             assert_eq!(sql.contains("payload::text"), with_payload, "{sql}");
             assert_eq!(
                 sql.contains("NULL::text AS payload"),

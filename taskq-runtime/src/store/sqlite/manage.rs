@@ -130,8 +130,7 @@ pub(super) fn list_tasks(tx: &rusqlite::Transaction<'_>, q: &TaskQuery) -> R<Vec
     let limit = if q.limit == 0 { 100 } else { q.limit };
     let limit = limit.min(i64::MAX as usize) as i64;
     // Without a state but with a queue or task name, one indexed read per state (each
-    // at most `limit` rows, newest first), merged: the `(state, queue, id)` and
-    // `(state, task, id)` indexes give each page by key.
+    // at most `limit` rows, newest first), merged.
     let states: Vec<Option<TaskState>> = match (q.state, q.queue.is_some() || q.task.is_some()) {
         (Some(s), _) => vec![Some(s)],
         (None, true) => TaskState::ALL.into_iter().map(Some).collect(),
@@ -151,10 +150,14 @@ pub(super) fn list_tasks(tx: &rusqlite::Transaction<'_>, q: &TaskQuery) -> R<Vec
     raw.into_iter().map(RawTask::decode).collect()
 }
 
+/// The states of the partial listing indexes, as written in their condition.
+const FINISHED: &str = "'done', 'failed', 'dead', 'cancelled'";
+
 /// The statement of one indexed read of [`list_tasks`] and its arguments: only the
 /// filters given are written into the SQL, so that SQLite picks the index made for
-/// them (the primary key backwards, `(state, id)`, `(state, queue, id)` or
-/// `(state, task, id)`); the payload column is read only when asked for.
+/// them (the primary key backwards, `(state, id)`, and for finished tasks
+/// `(state, queue, id)` or `(state, task, id)`; live tasks by queue through the claim
+/// index, whose rows are the live ones); the payload column is read only when asked.
 pub(super) fn list_sql(
     q: &TaskQuery,
     state: Option<TaskState>,
@@ -165,9 +168,14 @@ pub(super) fn list_sql(
         task_columns(q.with_payload)
     );
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    // The state as a literal, and for a finished state read by queue or task name the
+    // partial indexes' own condition, so that SQLite may use them (it does not look
+    // into parameters); by state alone, `(state, id)`.
     if let Some(s) = state {
-        args.push(s.as_str().to_string().into());
-        sql.push_str(&format!(" AND state = ?{}", args.len()));
+        sql.push_str(&format!(" AND state = '{}'", s.as_str()));
+        if !s.is_live() && (q.queue.is_some() || q.task.is_some()) {
+            sql.push_str(&format!(" AND state IN ({FINISHED})"));
+        }
     }
     if let Some(queue) = &q.queue {
         args.push(queue.clone().into());

@@ -35,7 +35,7 @@
 //!
 //! # Tables
 //!
-//! Schema version 2 (versions are rows of `taskq_schema(version INTEGER)`; a database
+//! Schema version 4 (version 3 is reserved for the retention policy; versions are rows of `taskq_schema(version INTEGER)`; a database
 //! whose highest version is newer than this build knows is refused with
 //! [`StoreError::SchemaTooNew`]). Every time is an integer of milliseconds since the Unix
 //! epoch ([`Timestamp`]); every JSON value (payload, filter, cursor) is stored as the exact
@@ -48,9 +48,11 @@
 //!   task keeps its unique name), `created_at`, `enqueued_at`, `run_at`, `finished_at`,
 //!   `last_error`, `run_id` (the iterative run it is a step of), `token` (the fencing
 //!   token of the current lease), `worker`, `lease_until`, `started_at` (of the current
-//!   attempt). Indexes: `(state, queue, priority DESC, run_at, id)` for claims,
-//!   `(state, run_at)` for [`Store::next_due`], `(state, id)` for listing by state,
-//!   `(unique_name)` and `(run_id)` (partial, where set).
+//!   attempt). Indexes: `(state, queue, priority DESC, run_at, id)` for claims (one seek
+//!   per priority, `run_at <= now`, so rows due later are never read) and
+//!   [`Store::next_due`], `(state, run_at)`, `(state, id)`, `(state, queue, id)` and
+//!   `(state, task, id)` (version 4) for listings by key, `(unique_name)` and `(run_id)`
+//!   (partial, where set).
 //! - `taskq_attempts`: one row per ended attempt, `seq` (order), `task_id` (deleted with
 //!   its task), `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error`.
 //! - `taskq_queues`: queues with settings: `name`, `paused`, `rate`, `burst`,
@@ -60,6 +62,10 @@
 //!   `queue`, `filter` (JSON), `cursor` (JSON), `processed`, `batches`, `steps`, `total`,
 //!   `state`, `started_at`, `updated_at`, `finished_at`, `error`.
 //! - `taskq_counters`: named counters; `lease_token` hands out fencing tokens.
+//! - `taskq_queue_counts` (version 4): `queue`, `state`, `n`, the number of tasks of each
+//!   queue in each state, kept by triggers on `taskq_tasks` (insert, delete, a change of
+//!   state or queue) in the transaction that changes the rows; [`Store::queues`] reads it
+//!   instead of counting the history. One writer at a time, so no contention.
 //! - `taskq_tombstones` (version 2): the holds deleted named tasks leave on their names
 //!   (see [`tombstone`]): `name` (primary key), `taken_until`, `run_id`
 //!   (the run whose life and window also hold it), `tombstone_ms`. Written by delete and

@@ -92,7 +92,10 @@ CREATE TABLE taskq_tombstones (
     // 4: counts by state kept with the rows, so `queues()` reads one row per queue and
     // state instead of the whole history (triggers, so every statement that inserts,
     // deletes or moves a task keeps them, whichever file it is in); indexes that let a
-    // listing filtered by queue or task name read a page by key. Written to run again
+    // listing of finished tasks filtered by queue or task name read a page by key
+    // (partial, so that a claim, whose row is not finished, does not write them; live
+    // tasks are listed through the claim index); `(state, run_at)` is no longer read
+    // (`next_due` seeks the claim index per priority) and goes. Written to run again
     // over its own result (the counts are recomputed), as a test's downgrade needs.
     r#"
 CREATE TABLE IF NOT EXISTS taskq_queue_counts (
@@ -118,8 +121,11 @@ CREATE TRIGGER IF NOT EXISTS taskq_tasks_counted_update AFTER UPDATE OF queue, s
     INSERT INTO taskq_queue_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
         ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
 END;
-CREATE INDEX IF NOT EXISTS taskq_tasks_state_queue ON taskq_tasks (state, queue, id);
-CREATE INDEX IF NOT EXISTS taskq_tasks_state_task ON taskq_tasks (state, task, id);
+CREATE INDEX IF NOT EXISTS taskq_tasks_finished_queue ON taskq_tasks (state, queue, id)
+    WHERE state IN ('done', 'failed', 'dead', 'cancelled');
+CREATE INDEX IF NOT EXISTS taskq_tasks_finished_task ON taskq_tasks (state, task, id)
+    WHERE state IN ('done', 'failed', 'dead', 'cancelled');
+DROP INDEX IF EXISTS taskq_tasks_due;
 "#,
 ];
 
