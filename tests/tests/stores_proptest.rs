@@ -891,6 +891,7 @@ impl World {
                 task: (i % 3 == 0).then(|| "prop::job".to_string()),
                 before: (i % 2 == 1).then_some(before_a),
                 limit: 1 + i % 3,
+                with_payload: i % 2 == 0,
             };
             let qb = TaskQuery {
                 before: qa.before.map(|_| before_b),

@@ -805,7 +805,7 @@ impl Store for MemoryStore {
                 .flat_map(|set| {
                     set.range(..below)
                         .rev()
-                        .filter(|id| g.tasks.get(id).is_some_and(|r| matches(r)))
+                        .filter(|id| g.tasks.get(id).is_some_and(&matches))
                         .take(limit)
                         .copied()
                 })

@@ -331,8 +331,9 @@ pub struct QueueConfig {
 ///
 /// Listings page by key: pass the last id of a page as `before` to get the next one.
 /// Every store reads a page through an index whatever filters are given (queue, state,
-/// task name, any of them together), so a page costs about `limit` rows however long
-/// the history is; and it leaves payloads out unless `with_payload` asks for them.
+/// task name, any of them together): a page costs about `limit` rows (on the SQL stores,
+/// pending or running tasks of one queue cost at most that queue's live tasks) however
+/// long the history is; and it leaves payloads out unless `with_payload` asks for them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskQuery {
     /// Only this queue.

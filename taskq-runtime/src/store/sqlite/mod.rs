@@ -50,9 +50,10 @@
 //!   token of the current lease), `worker`, `lease_until`, `started_at` (of the current
 //!   attempt). Indexes: `(state, queue, priority DESC, run_at, id)` for claims (one seek
 //!   per priority, `run_at <= now`, so rows due later are never read) and
-//!   [`Store::next_due`], `(state, run_at)`, `(state, id)`, `(state, queue, id)` and
-//!   `(state, task, id)` (version 4) for listings by key, `(unique_name)` and `(run_id)`
-//!   (partial, where set).
+//!   [`Store::next_due`], `(state, id)`, and `(state, queue, id)` and `(state, task, id)`
+//!   of finished rows (version 4, partial, so a claim writes neither) for listings by
+//!   key, `(unique_name)` and `(run_id)` (partial, where set). Version 4 drops
+//!   `(state, run_at)`, which nothing reads any more.
 //! - `taskq_attempts`: one row per ended attempt, `seq` (order), `task_id` (deleted with
 //!   its task), `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error`.
 //! - `taskq_queues`: queues with settings: `name`, `paused`, `rate`, `burst`,
