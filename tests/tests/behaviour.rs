@@ -266,19 +266,22 @@ async fn named_tasks_deduplicate_with_a_tombstone() {
     );
     let msg = again.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(msg.contains("already exists"), "{msg}");
-    h.drain().await.expect("drain");
-    // Done, but inside the default one-hour tombstone.
-    assert!(greet::builder("ada".into())
-        .name("welcome-ada")
-        .start(&q)
-        .await
-        .is_err());
-    h.advance(Duration::from_secs(3601));
-    greet::builder("ada".into())
-        .name("welcome-ada")
-        .start(&q)
-        .await
-        .expect("free after the tombstone window");
+    let report = h.drain().await.expect("drain");
+    // It ran (and finished) at once: the virtual clock did not move.
+    let end = report.runs[0].at;
+    assert_eq!(end, h.clock().now());
+    let again = || greet::builder("ada".into()).name("welcome-ada").start(&q);
+    // Done, and taken for the default one-hour tombstone window from its end: still at
+    // 1 ms before the window's end, free at its end exactly.
+    h.advance(Duration::from_secs(3600) - Duration::from_millis(1));
+    let r = again().await;
+    assert!(
+        matches!(&r, Err(StartError::Store(StoreError::AlreadyExists(_)))),
+        "taken 1 ms before the window's end: {r:?}"
+    );
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.clock().now(), end.add(Duration::from_secs(3600)));
+    again().await.expect("free at the window's end exactly");
 }
 
 #[tokio::test]
