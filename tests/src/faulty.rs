@@ -162,7 +162,10 @@ impl Store for Faulty {
         if f.iter().any(|f| lost.contains(&f.lease.id)) {
             // The lost ones answer LeaseLost in their place; the others apply, in order.
             let ids: Vec<TaskId> = f.iter().map(|f| f.lease.id).collect();
-            let kept = f.into_iter().filter(|f| !lost.contains(&f.lease.id)).collect();
+            let kept = f
+                .into_iter()
+                .filter(|f| !lost.contains(&f.lease.id))
+                .collect();
             let mut applied = self.inner.finish(kept, w, now).await?.into_iter();
             return Ok(ids
                 .into_iter()

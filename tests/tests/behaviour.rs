@@ -528,17 +528,15 @@ async fn a_drain_fails_when_the_store_refuses_an_outcome() {
     let store = std::sync::Arc::new(taskq_tests::faulty::Faulty::default());
     let h = Harness::with_store(store.clone());
     let id = greet::start(&h.queue(), "ada".into()).await.expect("start");
-    store
-        .faults
-        .lose_lease_of
-        .lock()
-        .expect("lock")
-        .insert(id);
+    store.faults.lose_lease_of.lock().expect("lock").insert(id);
     let r = h.drain().await;
     match &r {
         Err(HarnessError::OutcomeRefused { ran, reason }) => {
             assert_eq!((ran.id, ran.attempt, ran.outcome), (id, 1, "done"));
-            assert!(matches!(reason, StoreError::LeaseLost(i) if *i == id), "{reason:?}");
+            assert!(
+                matches!(reason, StoreError::LeaseLost(i) if *i == id),
+                "{reason:?}"
+            );
         }
         other => panic!("a refused outcome must stop the drain: {other:?}"),
     }
@@ -565,11 +563,7 @@ async fn a_drain_fails_when_next_due_and_claim_disagree() {
         from: taskq_runtime::Timestamp::now(),
         step: Duration::from_secs(3600),
     };
-    for (lie, rounds) in [
-        (past, 500),
-        (ahead, 500),
-        (past, DEFAULT_MAX_IDLE_ROUNDS),
-    ] {
+    for (lie, rounds) in [(past, 500), (ahead, 500), (past, DEFAULT_MAX_IDLE_ROUNDS)] {
         // On a thread of its own: a drain that never yields cannot be timed out from its
         // own runtime, and without the guard it never ends.
         let (tx, rx) = std::sync::mpsc::channel();

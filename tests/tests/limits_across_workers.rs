@@ -189,8 +189,8 @@ async fn limits_hold_across_processes(url: &str, processes: usize, workers: usiz
     let dir = tempfile::tempdir().expect("temp dir");
     let mut children = Vec::new();
     for p in 0..processes {
-        let stderr = std::fs::File::create(dir.path().join(format!("worker-{p}.err")))
-            .expect("stderr file");
+        let stderr =
+            std::fs::File::create(dir.path().join(format!("worker-{p}.err"))).expect("stderr file");
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskq-limits-worker"))
             .args([
                 url,

@@ -594,7 +594,11 @@ async fn shutdown_during_a_claim_releases_what_it_claimed() {
     assert_eq!(t.info.attempts, 0, "a released claim does not count");
     let outcomes: Vec<_> = t.attempts.iter().map(|a| a.outcome.as_str()).collect();
     assert_eq!(outcomes, vec!["released"], "claimed once, then released");
-    assert_eq!(store.faults.claims.load(Ordering::SeqCst), 1, "no claim after");
+    assert_eq!(
+        store.faults.claims.load(Ordering::SeqCst),
+        1,
+        "no claim after"
+    );
 }
 
 /// A worker name or served queue holding a NUL byte is refused when the worker is built,

@@ -50,11 +50,7 @@ async fn probe(ctx: &Context, ms: u64) -> Result<(), TaskError> {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let end = now_ns();
-    let line = format!(
-        "{} {} {claim_ms} {start} {end}\n",
-        ctx.id(),
-        ctx.queue()
-    );
+    let line = format!("{} {} {claim_ms} {start} {end}\n", ctx.id(), ctx.queue());
     let log = ctx.state::<Log>()?;
     let mut file = log.0.lock().unwrap_or_else(|p| p.into_inner());
     // One write per line: the line is whole in the file, whatever else runs.
