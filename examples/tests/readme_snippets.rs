@@ -1,7 +1,9 @@
 //! The README's smaller Rust blocks, compiled and (all but the PostgreSQL one) run.
 //!
-//! Each block of README.md other than the tour (`src/bin/tour.rs`) appears here verbatim,
-//! up to whitespace, inside the code that gives it a context (the types it uses, the
+//! Each Rust block of README.md (and of `docs/*.md`) other than the tour
+//! (`src/bin/tour.rs`) appears here verbatim, up to whitespace and comments, as code: never
+//! only inside a comment, and this file has no cfg attribute or block comment that could
+//! leave it out. Each sits inside the code that gives it a context (the types it uses, the
 //! function around it); `tests/readme.rs` checks that, so a README block that stops
 //! compiling or stops working fails `cargo test`. The blocks are `#[rustfmt::skip]` so that
 //! they keep the README's layout (aligned comments, several calls on one line).

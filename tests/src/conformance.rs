@@ -2078,6 +2078,87 @@ pub async fn continuation_steps_follow_the_batch_order(s: Arc<dyn Store>) {
     assert!(next[0].lease.id < next[1].lease.id);
 }
 
+/// Issue 9 (audit): the tombstone window's boundary, exactly, for every way a named task
+/// ends: done, failed, dead, and an iterative run that ends done. The contract
+/// ([`Store::enqueue`]): a name is taken while `end + window > now` and free again at the
+/// window's end exactly. So with an end at `E` and a window `W`, an enqueue of the name at
+/// `E + W - 1 ms` is refused, and at `E + W` and at `E + W + 1 ms` it is accepted (each
+/// probe on a name of its own, since an accepted probe takes its name again). Probes run
+/// in time order across the cases.
+pub async fn tombstone_window_boundary_for_every_end(s: Arc<dyn Store>) {
+    const END: i64 = 20;
+    const WINDOW_MS: i64 = 60_000;
+    let ends: [(&str, Option<Outcome>); 4] = [
+        ("done", Some(Outcome::Done)),
+        (
+            "failed",
+            Some(Outcome::Failed {
+                error: "fatal".into(),
+            }),
+        ),
+        (
+            "dead",
+            Some(Outcome::Dead {
+                error: "gave up".into(),
+            }),
+        ),
+        ("run", None),
+    ];
+    let probe_offsets = [-1, 0, 1];
+    let named = |end: &str, probe: usize| -> NewTask {
+        let mut t = match end {
+            "run" => iteration_task(),
+            _ => new_task(&format!("q-{end}"), probe as i64),
+        };
+        t.queue = format!("q-{end}-{probe}");
+        t.unique_name = Some(format!("{end}-{probe}"));
+        t.tombstone = Duration::from_millis(WINDOW_MS as u64);
+        t
+    };
+    for (end, outcome) in &ends {
+        for probe in 0..probe_offsets.len() {
+            let t = named(end, probe);
+            s.enqueue(vec![t.clone()], T0).await.expect("enqueue");
+            let c = s
+                .claim(&req(&[t.queue.as_str()], 1, 30_000, at(1)))
+                .await
+                .expect("claim");
+            assert_eq!(c.len(), 1, "{end}-{probe}");
+            // A run ends when its (last) step is done.
+            let outcome = outcome.clone().unwrap_or(Outcome::Done);
+            finish_one(&*s, &c[0], outcome, at(END))
+                .await
+                .expect("finish");
+            let r = s.enqueue(vec![t.clone()], at(END + WINDOW_MS / 2)).await;
+            assert!(
+                matches!(&r, Err(StoreError::AlreadyExists(_))),
+                "{end}-{probe} inside its window: {r:?}"
+            );
+        }
+    }
+    let runs = s.iterations(10).await.expect("iterations");
+    assert_eq!(runs.len(), probe_offsets.len());
+    assert!(runs.iter().all(|r| r.state == RunState::Done), "{runs:?}");
+    for (probe, offset) in probe_offsets.iter().enumerate() {
+        let now = at(END + WINDOW_MS + offset);
+        for (end, _) in &ends {
+            let t = named(end, probe);
+            let r = s.enqueue(vec![t.clone()], now).await;
+            if *offset < 0 {
+                assert!(
+                    matches!(&r, Err(StoreError::AlreadyExists(n)) if n == &format!("{end}-{probe}")),
+                    "{end}: taken at window - 1 ms: {r:?}"
+                );
+            } else {
+                assert!(
+                    r.is_ok(),
+                    "{end}: free at window {offset:+} ms (free at the window's end exactly): {r:?}"
+                );
+            }
+        }
+    }
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -2110,6 +2191,7 @@ macro_rules! conformance_tests {
             finish_batch_with_a_stale_and_a_held_lease_of_one_task,
             heartbeat_reports_a_stale_lease_beside_the_held_one,
             continuation_steps_follow_the_batch_order,
+            tombstone_window_boundary_for_every_end,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
