@@ -137,7 +137,7 @@ for t in &dead {
 queue.run_now(id).await?;                          // a pending task, due now
 queue.delete(id).await?;
 queue.pause("email").await?;  queue.resume("email").await?;  queue.purge("email").await?;
-queue.configure("email", QueueConfig { rate: Some(10.0), burst: Some(20), max_concurrent: Some(4) }).await?;
+queue.configure("email", QueueConfig { rate: Some(10.0), burst: Some(20), max_concurrent: Some(4), retention: None }).await?;
         Ok(())
     }
 

@@ -47,6 +47,7 @@ pub mod model;
 pub mod policy;
 pub mod queue;
 pub mod registry;
+pub mod retention;
 pub mod store;
 pub mod task;
 pub mod testing;
@@ -58,9 +59,10 @@ pub use error::{StartError, TaskError};
 pub use model::Model;
 pub use queue::{Queue, TaskBuilder};
 pub use registry::Registry;
+pub use retention::Retention;
 pub use store::{
-    AttemptInfo, IterationInfo, QueueConfig, QueueInfo, RunState, Store, StoreError, TaskDetail,
-    TaskId, TaskInfo, TaskQuery, TaskState,
+    AttemptInfo, IterationInfo, PruneReport, QueueConfig, QueueInfo, RunState, Store, StoreError,
+    TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
 };
 pub use task::{Context, TaskOptions};
 pub use taskq_macros::{iterative_task, task};

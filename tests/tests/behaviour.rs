@@ -483,6 +483,7 @@ async fn queue_rate_limit_spaces_runs_on_virtual_time() {
             rate: Some(2.0),
             burst: Some(1),
             max_concurrent: None,
+            retention: None,
         },
     )
     .await

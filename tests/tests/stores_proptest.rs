@@ -249,6 +249,7 @@ fn queue_config() -> impl Strategy<Value = QueueConfig> {
             rate,
             burst,
             max_concurrent,
+            retention: None,
         })
 }
 

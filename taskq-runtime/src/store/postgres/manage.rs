@@ -78,6 +78,7 @@ pub(super) async fn queues(s: &PostgresStore) -> Result<Vec<QueueInfo>, StoreErr
                     rate: r.get(2),
                     burst: burst.map(|b| b.clamp(0, u32::MAX as i64) as u32),
                     max_concurrent: max.map(|m| m.clamp(0, u32::MAX as i64) as u32),
+                    retention: None,
                 },
             },
         );

@@ -581,4 +581,7 @@ impl Store for PostgresStore {
     async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError> {
         manage::cancel_iteration(self, run, now).await
     }
+    async fn prune(&self, _now: Timestamp, _batch: usize) -> Result<PruneReport, StoreError> {
+        Ok(PruneReport::default())
+    }
 }

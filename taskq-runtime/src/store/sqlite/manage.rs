@@ -31,6 +31,7 @@ pub(super) fn queues(tx: &rusqlite::Transaction<'_>) -> R<Vec<QueueInfo>> {
                 rate: r.get(2)?,
                 burst: r.get::<_, Option<i64>>(3)?.map(u32_of),
                 max_concurrent: r.get::<_, Option<i64>>(4)?.map(u32_of),
+                retention: None,
             },
         })
     })?;

@@ -459,4 +459,7 @@ impl Store for SqliteStore {
         })
         .await
     }
+    async fn prune(&self, _now: Timestamp, _batch: usize) -> Result<PruneReport, StoreError> {
+        Ok(PruneReport::default())
+    }
 }
