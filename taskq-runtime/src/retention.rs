@@ -354,7 +354,12 @@ mod tests {
                 },
             ]
         );
-        assert!(!prunable(&rules, "off", TaskState::Done, Some(Timestamp(0))));
+        assert!(!prunable(
+            &rules,
+            "off",
+            TaskState::Done,
+            Some(Timestamp(0))
+        ));
         assert!(prunable(&rules, "a", TaskState::Done, Some(NOW.sub(H))));
     }
 

@@ -2128,7 +2128,10 @@ pub async fn retention_keeps_done_a_day_and_failed_a_week(s: Arc<dyn Store>) {
     let r = s.prune(Timestamp(end.0 + DAY), 0).await.expect("prune");
     assert_eq!(r.tasks, vec![(TaskState::Done, 1)], "{r:?}");
     assert!(!r.busy);
-    assert!(!exists(&*s, done).await, "the done task is gone at its end + 24 h");
+    assert!(
+        !exists(&*s, done).await,
+        "the done task is gone at its end + 24 h"
+    );
     let listed: Vec<TaskId> = s
         .list_tasks(&TaskQuery::default())
         .await
@@ -2173,10 +2176,7 @@ pub async fn retention_never_touches_live_tasks(s: Arc<dyn Store>) {
     let mut r = new_task("run", 3);
     r.priority = 5;
     let running = s.enqueue(vec![r], T0).await.expect("enqueue")[0];
-    let c = s
-        .claim(&req(&["run"], 1, 1_000, T0))
-        .await
-        .expect("claim");
+    let c = s.claim(&req(&["run"], 1, 1_000, T0)).await.expect("claim");
     assert_eq!(ids_of(&c), vec![running]);
     let revived = ended_as(&*s, new_task("revive", 4), dead("spent"), at(10)).await;
     s.retry(revived, at(20)).await.expect("retry from dead");
@@ -2235,7 +2235,10 @@ pub async fn retention_per_queue_override_and_off(s: Arc<dyn Store>) {
     let r = s.prune(Timestamp(end.0 + HOUR), 0).await.expect("prune");
     assert_eq!(r.tasks, vec![(TaskState::Done, 1)], "{r:?}");
     assert!(!exists(&*s, short_done).await);
-    let r = s.prune(Timestamp(end.0 + 2 * HOUR), 0).await.expect("prune");
+    let r = s
+        .prune(Timestamp(end.0 + 2 * HOUR), 0)
+        .await
+        .expect("prune");
     assert_eq!(r.tasks, vec![(TaskState::Dead, 1)], "{r:?}");
     assert!(!exists(&*s, short_dead).await);
     let r = s.prune(Timestamp(end.0 + DAY), 0).await.expect("prune");
@@ -2243,7 +2246,10 @@ pub async fn retention_per_queue_override_and_off(s: Arc<dyn Store>) {
     assert!(!exists(&*s, default_done).await);
 
     let r = s.prune(at(1_000 * DAY), 0).await.expect("prune");
-    assert!(r.is_empty(), "a queue with retention off keeps everything: {r:?}");
+    assert!(
+        r.is_empty(),
+        "a queue with retention off keeps everything: {r:?}"
+    );
     assert!(exists(&*s, off_done).await && exists(&*s, off_dead).await);
 
     s.configure_queue("off", QueueConfig::default())
@@ -2358,11 +2364,7 @@ pub async fn retention_takes_a_run_with_its_last_step(s: Arc<dyn Store>) {
         .expect("prune");
     assert_eq!((r.total_tasks(), r.runs), (0, 0), "{r:?}");
     let r = s.prune(Timestamp(cancel.0 + DAY), 0).await.expect("prune");
-    assert_eq!(
-        (r.count(TaskState::Cancelled), r.runs),
-        (1, 1),
-        "{r:?}"
-    );
+    assert_eq!((r.count(TaskState::Cancelled), r.runs), (1, 1), "{r:?}");
     assert_eq!(s.iteration(run2).await.expect("iteration"), None);
 }
 
@@ -2401,6 +2403,49 @@ pub async fn prune_goes_on_batch_after_batch(s: Arc<dyn Store>) {
         .is_empty());
 }
 
+/// Issue 10: a worker prunes by itself, at its clock's time (here a manual one): the done
+/// task goes once its day has passed on that clock, the dead one once its week has.
+pub async fn a_worker_prunes_on_its_clock(s: Arc<dyn Store>) {
+    // A worker needs a registered task to start; this one never runs.
+    #[taskq_runtime::task(queue = "retention-unused")]
+    async fn never_runs() -> Result<(), taskq_runtime::TaskError> {
+        Ok(())
+    }
+    let end = at(1_000);
+    let done = ended_as(&*s, new_task("q", 1), Outcome::Done, end).await;
+    let dead = ended_as(&*s, new_task("q", 2), dead("spent"), end).await;
+    let clock = taskq_runtime::Clock::manual(Timestamp(end.0 + DAY));
+    let worker = taskq_runtime::Worker::builder(s.clone())
+        .queues(["retention-unused"])
+        .clock(clock.clone())
+        .prune_interval(Duration::from_millis(20))
+        .build()
+        .expect("build")
+        .spawn();
+    let gone = |id: TaskId| {
+        let s = s.clone();
+        move || {
+            let s = s.clone();
+            async move { !exists(&*s, id).await }
+        }
+    };
+    crate::wait_until(
+        "the worker pruned the done task",
+        Duration::from_secs(30),
+        gone(done),
+    )
+    .await;
+    assert!(exists(&*s, dead).await, "the dead task is kept its week");
+    clock.advance_to(Timestamp(end.0 + 7 * DAY));
+    crate::wait_until(
+        "the worker pruned the dead task",
+        Duration::from_secs(30),
+        gone(dead),
+    )
+    .await;
+    worker.shutdown().await.expect("shutdown");
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -2436,6 +2481,7 @@ macro_rules! conformance_tests {
             retention_keeps_done_a_day_and_failed_a_week, retention_never_touches_live_tasks,
             retention_per_queue_override_and_off, a_pruned_named_task_keeps_its_name_for_its_window,
             retention_takes_a_run_with_its_last_step, prune_goes_on_batch_after_batch,
+            a_worker_prunes_on_its_clock,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

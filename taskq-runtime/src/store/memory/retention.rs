@@ -65,8 +65,8 @@ impl Inner {
         let mut out = Vec::new();
         for rule in rules {
             for state in rule.class.states() {
-                let range = (state, Timestamp(i64::MIN), i64::MIN)
-                    ..=(state, rule.finished_by, i64::MAX);
+                let range =
+                    (state, Timestamp(i64::MIN), i64::MIN)..=(state, rule.finished_by, i64::MAX);
                 for (_, _, id) in self.finished.range(range) {
                     if out.len() >= limit {
                         return out;

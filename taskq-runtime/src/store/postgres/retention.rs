@@ -199,9 +199,7 @@ impl PostgresStore {
         let r = client.query(&st, &[]).await;
         Ok(c.check(r)?
             .iter()
-            .filter_map(|row| {
-                policy::from_columns(row.get(1), row.get(2)).map(|r| (row.get(0), r))
-            })
+            .filter_map(|row| policy::from_columns(row.get(1), row.get(2)).map(|r| (row.get(0), r)))
             .collect())
     }
 }

@@ -898,7 +898,10 @@ async fn prune_statements_use_their_indexes() {
             "'k', 0, 0, '{short}', 10",
         )
         .await;
-        assert!(plan.contains("taskq_tasks_finished_idx"), "{rule:?}\n{plan}");
+        assert!(
+            plan.contains("taskq_tasks_finished_idx"),
+            "{rule:?}\n{plan}"
+        );
         let plan = explain(
             s.prune_runs_sql(&rule),
             "text, int8, text[], int8",

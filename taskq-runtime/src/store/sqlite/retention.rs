@@ -253,10 +253,9 @@ fn runs(tx: &rusqlite::Transaction<'_>, rule: &Rule, batch: usize) -> R<usize> {
 fn tombstones(tx: &rusqlite::Transaction<'_>, now: Timestamp, batch: usize) -> R<usize> {
     let names: Vec<String> = tx
         .prepare_cached(EXPIRED_TOMBSTONES)?
-        .query_map(
-            params![now.0, batch.min(i64::MAX as usize) as i64],
-            |r| r.get(0),
-        )?
+        .query_map(params![now.0, batch.min(i64::MAX as usize) as i64], |r| {
+            r.get(0)
+        })?
         .collect::<rusqlite::Result<_>>()?;
     if names.is_empty() {
         return Ok(0);
