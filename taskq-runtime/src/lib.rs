@@ -39,6 +39,10 @@
 //!
 //! Delivery is at least once: a task whose worker died runs again when its lease lapses,
 //! so task bodies should be idempotent.
+//!
+//! Finished tasks are not kept for ever: workers prune done and cancelled ones 24 hours
+//! after they finished and failed and dead ones after 7 days, per queue as configured
+//! (see [`retention`]).
 
 pub mod error;
 mod into_task_error;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use taskq_runtime::testing::Harness;
-use taskq_runtime::{task, Queue, QueueConfig, Retention, TaskError, TaskState, Worker};
+use taskq_runtime::{task, QueueConfig, Retention, TaskError, TaskState, Worker};
 
 #[task(queue = "mail")]
 async fn mail(n: u32) -> Result<(), TaskError> {
@@ -75,13 +75,7 @@ async fn a_worker_with_pruning_off_does_not_prune() -> Result<(), Box<dyn std::e
     worker.shutdown().await?;
     assert!(q.task(id).await?.is_some());
     // The same store and clock prune as soon as asked.
-    assert_eq!(
-        Queue::with_clock(q.store().clone(), h.clock().clone())
-            .prune()
-            .await?
-            .total_tasks(),
-        1
-    );
+    assert_eq!(q.prune().await?.total_tasks(), 1);
     Ok(())
 }
 
