@@ -1,13 +1,14 @@
 //! [`Queue`]: the handle to start tasks and manage them (the management API: list, inspect,
-//! run now, delete, retry, pause, resume, purge, configure; taskq has no CLI or console yet).
+//! run now, delete, retry, pause, resume, purge, configure, prune; taskq has no CLI or
+//! console yet).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::StartError;
 use crate::store::{
-    self, IterationInfo, NewIteration, NewTask, QueueConfig, QueueInfo, Store, StoreError,
-    TaskDetail, TaskId, TaskInfo, TaskQuery,
+    self, IterationInfo, NewIteration, NewTask, PruneReport, QueueConfig, QueueInfo, Store,
+    StoreError, TaskDetail, TaskId, TaskInfo, TaskQuery,
 };
 use crate::task::{TaskDef, TaskKind};
 use crate::time::{Clock, Timestamp};
@@ -85,7 +86,9 @@ impl Queue {
         self.store.queues().await
     }
 
-    /// Sets a queue's rate, burst and concurrency limits (enforced across all workers).
+    /// Sets a queue's settings, replacing the ones saved before: its rate, burst and
+    /// concurrency limits (enforced across all workers) and its retention (how long its
+    /// finished tasks are kept; `None` for the defaults, see [`crate::retention`]).
     pub async fn configure(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError> {
         if let Some(rate) = config.rate {
             if !(rate.is_finite() && rate > 0.0) {
@@ -160,6 +163,21 @@ impl Queue {
     /// Cancels an iterative run.
     pub async fn cancel_iteration(&self, run: TaskId) -> Result<(), StoreError> {
         self.store.cancel_iteration(run, self.clock.now()).await
+    }
+
+    /// Deletes now what retention no longer keeps (workers also do it about every minute):
+    /// finished tasks past their queue's retention (by default done and cancelled ones 24
+    /// hours after they finished, failed and dead ones 7 days; see [`crate::retention`]),
+    /// with their attempts and run records, and tombstones whose hold has passed. Never a
+    /// pending or running task; a pruned named task's name stays taken until its tombstone
+    /// window ends. Deletes [`PRUNE_BATCH`](crate::retention::PRUNE_BATCH) rows per
+    /// transaction and returns what it removed, by state. On PostgreSQL, when another
+    /// process is pruning the same store at that moment, it stops and sets
+    /// [`PruneReport::busy`] (the other one removes the same rows).
+    pub async fn prune(&self) -> Result<PruneReport, StoreError> {
+        self.store
+            .prune(self.clock.now(), crate::retention::PRUNE_BATCH)
+            .await
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use taskq_runtime::store::memory::MemoryStore;
 use taskq_runtime::store::{
-    Checkpoint, ClaimRequest, ClaimedTask, Finish, IterationInfo, Lease, NewTask, QueueConfig,
-    QueueInfo, TaskDetail, TaskInfo, TaskQuery,
+    Checkpoint, ClaimRequest, ClaimedTask, Finish, IterationInfo, Lease, NewTask, PruneReport,
+    QueueConfig, QueueInfo, TaskDetail, TaskInfo, TaskQuery,
 };
 use taskq_runtime::{Store, StoreError, TaskId, Timestamp};
 
@@ -254,5 +254,8 @@ impl Store for Faulty {
     }
     async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError> {
         self.inner.cancel_iteration(run, now).await
+    }
+    async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
+        self.inner.prune(now, batch).await
     }
 }

@@ -491,6 +491,7 @@ async fn queue_rate_limit_spaces_runs_on_virtual_time() {
             rate: Some(2.0),
             burst: Some(1),
             max_concurrent: None,
+            retention: None,
         },
     )
     .await
@@ -609,6 +610,7 @@ async fn a_slow_rate_limit_is_not_a_stall() {
             rate: Some(0.01),
             burst: Some(1),
             max_concurrent: None,
+            retention: None,
         },
     )
     .await

@@ -8,8 +8,9 @@
 //! and filtered, paged listings). The operations: enqueue (unique names, delays,
 //! priorities, tombstone windows, iterative runs), claim (queue filters, leases), finish
 //! with every outcome, heartbeat, checkpoint, delete, purge, pause and resume, configure a
-//! queue's rate, burst or `max_concurrent`, retry, run now, cancel an iteration run, and
-//! moving the clock. Payloads, filters and cursors carry the values of issue 7: `f64` from
+//! queue's rate, burst, `max_concurrent` or retention (short enough to pass within a
+//! case), retry, run now, cancel an iteration run, prune in small batches, and moving the
+//! clock. Payloads, filters and cursors carry the values of issue 7: `f64` from
 //! arbitrary bits, `i64`/`u64` extremes, strings with NUL, controls and non-BMP
 //! characters. On a mismatch the failure prints the operations up to it, both answers,
 //! and proptest's smallest failing sequence.
@@ -37,10 +38,10 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Value};
 use taskq_runtime::store::{
     AttemptInfo, Checkpoint, ClaimRequest, ClaimedTask, Finish, IterationCursor, IterationInfo,
-    Lease, NewIteration, NewTask, Outcome, QueueConfig, QueueInfo, Store, StoreError, TaskDetail,
-    TaskInfo, TaskQuery, TaskState,
+    Lease, NewIteration, NewTask, Outcome, PruneReport, QueueConfig, QueueInfo, Store, StoreError,
+    TaskDetail, TaskInfo, TaskQuery, TaskState,
 };
-use taskq_runtime::{TaskId, Timestamp};
+use taskq_runtime::{Retention, TaskId, Timestamp};
 use taskq_tests::values::{sample_floats, sample_strings};
 
 /// Cases per store unless `TASKQ_PROPTEST_CASES` says otherwise.
@@ -126,6 +127,7 @@ enum Op {
     Retry(IdPick),
     RunNow(IdPick),
     CancelIteration(IdPick),
+    Prune(usize),
     Advance(i64),
 }
 
@@ -244,11 +246,25 @@ fn queue_config() -> impl Strategy<Value = QueueConfig> {
             0.4,
             prop_oneof![1 => Just(0u32), 6 => 1u32..4, 1 => Just(u32::MAX)],
         ),
+        // Retentions short enough for the clock of a case to pass them.
+        proptest::option::weighted(
+            0.5,
+            prop_oneof![
+                4 => (0u64..3_000, proptest::option::of(0u64..6_000)).prop_map(|(d, f)| {
+                    Retention {
+                        done: Some(Duration::from_millis(d)),
+                        failed: f.map(Duration::from_millis),
+                    }
+                }),
+                1 => Just(Retention::OFF),
+            ],
+        ),
     )
-        .prop_map(|(rate, burst, max_concurrent)| QueueConfig {
+        .prop_map(|(rate, burst, max_concurrent, retention)| QueueConfig {
             rate,
             burst,
             max_concurrent,
+            retention,
         })
 }
 
@@ -289,7 +305,10 @@ fn op() -> impl Strategy<Value = Op> {
         2 => id_pick().prop_map(Op::Retry),
         2 => id_pick().prop_map(Op::RunNow),
         2 => id_pick().prop_map(Op::CancelIteration),
-        9 => prop_oneof![4 => 0i64..3_000, 1 => 0i64..120_000].prop_map(Op::Advance),
+        2 => (1usize..5).prop_map(Op::Prune),
+        // Now and then past a day or a week: the default retention's cutoffs.
+        9 => prop_oneof![4 => 0i64..3_000, 1 => 0i64..120_000, 1 => 86_400_000i64..700_000_000]
+            .prop_map(Op::Advance),
     ]
 }
 
@@ -395,7 +414,7 @@ macro_rules! plain_norm {
         })*
     };
 }
-plain_norm!((), u64, Timestamp, QueueInfo);
+plain_norm!((), u64, Timestamp, QueueInfo, PruneReport);
 
 impl Norm for ClaimedTask {
     fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
@@ -779,6 +798,12 @@ impl World {
                 );
                 self.stats.management_ok += r.1.is_ok() as u64;
                 self.same("cancel_iteration", r.0, r.1)?;
+            }
+            Op::Prune(batch) => {
+                self.log
+                    .push(format!("prune at {now} in batches of {batch}"));
+                let r = (a.prune(now, *batch).await, b.prune(now, *batch).await);
+                self.same("prune", r.0, r.1)?;
             }
             Op::Advance(ms) => {
                 self.now += ms;

@@ -406,6 +406,7 @@ async fn delayed_tasks_run_on_time_and_rate_limits_do_not_wait_for_the_poll() {
             rate: Some(50.0),
             burst: Some(1),
             max_concurrent: None,
+            retention: None,
         },
     )
     .await

@@ -18,6 +18,8 @@ use super::tombstone::{self, Deleted, Tombstone};
 use super::*;
 use crate::policy::{ATTEMPTS_AFTER_CHECKPOINT, LEASE_LAPSED};
 
+mod retention;
+
 #[derive(Debug, Clone)]
 struct Row {
     info: TaskInfo,
@@ -41,6 +43,10 @@ struct Inner {
     by_time: BTreeSet<(Timestamp, i64)>,
     /// Running tasks by lease expiry, for lapsed leases and concurrency counts.
     leased: BTreeSet<(Timestamp, i64)>,
+    /// Finished tasks by state and end, for pruning (see `retention.rs`).
+    finished: BTreeSet<(TaskState, Timestamp, i64)>,
+    /// Steps of iterative runs: (run, task id).
+    steps: BTreeSet<(i64, i64)>,
     /// Task ids by unique name.
     names: HashMap<String, BTreeSet<i64>>,
     /// Holds that deleted named tasks left on their names (see [`tombstone`]).
@@ -72,8 +78,9 @@ fn queue_wanted(queues: &[String], q: &str) -> bool {
 }
 
 impl Inner {
-    // The indexes (`due`, `by_time`, `leased`) follow a row's state, priority, run_at and
-    // lease: every change to those goes between `unindex(id)` and `index(id)`.
+    // The indexes (`due`, `by_time`, `leased`, `finished`) follow a row's state, priority,
+    // run_at, lease and end: every change to those goes between `unindex(id)` and
+    // `index(id)`.
 
     fn unindex(&mut self, id: i64) {
         let Some(r) = self.tasks.get(&id) else { return };
@@ -88,7 +95,11 @@ impl Inner {
                     self.leased.remove(&(l, id));
                 }
             }
-            _ => {}
+            state => {
+                if let Some(end) = r.info.finished_at {
+                    self.finished.remove(&(state, end, id));
+                }
+            }
         }
     }
 
@@ -105,7 +116,11 @@ impl Inner {
                     self.leased.insert((l, id));
                 }
             }
-            _ => {}
+            state => {
+                if let Some(end) = r.info.finished_at {
+                    self.finished.insert((state, end, id));
+                }
+            }
         }
     }
 
@@ -113,6 +128,9 @@ impl Inner {
         let id = row.info.id.0;
         if let Some(n) = &row.info.unique_name {
             self.names.entry(n.clone()).or_default().insert(id);
+        }
+        if let Some(run) = row.info.run {
+            self.steps.insert((run.0, id));
         }
         self.tasks.insert(id, row);
         self.index(id);
@@ -122,6 +140,9 @@ impl Inner {
     fn remove_row(&mut self, id: i64, now: Timestamp) -> Option<Row> {
         self.unindex(id);
         let row = self.tasks.remove(&id)?;
+        if let Some(run) = row.info.run {
+            self.steps.remove(&(run.0, id));
+        }
         if let Some(n) = &row.info.unique_name {
             if let Some(ids) = self.names.get_mut(n) {
                 ids.remove(&id);
@@ -762,7 +783,7 @@ impl Store for MemoryStore {
                     )));
                 }
             }
-            // Dead and failed tasks are in no index: set the fields, then index.
+            g.unindex(id.0);
             let r = g
                 .tasks
                 .get_mut(&id.0)
@@ -831,7 +852,11 @@ impl Store for MemoryStore {
                 r.info.worker = None;
                 r.info.lease_until = None;
             }
+            g.index(id);
         }
         Ok(())
+    }
+    async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
+        Ok(self.prune_all(now, batch))
     }
 }

@@ -18,8 +18,10 @@
 //! - [`Store::claim`] takes tasks in one order, across every queue it covers, limited or
 //!   not: priority (high first), then `run_at`, then id; a queue with limits gives at most
 //!   its allowance ([`admission`]), and the others go on.
-//! - Deleting a named task (delete, purge) leaves a tombstone ([`tombstone`]) that keeps its
-//!   name taken for the rest of its window.
+//! - Deleting a named task (delete, purge, prune) leaves a tombstone ([`tombstone`]) that
+//!   keeps its name taken for the rest of its window.
+//! - What [`Store::prune`] may delete is decided by [`crate::retention`]; the stores only
+//!   run the deletes, in small batches.
 //!
 //! # Values
 //!
@@ -325,6 +327,63 @@ pub struct QueueConfig {
     pub burst: Option<u32>,
     /// At most this many tasks of the queue running at once; `None` = unlimited.
     pub max_concurrent: Option<u32>,
+    /// How long the queue's finished tasks are kept before a prune deletes them; `None` =
+    /// the defaults ([`Retention::DEFAULT`](crate::retention::Retention::DEFAULT): done
+    /// and cancelled 24 hours, failed and dead 7 days, from when each finished);
+    /// `Some(Retention::OFF)` keeps them for ever. See [`crate::retention`].
+    #[serde(default)]
+    pub retention: Option<crate::retention::Retention>,
+}
+
+/// What [`Store::prune`] removed.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PruneReport {
+    /// Tasks removed (with their attempts), by the state they were in: done, failed, dead
+    /// or cancelled. States with none removed are absent.
+    pub tasks: Vec<(TaskState, u64)>,
+    /// Progress records of iterative runs removed.
+    pub runs: u64,
+    /// Tombstones removed because their hold on a name had passed.
+    pub tombstones: u64,
+    /// PostgreSQL only: the prune stopped early because another process was pruning the
+    /// same store at that moment (it removes the same rows); what this call removed before
+    /// that is counted above.
+    pub busy: bool,
+}
+
+impl PruneReport {
+    /// How many tasks in `state` were removed.
+    pub fn count(&self, state: TaskState) -> u64 {
+        self.tasks
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    }
+
+    /// How many tasks were removed in all.
+    pub fn total_tasks(&self) -> u64 {
+        self.tasks.iter().map(|(_, n)| *n).sum()
+    }
+
+    /// Whether nothing was removed.
+    pub fn is_empty(&self) -> bool {
+        self.total_tasks() == 0 && self.runs == 0 && self.tombstones == 0
+    }
+
+    /// Adds `n` removed tasks in `state` (a store's bookkeeping).
+    pub fn add(&mut self, state: TaskState, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match self.tasks.iter_mut().find(|(s, _)| *s == state) {
+            Some((_, m)) => *m += n,
+            None => {
+                self.tasks.push((state, n));
+                self.tasks.sort();
+            }
+        }
+    }
 }
 
 /// Which tasks [`Store::list_tasks`] returns, newest first.
@@ -772,6 +831,16 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels a running iterative run: its pending step is cancelled, a running step
     /// loses its lease at its next checkpoint or finish.
     async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Deletes what retention no longer keeps at `now` ([`crate::retention`]): finished
+    /// tasks past their queue's retention, with their attempts (a named one leaves a
+    /// tombstone while its window lasts), run records that went with the step that ended
+    /// them, and tombstones whose hold has passed. Never a pending or running task.
+    /// Deletes at most `batch` rows (0 means [`PRUNE_BATCH`](crate::retention::PRUNE_BATCH))
+    /// per transaction, and repeats until nothing prunable is left; returns what it
+    /// removed. On PostgreSQL one process prunes a store at a time: a call that finds
+    /// another one pruning stops and says so ([`PruneReport::busy`]).
+    async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError>;
 }
 
 /// Opens a store from a URL: `memory://`, `sqlite://PATH` (created if missing; `sqlite::memory:`

@@ -53,7 +53,10 @@ ON CONFLICT (name) DO UPDATE SET
 
 /// Every queue that has tasks or settings, with counts by state.
 pub(super) async fn queues(s: &PostgresStore) -> Result<Vec<QueueInfo>, StoreError> {
-    let cfg_sql = s.sql("SELECT name, paused, rate, burst, max_concurrent FROM {S}.taskq_queues");
+    let cfg_sql = s.sql(
+        "SELECT name, paused, rate, burst, max_concurrent, keep_done_ms, keep_failed_ms \
+         FROM {S}.taskq_queues",
+    );
     let count_sql =
         s.sql("SELECT queue, state, count(*) FROM {S}.taskq_tasks GROUP BY queue, state");
     let mut c = s.pool.get().await?;
@@ -78,6 +81,7 @@ pub(super) async fn queues(s: &PostgresStore) -> Result<Vec<QueueInfo>, StoreErr
                     rate: r.get(2),
                     burst: burst.map(|b| b.clamp(0, u32::MAX as i64) as u32),
                     max_concurrent: max.map(|m| m.clamp(0, u32::MAX as i64) as u32),
+                    retention: crate::retention::from_columns(r.get(5), r.get(6)),
                 },
             },
         );
@@ -109,18 +113,24 @@ pub(super) async fn configure_queue(
     config: QueueConfig,
 ) -> Result<(), StoreError> {
     let sql = s.sql(
-        "INSERT INTO {S}.taskq_queues (name, rate, burst, max_concurrent) \
-         VALUES ($1::text, $2::float8, $3::int8, $4::int8) \
+        "INSERT INTO {S}.taskq_queues (name, rate, burst, max_concurrent, keep_done_ms, \
+             keep_failed_ms) \
+         VALUES ($1::text, $2::float8, $3::int8, $4::int8, $5::int8, $6::int8) \
          ON CONFLICT (name) DO UPDATE SET rate = EXCLUDED.rate, burst = EXCLUDED.burst, \
-             max_concurrent = EXCLUDED.max_concurrent, tokens = NULL, refilled_at = NULL",
+             max_concurrent = EXCLUDED.max_concurrent, tokens = NULL, refilled_at = NULL, \
+             keep_done_ms = EXCLUDED.keep_done_ms, keep_failed_ms = EXCLUDED.keep_failed_ms",
     );
     let burst = config.burst.map(i64::from);
     let max = config.max_concurrent.map(i64::from);
+    let (keep_done, keep_failed) = crate::retention::to_columns(config.retention.as_ref());
     let mut c = s.pool.get().await?;
     let st = c.prep(&sql).await?;
     let client = c.client()?;
     let r = client
-        .execute(&st, &[&queue, &config.rate, &burst, &max])
+        .execute(
+            &st,
+            &[&queue, &config.rate, &burst, &max, &keep_done, &keep_failed],
+        )
         .await;
     c.check(r)?;
     Ok(())

@@ -55,19 +55,22 @@
 //!   one place in Rust ([`admission`]); hosts' wall clocks may be off by any amount (the
 //!   budget is in [`Clock`]). A host whose wall clock is more than a second off is logged.
 //!   Virtual time ([`Clock::manual`]) is passed through unchanged.
+//! - **Retention** (`retention.rs`): a prune deletes what [`crate::retention`] no longer
+//!   keeps, one statement per batch; one process prunes a store at a time (a
+//!   transaction-level advisory lock, `pg_try_advisory_xact_lock`), the others skip.
 //!
-//! # Table layout (schema version 3)
+//! # Table layout (schema version 4)
 //! Migrations are versioned in `taskq_schema(version, applied_at)` and applied under an
 //! advisory lock when a store is opened. A database whose schema is newer than this build
 //! knows is refused with [`StoreError::SchemaTooNew`].
 //!
 //! | table | columns | notes |
 //! |---|---|---|
-//! | `taskq_tasks` | `id bigserial`, `task`, `queue`, `state` (`pending` `running` `done` `failed` `dead` `cancelled`), `payload json`, `priority`, `attempts`, `unique_name`, `tombstone_ms`, `created_at`, `enqueued_at`, `run_at`, `finished_at`, `last_error`, `run_id`, `worker`, `lease_until`, `lease_token`, `started_at` | claim indexes `(priority DESC, run_at, id)` and `(queue, priority DESC, run_at, id)` of pending tasks and `(lease_until)` of running ones (lapsed leases); a unique partial index on `unique_name` of live tasks; `run_id` index |
+//! | `taskq_tasks` | `id bigserial`, `task`, `queue`, `state` (`pending` `running` `done` `failed` `dead` `cancelled`), `payload json`, `priority`, `attempts`, `unique_name`, `tombstone_ms`, `created_at`, `enqueued_at`, `run_at`, `finished_at`, `last_error`, `run_id`, `worker`, `lease_until`, `lease_token`, `started_at` | claim indexes `(priority DESC, run_at, id)` and `(queue, priority DESC, run_at, id)` of pending tasks and `(lease_until)` of running ones (lapsed leases); a unique partial index on `unique_name` of live tasks; `run_id` index; `(state, finished_at)` of finished tasks, for pruning (version 4) |
 //! | `taskq_attempts` | `id`, `task_id`, `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error` | one row per finished or lapsed attempt; deleted with its task |
-//! | `taskq_queues` | `name`, `paused`, `rate`, `burst`, `max_concurrent`, `tokens`, `refilled_at` | settings and the token bucket's state |
-//! | `taskq_iterations` | `run_id` (the first step's id), `task`, `queue`, `filter json`, `cursor json`, `processed`, `batches`, `steps`, `total`, `state`, `started_at`, `updated_at`, `finished_at`, `error` | one row per iterative run |
-//! | `taskq_tombstones` | `name`, `taken_until`, `run_id`, `tombstone_ms` | version 3: the holds deleted named tasks leave on their names (see [`tombstone`]); written by delete and purge in their statement, read by enqueue's name check |
+//! | `taskq_queues` | `name`, `paused`, `rate`, `burst`, `max_concurrent`, `tokens`, `refilled_at`, `keep_done_ms`, `keep_failed_ms` | settings and the token bucket's state; the retention (version 4; both NULL: the defaults, `-1`: for ever, see [`crate::retention::to_columns`]) |
+//! | `taskq_iterations` | `run_id` (the first step's id), `task`, `queue`, `filter json`, `cursor json`, `processed`, `batches`, `steps`, `total`, `state`, `started_at`, `updated_at`, `finished_at`, `error` | one row per iterative run; `(state, finished_at)` of ended runs, for pruning (version 4) |
+//! | `taskq_tombstones` | `name`, `taken_until`, `run_id`, `tombstone_ms` | version 3: the holds deleted named tasks leave on their names (see [`tombstone`]); written by delete, purge and prune in their statement, read by enqueue's name check; indexes `(taken_until)` and `(run_id)` for pruning (version 4) |
 //!
 //! Payloads, filters and cursors are `json`, not `jsonb`: the exact text taskq wrote, so
 //! values come back bit-identical and strings may hold `\u0000` (version 2 changed them
@@ -117,9 +120,9 @@
 //! One subject per file: `schema.rs` (migrations), `pool.rs` (connections), `enqueue.rs`
 //! (the name check and the insert), `claim.rs` (claim statements, admission, `next_due`),
 //! `lease.rs` (heartbeat, finish, checkpoint), `manage.rs` (management calls, tombstones),
-//! `rows.rs` (row decoding), `clock.rs` (reading the database clock). This file holds the
-//! store, opening, `LISTEN/NOTIFY` (whose connection also refreshes the clock) and the
-//! `Store` impl that delegates to them.
+//! `retention.rs` (prune's statements), `rows.rs` (row decoding), `clock.rs` (reading the
+//! database clock). This file holds the store, opening, `LISTEN/NOTIFY` (whose connection
+//! also refreshes the clock) and the `Store` impl that delegates to them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -139,6 +142,7 @@ mod enqueue;
 mod lease;
 mod manage;
 mod pool;
+mod retention;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -631,5 +635,8 @@ impl Store for PostgresStore {
 
     async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError> {
         manage::cancel_iteration(self, run, now).await
+    }
+    async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
+        self.prune_all(now, batch).await
     }
 }

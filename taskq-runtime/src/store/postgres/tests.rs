@@ -769,3 +769,203 @@ async fn the_clock_is_read_again_after_a_reconnection() {
     drop(s);
     drop_schema(&url, &schema).await;
 }
+
+/// Finishes every pending task of `queue` as done at `now`, 500 per claim.
+async fn finish_all(s: &PostgresStore, queue: &str, now: Timestamp) -> usize {
+    let mut n = 0;
+    loop {
+        let c = s.claim(&req(queue, "w", 500, 60_000, now)).await.unwrap();
+        if c.is_empty() {
+            return n;
+        }
+        n += c.len();
+        let fs = c
+            .iter()
+            .map(|c| Finish {
+                lease: c.lease,
+                outcome: Outcome::Done,
+                started_at: now,
+            })
+            .collect();
+        let r = s.finish(fs, "w", now).await.unwrap();
+        assert!(r.iter().all(Result::is_ok));
+    }
+}
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// Issue 10: two stores (two worker processes) pruning one schema at once, while a person
+/// deletes some of the same rows: no error, no deadlock, every row removed exactly once,
+/// attempts with their tasks, and the names of named tasks kept by their tombstones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_pruning_at_once_remove_each_row_once() {
+    let url = url();
+    let _g = SERVER.read().await;
+    let schema = schema_name("prune2");
+    let a = store(&url, &schema).await;
+    let b = store(&url, &schema).await;
+    let t0 = Timestamp(1_800_000_000_000);
+    let total = 3_000;
+    let mut ids = Vec::new();
+    for chunk in (0..total).collect::<Vec<i64>>().chunks(1_000) {
+        let tasks = chunk
+            .iter()
+            .map(|n| {
+                let mut t = task("q", *n, t0);
+                if n % 3 == 0 {
+                    t.unique_name = Some(format!("name-{n}"));
+                    t.tombstone = Duration::from_secs(10 * 24 * 3600);
+                }
+                t
+            })
+            .collect();
+        ids.extend(a.enqueue(tasks, t0).await.unwrap());
+    }
+    assert_eq!(finish_all(&a, "q", t0).await, total as usize);
+    let now = Timestamp(t0.0 + DAY_MS);
+    let deleter = async {
+        let mut deleted = 0u64;
+        for id in ids.iter().step_by(10) {
+            match a.delete(*id, now).await {
+                Ok(()) => deleted += 1,
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => panic!("delete {id}: {e}"),
+            }
+        }
+        deleted
+    };
+    let (ra, rb, deleted) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(a.prune(now, 50), b.prune(now, 50), deleter)
+    })
+    .await
+    .expect("no deadlock: the prunes and deletes finish");
+    let (ra, rb) = (ra.expect("prune a"), rb.expect("prune b"));
+    eprintln!("prune a: {ra:?}\nprune b: {rb:?}\ndeleted: {deleted}");
+    // A prune that found the other one busy stopped; finish the job without a rival.
+    let rest = a.prune(now, 50).await.expect("prune");
+    assert!(!rest.busy);
+    let removed = ra.total_tasks() + rb.total_tasks() + rest.total_tasks();
+    assert_eq!(
+        removed + deleted,
+        total as u64,
+        "each row once: {ra:?} {rb:?} {rest:?}, {deleted} deleted"
+    );
+    let c = client(&url).await;
+    let count = |table: &'static str| {
+        let c = &c;
+        let schema = &schema;
+        async move {
+            c.query_one(&format!("SELECT count(*) FROM \"{schema}\".{table}"), &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(count("taskq_tasks").await, 0);
+    assert_eq!(count("taskq_attempts").await, 0, "attempts go with tasks");
+    assert_eq!(count("taskq_tombstones").await, 1_000, "one per named task");
+    let mut again = task("q", 0, now);
+    again.unique_name = Some("name-300".into());
+    assert!(matches!(
+        a.enqueue(vec![again], now).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    drop((a, b));
+    drop_schema(&url, &schema).await;
+}
+
+/// While another process holds the prune lock, a prune removes nothing and says it found
+/// the store busy; once the lock is free it prunes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_skips_while_another_process_prunes() {
+    let url = url();
+    let _g = SERVER.read().await;
+    let schema = schema_name("prunelock");
+    let s = store(&url, &schema).await;
+    let t0 = Timestamp(1_800_000_000_000);
+    let ids = s
+        .enqueue((0..5).map(|n| task("q", n, t0)).collect(), t0)
+        .await
+        .unwrap();
+    finish_all(&s, "q", t0).await;
+    let now = Timestamp(t0.0 + DAY_MS);
+    let mut other = client(&url).await;
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1::text))",
+        &[&s.prune_lock_key()],
+    )
+    .await
+    .unwrap();
+    let r = s.prune(now, 0).await.unwrap();
+    assert!(r.busy, "{r:?}");
+    assert!(r.is_empty(), "{r:?}");
+    assert!(s.task(ids[0]).await.unwrap().is_some());
+    tx.rollback().await.unwrap();
+    let r = s.prune(now, 0).await.unwrap();
+    assert!(!r.busy, "{r:?}");
+    assert_eq!(r.count(TaskState::Done), 5);
+    drop(s);
+    drop_schema(&url, &schema).await;
+}
+
+/// The prune statements can reach their rows through their indexes (the planner is told
+/// to avoid sequential scans, so a missing or unusable index shows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_statements_use_their_indexes() {
+    let url = url();
+    let _g = SERVER.read().await;
+    let schema = schema_name("pruneplan");
+    let s = store(&url, &schema).await;
+    let c = client(&url).await;
+    c.batch_execute("SET enable_seqscan = off").await.unwrap();
+    let overrides = [(
+        "short".to_string(),
+        crate::retention::Retention {
+            done: Some(Duration::from_secs(60)),
+            failed: None,
+        },
+    )];
+    let explain = |sql: String, types: &'static str, args: &'static str| {
+        let c = &c;
+        async move {
+            c.batch_execute("DEALLOCATE ALL").await.unwrap();
+            c.batch_execute(&format!("PREPARE p({types}) AS {sql}"))
+                .await
+                .unwrap();
+            c.query(&format!("EXPLAIN EXECUTE p({args})"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    for rule in crate::retention::plan(&overrides, Timestamp(1_800_000_000_000)) {
+        let plan = explain(
+            s.prune_tasks_sql(&rule),
+            "text, int8, int8, text[], int8",
+            "'k', 0, 0, '{short}', 10",
+        )
+        .await;
+        assert!(
+            plan.contains("taskq_tasks_finished_idx"),
+            "{rule:?}\n{plan}"
+        );
+        let plan = explain(
+            s.prune_runs_sql(&rule),
+            "text, int8, text[], int8",
+            "'k', 0, '{short}', 10",
+        )
+        .await;
+        assert!(
+            plan.contains("taskq_iterations_finished_idx"),
+            "{rule:?}\n{plan}"
+        );
+    }
+    let plan = explain(s.prune_tombstones_sql(), "text, int8, int8", "'k', 0, 10").await;
+    assert!(plan.contains("taskq_tombstones_until_idx"), "{plan}");
+    drop(s);
+    drop_schema(&url, &schema).await;
+}

@@ -54,6 +54,8 @@ fn load_queues(tx: &rusqlite::Transaction<'_>) -> R<HashMap<String, QueueRow>> {
                     rate: r.get(2)?,
                     burst: r.get::<_, Option<i64>>(3)?.map(u32_of),
                     max_concurrent: r.get::<_, Option<i64>>(4)?.map(u32_of),
+                    // Admission does not read the retention.
+                    retention: None,
                 },
                 tokens: r.get(5)?,
                 refilled_at: r.get(6)?,

@@ -31,11 +31,18 @@
 //! write is in the OS page cache), only possibly the last few on power loss or an OS
 //! crash. Losing one of those only makes a task (or an iterative batch) run again once
 //! its lease lapses, which at-least-once delivery already allows. This keeps claim and
-//! finish free of an fsync per batch.
+//! finish free of an fsync per batch. A prune ([`Store::prune`]) also runs with `NORMAL`:
+//! a prune lost to a power cut is simply done again.
+//!
+//! The WAL is bounded: SQLite checkpoints it every 1,000 pages by itself, and
+//! `journal_size_limit` ([`WAL_SIZE_LIMIT`]) cuts the file back after a checkpoint, so a
+//! big transaction does not leave it large. The database file stops growing once
+//! retention keeps up: deleted rows' pages are reused (see `retention.rs` for why taskq
+//! leaves `auto_vacuum` off).
 //!
 //! # Tables
 //!
-//! Schema version 2 (versions are rows of `taskq_schema(version INTEGER)`; a database
+//! Schema version 3 (versions are rows of `taskq_schema(version INTEGER)`; a database
 //! whose highest version is newer than this build knows is refused with
 //! [`StoreError::SchemaTooNew`]). Every time is an integer of milliseconds since the Unix
 //! epoch ([`Timestamp`]); every JSON value (payload, filter, cursor) is stored as the exact
@@ -50,28 +57,33 @@
 //!   token of the current lease), `worker`, `lease_until`, `started_at` (of the current
 //!   attempt). Indexes: `(state, queue, priority DESC, run_at, id)` for claims,
 //!   `(state, run_at)` for [`Store::next_due`], `(state, id)` for listing by state,
-//!   `(unique_name)` and `(run_id)` (partial, where set).
+//!   `(unique_name)` and `(run_id)` (partial, where set), `(state, finished_at)` of
+//!   finished tasks for pruning (version 3).
 //! - `taskq_attempts`: one row per ended attempt, `seq` (order), `task_id` (deleted with
 //!   its task), `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error`.
 //! - `taskq_queues`: queues with settings: `name`, `paused`, `rate`, `burst`,
-//!   `max_concurrent`, and the token bucket `bucket_tokens`, `bucket_refilled_at` (NULL
-//!   until the first claim after the settings were saved).
+//!   `max_concurrent`, the token bucket `bucket_tokens`, `bucket_refilled_at` (NULL
+//!   until the first claim after the settings were saved), and (version 3) the retention
+//!   `keep_done_ms`, `keep_failed_ms` (both NULL: the defaults; `-1`: for ever; see
+//!   [`crate::retention::to_columns`]).
 //! - `taskq_iterations`: one row per iterative run: `run` (its first step's id), `task`,
 //!   `queue`, `filter` (JSON), `cursor` (JSON), `processed`, `batches`, `steps`, `total`,
-//!   `state`, `started_at`, `updated_at`, `finished_at`, `error`.
+//!   `state`, `started_at`, `updated_at`, `finished_at`, `error`. Index (version 3):
+//!   `(state, finished_at)` of ended runs, for pruning.
 //! - `taskq_counters`: named counters; `lease_token` hands out fencing tokens.
 //! - `taskq_tombstones` (version 2): the holds deleted named tasks leave on their names
 //!   (see [`tombstone`]): `name` (primary key), `taken_until`, `run_id`
-//!   (the run whose life and window also hold it), `tombstone_ms`. Written by delete and
-//!   purge in their transaction; read by enqueue's name check.
+//!   (the run whose life and window also hold it), `tombstone_ms`. Written by delete,
+//!   purge and prune in their transaction; read by enqueue's name check. Indexes
+//!   (version 3): `(taken_until)` and `(run_id)`, for pruning.
 //!
 //! # Layout
 //!
 //! Each subject's statements are in one file: `schema.rs` (migrations), `enqueue.rs`
 //! (the name check and inserts), `claim.rs` (claim order, admission, lapsed leases,
 //! `next_due`), `lease.rs` (heartbeat, finish, checkpoint), `manage.rs` (queues, listing,
-//! run now, delete, retry, purge, iteration runs, tombstones) and `rows.rs` (columns and
-//! row decoding). This file opens the database and runs each call on the blocking pool,
+//! run now, delete, retry, purge, iteration runs, tombstones), `retention.rs` (prune's
+//! deletes) and `rows.rs` (columns and row decoding). This file opens the database and runs each call on the blocking pool,
 //! in a write transaction (durable or not, see above) or a read one.
 
 use std::sync::{Arc, Mutex};
@@ -87,6 +99,7 @@ mod claim;
 mod enqueue;
 mod lease;
 mod manage;
+mod retention;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -96,6 +109,12 @@ pub use schema::SCHEMA_VERSION;
 
 /// How long a writer waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The size, in bytes, the WAL file is cut back to after a checkpoint empties it
+/// (`PRAGMA journal_size_limit`): 16 MiB. SQLite checkpoints every 1,000 pages (about
+/// 4 MiB) by itself, but never shrinks the file on its own, so one big transaction (a bulk
+/// start, a long prune) would otherwise leave the WAL at its largest size for ever.
+pub const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
 
 /// An error inside a store call: an SQL failure (reported with the call's name and the
 /// file) or a store-level answer such as `NotFound`.
@@ -255,6 +274,13 @@ fn open_blocking(path: &str) -> Result<Db, StoreError> {
     }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(|e| ctx("setting synchronous = FULL", e))?;
+    let _limit: i64 = conn
+        .query_row(
+            &format!("PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}"),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| ctx("setting journal_size_limit", e))?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(|e| ctx("enabling foreign keys", e))?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -458,5 +484,8 @@ impl Store for SqliteStore {
             db.write(true, |tx| manage::cancel_iteration(tx, run, now))
         })
         .await
+    }
+    async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
+        self.prune_all(now, batch).await
     }
 }
