@@ -2125,8 +2125,8 @@ pub async fn cancel_between_claim_and_hand_over_stores_no_step(s: Arc<dyn Store>
     )
     .await;
     assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
-    // let r = s.confirm(lease).await;
-    // assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+    let r = s.confirm(lease).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
 
     let steps = steps_of(&*s, run).await;
     assert_eq!(steps.len(), 1, "no continuation was stored: {steps:?}");
@@ -2155,9 +2155,10 @@ fn race_rounds() -> usize {
         .unwrap_or(24)
 }
 
-/// Cancel racing a step's hand-over (its `Continue`), its checkpoint, or the deletion of
-/// the step, each call in flight at once: every call answers (no deadlock, no backend
-/// error), the run ends cancelled and no step of it is left live, whichever came first.
+/// Cancel racing a step's hand-over (its `Continue`), its checkpoint, the deletion of the
+/// step, or a purge of its queue, each call in flight at once: every call answers (no
+/// deadlock, no backend error), the run ends cancelled and no step of it is left live,
+/// whichever came first.
 pub async fn cancel_racing_the_hand_over_leaves_no_live_step(s: Arc<dyn Store>) {
     let bound = Duration::from_secs(60);
     for round in 0..race_rounds() {
@@ -2173,7 +2174,7 @@ pub async fn cancel_racing_the_hand_over_leaves_no_live_step(s: Arc<dyn Store>) 
         assert_eq!(c.len(), 1, "round {round}: the new run's step is claimed");
         assert_eq!(c[0].lease.id, run);
         let cont = Outcome::Continue { run_at: t(2) };
-        let (cancelled, continued, other) = match round % 3 {
+        let (cancelled, continued, other) = match round % 4 {
             0 => {
                 let (a, b) = tokio::time::timeout(bound, async {
                     tokio::join!(
@@ -2201,7 +2202,7 @@ pub async fn cancel_racing_the_hand_over_leaves_no_live_step(s: Arc<dyn Store>) 
                 );
                 (a, Err(StoreError::LeaseLost(run)), b)
             }
-            _ => tokio::time::timeout(bound, async {
+            2 => tokio::time::timeout(bound, async {
                 tokio::join!(
                     s.cancel_iteration(run, t(2)),
                     finish_one(&*s, &c[0], cont, t(2)),
@@ -2210,6 +2211,18 @@ pub async fn cancel_racing_the_hand_over_leaves_no_live_step(s: Arc<dyn Store>) 
             })
             .await
             .unwrap_or_else(|_| panic!("round {round}: cancel, Continue and delete hang")),
+            _ => {
+                let (a, b, p) = tokio::time::timeout(bound, async {
+                    tokio::join!(
+                        s.cancel_iteration(run, t(2)),
+                        finish_one(&*s, &c[0], cont, t(2)),
+                        s.purge("iter", t(2)),
+                    )
+                })
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: cancel, Continue and purge hang"));
+                (a, b, p.map(|_| ()))
+            }
         };
         for r in [&cancelled, &continued, &other] {
             assert!(
@@ -2217,8 +2230,9 @@ pub async fn cancel_racing_the_hand_over_leaves_no_live_step(s: Arc<dyn Store>) 
                 "round {round}: a call failed (a deadlock?): {r:?}"
             );
         }
-        // Only a deletion of the live step that came first ends the run before the cancel.
-        if round % 3 != 2 {
+        // Only a deletion or purge of the live step that came first ends the run before the
+        // cancel.
+        if round % 4 < 2 {
             assert!(cancelled.is_ok(), "round {round}: {cancelled:?}");
         }
         assert!(
