@@ -194,3 +194,79 @@ async fn postgres_a_step_of_an_ended_run_stops_without_calling_or_retrying() {
     })
     .await;
 }
+
+/// What [`linger`] saw: calls started, calls that ran to their end, calls dropped midway.
+#[derive(Default)]
+struct Lingering {
+    started: std::sync::atomic::AtomicUsize,
+    finished: std::sync::atomic::AtomicUsize,
+    dropped: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a call as dropped unless it ran to its end.
+struct DropGuard<'a>(&'a Lingering, bool);
+
+impl Drop for DropGuard<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A batch that takes a minute (unless stopped).
+#[iterative_task(model = Ticket, batch_size = 1, queue = "linger")]
+async fn linger(ctx: Context, tickets: Vec<Ticket>) -> Result<(), TaskError> {
+    let l = ctx.state::<Arc<Lingering>>()?.clone();
+    l.started.fetch_add(1, Ordering::SeqCst);
+    let mut guard = DropGuard(&l, false);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    guard.1 = true;
+    l.finished.fetch_add(1, Ordering::SeqCst);
+    let _ = tickets;
+    Ok(())
+}
+
+/// A step running a batch when its run is cancelled is stopped by its worker at the next
+/// lease renewal (the store reports the lease lost: the cancel ended the step), well
+/// before the batch would end, and nothing of the run starts again.
+async fn a_running_step_is_stopped_at_its_next_heartbeat(store: Arc<dyn Store>) {
+    let lingering = Arc::new(Lingering::default());
+    let q = Queue::new(store.clone());
+    let run = linger::start(&q, AllTickets).await.expect("start");
+    let w = taskq_runtime::Worker::builder(store)
+        .state(Gate::new(3, 0))
+        .state(lingering.clone())
+        .queues(["linger"])
+        .lease(Duration::from_secs(2))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .expect("worker")
+        .spawn();
+    taskq_tests::wait_until("the batch started", LIMIT, || async {
+        lingering.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    q.cancel_iteration(run).await.expect("cancel");
+    // A renewal runs every half second (a quarter of the lease).
+    taskq_tests::wait_until("the batch stopped", Duration::from_secs(20), || async {
+        lingering.dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    w.shutdown().await.expect("shutdown");
+    assert_eq!(lingering.started.load(Ordering::SeqCst), 1);
+    assert_eq!(lingering.finished.load(Ordering::SeqCst), 0);
+    no_live_step(&q, run).await;
+    let it = q.iteration(run).await.expect("iteration");
+    assert_eq!((it.state, it.processed), (RunState::Cancelled, 0), "{it:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_running_step_is_stopped_at_its_next_heartbeat() {
+    a_running_step_is_stopped_at_its_next_heartbeat(taskq_tests::memory_store().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_running_step_is_stopped_at_its_next_heartbeat() {
+    a_running_step_is_stopped_at_its_next_heartbeat(taskq_tests::postgres_store().await).await;
+}
