@@ -399,7 +399,7 @@ pub struct AttemptInfo {
     pub started_at: Timestamp,
     /// When it ended.
     pub finished_at: Timestamp,
-    /// `done`, `failed`, `retry`, `dead`, `released`, `continued` or `lease lapsed`.
+    /// `done`, `failed`, `retry`, `dead`, `released`, `continued`, `stopped` or `lease lapsed`.
     pub outcome: String,
     /// The error, if it had one.
     pub error: Option<String>,

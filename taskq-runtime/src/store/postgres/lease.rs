@@ -273,10 +273,10 @@ pub(super) async fn checkpoint(
     let mut c = s.pool.get().await?;
     let lock = c.prep(&s.lock_runs_of_tasks_sql()).await?;
     let st = c.prep(&sql).await?;
-    let ids = [lease.id.0];
+    let ids = vec![lease.id.0];
     let r = PostgresStore::after_locks(
         &mut c,
-        (&lock, &[&&ids[..]]),
+        (&lock, &[&ids]),
         (
             &st,
             &[

@@ -43,7 +43,7 @@
 //!   iteration run (`taskq_iterations`) and task rows (cancel, finish, checkpoint, delete,
 //!   purge, retry) first locks the runs' rows (`FOR UPDATE`, in `run_id` order, in a
 //!   statement of its own), then runs its statement in the same transaction
-//!   ([`PostgresStore::after_locks`]): two such calls never wait on each other in a cycle,
+//!   (`PostgresStore::after_locks`): two such calls never wait on each other in a cycle,
 //!   and the second statement's snapshot sees every step a call holding the run's row
 //!   stored before it let go (so a cancel also cancels a continuation stored by a step
 //!   handing over at that moment, and a step's checkpoint or hand-over sees a cancel that
