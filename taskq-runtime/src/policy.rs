@@ -24,6 +24,11 @@
 //! - A checkpoint of an iterative step resets the step's attempt count to
 //!   [`ATTEMPTS_AFTER_CHECKPOINT`]: attempts count the tries at the current cursor.
 //! - Graceful shutdown → released: pending again at once, the attempt not counted.
+//! - An iterative step whose run has ended (cancelled, or finished by another step), or
+//!   whose lease was lost, stops before it calls the task's function again → stopped
+//!   ([`STOPPED`]): the step ends cancelled, no continuation is stored, nothing is retried.
+//!   A store records any outcome of a step whose run has ended this way, so no step of an
+//!   ended run is retried or continued whatever its worker reports.
 //! - Every error text is made storable by [`storable_text`] before any store sees it.
 
 use crate::error::TaskError;
@@ -36,6 +41,13 @@ use crate::time::Timestamp;
 pub const LEASE_LAPSED: (&str, &str) = (
     "lease lapsed",
     "the worker's lease lapsed (it died or stalled)",
+);
+
+/// The attempt label and error text of an iterative step that stopped because its run had
+/// ended ([`Outcome::Stopped`]); every store records it for any outcome of such a step.
+pub const STOPPED: (&str, &str) = (
+    "stopped",
+    "stopped: its iteration run had ended (cancelled, or finished by another step), so the step did not call the task's function again and is not retried",
 );
 
 /// The attempt count a checkpoint leaves on an iterative step: attempts count the tries at
@@ -53,8 +65,8 @@ pub const MAX_ERROR_BYTES: usize = 16 * 1024;
 pub struct Transition {
     /// The task's new state.
     pub state: TaskState,
-    /// The label of the attempt record: `done`, `failed`, `retry`, `dead`, `released` or
-    /// `continued`.
+    /// The label of the attempt record: `done`, `failed`, `retry`, `dead`, `released`,
+    /// `continued` or `stopped`.
     pub label: &'static str,
     /// The attempt's error, already made storable; when set it also becomes the task's
     /// `last_error` (which is otherwise kept).
@@ -130,11 +142,18 @@ impl Outcome {
                 finished: false,
                 ..base
             },
+            // The run has ended already (or the lease is gone and nothing is written): the
+            // run is left as it is.
+            Outcome::Stopped => Transition {
+                state: TaskState::Cancelled,
+                error: Some(STOPPED.1.to_string()),
+                ..base
+            },
         }
     }
 
-    /// The label of the attempt record: `done`, `failed`, `retry`, `dead`, `released` or
-    /// `continued`.
+    /// The label of the attempt record: `done`, `failed`, `retry`, `dead`, `released`,
+    /// `continued` or `stopped`.
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Done => "done",
@@ -143,6 +162,19 @@ impl Outcome {
             Outcome::Dead { .. } => "dead",
             Outcome::Release => "released",
             Outcome::Continue { .. } => "continued",
+            Outcome::Stopped => STOPPED.0,
+        }
+    }
+
+    /// What a store records for this outcome of an iterative step whose run is no longer
+    /// running (`run_ended`): [`Outcome::Stopped`]'s transition whatever the outcome, so
+    /// that no step of an ended run is retried, released or continued. Otherwise this
+    /// outcome's own [`Outcome::transition`].
+    pub fn transition_for_step(&self, run_ended: bool, now: Timestamp) -> Transition {
+        if run_ended {
+            Outcome::Stopped.transition(now)
+        } else {
+            self.transition(now)
         }
     }
 
@@ -152,7 +184,7 @@ impl Outcome {
             Outcome::Failed { error } | Outcome::Dead { error } | Outcome::Retry { error, .. } => {
                 Some(error)
             }
-            Outcome::Done | Outcome::Continue { .. } | Outcome::Release => None,
+            Outcome::Done | Outcome::Continue { .. } | Outcome::Release | Outcome::Stopped => None,
         }
     }
 }
@@ -256,6 +288,7 @@ fn decide(
     match result {
         Ok(Completion::Done) => Outcome::Done,
         Ok(Completion::Continue) => Outcome::Continue { run_at: now },
+        Ok(Completion::Stopped) => Outcome::Stopped,
         Err(e) if e.is_fatal() => Outcome::Failed {
             error: e.message().to_string(),
         },
@@ -353,6 +386,35 @@ mod tests {
                 (t.state, t.run_ends, t.finished, t.wakes()),
                 (s, Some(r), true, false)
             );
+        }
+    }
+
+    #[test]
+    fn a_step_of_an_ended_run_is_stopped_whatever_its_outcome() {
+        let now = Timestamp(1_000);
+        let stopped = Outcome::Stopped.transition(now);
+        assert_eq!(
+            (stopped.state, stopped.label, stopped.error.as_deref()),
+            (TaskState::Cancelled, STOPPED.0, Some(STOPPED.1))
+        );
+        // What the PostgreSQL store writes for such a step as scalars rests on these.
+        assert!(stopped.counts && stopped.finished && !stopped.wakes());
+        assert_eq!(
+            (stopped.run_at, stopped.run_ends, stopped.continue_at),
+            (None, None, None)
+        );
+        for o in [
+            Outcome::Continue { run_at: now },
+            Outcome::Retry {
+                error: "e".into(),
+                run_at: now,
+            },
+            Outcome::Release,
+            Outcome::Done,
+            Outcome::Failed { error: "f".into() },
+        ] {
+            assert_eq!(o.transition_for_step(true, now), stopped, "{o:?}");
+            assert_eq!(o.transition_for_step(false, now), o.transition(now));
         }
     }
 

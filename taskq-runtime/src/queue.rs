@@ -160,7 +160,16 @@ impl Queue {
         self.store.iterations(limit).await
     }
 
-    /// Cancels an iterative run.
+    /// Cancels an iterative run and every live step of it, at once. Once this returns, the
+    /// task's function is not called again for the run: a step between batches stops
+    /// before its next call (it asks the store first), and a step running a batch is
+    /// stopped by its worker at its next lease renewal (within a quarter of the lease)
+    /// or, if the batch ends first, its checkpoint is refused. That batch's progress is
+    /// not counted. Nothing of the run is retried or continued.
+    ///
+    /// Fails with [`StoreError::NotFound`] for an unknown run and
+    /// [`StoreError::Conflict`] for a run that is not running (done, failed, dead, or
+    /// cancelled already).
     pub async fn cancel_iteration(&self, run: TaskId) -> Result<(), StoreError> {
         self.store.cancel_iteration(run, self.clock.now()).await
     }

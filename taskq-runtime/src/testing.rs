@@ -63,7 +63,7 @@ pub struct Ran {
     pub task: String,
     /// The attempt number.
     pub attempt: u32,
-    /// `done`, `failed`, `retry`, `dead` or `continued`.
+    /// `done`, `failed`, `retry`, `dead`, `continued` or `stopped`.
     pub outcome: &'static str,
     /// The error, if the attempt had one.
     pub error: Option<String>,

@@ -2527,6 +2527,184 @@ pub async fn a_worker_prunes_on_its_clock(s: Arc<dyn Store>) {
     worker.shutdown().await.expect("shutdown");
 }
 
+/// The steps of `run` (every row whose run it is), oldest first.
+async fn steps_of(s: &dyn Store, run: TaskId) -> Vec<taskq_runtime::TaskInfo> {
+    let mut steps: Vec<_> = s
+        .list_tasks(&TaskQuery {
+            limit: 10_000,
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|t| t.run == Some(run))
+        .collect();
+    steps.sort_by_key(|t| t.id);
+    steps
+}
+
+/// A run cancelled between the claim of its step and the step's hand-over: the step's
+/// checkpoint and its continuation are refused, no new step exists, the run stays
+/// cancelled with the progress it had, and the step does not go back to pending for a
+/// retry (nor does any later claim hand it out).
+pub async fn cancel_between_claim_and_hand_over_stores_no_step(s: Arc<dyn Store>) {
+    let run = s
+        .enqueue(vec![iteration_task()], T0)
+        .await
+        .expect("enqueue")[0];
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    let lease = c[0].lease;
+    s.checkpoint(lease, cp(json!(1), 1), at(1))
+        .await
+        .expect("progress before the cancel");
+    s.cancel_iteration(run, at(2)).await.expect("cancel");
+
+    let r = s.checkpoint(lease, cp(json!(2), 1), at(3)).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+    let r = finish_one(&*s, &c[0], Outcome::Continue { run_at: at(4) }, at(4)).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+    let r = finish_one(
+        &*s,
+        &c[0],
+        Outcome::Retry {
+            error: "lease lost".into(),
+            run_at: at(5),
+        },
+        at(5),
+    )
+    .await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+    let r = s.confirm(lease).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+
+    let steps = steps_of(&*s, run).await;
+    assert_eq!(steps.len(), 1, "no continuation was stored: {steps:?}");
+    assert_eq!(steps[0].state, TaskState::Cancelled);
+    let it = s.iteration(run).await.expect("iteration").expect("exists");
+    assert_eq!(
+        (it.state, it.processed, it.batches, it.steps),
+        (RunState::Cancelled, 1, 1, 1),
+        "{it:?}"
+    );
+    assert_eq!(it.finished_at, Some(at(2)));
+    assert!(s
+        .claim(&req(&[], 10, 30_000, at(100_000)))
+        .await
+        .expect("claim")
+        .is_empty());
+    assert_eq!(s.next_due(&["iter".into()]).await.expect("next_due"), None);
+}
+
+/// How many times [`cancel_racing_the_hand_over_leaves_no_live_step`] races: 24, or
+/// `TASKQ_RACE_ROUNDS`.
+fn race_rounds() -> usize {
+    std::env::var("TASKQ_RACE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24)
+}
+
+/// Cancel racing a step's hand-over (its `Continue`), its checkpoint, the deletion of the
+/// step, or a purge of its queue, each call in flight at once: every call answers (no
+/// deadlock, no backend error), the run ends cancelled and no step of it is left live,
+/// whichever came first.
+pub async fn cancel_racing_the_hand_over_leaves_no_live_step(s: Arc<dyn Store>) {
+    let bound = Duration::from_secs(60);
+    for round in 0..race_rounds() {
+        let t = |k: i64| at(round as i64 * 100 + k);
+        let run = s
+            .enqueue(vec![iteration_task()], t(0))
+            .await
+            .expect("enqueue")[0];
+        let c = s
+            .claim(&req(&["iter"], 1, 600_000, t(1)))
+            .await
+            .expect("claim");
+        assert_eq!(c.len(), 1, "round {round}: the new run's step is claimed");
+        assert_eq!(c[0].lease.id, run);
+        let cont = Outcome::Continue { run_at: t(2) };
+        let (cancelled, continued, other) = match round % 4 {
+            0 => {
+                let (a, b) = tokio::time::timeout(bound, async {
+                    tokio::join!(
+                        s.cancel_iteration(run, t(2)),
+                        finish_one(&*s, &c[0], cont, t(2)),
+                    )
+                })
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: cancel and Continue hang"));
+                (a, b, Ok(()))
+            }
+            1 => {
+                let (a, b) = tokio::time::timeout(bound, async {
+                    tokio::join!(
+                        s.cancel_iteration(run, t(2)),
+                        s.checkpoint(c[0].lease, cp(json!(round), 1), t(2)),
+                    )
+                })
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: cancel and checkpoint hang"));
+                let after = finish_one(&*s, &c[0], cont, t(3)).await;
+                assert!(
+                    matches!(after, Err(StoreError::LeaseLost(_))),
+                    "round {round}: a Continue after the cancel is refused: {after:?}"
+                );
+                (a, Err(StoreError::LeaseLost(run)), b)
+            }
+            2 => tokio::time::timeout(bound, async {
+                tokio::join!(
+                    s.cancel_iteration(run, t(2)),
+                    finish_one(&*s, &c[0], cont, t(2)),
+                    s.delete(run, t(2)),
+                )
+            })
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: cancel, Continue and delete hang")),
+            _ => {
+                let (a, b, p) = tokio::time::timeout(bound, async {
+                    tokio::join!(
+                        s.cancel_iteration(run, t(2)),
+                        finish_one(&*s, &c[0], cont, t(2)),
+                        s.purge("iter", t(2)),
+                    )
+                })
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: cancel, Continue and purge hang"));
+                (a, b, p.map(|_| ()))
+            }
+        };
+        for r in [&cancelled, &continued, &other] {
+            assert!(
+                !matches!(r, Err(StoreError::Backend(_))),
+                "round {round}: a call failed (a deadlock?): {r:?}"
+            );
+        }
+        // Only a deletion or purge of the live step that came first ends the run before the
+        // cancel.
+        if round % 4 < 2 {
+            assert!(cancelled.is_ok(), "round {round}: {cancelled:?}");
+        }
+        assert!(
+            continued.is_ok() || matches!(continued, Err(StoreError::LeaseLost(_))),
+            "round {round}: {continued:?}"
+        );
+        let it = s.iteration(run).await.expect("iteration").expect("exists");
+        assert_eq!(it.state, RunState::Cancelled, "round {round}: {it:?}");
+        let steps = steps_of(&*s, run).await;
+        assert!(
+            steps.iter().all(|t| !t.state.is_live()),
+            "round {round}: a step is live under the cancelled run: {steps:?}"
+        );
+        let stored = if continued.is_ok() { 2 } else { 1 };
+        assert_eq!(it.steps, stored, "round {round}: {it:?}");
+    }
+    assert!(s
+        .claim(&req(&[], 10, 30_000, at(100_000_000)))
+        .await
+        .expect("claim")
+        .is_empty());
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -2564,6 +2742,8 @@ macro_rules! conformance_tests {
             retention_per_queue_override_and_off, a_pruned_named_task_keeps_its_name_for_its_window,
             retention_takes_a_run_with_its_last_step, prune_goes_on_batch_after_batch,
             a_worker_prunes_on_its_clock,
+            cancel_between_claim_and_hand_over_stores_no_step,
+            cancel_racing_the_hand_over_leaves_no_live_step,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

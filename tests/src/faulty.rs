@@ -197,6 +197,9 @@ impl Store for Faulty {
     async fn checkpoint(&self, l: Lease, c: Checkpoint, now: Timestamp) -> Result<(), StoreError> {
         self.inner.checkpoint(l, c, now).await
     }
+    async fn confirm(&self, l: Lease) -> Result<(), StoreError> {
+        self.inner.confirm(l).await
+    }
     async fn next_due(&self, q: &[String]) -> Result<Option<Timestamp>, StoreError> {
         if self.faults.hang_next_due.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;

@@ -227,6 +227,12 @@ impl Inner {
         })
     }
 
+    /// Whether `run` (a task's run, if it is a step) exists and is no longer running.
+    fn run_ended(&self, run: Option<TaskId>) -> bool {
+        run.and_then(|run| self.runs.get(&run.0))
+            .is_some_and(|it| it.state != RunState::Running)
+    }
+
     fn end_run(
         &mut self,
         run: Option<TaskId>,
@@ -492,7 +498,7 @@ impl Store for MemoryStore {
                     let r = &g.tasks[&id.0];
                     (r.info.run, r.info.attempts)
                 };
-                let tr = f.outcome.transition(now);
+                let tr = f.outcome.transition_for_step(g.run_ended(run), now);
                 if let Some(state) = tr.run_ends {
                     g.end_run(run, state, tr.error.clone(), now);
                 }
@@ -608,6 +614,20 @@ impl Store for MemoryStore {
             r.info.attempts = ATTEMPTS_AFTER_CHECKPOINT;
         }
         Ok(())
+    }
+
+    async fn confirm(&self, lease: Lease) -> Result<(), StoreError> {
+        let g = self.lock();
+        match g.tasks.get(&lease.id.0) {
+            Some(r)
+                if r.token == lease.token
+                    && r.info.state == TaskState::Running
+                    && !g.run_ended(r.info.run) =>
+            {
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseLost(lease.id)),
+        }
     }
 
     async fn next_due(&self, queues: &[String]) -> Result<Option<Timestamp>, StoreError> {

@@ -22,6 +22,13 @@
 //!   keeps its name taken for the rest of its window.
 //! - What [`Store::prune`] may delete is decided by [`crate::retention`]; the stores only
 //!   run the deletes, in small batches.
+//! - A step of an iterative run acts only while its run is running, checked atomically
+//!   with the write (PostgreSQL: under the run's row lock): [`Store::checkpoint`] and
+//!   [`Store::confirm`] answer `LeaseLost` once the run has ended, and [`Store::finish`]
+//!   records any outcome of such a step as [`Outcome::Stopped`] (cancelled, no
+//!   continuation, no retry). [`Store::cancel_iteration`] cancels the run and every live
+//!   step of it at once, so once it returns no step of the run is live and none can be
+//!   stored.
 //!
 //! # Values
 //!
@@ -280,6 +287,12 @@ pub enum Outcome {
         /// When the continuation is due.
         run_at: Timestamp,
     },
+    /// An iterative step stopped before calling the user's function again, because its
+    /// run had ended (cancelled, or finished by another step) or its lease was lost: the
+    /// step ends cancelled with [`policy::STOPPED`](crate::policy::STOPPED)'s reason, no
+    /// continuation is stored and nothing is retried; the run is left as it is. A store
+    /// records this for any outcome of a step whose run has ended.
+    Stopped,
 }
 
 /// One finished attempt for [`Store::finish`].
@@ -449,7 +462,7 @@ pub struct AttemptInfo {
     pub started_at: Timestamp,
     /// When it ended.
     pub finished_at: Timestamp,
-    /// `done`, `failed`, `retry`, `dead`, `released`, `continued` or `lease lapsed`.
+    /// `done`, `failed`, `retry`, `dead`, `released`, `continued`, `stopped` or `lease lapsed`.
     pub outcome: String,
     /// The error, if it had one.
     pub error: Option<String>,
@@ -763,6 +776,8 @@ pub trait Store: Send + Sync + 'static {
     /// `Err(LeaseLost)` if that lease was no longer held (nothing changed for it). Entries
     /// apply in order: a lease listed twice applies once, and the continuation steps of
     /// [`Outcome::Continue`] entries are stored (and get their ids) in the batch's order.
+    /// A held step whose run is no longer running is recorded as [`Outcome::Stopped`]
+    /// whatever its outcome ([`Outcome::transition_for_step`]): no continuation, no retry.
     async fn finish(
         &self,
         finished: Vec<Finish>,
@@ -782,6 +797,14 @@ pub trait Store: Send + Sync + 'static {
         checkpoint: Checkpoint,
         now: Timestamp,
     ) -> Result<(), StoreError>;
+
+    /// Whether the attempt under `lease` may go on: `Ok(())` while it holds its task
+    /// (running under this token) and, for a step of an iterative run, the run is still
+    /// running; [`StoreError::LeaseLost`] otherwise. Reads only. The step runner asks it
+    /// before it calls the user's function on a step's first batch (each later batch is
+    /// confirmed by the checkpoint of the one before), so a run cancelled after its step
+    /// was claimed does not call the function again.
+    async fn confirm(&self, lease: Lease) -> Result<(), StoreError>;
 
     /// The earliest `run_at` of pending tasks (or lease expiry of running ones) in these
     /// queues (all if empty), ignoring paused queues. The harness uses it to move time.
@@ -828,8 +851,12 @@ pub trait Store: Send + Sync + 'static {
     async fn iteration(&self, run: TaskId) -> Result<Option<IterationInfo>, StoreError>;
     /// Iterative runs, newest first, at most `limit`.
     async fn iterations(&self, limit: usize) -> Result<Vec<IterationInfo>, StoreError>;
-    /// Cancels a running iterative run: its pending step is cancelled, a running step
-    /// loses its lease at its next checkpoint or finish.
+    /// Cancels a running iterative run and, in the same transaction, every live step of
+    /// it: a pending step is cancelled, a running one loses its lease (its worker's next
+    /// checkpoint, confirm, heartbeat or finish is refused). A step handing over at the
+    /// same moment either finished first, and its continuation is cancelled here, or is
+    /// refused. Once this returns, no step of the run is live and none can be stored.
+    /// `NotFound` for an unknown run, `Conflict` for one that is not running.
     async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError>;
 
     /// Deletes what retention no longer keeps at `now` ([`crate::retention`]): finished

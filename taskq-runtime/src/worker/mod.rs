@@ -73,6 +73,10 @@ pub struct WorkerStats {
     pub dead: AtomicU64,
     /// Tasks released at shutdown.
     pub released: AtomicU64,
+    /// Iterative steps recorded as stopped: their run had ended (see
+    /// [`Outcome::Stopped`]). A step of a run cancelled while it ran is not counted here:
+    /// its outcome is refused, the cancel having ended the step already.
+    pub stopped: AtomicU64,
 }
 
 impl WorkerStats {
@@ -83,6 +87,7 @@ impl WorkerStats {
             Outcome::Retry { .. } => &self.retried,
             Outcome::Dead { .. } => &self.dead,
             Outcome::Release => &self.released,
+            Outcome::Stopped => &self.stopped,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }

@@ -39,6 +39,16 @@
 //!   poll interval stays as the fallback.
 //! - **Fencing**: each claim increments the task's `lease_token`; heartbeat, finish and
 //!   checkpoint only touch a row where `id = $1 AND lease_token = $2 AND state = 'running'`.
+//! - **Lock order: a run's row before its steps' rows.** Every call that changes both an
+//!   iteration run (`taskq_iterations`) and task rows (cancel, finish, checkpoint, delete,
+//!   purge, retry) first locks the runs' rows (`FOR UPDATE`, in `run_id` order, in a
+//!   statement of its own), then runs its statement in the same transaction
+//!   (`PostgresStore::after_locks`): two such calls never wait on each other in a cycle,
+//!   and the second statement's snapshot sees every step a call holding the run's row
+//!   stored before it let go (so a cancel also cancels a continuation stored by a step
+//!   handing over at that moment, and a step's checkpoint or hand-over sees a cancel that
+//!   came first). Claim and heartbeat lock task rows only; a claim of limited queues locks
+//!   their `taskq_queues` rows before task rows.
 //! - **Connection loss**: operations fail with [`StoreError::Backend`] while PostgreSQL is
 //!   unreachable; broken connections are dropped and new ones are made with back-off
 //!   (50 ms doubling to 5 s), and the listening connection reconnects by itself (and wakes
@@ -489,6 +499,50 @@ impl PostgresStore {
         }
     }
 
+    /// Runs `BEGIN; <lock>; <main>; COMMIT` in one round trip (pipelined) and returns what
+    /// `main` returned (`Err` inside for its SQL error, the transaction then rolled back):
+    /// how a call takes its runs' row locks before any task row (the lock order in the
+    /// module docs). `main` starts after `lock` has its locks, so its snapshot sees what
+    /// the previous holders committed.
+    async fn after_locks(
+        c: &mut PooledConn<'_>,
+        lock: (&tokio_postgres::Statement, &[Param<'_>]),
+        main: (&tokio_postgres::Statement, &[Param<'_>]),
+    ) -> Result<Result<Vec<Row>, tokio_postgres::Error>, StoreError> {
+        let client = c.client()?;
+        let (begin, locked, rows, commit) = futures::join!(
+            client.batch_execute("BEGIN"),
+            client.query(lock.0, lock.1),
+            client.query(main.0, main.1),
+            client.batch_execute("COMMIT"),
+        );
+        c.check(begin)?;
+        c.check(locked)?;
+        match rows {
+            Ok(rows) => {
+                c.check(commit)?;
+                Ok(Ok(rows))
+            }
+            Err(e) => {
+                if e.as_db_error().is_none() || commit.is_err() {
+                    c.discard();
+                }
+                Ok(Err(e))
+            }
+        }
+    }
+
+    /// Locks the rows of the runs of the tasks `$1` (an `int8[]`), in `run_id` order: the
+    /// first statement of [`PostgresStore::after_locks`] for calls given task ids.
+    fn lock_runs_of_tasks_sql(&self) -> String {
+        self.sql(
+            "SELECT i.run_id FROM {S}.taskq_iterations i \
+             WHERE i.run_id IN (SELECT t.run_id FROM {S}.taskq_tasks t \
+                                WHERE t.id = ANY($1::int8[])) \
+             ORDER BY i.run_id FOR UPDATE OF i",
+        )
+    }
+
     async fn notify_sql_exec(
         &self,
         c: &mut PooledConn<'_>,
@@ -557,6 +611,10 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         lease::checkpoint(self, lease, cp, now).await
+    }
+
+    async fn confirm(&self, lease: Lease) -> Result<(), StoreError> {
+        lease::confirm(self, lease).await
     }
 
     async fn next_due(&self, queues: &[String]) -> Result<Option<Timestamp>, StoreError> {

@@ -377,6 +377,13 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn confirm(&self, lease: Lease) -> Result<(), StoreError> {
+        self.call("confirming a lease", move |db| {
+            db.read(|tx| lease::confirm(tx, lease))
+        })
+        .await
+    }
+
     async fn next_due(&self, queues: &[String]) -> Result<Option<Timestamp>, StoreError> {
         let queues = queues.to_vec();
         self.call("next_due", move |db| {
