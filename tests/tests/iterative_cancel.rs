@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use taskq_runtime::store::{RunState, TaskQuery};
-use taskq_runtime::testing::Harness;
-use taskq_runtime::{iterative_task, Context, Queue, Store, TaskError, TaskId, TaskState};
+use taskq_runtime::testing::{Harness, HarnessError};
+use taskq_runtime::{
+    iterative_task, Context, Queue, Store, StoreError, TaskError, TaskId, TaskState,
+};
 use taskq_tests::models::{AllTickets, Gate, Ticket};
 
 /// One ticket per batch; quick retries, so a step that were retried would show at once.
@@ -65,18 +67,29 @@ async fn cancel_while_a_read_is_held(store: Arc<dyn Store>, hold: usize) {
     assert_eq!(before, hold - 1, "every batch before the held read ran");
     q.cancel_iteration(run).await.expect("cancel");
     gate.release.add_permits(1);
-    let report = tokio::time::timeout(LIMIT, driver)
+    let drained = tokio::time::timeout(LIMIT, driver)
         .await
         .expect("the step ends")
-        .expect("join")
-        .expect("run_due");
+        .expect("join");
     assert_eq!(
         gate.calls(),
         before,
         "the task's function was called after cancel_iteration returned"
     );
-    assert_eq!(report.runs.len(), 1, "one attempt, no retry: {report:?}");
-    assert_eq!(report.runs[0].outcome, "stopped", "{report:?}");
+    // The cancel took the running step's lease, so the step's own `stopped` outcome is
+    // refused; the harness reports exactly that, and nothing ran after it (no retry).
+    match drained {
+        Err(HarnessError::OutcomeRefused { ran, reason }) => {
+            assert_eq!(ran.outcome, "stopped", "{ran:?}");
+            assert_eq!(ran.attempt, 1, "one attempt, no retry: {ran:?}");
+            assert!(matches!(reason, StoreError::LeaseLost(_)), "{reason}");
+        }
+        other => panic!("the cancelled step's outcome should be refused: {other:?}"),
+    }
+    assert!(
+        h.run_due().await.expect("run_due").runs.is_empty(),
+        "no retry"
+    );
     let it = q.iteration(run).await.expect("iteration");
     assert_eq!(it.state, RunState::Cancelled, "{it:?}");
     // A batch's checkpoint follows the read of the next batch: the one whose checkpoint
