@@ -118,8 +118,11 @@ impl Cluster {
     /// When `pg_ctl` fails.
     pub fn stop(&self, mode: &str) -> Result<(), String> {
         let data = self.data.display().to_string();
-        self.run("pg_ctl", &["-D", &data, "-m", mode, "-w", "-t", "60", "stop"])
-            .map(|_| ())
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-m", mode, "-w", "-t", "60", "stop"],
+        )
+        .map(|_| ())
     }
 
     /// Starts the server again (after [`Cluster::stop`]), waiting until it accepts
@@ -261,7 +264,10 @@ fn owner() -> Result<Option<String>, String> {
             return Ok(Some(user.to_string()));
         }
     }
-    Err("running as root and neither `taskq-pg` nor `nobody` exists to own a PostgreSQL cluster".into())
+    Err(
+        "running as root and neither `taskq-pg` nor `nobody` exists to own a PostgreSQL cluster"
+            .into(),
+    )
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<(), String> {

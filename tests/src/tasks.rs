@@ -11,8 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use taskq_runtime::store::{AttemptInfo, RunState, TaskDetail};
 use taskq_runtime::policy::ATTEMPTS_AFTER_CHECKPOINT;
+use taskq_runtime::store::{AttemptInfo, RunState, TaskDetail};
 use taskq_runtime::{
     iterative_task, task, Context, Queue, TaskError, TaskId, TaskState, Timestamp,
 };
@@ -92,6 +92,18 @@ pub fn read_log(path: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// The numbers of a finished log of one number per line (the ids `crash_walk` of
+/// [`crate::models`] writes).
+///
+/// # Panics
+/// As [`read_effects`]: on a torn or malformed line.
+pub fn read_ids(path: &Path) -> Vec<i64> {
+    parse_log(path, true)
+        .into_iter()
+        .map(|[id]: [u64; 1]| id as i64)
+        .collect()
+}
+
 fn narrow(path: &Path, v: u64) -> u32 {
     u32::try_from(v).unwrap_or_else(|_| panic!("{}: {v} is out of range", path.display()))
 }
@@ -125,7 +137,11 @@ fn parse_log<const K: usize>(path: &Path, finished: bool) -> Vec<[u64; K]> {
                 .map(|f| f.parse::<u64>())
                 .collect::<Result<_, _>>()
                 .unwrap_or_else(|_| {
-                    panic!("{} line {}: torn or malformed: {line:?}", path.display(), i + 1)
+                    panic!(
+                        "{} line {}: torn or malformed: {line:?}",
+                        path.display(),
+                        i + 1
+                    )
                 });
             fields.try_into().unwrap_or_else(|_| {
                 panic!(
@@ -191,8 +207,10 @@ pub async fn check_effects(
     };
     for e in effects {
         if e.n as usize >= ids.len() {
-            r.problems
-                .push(format!("an effect of task {}, which was never started: {e:?}", e.n));
+            r.problems.push(format!(
+                "an effect of task {}, which was never started: {e:?}",
+                e.n
+            ));
         }
         by_task.entry(e.n).or_default().push(*e);
     }
@@ -202,7 +220,8 @@ pub async fn check_effects(
         let mine = by_task.remove(&n).unwrap_or_default();
         let Some(d) = detail else {
             r.lost += 1;
-            r.problems.push(format!("task {n} ({id}) is not in the store"));
+            r.problems
+                .push(format!("task {n} ({id}) is not in the store"));
             continue;
         };
         match d.info.state {
@@ -210,13 +229,16 @@ pub async fn check_effects(
             TaskState::Dead => {
                 r.dead += 1;
                 if d.info.last_error.as_deref().unwrap_or("").is_empty() {
-                    r.problems
-                        .push(format!("task {n} is dead without a reason: {:?}", d.attempts));
+                    r.problems.push(format!(
+                        "task {n} is dead without a reason: {:?}",
+                        d.attempts
+                    ));
                 }
             }
             other => {
                 r.lost += 1;
-                r.problems.push(format!("task {n} ended {other:?}, not done or dead"));
+                r.problems
+                    .push(format!("task {n} ended {other:?}, not done or dead"));
             }
         }
         r.duplicates += mine.len().saturating_sub(1);
@@ -389,6 +411,9 @@ pub fn walk_progress(path: &Path) -> usize {
     parse_log::<5>(path, false).len()
 }
 
+/// One attempt of a step: (step, worker process, when it began in ms).
+type AttemptKey = (i64, u32, i64);
+
 /// What the check of an iterative run's log found ([`check_walk`]).
 #[derive(Debug, Default)]
 pub struct WalkReport {
@@ -451,7 +476,8 @@ pub async fn check_walk(
             continue;
         };
         if d.info.run != Some(run) {
-            r.problems.push(format!("task {id} is not a step of run {run}"));
+            r.problems
+                .push(format!("task {id} is not a step of run {run}"));
         }
         for a in d.attempts {
             if let Some(pid) = worker_pid(&a.worker) {
@@ -460,14 +486,16 @@ pub async fn check_walk(
         }
     }
     // Each line's attempt: (step, process, when it began) and its outcome.
-    let mut by_entity: BTreeMap<i64, Vec<(WalkEffect, (i64, u32, i64), &str)>> = BTreeMap::new();
+    let mut by_entity: BTreeMap<i64, Vec<(WalkEffect, AttemptKey, &str)>> = BTreeMap::new();
     for e in effects {
         let a = attempts.get(&(e.step, e.pid)).and_then(|list| {
             list.iter()
                 .filter(|a| a.started_at.as_millis() <= e.at)
                 .max_by_key(|a| a.started_at)
         });
-        let Some(a) = a.filter(|a| a.attempt == e.attempt || a.attempt == ATTEMPTS_AFTER_CHECKPOINT) else {
+        let Some(a) =
+            a.filter(|a| a.attempt == e.attempt || a.attempt == ATTEMPTS_AFTER_CHECKPOINT)
+        else {
             r.problems.push(format!(
                 "entity {} processed by step {} attempt {} in process {} at {}, an attempt the store did not record: {:?}",
                 e.id, e.step, e.attempt, e.pid, e.at, attempts.get(&(e.step, e.pid))
@@ -480,7 +508,7 @@ pub async fn check_walk(
             a.outcome.as_str(),
         ));
     }
-    let mut redone_per_attempt: HashMap<(i64, u32, i64), usize> = HashMap::new();
+    let mut redone_per_attempt: HashMap<AttemptKey, usize> = HashMap::new();
     for id in entities {
         let Some(seen) = by_entity.remove(id) else {
             r.skipped += 1;

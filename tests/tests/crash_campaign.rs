@@ -187,7 +187,11 @@ impl Fleet {
                     .into_iter()
                     .flatten()
                     .flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("worker-{slot}-")))
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(&format!("worker-{slot}-"))
+                    })
                     .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
                     .collect::<Vec<_>>()
                     .join("\n");
@@ -285,8 +289,10 @@ async fn feed_for(q: &Queue, d: Duration, n: &mut u64, size: &Size, rng: &mut fa
     let end = Instant::now() + d;
     while Instant::now() < end {
         feed(q, n, size.feed, rng).await;
-        tokio::time::sleep(Duration::from_millis(100).min(end.saturating_duration_since(Instant::now())))
-            .await;
+        tokio::time::sleep(
+            Duration::from_millis(100).min(end.saturating_duration_since(Instant::now())),
+        )
+        .await;
     }
 }
 
@@ -367,7 +373,9 @@ async fn plain_tasks(q: &Queue, fed: u64) -> Vec<TaskId> {
     }
     ids.into_iter()
         .enumerate()
-        .map(|(n, id)| id.unwrap_or_else(|| panic!("task {n} was acknowledged but is not in the store (lost)")))
+        .map(|(n, id)| {
+            id.unwrap_or_else(|| panic!("task {n} was acknowledged but is not in the store (lost)"))
+        })
         .collect()
 }
 
@@ -563,14 +571,16 @@ async fn campaign(label: &str, url: &str, net: Option<Network>, size: &Size, see
 }
 
 /// The two campaigns run one after the other: each loads the machine on its own.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_crash_campaign() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let size = Size::from_env();
     let seed = seed();
-    eprintln!("crash campaign (sqlite) seed {seed}: rerun with TASKQ_CAMPAIGN_SEED={seed}; {size:?}");
+    eprintln!(
+        "crash campaign (sqlite) seed {seed}: rerun with TASKQ_CAMPAIGN_SEED={seed}; {size:?}"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
     campaign("sqlite", &url, None, &size, seed).await;
@@ -578,16 +588,20 @@ async fn sqlite_crash_campaign() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crash_campaign() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let size = Size::from_env();
     let seed = seed();
-    eprintln!("crash campaign (postgres) seed {seed}: rerun with TASKQ_CAMPAIGN_SEED={seed}; {size:?}");
+    eprintln!(
+        "crash campaign (postgres) seed {seed}: rerun with TASKQ_CAMPAIGN_SEED={seed}; {size:?}"
+    );
     let cluster = tokio::task::spawn_blocking(Cluster::start)
         .await
         .expect("start the cluster")
         .unwrap_or_else(|e| panic!("a private PostgreSQL cluster for the campaign: {e}"));
     let url = format!("{}?schema=campaign", cluster.url());
-    let proxy = Proxy::start(target_of(&url)).await.expect("start the proxy");
+    let proxy = Proxy::start(target_of(&url))
+        .await
+        .expect("start the proxy");
     let net = Network {
         cluster: Arc::new(cluster),
         proxy,

@@ -102,7 +102,11 @@ async fn poison_ends_dead(url: &str) {
         assert_eq!(got.0, want.0, "attempt numbers: {:?}", detail.attempts);
         assert_eq!(got.1, want.1, "outcomes: {:?}", detail.attempts);
         if want.2.is_some() {
-            assert_eq!(got.2, want.2, "the killed process held it: {:?}", detail.attempts);
+            assert_eq!(
+                got.2, want.2,
+                "the killed process held it: {:?}",
+                detail.attempts
+            );
         }
     }
     for a in &detail.attempts[..MAX_ATTEMPTS as usize] {

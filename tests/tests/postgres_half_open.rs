@@ -128,7 +128,10 @@ async fn assert_keepalive_through(proxy: &Proxy) {
         assert!(!timers.is_empty(), "no connection through the proxy");
         if timers.iter().all(|(kind, _)| *kind != 1) {
             for (kind, when) in &timers {
-                assert_eq!(*kind, 2, "keepalive is armed on every connection: {timers:?}");
+                assert_eq!(
+                    *kind, 2,
+                    "keepalive is armed on every connection: {timers:?}"
+                );
                 assert!(*when <= 10.0, "keepalive fires within 10 s: {timers:?}");
             }
             return;
@@ -163,10 +166,14 @@ async fn half_open_episode(end: fn(&Proxy)) {
         .await
         .expect("start");
     let r = rec("proxied");
-    wait_until("the proxied worker runs the task", Duration::from_secs(30), || {
-        let started = !r.spans().is_empty();
-        async move { started }
-    })
+    wait_until(
+        "the proxied worker runs the task",
+        Duration::from_secs(30),
+        || {
+            let started = !r.spans().is_empty();
+            async move { started }
+        },
+    )
     .await;
     assert_keepalive_through(&proxy).await;
 
@@ -186,10 +193,14 @@ async fn half_open_episode(end: fn(&Proxy)) {
         .info
         .lease_until
         .expect("a running task has a lease");
-    wait_until("the direct worker takes the task over", Duration::from_secs(30), || {
-        let taken = r.spans().iter().any(|s| s.who == "direct");
-        async move { taken }
-    })
+    wait_until(
+        "the direct worker takes the task over",
+        Duration::from_secs(30),
+        || {
+            let taken = r.spans().iter().any(|s| s.who == "direct");
+            async move { taken }
+        },
+    )
     .await;
     // Half-open for longer than a lease, then the path comes back.
     let until = half_at + 2 * LEASE;
@@ -240,9 +251,11 @@ async fn half_open_episode(end: fn(&Proxy)) {
                 .expect("start"),
         );
     }
-    wait_until("the proxied worker serves again", Duration::from_secs(60), || {
-        all_in_state(&q, ids.clone(), TaskState::Done)
-    })
+    wait_until(
+        "the proxied worker serves again",
+        Duration::from_secs(60),
+        || all_in_state(&q, ids.clone(), TaskState::Done),
+    )
     .await;
     for id in ids {
         let d = q.task(id).await.expect("task").expect("exists");

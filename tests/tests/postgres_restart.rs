@@ -174,7 +174,10 @@ async fn workers_survive_a_server_restart() {
     }
     // The long tasks run now, and none has written its effect yet.
     let logged: HashSet<u64> = read_log(&log).into_iter().collect();
-    assert!((0..LONG).all(|i| !logged.contains(&i)), "the long tasks are still running");
+    assert!(
+        (0..LONG).all(|i| !logged.contains(&i)),
+        "the long tasks are still running"
+    );
 
     // Stop the server for a while, then bring it back.
     let down_at = Timestamp::now();
