@@ -259,7 +259,7 @@ impl Harness {
                     return Err(HarnessError::TooManyRuns(self.max_runs));
                 }
                 let started_at = self.clock.now();
-                let outcome = exec.run(&task, Flag::default()).await;
+                let outcome = exec.run(&task, Flag::default(), Flag::default()).await;
                 let recorded = outcome.transition(self.clock.now());
                 report.runs.push(Ran {
                     id: task.lease.id,
