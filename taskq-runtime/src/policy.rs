@@ -18,7 +18,7 @@
 //!   and the worker; dead only when those are spent.
 //! - An attempt still running past its hard deadline plus one lease (it never returns to
 //!   the runtime: it blocks its thread) → given up by the worker, recorded like a hard
-//!   deadline with that reason ([`blocked`]): retried, then dead.
+//!   deadline with that reason (`blocked`): retried, then dead.
 //! - A row whose payload cannot be decoded → dead at once, with the reason: trying again
 //!   cannot change stored bytes.
 //! - A lapsed lease (the worker died or stalled) counts as an attempt ([`LEASE_LAPSED`]);
