@@ -638,10 +638,11 @@ pub(crate) fn stored_or_raw(text: &str) -> serde_json::Value {
     decode_stored(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
 }
 
-/// Why the stored `what` (payload, cursor) of task `id` does not decode, for
-/// [`ClaimedTask::decode_error`] and the dead task's error.
+/// Why the stored `what` (payload, cursor) of task `id` does not decode (`e`: the JSON
+/// error, or what else is wrong with the stored value), for [`ClaimedTask::decode_error`]
+/// and the dead task's error.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn decode_failure(what: &str, id: i64, e: &serde_json::Error) -> String {
+pub(crate) fn decode_failure(what: &str, id: i64, e: &dyn std::fmt::Display) -> String {
     format!(
         "the stored {what} of task {id} does not decode ({e}): the row was edited by hand or written by another version of taskq"
     )
