@@ -246,12 +246,18 @@ pub(crate) fn blocked(
     decide_attempt(options, claimed, Err(error), progressed, now)
 }
 
-/// Decides what an attempt's result means for the task: the retry policy.
+/// Decides what an attempt's result means for the task, as the worker and the test harness
+/// do: the retry policy. `claimed` is the task as its claim handed it out (its `attempt`
+/// and `enqueued_at` count); `result` is what its code returned (a panic or the hard
+/// deadline are retryable errors); `now` is when it ended. The [`Outcome`] is what the
+/// worker hands to [`Store::finish`](crate::store::Store::finish): `Done`, `Continue`,
+/// `Failed` for a fatal error, else `Retry` after the backoff while
+/// [`TaskOptions::may_retry`] allows, and `Dead` naming the attempts made.
 ///
 /// `progressed` is true when an iterative step checkpointed during the attempt: the store
 /// reset its attempt count then, so the retry policy counts from
 /// [`ATTEMPTS_AFTER_CHECKPOINT`].
-pub(crate) fn decide_attempt(
+pub fn decide_attempt(
     options: &TaskOptions,
     claimed: &ClaimedTask,
     result: Result<Completion, TaskError>,
