@@ -16,6 +16,9 @@
 //! - A task name this worker does not register (a rolling deploy) → retried like any
 //!   failure with the default options ([`TaskOptions::DEFAULT`]), the error naming the task
 //!   and the worker; dead only when those are spent.
+//! - An attempt still running past its hard deadline plus one lease (it never returns to
+//!   the runtime: it blocks its thread) → given up by the worker, recorded like a hard
+//!   deadline with that reason (`blocked`): retried, then dead.
 //! - A row whose payload cannot be decoded → dead at once, with the reason: trying again
 //!   cannot change stored bytes.
 //! - A lapsed lease (the worker died or stalled) counts as an attempt ([`LEASE_LAPSED`]);
@@ -256,12 +259,37 @@ pub(crate) fn undecodable(reason: impl std::fmt::Display) -> Outcome {
     }
 }
 
-/// Decides what an attempt's result means for the task: the retry policy.
+/// The outcome of an attempt the worker gave up because it still ran past its hard deadline
+/// (`options.timeout` plus `grace`) and one `lease`: it never returned to the runtime, so
+/// it blocks its thread and the deadline's timer could not stop it. Recorded like a hard
+/// deadline (retried, then dead), with a reason that says so.
+pub(crate) fn blocked(
+    options: &TaskOptions,
+    claimed: &ClaimedTask,
+    progressed: bool,
+    grace: std::time::Duration,
+    lease: std::time::Duration,
+    now: Timestamp,
+) -> Outcome {
+    let error = TaskError::retry(format!(
+        "hard deadline exceeded and the attempt did not stop: it ran past its {:?} timeout, {:?} of grace and a {:?} lease without returning to the runtime, so it blocks its thread (std::thread::sleep, blocking I/O or a long computation in async code; move that into tokio::task::spawn_blocking); the worker gave it up, though its thread may still be busy",
+        options.timeout, grace, lease
+    ));
+    decide_attempt(options, claimed, Err(error), progressed, now)
+}
+
+/// Decides what an attempt's result means for the task, as the worker and the test harness
+/// do: the retry policy. `claimed` is the task as its claim handed it out (its `attempt`
+/// and `enqueued_at` count); `result` is what its code returned (a panic or the hard
+/// deadline are retryable errors); `now` is when it ended. The [`Outcome`] is what the
+/// worker hands to [`Store::finish`](crate::store::Store::finish): `Done`, `Continue`,
+/// `Failed` for a fatal error, else `Retry` after the backoff while
+/// [`TaskOptions::may_retry`] allows, and `Dead` naming the attempts made.
 ///
 /// `progressed` is true when an iterative step checkpointed during the attempt: the store
 /// reset its attempt count then, so the retry policy counts from
 /// [`ATTEMPTS_AFTER_CHECKPOINT`].
-pub(crate) fn decide_attempt(
+pub fn decide_attempt(
     options: &TaskOptions,
     claimed: &ClaimedTask,
     result: Result<Completion, TaskError>,

@@ -299,7 +299,7 @@ impl Harness {
                     return Err(HarnessError::TooManyRuns(self.max_runs));
                 }
                 let started_at = self.clock.now();
-                let outcome = exec.run(&task, Flag::default()).await;
+                let outcome = exec.run(&task, Flag::default(), Flag::default()).await;
                 let recorded = outcome.transition(self.clock.now());
                 let ran = Ran {
                     id: task.lease.id,

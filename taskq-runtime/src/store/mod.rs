@@ -62,6 +62,9 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod tombstone;
+mod url;
+
+pub use url::StoreUrl;
 
 /// The identifier of a task (and, for an iterative task, of its run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -574,7 +577,7 @@ pub enum StoreError {
     /// The store URL could not be understood.
     #[error("bad store URL `{url}`: {reason}")]
     BadUrl {
-        /// The URL given.
+        /// The URL given, its password (if any) replaced by `***`.
         url: String,
         /// What was wrong with it.
         reason: String,
@@ -714,10 +717,11 @@ pub(crate) fn stored_or_raw(text: &str) -> serde_json::Value {
     decode_stored(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
 }
 
-/// Why the stored `what` (payload, cursor) of task `id` does not decode, for
-/// [`ClaimedTask::decode_error`] and the dead task's error.
+/// Why the stored `what` (payload, cursor) of task `id` does not decode (`e`: the JSON
+/// error, or what else is wrong with the stored value), for [`ClaimedTask::decode_error`]
+/// and the dead task's error.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn decode_failure(what: &str, id: i64, e: &serde_json::Error) -> String {
+pub(crate) fn decode_failure(what: &str, id: i64, e: &dyn std::fmt::Display) -> String {
     format!(
         "the stored {what} of task {id} does not decode ({e}): the row was edited by hand or written by another version of taskq"
     )
@@ -874,47 +878,25 @@ pub trait Store: Send + Sync + 'static {
 /// is not supported, use `memory://`), or `postgres://user@host/db`.
 ///
 /// Each `memory://` open is a new, empty store that lives in this process only: its tasks
-/// vanish when the process exits. A URL whose backend's Cargo feature (`sqlite`, `postgres`)
-/// is off fails with [`StoreError::BadUrl`] naming the feature.
+/// vanish when the process exits. The URL is read by [`StoreUrl::parse`] first, so a URL
+/// it refuses (an unknown scheme, a bad option, a backend whose Cargo feature, `sqlite` or
+/// `postgres`, is off) fails with [`StoreError::BadUrl`] saying why, before anything is
+/// opened; its password never shows in the error.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    let bad = |reason: &str| StoreError::BadUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    };
-    if url == "memory://" || url == "memory:" {
-        return Ok(std::sync::Arc::new(memory::MemoryStore::new()));
-    }
-    if let Some(path) = url.strip_prefix("sqlite://") {
+    match StoreUrl::parse(url)? {
+        StoreUrl::Memory => Ok(std::sync::Arc::new(memory::MemoryStore::new())),
         #[cfg(feature = "sqlite")]
-        {
-            if path.is_empty() {
-                return Err(bad(
-                    "no file path after `sqlite://`; write `sqlite://taskq.db`",
-                ));
-            }
-            return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?));
+        StoreUrl::Sqlite { path } => {
+            Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&path).await?))
         }
-        #[cfg(not(feature = "sqlite"))]
-        {
-            let _ = path;
-            return Err(bad("taskq-runtime was built without its `sqlite` feature"));
-        }
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         #[cfg(feature = "postgres")]
-        {
-            return Ok(std::sync::Arc::new(
-                postgres::PostgresStore::open(url).await?,
-            ));
-        }
-        #[cfg(not(feature = "postgres"))]
-        {
-            return Err(bad(
-                "taskq-runtime was built without its `postgres` feature",
-            ));
-        }
+        StoreUrl::Postgres { url } => Ok(std::sync::Arc::new(
+            postgres::PostgresStore::open(&url).await?,
+        )),
+        #[allow(unreachable_patterns)]
+        _ => Err(url::bad_url(
+            url,
+            "this build of taskq-runtime cannot open it",
+        )),
     }
-    Err(bad(
-        "unknown scheme; use `memory://`, `sqlite://PATH` or `postgres://USER@HOST/DB`",
-    ))
 }

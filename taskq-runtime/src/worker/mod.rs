@@ -8,6 +8,8 @@
 //! - `leases.rs` is lease renewal: the tasks in flight keyed by their lease, and the
 //!   heartbeat that renews them (each call bounded) or stops a task whose lease it cannot
 //!   hold, before another worker may take it.
+//! - `nudge.rs` keeps the runtime's timers running while a task blocks a thread (tokio
+//!   would otherwise stall them all, the heartbeat's included).
 //! - `outcomes.rs` is the outcome writer: finished attempts go through a bounded channel
 //!   to one writer, which records them with one `Store::finish` call per batch.
 //! - `retention.rs` prunes the store about every minute ([`crate::retention`]).
@@ -30,6 +32,7 @@ use crate::time::Clock;
 
 mod exec;
 mod leases;
+mod nudge;
 mod outcomes;
 mod retention;
 
@@ -433,7 +436,8 @@ impl Worker {
         ));
         let heartbeat = tokio::spawn(supervised("lease renewal", {
             let (exec, inflight, lease) = (exec.clone(), inflight.clone(), self.lease);
-            move || leases::heartbeat(exec.clone(), inflight.clone(), lease)
+            let done = done_tx.downgrade();
+            move || leases::heartbeat(exec.clone(), inflight.clone(), lease, done.clone())
         }));
         let pruner = self.prune_interval.map(|interval| {
             tokio::spawn(supervised("pruning", {
@@ -448,6 +452,10 @@ impl Worker {
                 }
             }))
         });
+
+        // Keeps the runtime's timers (the heartbeat's among them) running while a task
+        // blocks a thread; stops with this function.
+        let _nudge = nudge::start((self.lease / 8).clamp(NUDGE_MIN, NUDGE_MAX));
 
         // Keep a few seconds of the shutdown grace to stop what is left and write its release.
         let reserve = (self.shutdown_grace / 5).min(Duration::from_secs(5));
@@ -600,6 +608,7 @@ impl Worker {
         claimed_at: tokio::time::Instant,
     ) {
         let cancel = Flag::default();
+        let progressed = Flag::default();
         let started_at = exec.clock.now();
         let lease = task.lease;
         let timeout = exec
@@ -620,6 +629,7 @@ impl Worker {
                     + timeout
                     + exec.deadline_grace
                     + self.lease,
+                progressed: progressed.clone(),
                 finishing: false,
             },
             self.lease,
@@ -645,7 +655,7 @@ impl Worker {
                 // Frees the slot however this future ends: finished, or dropped because
                 // its lease was lost (stopped by the lease renewal).
                 let _slot = slot;
-                let outcome = exec2.run(&task, cancel).await;
+                let outcome = exec2.run(&task, cancel, progressed).await;
                 tracing::Span::current().record("outcome", outcome.label());
                 if let Outcome::Retry { error, .. }
                 | Outcome::Failed { error }
@@ -745,6 +755,13 @@ impl Worker {
         }
     }
 }
+
+/// The shortest and longest period of the runtime nudge ([`nudge`]): an eighth of the
+/// lease, within these bounds, so a task blocking a thread stalls the others' timers at
+/// most this long.
+const NUDGE_MIN: Duration = Duration::from_millis(5);
+/// See [`NUDGE_MIN`].
+const NUDGE_MAX: Duration = Duration::from_millis(100);
 
 /// The shortest idle wait between claims while due tasks are held back by a queue's rate
 /// or concurrency limit.

@@ -7,13 +7,10 @@ use std::collections::{HashMap, HashSet};
 
 use rusqlite::{params, OptionalExtension};
 
-use super::rows::{u32_of, u64_of};
+use super::rows::{u32_of, u64_of, StoredText};
 use super::R;
 use crate::store::admission::{self, Admission, Bucket};
-use crate::store::{
-    decode_failure, decode_stored, ClaimRequest, ClaimedTask, IterationCursor, Lease, QueueConfig,
-    TaskId,
-};
+use crate::store::{ClaimRequest, ClaimedTask, IterationCursor, Lease, QueueConfig, TaskId};
 use crate::time::Timestamp;
 
 /// The attempt label and error of a lapsed lease.
@@ -257,7 +254,7 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
         let (task, queue, payload, attempts, enqueued_at, run_id): (
             String,
             String,
-            String,
+            StoredText,
             i64,
             i64,
             Option<i64>,
@@ -284,26 +281,19 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
         )?;
         // Decoded row by row: a row that does not decode is handed out with the reason
         // (the worker sends it dead) instead of failing the claim of the others.
-        let mut decode_error = None;
-        let payload = match decode_stored(&payload) {
-            Ok(v) => v,
-            Err(e) => {
-                decode_error = Some(decode_failure("payload", c.id, &e));
-                serde_json::Value::String(payload)
-            }
-        };
+        let (payload, mut decode_error) = payload.decode("payload", c.id);
         let iteration = match run_id {
             None => None,
             Some(run) => {
-                let row: Option<(Option<String>, i64, i64, Option<i64>)> = iteration
+                let row: Option<(Option<StoredText>, i64, i64, Option<i64>)> = iteration
                     .query_row([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                     .optional()?;
                 row.map(|(cursor, processed, batches, total)| IterationCursor {
                     run: TaskId(run),
-                    cursor: cursor.and_then(|text| match decode_stored(&text) {
-                        Ok(v) => Some(v),
-                        Err(e) => {
-                            decode_error.get_or_insert_with(|| decode_failure("cursor", c.id, &e));
+                    cursor: cursor.and_then(|stored| match stored.decode("cursor", c.id) {
+                        (v, None) => Some(v),
+                        (_, Some(why)) => {
+                            decode_error.get_or_insert(why);
                             None
                         }
                     }),

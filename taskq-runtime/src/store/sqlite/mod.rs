@@ -15,7 +15,11 @@
 //! replacement, a management process next to a worker): the database is in WAL mode, every write
 //! transaction starts with `BEGIN IMMEDIATE` (so two writers queue on the write lock
 //! instead of failing on a lock upgrade), and `busy_timeout` makes a writer wait for the
-//! other one instead of failing at once. Everything that must be unique across processes
+//! other one instead of failing at once: at most 10 s per call, counted from the call
+//! (time queued behind this store's other calls included), then the call fails with a
+//! [`StoreError::Backend`] that says the database is locked by another connection or
+//! process. A full disk (or a file size limit) fails the call the same way, naming it;
+//! in both cases the call's transaction is rolled back, so nothing of it is stored. Everything that must be unique across processes
 //! (task ids, lease tokens, token buckets, `max_concurrent`) is decided inside those
 //! write transactions. [`Store::wait_for_work`] wakes early when this store instance
 //! stored or revived work; work stored by another process is found by polling.
@@ -107,7 +111,8 @@ mod tests;
 
 pub use schema::SCHEMA_VERSION;
 
-/// How long a writer waits for another connection's write lock before failing.
+/// How long a call waits for another connection's write lock before failing, counted from
+/// the call (time queued behind this store's other calls included).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The size, in bytes, the WAL file is cut back to after a checkpoint empties it
@@ -225,10 +230,15 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
         let path = self.path.clone();
+        let called = std::time::Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
             // A panic inside a call drops its transaction, which rolls back: the
             // connection is still consistent, so a poisoned lock is still usable.
             let mut g = db.lock().unwrap_or_else(|p| p.into_inner());
+            // Calls queue on this mutex, and each would wait the whole busy timeout for
+            // another process's lock: bound the call as a whole instead.
+            g.conn
+                .busy_timeout(BUSY_TIMEOUT.saturating_sub(called.elapsed()))?;
             f(&mut g)
         })
         .await;
@@ -236,7 +246,8 @@ impl SqliteStore {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(Fail::Store(e))) => Err(e),
             Ok(Err(Fail::Sql(e))) => Err(StoreError::Backend(format!(
-                "sqlite store `{path}`: {what} failed: {e}"
+                "sqlite store `{path}`: {what} failed: {}",
+                explain(&e, &path)
             ))),
             Err(e) => Err(StoreError::Backend(format!(
                 "sqlite store `{path}`: {what} failed: the blocking task did not complete: {e}"
@@ -245,9 +256,46 @@ impl SqliteStore {
     }
 }
 
+/// An SQLite error in words a person can act on: the conditions a deployment meets (a
+/// lock another process holds, a full disk, a failing write) are named, with SQLite's own
+/// message kept at the end.
+fn explain(e: &rusqlite::Error, path: &str) -> String {
+    use rusqlite::ffi;
+    let Some(err) = e.sqlite_error() else {
+        return e.to_string();
+    };
+    match err.code {
+        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => format!(
+            "the database is locked: another connection or process holds its write lock and did not release it within {BUSY_TIMEOUT:?} (the busy timeout); nothing of this call was stored, try again later (SQLite: {e})"
+        ),
+        rusqlite::ErrorCode::DiskFull => format!(
+            "the disk is full: SQLite could not grow `{path}` or its write-ahead log (`-wal`); nothing of this call was stored; free space and try again (SQLite: {e})"
+        ),
+        rusqlite::ErrorCode::SystemIoFailure
+            if matches!(
+                err.extended_code,
+                ffi::SQLITE_IOERR_WRITE | ffi::SQLITE_IOERR_TRUNCATE | ffi::SQLITE_IOERR_SHMSIZE
+            ) =>
+        {
+            format!(
+                "writing `{path}` or its write-ahead log failed: the disk may be full, the process's file size limit (`ulimit -f`) reached, or the device failing; nothing of this call was stored (SQLite: {e}, extended code {})",
+                err.extended_code
+            )
+        }
+        rusqlite::ErrorCode::SystemIoFailure => format!(
+            "an I/O error on `{path}` or its write-ahead log: the disk may be full or failing; this call may not have been stored (SQLite: {e}, extended code {})",
+            err.extended_code
+        ),
+        _ => e.to_string(),
+    }
+}
+
 fn open_blocking(path: &str) -> Result<Db, StoreError> {
     let ctx = |what: &str, e: rusqlite::Error| {
-        StoreError::Backend(format!("opening sqlite store `{path}`: {what}: {e}"))
+        StoreError::Backend(format!(
+            "opening sqlite store `{path}`: {what}: {}",
+            explain(&e, path)
+        ))
     };
     let parent = std::path::Path::new(path)
         .parent()
