@@ -94,7 +94,7 @@ impl Size {
                 half_opens: 1,
                 gap_ms: (300, 1500),
                 feed: 10,
-                entities: 6_000,
+                entities: 12_000,
                 batch_ms: 50,
                 finish_within: Duration::from_secs(180),
             }
@@ -417,6 +417,11 @@ async fn campaign(label: &str, url: &str, net: Option<Network>, size: &Size, see
         events.extend(std::iter::repeat_n(Event::HalfOpen, size.half_opens));
     }
     rng.shuffle(&mut events);
+    // A kill first, while the run surely goes on: a restart or a half-open episode first
+    // could outlast the whole (small) run, and then no kill would hit it.
+    if let Some(k) = events.iter().position(|e| *e == Event::Kill) {
+        events.swap(0, k);
+    }
     let mut tally = Tally::default();
     for (i, event) in events.iter().enumerate() {
         let gap = Duration::from_millis(rng.u64(size.gap_ms.0..=size.gap_ms.1));

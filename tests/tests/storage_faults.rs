@@ -9,8 +9,8 @@
 //! sees the same thing either way, a write that cannot grow its file (`ENOSPC` on a full
 //! disk, `EFBIG` past the limit); "space returns" is the child raising its limit again.
 //!
-//! Both children are this test binary run again on one ignored test each
-//! (`lock_holder`, `full_disk_child`).
+//! Both children are the `taskq-fault-child` binary (`tests/src/bin/taskq-fault-child.rs`):
+//! `lock-holder DB` and `full-disk DB`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -26,20 +26,10 @@ async fn record(n: u32, pad: String) -> Result<(), TaskError> {
     Ok(())
 }
 
-/// The environment variable that hands a child its database file.
-const DB_ENV: &str = "TASKQ_FAULT_DB";
-
-/// Runs this test binary again on the ignored test `name`, with `db` in [`DB_ENV`];
-/// through `sh` first when `shell` is set (to ignore `SIGXFSZ`).
-fn child(name: &str, db: &std::path::Path, shell: bool) -> Command {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let args = [
-        name,
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ];
+/// Runs the `taskq-fault-child` binary as `what` on `db`; through `sh` first when `shell`
+/// is set (to ignore `SIGXFSZ`).
+fn child(what: &str, db: &std::path::Path, shell: bool) -> Command {
+    let exe = env!("CARGO_BIN_EXE_taskq-fault-child");
     let mut c = if shell {
         // An ignored signal stays ignored across exec: the child survives writes past
         // its file size limit and sees them fail (EFBIG) instead.
@@ -49,15 +39,8 @@ fn child(name: &str, db: &std::path::Path, shell: bool) -> Command {
     } else {
         Command::new(exe)
     };
-    c.args(args).env(DB_ENV, db);
+    c.arg(what).arg(db);
     c
-}
-
-fn db_path() -> std::path::PathBuf {
-    match std::env::var_os(DB_ENV) {
-        Some(p) => p.into(),
-        None => panic!("{DB_ENV} is not set: this test is a child process of storage_faults.rs, not a test of its own"),
-    }
 }
 
 /// The error text of a refused start, which must be a store error.
@@ -98,24 +81,6 @@ async fn timed<T>(
     (r, t0.elapsed())
 }
 
-/// The child: holds the write lock (`BEGIN EXCLUSIVE`) until its stdin closes.
-#[test]
-#[ignore = "a child process of a_locked_database_fails_start_clearly_and_the_worker_recovers"]
-fn lock_holder() {
-    let c = rusqlite::Connection::open(db_path()).expect("open");
-    c.execute_batch("BEGIN EXCLUSIVE")
-        .expect("take the write lock");
-    println!("LOCKED");
-    std::io::stdout().flush().expect("flush");
-    let mut line = String::new();
-    while std::io::stdin()
-        .read_line(&mut line)
-        .map(|n| n > 0)
-        .unwrap_or(false)
-    {}
-    c.execute_batch("ROLLBACK").expect("release the write lock");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_database_fails_start_clearly_and_the_worker_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -142,7 +107,7 @@ async fn a_locked_database_fails_start_clearly_and_the_worker_recovers() {
     })
     .await;
 
-    let mut holder = child("lock_holder", &path, false)
+    let mut holder = child("lock-holder", &path, false)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -206,125 +171,13 @@ async fn a_locked_database_fails_start_clearly_and_the_worker_recovers() {
 
 // ---- a full disk ----------------------------------------------------------------------
 
-/// Sets the soft file size limit of this process (`None`: no limit, up to the hard one).
-fn set_file_size_limit(bytes: Option<u64>) {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let old = getrlimit(Resource::Fsize);
-    let current = match (bytes, old.maximum) {
-        (Some(b), Some(max)) => Some(b.min(max)),
-        (Some(b), None) => Some(b),
-        (None, max) => max,
-    };
-    setrlimit(
-        Resource::Fsize,
-        Rlimit {
-            current,
-            maximum: old.maximum,
-        },
-    )
-    .expect("setrlimit(RLIMIT_FSIZE)");
-}
-
-fn file_len(p: &std::path::Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
-
-/// The child: a worker and its starts on a disk that fills up, then has room again.
-#[test]
-#[ignore = "a child process of a_full_disk_fails_start_clearly_and_the_worker_recovers"]
-fn full_disk_child() {
-    let path = db_path();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let queue = Queue::open(&format!("sqlite://{}", path.display()))
-            .await
-            .expect("open");
-        let worker = Worker::builder(queue.store().clone())
-            .queues(["faults"])
-            .lease(Duration::from_secs(2))
-            .poll_interval(Duration::from_millis(100))
-            .build()
-            .expect("worker")
-            .spawn();
-        let mut before = Vec::new();
-        for n in 0..20 {
-            before.push(
-                record::start(&queue, n, "x".repeat(100))
-                    .await
-                    .expect("start"),
-            );
-        }
-        wait_until("the first tasks done", Duration::from_secs(30), || {
-            all_in_state(&queue, before.clone(), TaskState::Done)
-        })
-        .await;
-        // Acknowledged, due while the disk is full: the worker meets the fault too.
-        let due_later =
-            queue
-                .start_many((0..10).map(|n| {
-                    record::builder(50 + n, String::new()).delay(Duration::from_millis(300))
-                }))
-                .await
-                .expect("start the delayed tasks");
-        before.extend(&due_later);
-
-        // The disk fills: no file may grow past its size now (plus a little).
-        let wal = path.with_extension("db-wal");
-        let limit = file_len(&path).max(file_len(&wal)) + 16 * 1024;
-        set_file_size_limit(Some(limit));
-        let batch_bytes = 4 * limit as usize + 256 * 1024;
-        let pad = "p".repeat(batch_bytes / 50);
-        let batch = || (0..50).map(|n| record::builder(1_000 + n, pad.clone()));
-        let many = store_error(queue.start_many(batch()).await);
-        let one = store_error(record::start(&queue, 999, "q".repeat(batch_bytes)).await);
-        for text in [&many, &one] {
-            assert!(
-                text.contains("disk") && text.contains("full") && text.contains("file size limit"),
-                "the error should name the full disk and the file size limit: {text}"
-            );
-            assert!(
-                text.contains("nothing"),
-                "the error should say nothing was stored: {text}"
-            );
-        }
-        assert_eq!(
-            all_tasks(&queue).await,
-            before,
-            "the acknowledged tasks are all there, and none of the refused ones"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-
-        // Space returns: the same batch is stored, and the worker runs everything.
-        set_file_size_limit(None);
-        let after = queue
-            .start_many(batch())
-            .await
-            .expect("start_many once there is room again");
-        let mut all = before.clone();
-        all.extend(&after);
-        wait_until("every task done", Duration::from_secs(60), || {
-            all_in_state(&queue, all.clone(), TaskState::Done)
-        })
-        .await;
-        assert_eq!(all_tasks(&queue).await, all);
-        worker.shutdown().await.expect("shutdown");
-        println!(
-            "FULL-DISK-OK limit {limit} bytes; a {batch_bytes}-byte start_many failed with: {many}"
-        );
-    });
-}
-
 #[test]
 fn a_full_disk_fails_start_clearly_and_the_worker_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("taskq.db");
     // Files, not pipes: a child that writes much cannot block on a full pipe.
     let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut c = child("full_disk_child", &path, true)
+    let mut c = child("full-disk", &path, true)
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
         .spawn()
