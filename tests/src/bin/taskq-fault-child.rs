@@ -137,7 +137,7 @@ fn full_disk(path: &Path) {
 
         // The disk fills: no file may grow past its size now (plus a little).
         let wal = path.with_extension("db-wal");
-        let limit = file_len(&path).max(file_len(&wal)) + 16 * 1024;
+        let limit = file_len(path).max(file_len(&wal)) + 16 * 1024;
         set_file_size_limit(Some(limit));
         let batch_bytes = 4 * limit as usize + 256 * 1024;
         let pad = "p".repeat(batch_bytes / 50);
