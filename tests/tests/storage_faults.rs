@@ -12,7 +12,7 @@
 //! Both children are the `taskq-fault-child` binary (`tests/src/bin/taskq-fault-child.rs`):
 //! `lock-holder DB` and `full-disk DB`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
