@@ -1,7 +1,9 @@
 //! The README's smaller Rust blocks, compiled and (all but the PostgreSQL one) run.
 //!
-//! Each block of README.md other than the tour (`src/bin/tour.rs`) appears here verbatim,
-//! up to whitespace, inside the code that gives it a context (the types it uses, the
+//! Each Rust block of README.md (and of `docs/*.md`) other than the tour
+//! (`src/bin/tour.rs`) appears here verbatim, up to whitespace and comments, as code: never
+//! only inside a comment, and this file has no cfg attribute or block comment that could
+//! leave it out. Each sits inside the code that gives it a context (the types it uses, the
 //! function around it); `tests/readme.rs` checks that, so a README block that stops
 //! compiling or stops working fails `cargo test`. The blocks are `#[rustfmt::skip]` so that
 //! they keep the README's layout (aligned comments, several calls on one line).
@@ -137,7 +139,22 @@ for t in &dead {
 queue.run_now(id).await?;                          // a pending task, due now
 queue.delete(id).await?;
 queue.pause("email").await?;  queue.resume("email").await?;  queue.purge("email").await?;
-queue.configure("email", QueueConfig { rate: Some(10.0), burst: Some(20), max_concurrent: Some(4) }).await?;
+queue.configure("email", QueueConfig { rate: Some(10.0), burst: Some(20), max_concurrent: Some(4), retention: None }).await?;
+        Ok(())
+    }
+
+    async fn retention(queue: Queue) -> Result<(), Box<dyn Error>> {
+use std::time::Duration;
+use taskq_runtime::{QueueConfig, Retention, TaskState};
+
+// Done tasks of `email` kept one hour, failed and dead ones 30 days:
+let retention = Retention { done: Some(Duration::from_secs(3600)), failed: Some(Duration::from_secs(30 * 86_400)) };
+queue.configure("email", QueueConfig { retention: Some(retention), ..QueueConfig::default() }).await?;
+// Everything of `audit` kept for ever (retention off for that queue):
+queue.configure("audit", QueueConfig { retention: Some(Retention::OFF), ..QueueConfig::default() }).await?;
+// Prune now, and see what went:
+let pruned = queue.prune().await?;
+println!("pruned {} done and {} dead tasks", pruned.count(TaskState::Done), pruned.count(TaskState::Dead));
         Ok(())
     }
 
@@ -157,6 +174,9 @@ queue.configure("email", QueueConfig { rate: Some(10.0), burst: Some(20), max_co
             .await?;
         manage(queue.clone(), id).await?;
         assert!(queue.task(id).await?.is_none(), "deleted");
+        retention(queue.clone()).await?;
+        let audit = queue.queues().await?.into_iter().find(|q| q.name == "audit");
+        assert_eq!(audit.and_then(|q| q.config.retention), Some(taskq_runtime::Retention::OFF));
         Ok(())
     }
 }

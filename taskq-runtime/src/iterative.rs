@@ -81,11 +81,33 @@ pub fn iterative_handler<M: Model, A: Send + 'static>(
     )))
 }
 
+/// What a step does when the store refuses to let it go on (`confirm` or `checkpoint`).
+fn refused(e: StoreError) -> Result<Completion, TaskError> {
+    match e {
+        // The run ended (cancelled, or finished by another step), the step was deleted, or
+        // another worker holds it now: stop, without calling the function again. Nothing
+        // is retried: the store refuses this attempt's outcome, or records it as stopped.
+        StoreError::LeaseLost(_) => Ok(Completion::Stopped),
+        e @ StoreError::InvalidValue(_) => Err(TaskError::fatal(format!(
+            "the cursor cannot be stored: {e}"
+        ))),
+        e => Err(e.into()),
+    }
+}
+
+/// Runs one step: batches from the cursor until the run ends or the time slice is used.
+///
+/// Every call of the user's function comes right after the store confirmed that the step
+/// still holds its lease and its run is running: before the first batch by
+/// [`Store::confirm`](crate::store::Store::confirm), before each later one by the
+/// checkpoint of the batch before it, which is therefore written after the next batch is
+/// read. So once a cancel has returned, the function is not called again for the run; the
+/// batch in flight at the cancel finishes, and its checkpoint is refused.
 #[allow(clippy::too_many_arguments)]
 async fn run_step<M: Model, A: Send + 'static>(
     ctx: Context,
     filter: M::Filter,
-    mut cursor: Option<M::Key>,
+    cursor: Option<M::Key>,
     args_json: serde_json::Value,
     first_args: A,
     batch_size: usize,
@@ -103,57 +125,63 @@ async fn run_step<M: Model, A: Send + 'static>(
     let timeout = ctx.inner.deadline.since(ctx.inner.started_at);
     let slice = Duration::from_secs_f64(timeout.as_secs_f64() * TIME_SLICE_SHARE);
     let slice_end = ctx.inner.started_at.add(slice);
+    let store = &ctx.inner.store;
+    let lease = ctx.inner.lease;
     let mut args = Some(first_args);
     let mut first = true;
+    let mut batch = M::batch(source, &filter, cursor.as_ref(), batch_size).await?;
+    // Only an empty batch ends the run: `Model::batch` returns *up to* `limit`, and a model
+    // that pages a capped API returns short batches long before the end.
+    if batch.is_empty() {
+        return Ok(Completion::Done);
+    }
+    if let Err(e) = store.confirm(lease).await {
+        return refused(e);
+    }
     loop {
-        let batch = M::batch(source, &filter, cursor.as_ref(), batch_size).await?;
         let n = batch.len();
-        // Only an empty batch ends the run: `Model::batch` returns *up to* `limit`, and a
-        // model that pages a capped API returns short batches long before the end.
-        if n == 0 {
+        let Some(last_key) = batch.last().map(Model::key) else {
             return Ok(Completion::Done);
-        }
-        if let Some(last) = batch.last() {
-            let last_key = last.key();
-            // The cursor is checked before the batch runs: a key that cannot be stored
-            // (NaN, too deep) would otherwise be processed and then lost, or stored as
-            // something else (serde_json writes NaN as null).
-            let cursor_json =
-                crate::value::to_json(&last_key, "cursor", crate::value::MAX_VALUE_DEPTH).map_err(
-                    |e| {
-                        TaskError::fatal(format!(
+        };
+        // The cursor is checked before the batch runs: a key that cannot be stored (NaN,
+        // too deep) would otherwise be processed and then lost, or stored as something
+        // else (serde_json writes NaN as null).
+        let cursor_json = crate::value::to_json(&last_key, "cursor", crate::value::MAX_VALUE_DEPTH)
+            .map_err(|e| {
+                TaskError::fatal(format!(
                     "the cursor (the model key of the batch's last entity) cannot be stored: {e}"
                 ))
-                    },
-                )?;
-            let a = match args.take() {
-                Some(a) => a,
-                None => decode(ctx.task_name(), args_json.clone())
-                    .map_err(|e| TaskError::fatal(e.to_string()))?,
-            };
-            call(ctx.clone(), batch, a).await?;
-            let cp = Checkpoint {
-                cursor: cursor_json,
-                processed: n as u64,
-                total: if first { total } else { None },
-            };
-            first = false;
-            match ctx.inner.store.checkpoint(ctx.inner.lease, cp, ctx.inner.clock.now()).await {
-                Ok(()) => ctx.inner.progressed.set(),
-                Err(StoreError::LeaseLost(id)) => {
-                    return Err(TaskError::retry(format!(
-                        "lease on step {id} lost during the run (cancelled, deleted, or claimed by another worker); stopping"
-                    )))
-                }
-                Err(e @ StoreError::InvalidValue(_)) => {
-                    return Err(TaskError::fatal(format!("the cursor cannot be stored: {e}")))
-                }
-                Err(e) => return Err(e.into()),
-            }
-            cursor = Some(last_key);
+            })?;
+        let a = match args.take() {
+            Some(a) => a,
+            None => decode(ctx.task_name(), args_json.clone())
+                .map_err(|e| TaskError::fatal(e.to_string()))?,
+        };
+        call(ctx.clone(), batch, a).await?;
+        let cp = Checkpoint {
+            cursor: cursor_json,
+            processed: n as u64,
+            total: if first { total } else { None },
+        };
+        first = false;
+        let hand_over = ctx.inner.clock.now() >= slice_end || ctx.is_cancelled();
+        // The next batch is read before this one's checkpoint, so that the checkpoint (which
+        // fails once the run has ended) is the last word before the next call.
+        let next = if hand_over {
+            None
+        } else {
+            Some(M::batch(source, &filter, Some(&last_key), batch_size).await)
+        };
+        match store.checkpoint(lease, cp, ctx.inner.clock.now()).await {
+            Ok(()) => ctx.inner.progressed.set(),
+            Err(e) => return refused(e),
         }
-        if ctx.inner.clock.now() >= slice_end || ctx.is_cancelled() {
-            return Ok(Completion::Continue);
+        match next {
+            None => return Ok(Completion::Continue),
+            Some(next) => batch = next?,
+        }
+        if batch.is_empty() {
+            return Ok(Completion::Done);
         }
     }
 }

@@ -39,6 +39,10 @@
 //!
 //! Delivery is at least once: a task whose worker died runs again when its lease lapses,
 //! so task bodies should be idempotent.
+//!
+//! Finished tasks are not kept for ever: workers prune done and cancelled ones 24 hours
+//! after they finished and failed and dead ones after 7 days, per queue as configured
+//! (see [`retention`]).
 
 pub mod error;
 mod into_task_error;
@@ -47,6 +51,7 @@ pub mod model;
 pub mod policy;
 pub mod queue;
 pub mod registry;
+pub mod retention;
 pub mod store;
 pub mod task;
 pub mod testing;
@@ -58,9 +63,10 @@ pub use error::{StartError, TaskError};
 pub use model::Model;
 pub use queue::{Queue, TaskBuilder};
 pub use registry::Registry;
+pub use retention::Retention;
 pub use store::{
-    AttemptInfo, IterationInfo, QueueConfig, QueueInfo, RunState, Store, StoreError, TaskDetail,
-    TaskId, TaskInfo, TaskQuery, TaskState,
+    AttemptInfo, IterationInfo, PruneReport, QueueConfig, QueueInfo, RunState, Store, StoreError,
+    TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
 };
 pub use task::{Context, TaskOptions};
 pub use taskq_macros::{iterative_task, task};

@@ -16,6 +16,9 @@
 //! - A task name this worker does not register (a rolling deploy) → retried like any
 //!   failure with the default options ([`TaskOptions::DEFAULT`]), the error naming the task
 //!   and the worker; dead only when those are spent.
+//! - An attempt still running past its hard deadline plus one lease (it never returns to
+//!   the runtime: it blocks its thread) → given up by the worker, recorded like a hard
+//!   deadline with that reason (`blocked`): retried, then dead.
 //! - A row whose payload cannot be decoded → dead at once, with the reason: trying again
 //!   cannot change stored bytes.
 //! - A lapsed lease (the worker died or stalled) counts as an attempt ([`LEASE_LAPSED`]);
@@ -24,6 +27,11 @@
 //! - A checkpoint of an iterative step resets the step's attempt count to
 //!   [`ATTEMPTS_AFTER_CHECKPOINT`]: attempts count the tries at the current cursor.
 //! - Graceful shutdown → released: pending again at once, the attempt not counted.
+//! - An iterative step whose run has ended (cancelled, or finished by another step), or
+//!   whose lease was lost, stops before it calls the task's function again → stopped
+//!   ([`STOPPED`]): the step ends cancelled, no continuation is stored, nothing is retried.
+//!   A store records any outcome of a step whose run has ended this way, so no step of an
+//!   ended run is retried or continued whatever its worker reports.
 //! - Every error text is made storable by [`storable_text`] before any store sees it.
 
 use crate::error::TaskError;
@@ -36,6 +44,13 @@ use crate::time::Timestamp;
 pub const LEASE_LAPSED: (&str, &str) = (
     "lease lapsed",
     "the worker's lease lapsed (it died or stalled)",
+);
+
+/// The attempt label and error text of an iterative step that stopped because its run had
+/// ended ([`Outcome::Stopped`]); every store records it for any outcome of such a step.
+pub const STOPPED: (&str, &str) = (
+    "stopped",
+    "stopped: its iteration run had ended (cancelled, or finished by another step), so the step did not call the task's function again and is not retried",
 );
 
 /// The attempt count a checkpoint leaves on an iterative step: attempts count the tries at
@@ -53,8 +68,8 @@ pub const MAX_ERROR_BYTES: usize = 16 * 1024;
 pub struct Transition {
     /// The task's new state.
     pub state: TaskState,
-    /// The label of the attempt record: `done`, `failed`, `retry`, `dead`, `released` or
-    /// `continued`.
+    /// The label of the attempt record: `done`, `failed`, `retry`, `dead`, `released`,
+    /// `continued` or `stopped`.
     pub label: &'static str,
     /// The attempt's error, already made storable; when set it also becomes the task's
     /// `last_error` (which is otherwise kept).
@@ -130,11 +145,18 @@ impl Outcome {
                 finished: false,
                 ..base
             },
+            // The run has ended already (or the lease is gone and nothing is written): the
+            // run is left as it is.
+            Outcome::Stopped => Transition {
+                state: TaskState::Cancelled,
+                error: Some(STOPPED.1.to_string()),
+                ..base
+            },
         }
     }
 
-    /// The label of the attempt record: `done`, `failed`, `retry`, `dead`, `released` or
-    /// `continued`.
+    /// The label of the attempt record: `done`, `failed`, `retry`, `dead`, `released`,
+    /// `continued` or `stopped`.
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Done => "done",
@@ -143,6 +165,19 @@ impl Outcome {
             Outcome::Dead { .. } => "dead",
             Outcome::Release => "released",
             Outcome::Continue { .. } => "continued",
+            Outcome::Stopped => STOPPED.0,
+        }
+    }
+
+    /// What a store records for this outcome of an iterative step whose run is no longer
+    /// running (`run_ended`): [`Outcome::Stopped`]'s transition whatever the outcome, so
+    /// that no step of an ended run is retried, released or continued. Otherwise this
+    /// outcome's own [`Outcome::transition`].
+    pub fn transition_for_step(&self, run_ended: bool, now: Timestamp) -> Transition {
+        if run_ended {
+            Outcome::Stopped.transition(now)
+        } else {
+            self.transition(now)
         }
     }
 
@@ -152,7 +187,7 @@ impl Outcome {
             Outcome::Failed { error } | Outcome::Dead { error } | Outcome::Retry { error, .. } => {
                 Some(error)
             }
-            Outcome::Done | Outcome::Continue { .. } | Outcome::Release => None,
+            Outcome::Done | Outcome::Continue { .. } | Outcome::Release | Outcome::Stopped => None,
         }
     }
 }
@@ -224,12 +259,37 @@ pub(crate) fn undecodable(reason: impl std::fmt::Display) -> Outcome {
     }
 }
 
-/// Decides what an attempt's result means for the task: the retry policy.
+/// The outcome of an attempt the worker gave up because it still ran past its hard deadline
+/// (`options.timeout` plus `grace`) and one `lease`: it never returned to the runtime, so
+/// it blocks its thread and the deadline's timer could not stop it. Recorded like a hard
+/// deadline (retried, then dead), with a reason that says so.
+pub(crate) fn blocked(
+    options: &TaskOptions,
+    claimed: &ClaimedTask,
+    progressed: bool,
+    grace: std::time::Duration,
+    lease: std::time::Duration,
+    now: Timestamp,
+) -> Outcome {
+    let error = TaskError::retry(format!(
+        "hard deadline exceeded and the attempt did not stop: it ran past its {:?} timeout, {:?} of grace and a {:?} lease without returning to the runtime, so it blocks its thread (std::thread::sleep, blocking I/O or a long computation in async code; move that into tokio::task::spawn_blocking); the worker gave it up, though its thread may still be busy",
+        options.timeout, grace, lease
+    ));
+    decide_attempt(options, claimed, Err(error), progressed, now)
+}
+
+/// Decides what an attempt's result means for the task, as the worker and the test harness
+/// do: the retry policy. `claimed` is the task as its claim handed it out (its `attempt`
+/// and `enqueued_at` count); `result` is what its code returned (a panic or the hard
+/// deadline are retryable errors); `now` is when it ended. The [`Outcome`] is what the
+/// worker hands to [`Store::finish`](crate::store::Store::finish): `Done`, `Continue`,
+/// `Failed` for a fatal error, else `Retry` after the backoff while
+/// [`TaskOptions::may_retry`] allows, and `Dead` naming the attempts made.
 ///
 /// `progressed` is true when an iterative step checkpointed during the attempt: the store
 /// reset its attempt count then, so the retry policy counts from
 /// [`ATTEMPTS_AFTER_CHECKPOINT`].
-pub(crate) fn decide_attempt(
+pub fn decide_attempt(
     options: &TaskOptions,
     claimed: &ClaimedTask,
     result: Result<Completion, TaskError>,
@@ -256,6 +316,7 @@ fn decide(
     match result {
         Ok(Completion::Done) => Outcome::Done,
         Ok(Completion::Continue) => Outcome::Continue { run_at: now },
+        Ok(Completion::Stopped) => Outcome::Stopped,
         Err(e) if e.is_fatal() => Outcome::Failed {
             error: e.message().to_string(),
         },
@@ -353,6 +414,35 @@ mod tests {
                 (t.state, t.run_ends, t.finished, t.wakes()),
                 (s, Some(r), true, false)
             );
+        }
+    }
+
+    #[test]
+    fn a_step_of_an_ended_run_is_stopped_whatever_its_outcome() {
+        let now = Timestamp(1_000);
+        let stopped = Outcome::Stopped.transition(now);
+        assert_eq!(
+            (stopped.state, stopped.label, stopped.error.as_deref()),
+            (TaskState::Cancelled, STOPPED.0, Some(STOPPED.1))
+        );
+        // What the PostgreSQL store writes for such a step as scalars rests on these.
+        assert!(stopped.counts && stopped.finished && !stopped.wakes());
+        assert_eq!(
+            (stopped.run_at, stopped.run_ends, stopped.continue_at),
+            (None, None, None)
+        );
+        for o in [
+            Outcome::Continue { run_at: now },
+            Outcome::Retry {
+                error: "e".into(),
+                run_at: now,
+            },
+            Outcome::Release,
+            Outcome::Done,
+            Outcome::Failed { error: "f".into() },
+        ] {
+            assert_eq!(o.transition_for_step(true, now), stopped, "{o:?}");
+            assert_eq!(o.transition_for_step(false, now), o.transition(now));
         }
     }
 

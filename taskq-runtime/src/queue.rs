@@ -1,13 +1,14 @@
 //! [`Queue`]: the handle to start tasks and manage them (the management API: list, inspect,
-//! run now, delete, retry, pause, resume, purge, configure; taskq has no CLI or console yet).
+//! run now, delete, retry, pause, resume, purge, configure, prune; taskq has no CLI or
+//! console yet).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::StartError;
 use crate::store::{
-    self, IterationInfo, NewIteration, NewTask, QueueConfig, QueueInfo, Store, StoreError,
-    TaskDetail, TaskId, TaskInfo, TaskQuery,
+    self, IterationInfo, NewIteration, NewTask, PruneReport, QueueConfig, QueueInfo, Store,
+    StoreError, TaskDetail, TaskId, TaskInfo, TaskQuery,
 };
 use crate::task::{TaskDef, TaskKind};
 use crate::time::{Clock, Timestamp};
@@ -85,7 +86,9 @@ impl Queue {
         self.store.queues().await
     }
 
-    /// Sets a queue's rate, burst and concurrency limits (enforced across all workers).
+    /// Sets a queue's settings, replacing the ones saved before: its rate, burst and
+    /// concurrency limits (enforced across all workers) and its retention (how long its
+    /// finished tasks are kept; `None` for the defaults, see [`crate::retention`]).
     pub async fn configure(&self, queue: &str, config: QueueConfig) -> Result<(), StoreError> {
         if let Some(rate) = config.rate {
             if !(rate.is_finite() && rate > 0.0) {
@@ -158,9 +161,33 @@ impl Queue {
         self.store.iterations(limit).await
     }
 
-    /// Cancels an iterative run.
+    /// Cancels an iterative run and every live step of it, at once. Once this returns, the
+    /// task's function is not called again for the run: a step between batches stops
+    /// before its next call (it asks the store first), and a step running a batch is
+    /// stopped by its worker at its next lease renewal (within a quarter of the lease)
+    /// or, if the batch ends first, its checkpoint is refused. That batch's progress is
+    /// not counted. Nothing of the run is retried or continued.
+    ///
+    /// Fails with [`StoreError::NotFound`] for an unknown run and
+    /// [`StoreError::Conflict`] for a run that is not running (done, failed, dead, or
+    /// cancelled already).
     pub async fn cancel_iteration(&self, run: TaskId) -> Result<(), StoreError> {
         self.store.cancel_iteration(run, self.clock.now()).await
+    }
+
+    /// Deletes now what retention no longer keeps (workers also do it about every minute):
+    /// finished tasks past their queue's retention (by default done and cancelled ones 24
+    /// hours after they finished, failed and dead ones 7 days; see [`crate::retention`]),
+    /// with their attempts and run records, and tombstones whose hold has passed. Never a
+    /// pending or running task; a pruned named task's name stays taken until its tombstone
+    /// window ends. Deletes [`PRUNE_BATCH`](crate::retention::PRUNE_BATCH) rows per
+    /// transaction and returns what it removed, by state. On PostgreSQL, when another
+    /// process is pruning the same store at that moment, it stops and sets
+    /// [`PruneReport::busy`] (the other one removes the same rows).
+    pub async fn prune(&self) -> Result<PruneReport, StoreError> {
+        self.store
+            .prune(self.clock.now(), crate::retention::PRUNE_BATCH)
+            .await
     }
 }
 

@@ -25,6 +25,9 @@ pub enum Completion {
     Done,
     /// An iterative step used its time slice; a continuation step should follow.
     Continue,
+    /// An iterative step stopped before calling the user's function again: its run had
+    /// ended (cancelled, or finished by another step) or its lease was lost.
+    Stopped,
 }
 
 /// The generated entry point of a task: decodes the payload, then returns the future that

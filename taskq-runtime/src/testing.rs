@@ -28,6 +28,20 @@
 //! policy, one at a time in claim order. When nothing is due it moves its virtual clock to
 //! the next due time instead of sleeping, so a task retried with an hour of backoff costs
 //! no wall-clock time. (The hard deadline of a running attempt is still real time.)
+//!
+//! # A drain is honest or it fails
+//! - Every outcome in a [`DrainReport`] was recorded by the store. When the store refuses
+//!   one (its `finish` answers [`StoreError::LeaseLost`] for it, or any other per-outcome
+//!   error), the drain stops with [`HarnessError::OutcomeRefused`], naming the attempt,
+//!   instead of counting an outcome the store never kept. A test that means a lease to be
+//!   lost (a task that deletes itself) matches that error.
+//! - When the store's `next_due` says work is due but `claim` hands out nothing, the
+//!   harness moves the clock forward by [`IDLE_STEP`] (a rate-limited queue's tokens need
+//!   time to refill) or to the time `next_due` named. After
+//!   [`Harness::max_idle_rounds`] such rounds in a row without a claim (default
+//!   [`DEFAULT_MAX_IDLE_ROUNDS`]), the drain stops with [`HarnessError::Stalled`] instead of
+//!   looping for ever: the store's `next_due` and `claim` disagree, or a queue limit holds
+//!   due tasks longer than that.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +63,7 @@ pub struct Ran {
     pub task: String,
     /// The attempt number.
     pub attempt: u32,
-    /// `done`, `failed`, `retry`, `dead` or `continued`.
+    /// `done`, `failed`, `retry`, `dead`, `continued` or `stopped`.
     pub outcome: &'static str,
     /// The error, if the attempt had one.
     pub error: Option<String>,
@@ -76,12 +90,21 @@ impl DrainReport {
     }
 }
 
+/// How far [`Harness::drain`] moves the virtual clock when tasks are due but none could be
+/// claimed (a queue's token bucket refilling): 10 ms.
+pub const IDLE_STEP: Duration = Duration::from_millis(10);
+
+/// The default of [`Harness::max_idle_rounds`]: 100,000 rounds, which at [`IDLE_STEP`] is
+/// 1,000 s of virtual time (a queue limited to one task per 16 minutes still drains).
+pub const DEFAULT_MAX_IDLE_ROUNDS: u32 = 100_000;
+
 /// Runs tasks in-process on a virtual clock. See the [module docs](self).
 pub struct Harness {
     store: Arc<dyn Store>,
     clock: Clock,
     state: State,
     max_runs: usize,
+    max_idle_rounds: u32,
 }
 
 impl std::fmt::Debug for Harness {
@@ -112,6 +135,7 @@ impl Harness {
             clock: Clock::manual(Timestamp::now()),
             state: State::default(),
             max_runs: 100_000,
+            max_idle_rounds: DEFAULT_MAX_IDLE_ROUNDS,
         }
     }
 
@@ -181,6 +205,15 @@ impl Harness {
         self
     }
 
+    /// Stops a drain with [`HarnessError::Stalled`] after this many rounds in a row in
+    /// which the store's `next_due` named a time but `claim` handed out nothing (each
+    /// round moves the clock to that time, or by [`IDLE_STEP`] when it has passed).
+    /// Default [`DEFAULT_MAX_IDLE_ROUNDS`]; at least 1.
+    pub fn max_idle_rounds(mut self, n: u32) -> Self {
+        self.max_idle_rounds = n.max(1);
+        self
+    }
+
     /// A queue on this harness's store and virtual clock.
     pub fn queue(&self) -> Queue {
         Queue::with_clock(self.store.clone(), self.clock.clone())
@@ -223,6 +256,8 @@ impl Harness {
             unknown: Arc::default(),
         };
         let mut report = DrainReport::default();
+        // Rounds in a row in which `next_due` named a time and `claim` found nothing.
+        let mut idle_rounds = 0u32;
         loop {
             let now = self.clock.now();
             let claimed = self
@@ -241,35 +276,41 @@ impl Harness {
                 }
                 match self.store.next_due(&[]).await? {
                     Some(t) => {
+                        if idle_rounds >= self.max_idle_rounds {
+                            return Err(HarnessError::Stalled {
+                                rounds: idle_rounds,
+                                next_due: t,
+                                now,
+                            });
+                        }
+                        idle_rounds += 1;
                         // A rate-limited queue can have due tasks the bucket refuses now:
                         // move at least a little so its tokens refill.
-                        let to = if t > now {
-                            t
-                        } else {
-                            now.add(Duration::from_millis(10))
-                        };
+                        let to = if t > now { t } else { now.add(IDLE_STEP) };
                         self.clock.advance_to(to);
                         continue;
                     }
                     None => return Ok(report),
                 }
             }
+            idle_rounds = 0;
             for task in claimed {
                 if report.runs.len() >= self.max_runs {
                     return Err(HarnessError::TooManyRuns(self.max_runs));
                 }
                 let started_at = self.clock.now();
-                let outcome = exec.run(&task, Flag::default()).await;
+                let outcome = exec.run(&task, Flag::default(), Flag::default()).await;
                 let recorded = outcome.transition(self.clock.now());
-                report.runs.push(Ran {
+                let ran = Ran {
                     id: task.lease.id,
                     task: task.task.clone(),
                     attempt: task.attempt,
                     outcome: recorded.label,
                     error: recorded.error,
                     at: started_at,
-                });
-                self.store
+                };
+                let answer = self
+                    .store
                     .finish(
                         vec![Finish {
                             lease: task.lease,
@@ -280,6 +321,24 @@ impl Harness {
                         self.clock.now(),
                     )
                     .await?;
+                // One entry per outcome sent; a store that answers none recorded none.
+                match answer.into_iter().next() {
+                    Some(Ok(())) => report.runs.push(ran),
+                    Some(Err(reason)) => {
+                        return Err(HarnessError::OutcomeRefused {
+                            ran: Box::new(ran),
+                            reason,
+                        })
+                    }
+                    None => {
+                        return Err(HarnessError::OutcomeRefused {
+                            ran: Box::new(ran),
+                            reason: StoreError::Backend(
+                                "finish answered no entry for the outcome".into(),
+                            ),
+                        })
+                    }
+                }
             }
         }
     }
@@ -297,6 +356,27 @@ pub enum HarnessError {
     /// More attempts than `max_runs`: some task keeps retrying or continuing.
     #[error("the drain ran {0} attempts and stopped: a task keeps retrying or continuing; raise Harness::max_runs if that is expected")]
     TooManyRuns(usize),
+    /// The store refused to record an attempt's outcome (for instance
+    /// [`StoreError::LeaseLost`]: the task was deleted or its run cancelled while it ran).
+    /// The attempt is not in any report: the harness counts only recorded outcomes.
+    #[error("the store refused the outcome `{}` of attempt {} of task {} ({}): {reason}; the drain stopped, since the store did not record it", ran.outcome, ran.attempt, ran.id, ran.task)]
+    OutcomeRefused {
+        /// The attempt whose outcome was refused (`outcome` is what it would have recorded).
+        ran: Box<Ran>,
+        /// The store's answer for it.
+        reason: StoreError,
+    },
+    /// The store's `next_due` kept naming a time while `claim` handed out nothing, for
+    /// [`Harness::max_idle_rounds`] rounds in a row.
+    #[error("the drain stalled: for {rounds} rounds in a row the store's next_due said a task is due (last at {next_due}, virtual time {now}) but claim handed out nothing; the store's next_due and claim disagree, or a queue limit holds due tasks for longer (raise Harness::max_idle_rounds if that is expected)")]
+    Stalled {
+        /// How many rounds in a row found nothing to claim.
+        rounds: u32,
+        /// The last time `next_due` named.
+        next_due: Timestamp,
+        /// The virtual time of the last claim.
+        now: Timestamp,
+    },
 }
 
 crate::error::debug_as_display!(HarnessError);

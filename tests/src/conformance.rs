@@ -13,7 +13,7 @@ use taskq_runtime::store::{
     Checkpoint, ClaimRequest, ClaimedTask, Finish, NewIteration, NewTask, Outcome, QueueConfig,
     RunState, Store, StoreError, TaskQuery, TaskState,
 };
-use taskq_runtime::{TaskId, Timestamp};
+use taskq_runtime::{Retention, TaskId, Timestamp};
 
 mod scale;
 pub use scale::*;
@@ -509,6 +509,7 @@ pub async fn rate_limit_token_bucket(s: Arc<dyn Store>) {
             rate: Some(2.0),
             burst: Some(3),
             max_concurrent: None,
+            retention: None,
         },
     )
     .await
@@ -1170,6 +1171,7 @@ fn limited(rate: Option<f64>, max_concurrent: Option<u32>) -> QueueConfig {
         rate,
         burst: None,
         max_concurrent,
+        retention: None,
     }
 }
 
@@ -2082,6 +2084,631 @@ pub async fn continuation_steps_follow_the_batch_order(s: Arc<dyn Store>) {
     assert!(next[0].lease.id < next[1].lease.id);
 }
 
+/// Issue 9 (audit): the tombstone window's boundary, exactly, for every way a named task
+/// ends: done, failed, dead, and an iterative run that ends done. The contract
+/// ([`Store::enqueue`]): a name is taken while `end + window > now` and free again at the
+/// window's end exactly. So with an end at `E` and a window `W`, an enqueue of the name at
+/// `E + W - 1 ms` is refused, and at `E + W` and at `E + W + 1 ms` it is accepted (each
+/// probe on a name of its own, since an accepted probe takes its name again). Probes run
+/// in time order across the cases.
+pub async fn tombstone_window_boundary_for_every_end(s: Arc<dyn Store>) {
+    const END: i64 = 20;
+    const WINDOW_MS: i64 = 60_000;
+    let ends: [(&str, Option<Outcome>); 4] = [
+        ("done", Some(Outcome::Done)),
+        (
+            "failed",
+            Some(Outcome::Failed {
+                error: "fatal".into(),
+            }),
+        ),
+        (
+            "dead",
+            Some(Outcome::Dead {
+                error: "gave up".into(),
+            }),
+        ),
+        ("run", None),
+    ];
+    let probe_offsets = [-1, 0, 1];
+    let named = |end: &str, probe: usize| -> NewTask {
+        let mut t = match end {
+            "run" => iteration_task(),
+            _ => new_task(&format!("q-{end}"), probe as i64),
+        };
+        t.queue = format!("q-{end}-{probe}");
+        t.unique_name = Some(format!("{end}-{probe}"));
+        t.tombstone = Duration::from_millis(WINDOW_MS as u64);
+        t
+    };
+    for (end, outcome) in &ends {
+        for probe in 0..probe_offsets.len() {
+            let t = named(end, probe);
+            s.enqueue(vec![t.clone()], T0).await.expect("enqueue");
+            let c = s
+                .claim(&req(&[t.queue.as_str()], 1, 30_000, at(1)))
+                .await
+                .expect("claim");
+            assert_eq!(c.len(), 1, "{end}-{probe}");
+            // A run ends when its (last) step is done.
+            let outcome = outcome.clone().unwrap_or(Outcome::Done);
+            finish_one(&*s, &c[0], outcome, at(END))
+                .await
+                .expect("finish");
+            let r = s.enqueue(vec![t.clone()], at(END + WINDOW_MS / 2)).await;
+            assert!(
+                matches!(&r, Err(StoreError::AlreadyExists(_))),
+                "{end}-{probe} inside its window: {r:?}"
+            );
+        }
+    }
+    let runs = s.iterations(10).await.expect("iterations");
+    assert_eq!(runs.len(), probe_offsets.len());
+    assert!(runs.iter().all(|r| r.state == RunState::Done), "{runs:?}");
+    for (probe, offset) in probe_offsets.iter().enumerate() {
+        let now = at(END + WINDOW_MS + offset);
+        for (end, _) in &ends {
+            let t = named(end, probe);
+            let r = s.enqueue(vec![t.clone()], now).await;
+            if *offset < 0 {
+                assert!(
+                    matches!(&r, Err(StoreError::AlreadyExists(n)) if n == &format!("{end}-{probe}")),
+                    "{end}: taken at window - 1 ms: {r:?}"
+                );
+            } else {
+                assert!(
+                    r.is_ok(),
+                    "{end}: free at window {offset:+} ms (free at the window's end exactly): {r:?}"
+                );
+            }
+        }
+    }
+}
+
+// ---- retention (issue 10) --------------------------------------------------------------
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+/// Stores `t`, claims it alone from its queue at `end` and records `outcome` at `end`.
+async fn ended_as(s: &dyn Store, t: NewTask, outcome: Outcome, end: Timestamp) -> TaskId {
+    let queue = t.queue.clone();
+    let id = s.enqueue(vec![t], T0).await.expect("enqueue")[0];
+    let c = s
+        .claim(&req(&[&queue], 1, 30_000, end))
+        .await
+        .expect("claim");
+    assert_eq!(ids_of(&c), vec![id], "the only due task of `{queue}`");
+    finish_one(s, &c[0], outcome, end).await.expect("finish");
+    id
+}
+
+fn dead(why: &str) -> Outcome {
+    Outcome::Dead { error: why.into() }
+}
+
+fn failed(why: &str) -> Outcome {
+    Outcome::Failed { error: why.into() }
+}
+
+async fn exists(s: &dyn Store, id: TaskId) -> bool {
+    s.task(id).await.expect("task() works").is_some()
+}
+
+/// Issue 10: a done task is kept for 24 hours after it finished and is gone, with its
+/// attempts, from then on; failed and dead ones are kept 7 days. The report counts what
+/// went, by state.
+pub async fn retention_keeps_done_a_day_and_failed_a_week(s: Arc<dyn Store>) {
+    let end = at(1_000);
+    let done = ended_as(&*s, new_task("q", 1), Outcome::Done, end).await;
+    let dead = ended_as(&*s, new_task("q", 2), dead("spent"), end).await;
+    let failed = ended_as(&*s, new_task("q", 3), failed("fatal"), end).await;
+
+    let r = s.prune(Timestamp(end.0 + DAY - 1), 0).await.expect("prune");
+    assert!(r.is_empty(), "nothing is due a millisecond before: {r:?}");
+    for id in [done, dead, failed] {
+        assert!(exists(&*s, id).await, "task {id} kept");
+    }
+
+    let r = s.prune(Timestamp(end.0 + DAY), 0).await.expect("prune");
+    assert_eq!(r.tasks, vec![(TaskState::Done, 1)], "{r:?}");
+    assert!(!r.busy);
+    assert!(
+        !exists(&*s, done).await,
+        "the done task is gone at its end + 24 h"
+    );
+    let listed: Vec<TaskId> = s
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect("list")
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert!(!listed.contains(&done), "{listed:?}");
+    assert!(exists(&*s, dead).await && exists(&*s, failed).await);
+
+    let r = s
+        .prune(Timestamp(end.0 + 7 * DAY - 1), 0)
+        .await
+        .expect("prune");
+    assert!(r.is_empty(), "{r:?}");
+    assert!(exists(&*s, dead).await && exists(&*s, failed).await);
+    let r = s.prune(Timestamp(end.0 + 7 * DAY), 0).await.expect("prune");
+    assert_eq!(
+        r.tasks,
+        vec![(TaskState::Failed, 1), (TaskState::Dead, 1)],
+        "{r:?}"
+    );
+    assert_eq!((r.count(TaskState::Dead), r.total_tasks()), (1, 2));
+    assert!(!exists(&*s, dead).await && !exists(&*s, failed).await);
+    let counts = s.queues().await.expect("queues");
+    assert!(
+        counts.iter().all(|q| q.counts.iter().all(|(_, n)| *n == 0)),
+        "{counts:?}"
+    );
+}
+
+/// Pruning never touches a pending, scheduled or running task, however old (a running
+/// task whose lease lapsed included), nor a dead task put back with retry.
+pub async fn retention_never_touches_live_tasks(s: Arc<dyn Store>) {
+    let pending = s
+        .enqueue(vec![new_task("q", 1)], T0)
+        .await
+        .expect("enqueue")[0];
+    let mut later = new_task("q", 2);
+    later.run_at = at(400 * DAY);
+    let scheduled = s.enqueue(vec![later], T0).await.expect("enqueue")[0];
+    let mut r = new_task("run", 3);
+    r.priority = 5;
+    let running = s.enqueue(vec![r], T0).await.expect("enqueue")[0];
+    let c = s.claim(&req(&["run"], 1, 1_000, T0)).await.expect("claim");
+    assert_eq!(ids_of(&c), vec![running]);
+    let revived = ended_as(&*s, new_task("revive", 4), dead("spent"), at(10)).await;
+    s.retry(revived, at(20)).await.expect("retry from dead");
+
+    let far = at(300 * DAY);
+    let report = s.prune(far, 0).await.expect("prune");
+    assert!(report.is_empty(), "{report:?}");
+    assert_eq!(state_of(&*s, pending).await, TaskState::Pending);
+    assert_eq!(state_of(&*s, scheduled).await, TaskState::Pending);
+    assert_eq!(state_of(&*s, running).await, TaskState::Running);
+    assert_eq!(state_of(&*s, revived).await, TaskState::Pending);
+    let d = s.task(revived).await.expect("task").expect("kept");
+    assert_eq!(d.attempts.len(), 1, "its history is kept with it");
+}
+
+/// A queue's retention, saved with its settings, overrides the defaults for its tasks
+/// only; `Retention::OFF` keeps them for ever; going back to `None` restores the defaults.
+pub async fn retention_per_queue_override_and_off(s: Arc<dyn Store>) {
+    let short = Retention {
+        done: Some(Duration::from_secs(3600)),
+        failed: Some(Duration::from_secs(2 * 3600)),
+    };
+    for (queue, retention) in [("short", short), ("off", Retention::OFF)] {
+        s.configure_queue(
+            queue,
+            QueueConfig {
+                retention: Some(retention),
+                ..QueueConfig::default()
+            },
+        )
+        .await
+        .expect("configure");
+    }
+    let saved = s.queues().await.expect("queues");
+    let of = |name: &str| {
+        saved
+            .iter()
+            .find(|q| q.name == name)
+            .and_then(|q| q.config.retention)
+    };
+    assert_eq!(of("short"), Some(short));
+    assert_eq!(of("off"), Some(Retention::OFF));
+
+    let end = at(1_000);
+    let short_done = ended_as(&*s, new_task("short", 1), Outcome::Done, end).await;
+    let short_dead = ended_as(&*s, new_task("short", 2), dead("x"), end).await;
+    let off_done = ended_as(&*s, new_task("off", 3), Outcome::Done, end).await;
+    let off_dead = ended_as(&*s, new_task("off", 4), dead("x"), end).await;
+    let default_done = ended_as(&*s, new_task("default", 5), Outcome::Done, end).await;
+
+    let r = s
+        .prune(Timestamp(end.0 + HOUR - 1), 0)
+        .await
+        .expect("prune");
+    assert!(r.is_empty(), "{r:?}");
+    let r = s.prune(Timestamp(end.0 + HOUR), 0).await.expect("prune");
+    assert_eq!(r.tasks, vec![(TaskState::Done, 1)], "{r:?}");
+    assert!(!exists(&*s, short_done).await);
+    let r = s
+        .prune(Timestamp(end.0 + 2 * HOUR), 0)
+        .await
+        .expect("prune");
+    assert_eq!(r.tasks, vec![(TaskState::Dead, 1)], "{r:?}");
+    assert!(!exists(&*s, short_dead).await);
+    let r = s.prune(Timestamp(end.0 + DAY), 0).await.expect("prune");
+    assert_eq!(r.tasks, vec![(TaskState::Done, 1)], "{r:?}");
+    assert!(!exists(&*s, default_done).await);
+
+    let r = s.prune(at(1_000 * DAY), 0).await.expect("prune");
+    assert!(
+        r.is_empty(),
+        "a queue with retention off keeps everything: {r:?}"
+    );
+    assert!(exists(&*s, off_done).await && exists(&*s, off_dead).await);
+
+    s.configure_queue("off", QueueConfig::default())
+        .await
+        .expect("back to the defaults");
+    let r = s.prune(at(1_000 * DAY), 0).await.expect("prune");
+    assert_eq!(r.total_tasks(), 2, "{r:?}");
+    assert!(!exists(&*s, off_done).await && !exists(&*s, off_dead).await);
+}
+
+/// A named task pruned inside its tombstone window keeps its name taken until the window
+/// ends, whatever the retention; the tombstone itself is pruned once it holds nothing. A
+/// name whose window ended before its row was pruned leaves nothing behind.
+pub async fn a_pruned_named_task_keeps_its_name_for_its_window(s: Arc<dyn Store>) {
+    let mut t = new_task("q", 1);
+    t.unique_name = Some("report-2030".into());
+    t.tombstone = Duration::from_secs(2 * 24 * 3600);
+    let end = at(1_000);
+    let id = ended_as(&*s, t.clone(), Outcome::Done, end).await;
+    let r = s.prune(Timestamp(end.0 + DAY), 0).await.expect("prune");
+    assert_eq!(r.tasks, vec![(TaskState::Done, 1)], "{r:?}");
+    assert!(!exists(&*s, id).await, "its row is gone");
+    let again = s.enqueue(vec![t.clone()], Timestamp(end.0 + DAY + 1)).await;
+    assert!(
+        matches!(&again, Err(StoreError::AlreadyExists(n)) if n == "report-2030"),
+        "the name is still taken after its row was pruned: {again:?}"
+    );
+    let r = s
+        .prune(Timestamp(end.0 + 2 * DAY - 1), 0)
+        .await
+        .expect("prune");
+    assert_eq!(r.tombstones, 0, "the tombstone still holds: {r:?}");
+    let r = s.prune(Timestamp(end.0 + 2 * DAY), 0).await.expect("prune");
+    assert_eq!(r.tombstones, 1, "its hold passed: {r:?}");
+    let mut fresh = t.clone();
+    fresh.run_at = Timestamp(end.0 + 2 * DAY);
+    s.enqueue(vec![fresh], Timestamp(end.0 + 2 * DAY))
+        .await
+        .expect("free at the window's end");
+
+    // A one-hour window ended long before the row went: nothing is left to hold.
+    let mut u = new_task("p", 2);
+    u.unique_name = Some("hourly".into());
+    u.tombstone = Duration::from_secs(3600);
+    ended_as(&*s, u.clone(), Outcome::Done, end).await;
+    let r = s.prune(Timestamp(end.0 + 3 * DAY), 0).await.expect("prune");
+    assert_eq!((r.count(TaskState::Done), r.tombstones), (1, 0), "{r:?}");
+    s.enqueue(vec![u], Timestamp(end.0 + 3 * DAY))
+        .await
+        .expect("the name was free");
+    let r = s.prune(Timestamp(end.0 + 3 * DAY), 0).await.expect("prune");
+    assert_eq!(r.tombstones, 0, "no tombstone was written: {r:?}");
+}
+
+/// An iterative run's progress record goes with the step that ended the run: kept for
+/// the retention of the run's final state from the run's end, gone (with that step) from
+/// then on. Earlier steps go by their own ends. A named run's name stays taken for its
+/// window after the run's end, though its record and steps were pruned. A cancelled run
+/// is kept as long as a done one.
+pub async fn retention_takes_a_run_with_its_last_step(s: Arc<dyn Store>) {
+    let mut t = iteration_task();
+    t.unique_name = Some("walk-all".into());
+    t.tombstone = Duration::from_secs(2 * 24 * 3600);
+    let run = s.enqueue(vec![t.clone()], T0).await.expect("enqueue")[0];
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    s.checkpoint(c[0].lease, cp(json!(10), 10), at(5))
+        .await
+        .expect("checkpoint");
+    finish_one(&*s, &c[0], Outcome::Continue { run_at: at(10) }, at(10))
+        .await
+        .expect("continue");
+    let c2 = s.claim(&req(&[], 1, 30_000, at(10))).await.expect("claim");
+    let last = c2[0].lease.id;
+    let end = at(HOUR);
+    finish_one(&*s, &c2[0], Outcome::Done, end)
+        .await
+        .expect("done");
+
+    let r = s.prune(Timestamp(end.0 + DAY - 1), 0).await.expect("prune");
+    assert_eq!(
+        (r.count(TaskState::Done), r.runs),
+        (1, 0),
+        "the first step went a day after it handed over: {r:?}"
+    );
+    assert!(!exists(&*s, run).await);
+    assert!(exists(&*s, last).await);
+    let it = s.iteration(run).await.expect("iteration");
+    assert_eq!(
+        it.map(|i| (i.state, i.processed)),
+        Some((RunState::Done, 10)),
+        "the record stays while the step that ended the run does"
+    );
+
+    let r = s.prune(Timestamp(end.0 + DAY), 0).await.expect("prune");
+    assert_eq!((r.count(TaskState::Done), r.runs), (1, 1), "{r:?}");
+    assert!(!exists(&*s, last).await);
+    assert_eq!(s.iteration(run).await.expect("iteration"), None);
+    assert!(s.iterations(10).await.expect("iterations").is_empty());
+    // The name is held for its window after the run's end.
+    taken_until(&*s, &t, Timestamp(end.0 + 2 * DAY)).await;
+
+    // A cancelled run: its step is cancelled; both are kept a day from the cancel.
+    let run2 = s
+        .enqueue(vec![iteration_task()], T0)
+        .await
+        .expect("enqueue")[0];
+    let cancel = at(3 * DAY);
+    s.cancel_iteration(run2, cancel).await.expect("cancel");
+    let r = s
+        .prune(Timestamp(cancel.0 + DAY - 1), 0)
+        .await
+        .expect("prune");
+    assert_eq!((r.total_tasks(), r.runs), (0, 0), "{r:?}");
+    let r = s.prune(Timestamp(cancel.0 + DAY), 0).await.expect("prune");
+    assert_eq!((r.count(TaskState::Cancelled), r.runs), (1, 1), "{r:?}");
+    assert_eq!(s.iteration(run2).await.expect("iteration"), None);
+}
+
+/// A prune deletes in batches of the size asked for and goes on until nothing prunable
+/// is left.
+pub async fn prune_goes_on_batch_after_batch(s: Arc<dyn Store>) {
+    let ids = s
+        .enqueue((0..25).map(|n| new_task("q", n)).collect(), T0)
+        .await
+        .expect("enqueue");
+    let c = s.claim(&req(&["q"], 25, 30_000, T0)).await.expect("claim");
+    let r = s
+        .finish(
+            c.iter()
+                .map(|c| Finish {
+                    lease: c.lease,
+                    outcome: Outcome::Done,
+                    started_at: T0,
+                })
+                .collect(),
+            "w1",
+            at(1),
+        )
+        .await
+        .expect("finish");
+    assert!(r.iter().all(Result::is_ok));
+    let r = s.prune(at(1 + DAY), 4).await.expect("prune");
+    assert_eq!(r.tasks, vec![(TaskState::Done, 25)], "{r:?}");
+    for id in ids {
+        assert!(!exists(&*s, id).await);
+    }
+    assert!(s
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect("list")
+        .is_empty());
+}
+
+/// Issue 10: a worker prunes by itself, at its clock's time (here a manual one): the done
+/// task goes once its day has passed on that clock, the dead one once its week has.
+pub async fn a_worker_prunes_on_its_clock(s: Arc<dyn Store>) {
+    // A worker needs a registered task to start; this one never runs.
+    #[taskq_runtime::task(queue = "retention-unused")]
+    async fn never_runs() -> Result<(), taskq_runtime::TaskError> {
+        Ok(())
+    }
+    let end = at(1_000);
+    let done = ended_as(&*s, new_task("q", 1), Outcome::Done, end).await;
+    let dead = ended_as(&*s, new_task("q", 2), dead("spent"), end).await;
+    let clock = taskq_runtime::Clock::manual(Timestamp(end.0 + DAY));
+    let worker = taskq_runtime::Worker::builder(s.clone())
+        .queues(["retention-unused"])
+        .clock(clock.clone())
+        .prune_interval(Duration::from_millis(20))
+        .build()
+        .expect("build")
+        .spawn();
+    let gone = |id: TaskId| {
+        let s = s.clone();
+        move || {
+            let s = s.clone();
+            async move { !exists(&*s, id).await }
+        }
+    };
+    crate::wait_until(
+        "the worker pruned the done task",
+        Duration::from_secs(30),
+        gone(done),
+    )
+    .await;
+    assert!(exists(&*s, dead).await, "the dead task is kept its week");
+    clock.advance_to(Timestamp(end.0 + 7 * DAY));
+    crate::wait_until(
+        "the worker pruned the dead task",
+        Duration::from_secs(30),
+        gone(dead),
+    )
+    .await;
+    worker.shutdown().await.expect("shutdown");
+}
+
+/// The steps of `run` (every row whose run it is), oldest first.
+async fn steps_of(s: &dyn Store, run: TaskId) -> Vec<taskq_runtime::TaskInfo> {
+    let mut steps: Vec<_> = s
+        .list_tasks(&TaskQuery {
+            limit: 10_000,
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|t| t.run == Some(run))
+        .collect();
+    steps.sort_by_key(|t| t.id);
+    steps
+}
+
+/// A run cancelled between the claim of its step and the step's hand-over: the step's
+/// checkpoint and its continuation are refused, no new step exists, the run stays
+/// cancelled with the progress it had, and the step does not go back to pending for a
+/// retry (nor does any later claim hand it out).
+pub async fn cancel_between_claim_and_hand_over_stores_no_step(s: Arc<dyn Store>) {
+    let run = s
+        .enqueue(vec![iteration_task()], T0)
+        .await
+        .expect("enqueue")[0];
+    let c = s.claim(&req(&[], 1, 30_000, T0)).await.expect("claim");
+    let lease = c[0].lease;
+    s.checkpoint(lease, cp(json!(1), 1), at(1))
+        .await
+        .expect("progress before the cancel");
+    s.cancel_iteration(run, at(2)).await.expect("cancel");
+
+    let r = s.checkpoint(lease, cp(json!(2), 1), at(3)).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+    let r = finish_one(&*s, &c[0], Outcome::Continue { run_at: at(4) }, at(4)).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+    let r = finish_one(
+        &*s,
+        &c[0],
+        Outcome::Retry {
+            error: "lease lost".into(),
+            run_at: at(5),
+        },
+        at(5),
+    )
+    .await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+    let r = s.confirm(lease).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+
+    let steps = steps_of(&*s, run).await;
+    assert_eq!(steps.len(), 1, "no continuation was stored: {steps:?}");
+    assert_eq!(steps[0].state, TaskState::Cancelled);
+    let it = s.iteration(run).await.expect("iteration").expect("exists");
+    assert_eq!(
+        (it.state, it.processed, it.batches, it.steps),
+        (RunState::Cancelled, 1, 1, 1),
+        "{it:?}"
+    );
+    assert_eq!(it.finished_at, Some(at(2)));
+    assert!(s
+        .claim(&req(&[], 10, 30_000, at(100_000)))
+        .await
+        .expect("claim")
+        .is_empty());
+    assert_eq!(s.next_due(&["iter".into()]).await.expect("next_due"), None);
+}
+
+/// How many times [`cancel_racing_the_hand_over_leaves_no_live_step`] races: 24, or
+/// `TASKQ_RACE_ROUNDS`.
+fn race_rounds() -> usize {
+    std::env::var("TASKQ_RACE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24)
+}
+
+/// Cancel racing a step's hand-over (its `Continue`), its checkpoint, the deletion of the
+/// step, or a purge of its queue, each call in flight at once: every call answers (no
+/// deadlock, no backend error), the run ends cancelled and no step of it is left live,
+/// whichever came first.
+pub async fn cancel_racing_the_hand_over_leaves_no_live_step(s: Arc<dyn Store>) {
+    let bound = Duration::from_secs(60);
+    for round in 0..race_rounds() {
+        let t = |k: i64| at(round as i64 * 100 + k);
+        let run = s
+            .enqueue(vec![iteration_task()], t(0))
+            .await
+            .expect("enqueue")[0];
+        let c = s
+            .claim(&req(&["iter"], 1, 600_000, t(1)))
+            .await
+            .expect("claim");
+        assert_eq!(c.len(), 1, "round {round}: the new run's step is claimed");
+        assert_eq!(c[0].lease.id, run);
+        let cont = Outcome::Continue { run_at: t(2) };
+        let (cancelled, continued, other) = match round % 4 {
+            0 => {
+                let (a, b) = tokio::time::timeout(bound, async {
+                    tokio::join!(
+                        s.cancel_iteration(run, t(2)),
+                        finish_one(&*s, &c[0], cont, t(2)),
+                    )
+                })
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: cancel and Continue hang"));
+                (a, b, Ok(()))
+            }
+            1 => {
+                let (a, b) = tokio::time::timeout(bound, async {
+                    tokio::join!(
+                        s.cancel_iteration(run, t(2)),
+                        s.checkpoint(c[0].lease, cp(json!(round), 1), t(2)),
+                    )
+                })
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: cancel and checkpoint hang"));
+                let after = finish_one(&*s, &c[0], cont, t(3)).await;
+                assert!(
+                    matches!(after, Err(StoreError::LeaseLost(_))),
+                    "round {round}: a Continue after the cancel is refused: {after:?}"
+                );
+                (a, Err(StoreError::LeaseLost(run)), b)
+            }
+            2 => tokio::time::timeout(bound, async {
+                tokio::join!(
+                    s.cancel_iteration(run, t(2)),
+                    finish_one(&*s, &c[0], cont, t(2)),
+                    s.delete(run, t(2)),
+                )
+            })
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: cancel, Continue and delete hang")),
+            _ => {
+                let (a, b, p) = tokio::time::timeout(bound, async {
+                    tokio::join!(
+                        s.cancel_iteration(run, t(2)),
+                        finish_one(&*s, &c[0], cont, t(2)),
+                        s.purge("iter", t(2)),
+                    )
+                })
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: cancel, Continue and purge hang"));
+                (a, b, p.map(|_| ()))
+            }
+        };
+        for r in [&cancelled, &continued, &other] {
+            assert!(
+                !matches!(r, Err(StoreError::Backend(_))),
+                "round {round}: a call failed (a deadlock?): {r:?}"
+            );
+        }
+        // Only a deletion or purge of the live step that came first ends the run before the
+        // cancel.
+        if round % 4 < 2 {
+            assert!(cancelled.is_ok(), "round {round}: {cancelled:?}");
+        }
+        assert!(
+            continued.is_ok() || matches!(continued, Err(StoreError::LeaseLost(_))),
+            "round {round}: {continued:?}"
+        );
+        let it = s.iteration(run).await.expect("iteration").expect("exists");
+        assert_eq!(it.state, RunState::Cancelled, "round {round}: {it:?}");
+        let steps = steps_of(&*s, run).await;
+        assert!(
+            steps.iter().all(|t| !t.state.is_live()),
+            "round {round}: a step is live under the cancelled run: {steps:?}"
+        );
+        let stored = if continued.is_ok() { 2 } else { 1 };
+        assert_eq!(it.steps, stored, "round {round}: {it:?}");
+    }
+    assert!(s
+        .claim(&req(&[], 10, 30_000, at(100_000_000)))
+        .await
+        .expect("claim")
+        .is_empty());
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -2114,6 +2741,13 @@ macro_rules! conformance_tests {
             finish_batch_with_a_stale_and_a_held_lease_of_one_task,
             heartbeat_reports_a_stale_lease_beside_the_held_one,
             continuation_steps_follow_the_batch_order,
+            tombstone_window_boundary_for_every_end,
+            retention_keeps_done_a_day_and_failed_a_week, retention_never_touches_live_tasks,
+            retention_per_queue_override_and_off, a_pruned_named_task_keeps_its_name_for_its_window,
+            retention_takes_a_run_with_its_last_step, prune_goes_on_batch_after_batch,
+            a_worker_prunes_on_its_clock,
+            cancel_between_claim_and_hand_over_stores_no_step,
+            cancel_racing_the_hand_over_leaves_no_live_step,
             queue_counts_equal_a_full_count, listing_leaves_payloads_out_unless_asked,
             claims_reach_due_rows_past_rows_they_must_not_take,
             payload_size_limit_is_the_same_on_every_store,

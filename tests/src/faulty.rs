@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use taskq_runtime::store::memory::MemoryStore;
 use taskq_runtime::store::{
-    Checkpoint, ClaimRequest, ClaimedTask, Finish, IterationInfo, Lease, NewTask, QueueConfig,
-    QueueInfo, TaskDetail, TaskInfo, TaskQuery,
+    Checkpoint, ClaimRequest, ClaimedTask, Finish, IterationInfo, Lease, NewTask, PruneReport,
+    QueueConfig, QueueInfo, TaskDetail, TaskInfo, TaskQuery,
 };
 use taskq_runtime::{Store, StoreError, TaskId, Timestamp};
 
@@ -33,6 +33,24 @@ pub struct Faults {
     pub hang_next_due: std::sync::atomic::AtomicBool,
     /// Every claim call hangs forever.
     pub hang_claims: std::sync::atomic::AtomicBool,
+    /// How many claim calls were made.
+    pub claims: AtomicUsize,
+    /// While set, a claim that took tasks holds its answer until [`Faults::release_claims`]:
+    /// the tasks are claimed in the store (committed) but the caller has not heard yet, as
+    /// with a database that committed and whose reply is on its way. The caller may stop
+    /// waiting; the claim stays made.
+    pub hold_claims: std::sync::atomic::AtomicBool,
+    /// How many claims hold their answer right now.
+    pub claims_held: AtomicUsize,
+    /// Every task a claim handed out (held or not), in order.
+    pub claimed: Mutex<Vec<TaskId>>,
+    /// Wakes held claims.
+    claim_gate: tokio::sync::Notify,
+    /// Outcomes of these tasks are answered `Err(LeaseLost)` by finish, one by one, and
+    /// not applied; the other outcomes of the batch are applied.
+    pub lose_lease_of: Mutex<HashSet<TaskId>>,
+    /// When set, `next_due` answers this instead of asking the store.
+    pub next_due_lie: Mutex<Option<NextDueLie>>,
     /// While set, every finish call fails (a store that cannot take outcomes for a while).
     pub refuse_all_finishes: std::sync::atomic::AtomicBool,
     /// This many claim calls answer only after [`Faults::claim_delay_ms`], their claim made
@@ -40,6 +58,29 @@ pub struct Faults {
     pub slow_claims: AtomicUsize,
     /// How long a slow claim takes to answer, in milliseconds.
     pub claim_delay_ms: std::sync::atomic::AtomicU64,
+}
+
+/// What a lying `next_due` answers ([`Faults::next_due_lie`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NextDueLie {
+    /// Always this time.
+    Fixed(Timestamp),
+    /// Each answer `step` after the previous one, starting `step` after `from`: a due time
+    /// that always moves away.
+    RunsAhead {
+        /// The last answer.
+        from: Timestamp,
+        /// How far each answer is after the previous one.
+        step: Duration,
+    },
+}
+
+impl Faults {
+    /// Lets held claims answer, and stops holding new ones.
+    pub fn release_claims(&self) {
+        self.hold_claims.store(false, Ordering::SeqCst);
+        self.claim_gate.notify_waiters();
+    }
 }
 
 /// A memory store with [`Faults`].
@@ -65,15 +106,35 @@ impl Store for Faulty {
         self.inner.enqueue(t, now).await
     }
     async fn claim(&self, r: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError> {
+        self.faults.claims.fetch_add(1, Ordering::SeqCst);
         if self.faults.hang_claims.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        let claimed = self.inner.claim(r).await;
-        if matches!(&claimed, Ok(c) if !c.is_empty()) && take_one(&self.faults.slow_claims) {
+        let claimed = self.inner.claim(r).await?;
+        self.faults
+            .claimed
+            .lock()
+            .expect("lock")
+            .extend(claimed.iter().map(|c| c.lease.id));
+        if !claimed.is_empty() && self.faults.hold_claims.load(Ordering::SeqCst) {
+            self.faults.claims_held.fetch_add(1, Ordering::SeqCst);
+            loop {
+                // Registered before the flag is read, so a release in between is not lost.
+                let gate = self.faults.claim_gate.notified();
+                tokio::pin!(gate);
+                gate.as_mut().enable();
+                if !self.faults.hold_claims.load(Ordering::SeqCst) {
+                    break;
+                }
+                gate.await;
+            }
+            self.faults.claims_held.fetch_sub(1, Ordering::SeqCst);
+        }
+        if !claimed.is_empty() && take_one(&self.faults.slow_claims) {
             let ms = self.faults.claim_delay_ms.load(Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        claimed
+        Ok(claimed)
     }
     async fn heartbeat(
         &self,
@@ -114,14 +175,47 @@ impl Store for Faulty {
                 "refused: a value this store cannot hold".into(),
             ));
         }
+        let lost = self.faults.lose_lease_of.lock().expect("lock").clone();
+        if f.iter().any(|f| lost.contains(&f.lease.id)) {
+            // The lost ones answer LeaseLost in their place; the others apply, in order.
+            let ids: Vec<TaskId> = f.iter().map(|f| f.lease.id).collect();
+            let kept = f
+                .into_iter()
+                .filter(|f| !lost.contains(&f.lease.id))
+                .collect();
+            let mut applied = self.inner.finish(kept, w, now).await?.into_iter();
+            return Ok(ids
+                .into_iter()
+                .map(|id| match lost.contains(&id) {
+                    true => Err(StoreError::LeaseLost(id)),
+                    false => applied.next().unwrap_or(Ok(())),
+                })
+                .collect());
+        }
         self.inner.finish(f, w, now).await
     }
     async fn checkpoint(&self, l: Lease, c: Checkpoint, now: Timestamp) -> Result<(), StoreError> {
         self.inner.checkpoint(l, c, now).await
     }
+    async fn confirm(&self, l: Lease) -> Result<(), StoreError> {
+        self.inner.confirm(l).await
+    }
     async fn next_due(&self, q: &[String]) -> Result<Option<Timestamp>, StoreError> {
         if self.faults.hang_next_due.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        let lie = {
+            let mut lie = self.faults.next_due_lie.lock().expect("lock");
+            if let Some(NextDueLie::RunsAhead { from, step }) = lie.as_mut() {
+                *from = from.add(*step);
+            }
+            *lie
+        };
+        match lie {
+            Some(NextDueLie::Fixed(t)) | Some(NextDueLie::RunsAhead { from: t, .. }) => {
+                return Ok(Some(t))
+            }
+            None => {}
         }
         self.inner.next_due(q).await
     }
@@ -163,5 +257,8 @@ impl Store for Faulty {
     }
     async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError> {
         self.inner.cancel_iteration(run, now).await
+    }
+    async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
+        self.inner.prune(now, batch).await
     }
 }

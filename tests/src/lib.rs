@@ -1,11 +1,13 @@
 //! Shared helpers for the taskq test suite: the store conformance suite and the stores
 //! each test runs on.
 
+pub mod cluster;
 pub mod conformance;
 pub mod corrupt;
 pub mod faulty;
 pub mod models;
 pub mod pg_models;
+pub mod proxy;
 pub mod tasks;
 pub mod values;
 

@@ -248,3 +248,91 @@ impl Model for Listing {
             .collect())
     }
 }
+
+/// An entity of a [`Gate`]: the cancel tests walk these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    /// Its key, the cursor.
+    pub id: i64,
+}
+
+/// Every ticket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AllTickets;
+
+/// Tickets `1..=n` whose reads the test can hold: the `hold`-th call of `batch` (counted
+/// from 1) waits, after telling `entered`, until `release` gets a permit. The task walking
+/// them counts its calls in `calls`, so a test can cancel a run while one of its steps
+/// sits between its claim (or a checkpoint) and the next call of the task's function.
+#[derive(Debug)]
+pub struct Gate {
+    /// Tickets `1..=n`.
+    pub n: i64,
+    /// Which `batch` call waits (0: none).
+    pub hold: usize,
+    /// `batch` calls so far.
+    pub reads: std::sync::atomic::AtomicUsize,
+    /// Gets a permit when the held call starts waiting.
+    pub entered: tokio::sync::Semaphore,
+    /// The held call goes on once this has a permit.
+    pub release: tokio::sync::Semaphore,
+    /// Calls of the task's function (set by the task).
+    pub calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Gate {
+    /// Tickets `1..=n`, the `hold`-th read held (0: none).
+    pub fn new(n: i64, hold: usize) -> Arc<Gate> {
+        Arc::new(Gate {
+            n,
+            hold,
+            reads: Default::default(),
+            entered: tokio::sync::Semaphore::new(0),
+            release: tokio::sync::Semaphore::new(0),
+            calls: Default::default(),
+        })
+    }
+
+    /// Waits until the held read has started (fails the test after `limit`).
+    pub async fn wait_entered(&self, limit: std::time::Duration) {
+        match tokio::time::timeout(limit, self.entered.acquire()).await {
+            Ok(Ok(p)) => p.forget(),
+            _ => panic!("the held read did not start within {limit:?}"),
+        }
+    }
+
+    /// How many times the task's function was called.
+    pub fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Model for Ticket {
+    type Key = i64;
+    type Filter = AllTickets;
+    type Source = Arc<Gate>;
+
+    fn key(&self) -> i64 {
+        self.id
+    }
+
+    async fn batch(
+        gate: &Arc<Gate>,
+        _f: &AllTickets,
+        after: Option<&i64>,
+        limit: usize,
+    ) -> Result<Vec<Ticket>, TaskError> {
+        let k = gate.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if k == gate.hold {
+            gate.entered.add_permits(1);
+            if let Ok(p) = gate.release.acquire().await {
+                p.forget();
+            }
+        }
+        let from = after.map_or(1, |a| a + 1);
+        Ok((from..=gate.n)
+            .take(limit)
+            .map(|id| Ticket { id })
+            .collect())
+    }
+}

@@ -237,9 +237,14 @@ async fn delay_eta_priority_and_queue_override() {
     assert_eq!(order[0], high, "priority first");
     assert!(order.iter().position(|i| *i == low) < order.iter().position(|i| *i == eta));
     assert_eq!(order.last(), Some(&late));
+    // On virtual time a delayed task runs at its due time exactly: never early, never late.
     let at = |id| report.of(id)[0].at;
-    assert!(at(eta).since(t0) >= Duration::from_secs(60));
-    assert!(at(late).since(t0) >= Duration::from_secs(3600));
+    assert_eq!(at(eta), t0.add(Duration::from_secs(60)), "the ETA exactly");
+    assert_eq!(
+        at(late),
+        t0.add(Duration::from_secs(3600)),
+        "the delay exactly"
+    );
 }
 
 #[tokio::test]
@@ -261,19 +266,22 @@ async fn named_tasks_deduplicate_with_a_tombstone() {
     );
     let msg = again.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(msg.contains("already exists"), "{msg}");
-    h.drain().await.expect("drain");
-    // Done, but inside the default one-hour tombstone.
-    assert!(greet::builder("ada".into())
-        .name("welcome-ada")
-        .start(&q)
-        .await
-        .is_err());
-    h.advance(Duration::from_secs(3601));
-    greet::builder("ada".into())
-        .name("welcome-ada")
-        .start(&q)
-        .await
-        .expect("free after the tombstone window");
+    let report = h.drain().await.expect("drain");
+    // It ran (and finished) at once: the virtual clock did not move.
+    let end = report.runs[0].at;
+    assert_eq!(end, h.clock().now());
+    let again = || greet::builder("ada".into()).name("welcome-ada").start(&q);
+    // Done, and taken for the default one-hour tombstone window from its end: still at
+    // 1 ms before the window's end, free at its end exactly.
+    h.advance(Duration::from_secs(3600) - Duration::from_millis(1));
+    let r = again().await;
+    assert!(
+        matches!(&r, Err(StartError::Store(StoreError::AlreadyExists(_)))),
+        "taken 1 ms before the window's end: {r:?}"
+    );
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.clock().now(), end.add(Duration::from_secs(3600)));
+    again().await.expect("free at the window's end exactly");
 }
 
 #[tokio::test]
@@ -483,6 +491,7 @@ async fn queue_rate_limit_spaces_runs_on_virtual_time() {
             rate: Some(2.0),
             burst: Some(1),
             max_concurrent: None,
+            retention: None,
         },
     )
     .await
@@ -492,11 +501,10 @@ async fn queue_rate_limit_spaces_runs_on_virtual_time() {
     }
     let r = h.drain().await.expect("drain");
     assert_eq!(r.count("done"), 6);
-    let span = r.runs[5].at.since(r.runs[0].at);
-    assert!(
-        span >= Duration::from_millis(2500),
-        "6 runs at 2/s with burst 1 take >= 2.5 s, took {span:?}"
-    );
+    // At 2/s with a burst of 1: one at once, then one every 500 ms exactly (the harness
+    // steps the virtual clock by 10 ms while the bucket refills).
+    let gaps: Vec<Duration> = r.runs.windows(2).map(|w| w[1].at.since(w[0].at)).collect();
+    assert_eq!(gaps, vec![Duration::from_millis(500); 5]);
     let bad = q
         .configure(
             "rated",
@@ -510,4 +518,108 @@ async fn queue_rate_limit_spaces_runs_on_virtual_time() {
         .expect_err("negative rate")
         .to_string()
         .contains("rate must be a positive number"));
+}
+
+/// Issue 9 (audit): the harness counts only outcomes the store recorded. A store that
+/// answers `LeaseLost` for an outcome stops the drain with an error naming the attempt
+/// (before, the drain reported it `done` while the task stayed running).
+#[tokio::test]
+async fn a_drain_fails_when_the_store_refuses_an_outcome() {
+    use taskq_runtime::testing::HarnessError;
+    let store = std::sync::Arc::new(taskq_tests::faulty::Faulty::default());
+    let h = Harness::with_store(store.clone());
+    let id = greet::start(&h.queue(), "ada".into()).await.expect("start");
+    store.faults.lose_lease_of.lock().expect("lock").insert(id);
+    let r = h.drain().await;
+    match &r {
+        Err(HarnessError::OutcomeRefused { ran, reason }) => {
+            assert_eq!((ran.id, ran.attempt, ran.outcome), (id, 1, "done"));
+            assert!(
+                matches!(reason, StoreError::LeaseLost(i) if *i == id),
+                "{reason:?}"
+            );
+        }
+        other => panic!("a refused outcome must stop the drain: {other:?}"),
+    }
+    let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        msg.contains("refused the outcome `done` of attempt 1") && msg.contains("lost"),
+        "{msg}"
+    );
+    // The store never recorded it: the task is still running.
+    let t = h.queue().task(id).await.expect("task").expect("exists");
+    assert_eq!(t.info.state, TaskState::Running);
+}
+
+/// Issue 9 (audit): a store whose `next_due` keeps naming a time while `claim` finds
+/// nothing stops the drain with a clear error after `max_idle_rounds` rounds, instead of
+/// moving the virtual clock for ever. Both lies: a due time in the past (the harness steps
+/// 10 ms at a time) and one that always moves away.
+#[tokio::test]
+async fn a_drain_fails_when_next_due_and_claim_disagree() {
+    use taskq_runtime::testing::{HarnessError, DEFAULT_MAX_IDLE_ROUNDS};
+    use taskq_tests::faulty::{Faulty, NextDueLie};
+    let past = NextDueLie::Fixed(taskq_runtime::Timestamp(0));
+    let ahead = NextDueLie::RunsAhead {
+        from: taskq_runtime::Timestamp::now(),
+        step: Duration::from_secs(3600),
+    };
+    for (lie, rounds) in [(past, 500), (ahead, 500), (past, DEFAULT_MAX_IDLE_ROUNDS)] {
+        // On a thread of its own: a drain that never yields cannot be timed out from its
+        // own runtime, and without the guard it never ends.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let r = rt.block_on(async {
+                let store = std::sync::Arc::new(Faulty::default());
+                *store.faults.next_due_lie.lock().expect("lock") = Some(lie);
+                let mut h = Harness::with_store(store);
+                if rounds != DEFAULT_MAX_IDLE_ROUNDS {
+                    h = h.max_idle_rounds(rounds);
+                }
+                h.drain().await
+            });
+            let _ = tx.send(r);
+        });
+        // Generous: the rounds cost microseconds each.
+        let r = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("{lie:?}: the drain loops instead of failing"));
+        match &r {
+            Err(HarnessError::Stalled { rounds: n, .. }) => assert_eq!(*n, rounds, "{lie:?}"),
+            other => panic!("{lie:?}: a stalled drain must fail: {other:?}"),
+        }
+        let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("next_due and claim disagree"), "{msg}");
+    }
+}
+
+/// The stall guard counts rounds in a row without a claim: a queue allowed one task per
+/// 100 s (10,000 rounds of 10 ms between claims) still drains, each run exactly 100 s after
+/// the previous one on virtual time.
+#[tokio::test]
+async fn a_slow_rate_limit_is_not_a_stall() {
+    let h = Harness::new().max_idle_rounds(20_000);
+    let q = h.queue();
+    q.configure(
+        "rated",
+        QueueConfig {
+            rate: Some(0.01),
+            burst: Some(1),
+            max_concurrent: None,
+            retention: None,
+        },
+    )
+    .await
+    .expect("configure");
+    for i in 0..3 {
+        rated::start(&q, i).await.expect("start");
+    }
+    let r = h.drain().await.expect("drain");
+    assert_eq!(r.count("done"), 3);
+    let gaps: Vec<Duration> = r.runs.windows(2).map(|w| w[1].at.since(w[0].at)).collect();
+    assert_eq!(gaps, vec![Duration::from_secs(100); 2]);
 }

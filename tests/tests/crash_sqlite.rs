@@ -4,7 +4,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use taskq_runtime::{Queue, TaskState, Worker};
-use taskq_tests::tasks::{append_line, assert_only_in_flight_tasks_ran_twice, read_log, EffectLog};
+use taskq_tests::tasks::{
+    append_line, assert_only_in_flight_tasks_ran_twice, read_effects, read_log, EffectLog,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_run_loses_nothing() {
@@ -77,6 +79,6 @@ async fn sigkill_mid_run_loses_nothing() {
         crash.count(TaskState::Dead) + crash.count(TaskState::Failed),
         0
     );
-    let effects = read_log(&log);
+    let effects = read_effects(&log);
     assert_only_in_flight_tasks_ran_twice(&q, &ids, &effects).await;
 }

@@ -30,6 +30,17 @@ struct Knobs {
     work: Duration,
     /// Runs once, on the first batch whose last id is at least the given id.
     hook: Mutex<Option<(i64, Hook)>>,
+    /// Every batch that did its work: its run, its ids and when it was in flight.
+    batches: Mutex<Vec<Batch>>,
+}
+
+/// One batch that did its work ([`Knobs::batches`]).
+struct Batch {
+    run: Option<TaskId>,
+    ids: Vec<i64>,
+    /// From the call of the task's function to the end of its work.
+    start: Instant,
+    end: Instant,
 }
 
 impl Knobs {
@@ -43,6 +54,7 @@ impl Knobs {
     }
 
     async fn on_batch(&self, ctx: &Context, items: Vec<Item>) -> Result<(), TaskError> {
+        let start = Instant::now();
         let first = items.first().map(|i| i.id).unwrap_or_default();
         let last = items.last().map(|i| i.id).unwrap_or_default();
         // A deterministic fraction of batches fails the first time it is seen: half of
@@ -69,6 +81,15 @@ impl Knobs {
                 e.push((it.id, ctx.id(), ctx.attempt()));
             }
         }
+        self.batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Batch {
+                run: ctx.run(),
+                ids: items.iter().map(|i| i.id).collect(),
+                start,
+                end: Instant::now(),
+            });
         let hook = {
             let mut h = self.hook.lock().unwrap_or_else(|p| p.into_inner());
             match h.as_ref() {
@@ -226,36 +247,24 @@ async fn ten_thousand_entities_exactly_once_on_the_harness() {
     assert_eq!(it.filter, serde_json::json!({ "grp": "a" }));
 }
 
+/// Two runs at the same time on one worker: one over every item (100 batches), one over
+/// group `b` (25 batches). Each processes its own entities exactly once, and the runs
+/// truly overlap: some batch of one is in flight while a batch of the other is (from the
+/// recorded instants of every batch).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_entities_exactly_once_with_a_worker_on_sqlite() {
     let (_dir, db) = items_db();
     fill_groups(&db);
-    let knobs = Arc::new(Knobs::default());
+    // A little pretend work per batch, so that each run lasts a while.
+    let knobs = Arc::new(Knobs {
+        work: Duration::from_millis(2),
+        ..Knobs::default()
+    });
     let store: Arc<dyn Store> = taskq_tests::sqlite_store().await;
     let q = Queue::new(store.clone());
-    // A run over every item, and one over group `b` at the same time.
     let all = walk::start(&q, ItemFilter::default(), "t".into())
         .await
         .expect("start");
-    let w = Worker::builder(store)
-        .state(db.clone())
-        .state(knobs.clone())
-        .queues(["walk"])
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .expect("worker")
-        .spawn();
-    let it = wait_run(&q, all, Duration::from_secs(60)).await;
-    let expected = db.ids(None);
-    assert_eq!(expected.len(), 10_000);
-    check_done_progress(&it, &expected, 100);
-    assert_exactly_once(&knobs, &expected);
-
-    knobs
-        .effects
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
     let b = walk::start(
         &q,
         ItemFilter {
@@ -265,12 +274,40 @@ async fn ten_thousand_entities_exactly_once_with_a_worker_on_sqlite() {
     )
     .await
     .expect("start");
-    let it = wait_run(&q, b, Duration::from_secs(60)).await;
+    let w = Worker::builder(store)
+        .state(db.clone())
+        .state(knobs.clone())
+        .queues(["walk"])
+        .concurrency(4)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("worker")
+        .spawn();
+    let it_all = wait_run(&q, all, Duration::from_secs(60)).await;
+    let it_b = wait_run(&q, b, Duration::from_secs(60)).await;
     w.shutdown().await.expect("shutdown");
-    let expected = db.ids(Some("b"));
-    assert_eq!(expected.len(), 2_500);
-    check_done_progress(&it, &expected, 100);
-    assert_exactly_once(&knobs, &expected);
+
+    let batches = std::mem::take(&mut *knobs.batches.lock().unwrap_or_else(|p| p.into_inner()));
+    for (run, it, grp, n) in [(all, &it_all, None, 10_000), (b, &it_b, Some("b"), 2_500)] {
+        let expected = db.ids(grp);
+        assert_eq!(expected.len(), n);
+        check_done_progress(it, &expected, 100);
+        let mut seen: Vec<i64> = batches
+            .iter()
+            .filter(|x| x.run == Some(run))
+            .flat_map(|x| x.ids.iter().copied())
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, expected, "run {run}: its entities, each exactly once");
+    }
+    let of = |run| batches.iter().filter(move |x| x.run == Some(run));
+    let overlapping = of(all)
+        .flat_map(|x| of(b).filter(move |y| x.start < y.end && y.start < x.end))
+        .count();
+    assert!(
+        overlapping > 0,
+        "the two runs took turns: no batch of one was in flight during a batch of the other"
+    );
 }
 
 #[tokio::test]

@@ -222,6 +222,7 @@ async fn a_worker_an_hour_ahead_does_not_stall_a_rate_limited_queue() {
                 rate: Some(2.0),
                 burst: Some(1),
                 max_concurrent: None,
+                retention: None,
             },
         )
         .await

@@ -1,6 +1,8 @@
 //! `#[iterative_task]` over a PostgreSQL table (`taskq_tests::pg_models::PgItem`) with the
 //! PostgresStore in the same schema: exactly once without failures, at least once and
 //! nothing skipped with injected batch failures. Each test has a schema of its own.
+//! Also cancel against a step's hand-over, ordered deterministically by a side connection
+//! that holds the run's row lock.
 //!
 //! These need the test server (`TASKQ_TEST_POSTGRES_URL`, set by `./test.sh` or
 //! `source .ci/postgres.sh`); without it they fail, they never skip.
@@ -10,8 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use taskq_runtime::store::{IterationInfo, RunState, TaskQuery};
-use taskq_runtime::{iterative_task, Context, Queue, Store, TaskError, TaskId, Worker};
+use taskq_runtime::store::postgres::PostgresStore;
+use taskq_runtime::store::{
+    ClaimRequest, Finish, IterationInfo, Outcome, RunState, StoreError, TaskQuery,
+};
+use taskq_runtime::testing::Harness;
+use taskq_runtime::tokio_postgres::{self, Client, NoTls};
+use taskq_runtime::{iterative_task, Context, Queue, Store, TaskError, TaskId, Timestamp, Worker};
+use taskq_tests::models::{AllTickets, Gate, Ticket};
 use taskq_tests::pg_models::{PgItem, PgItemDb, PgItemFilter};
 
 /// Batch size of [`pg_walk`].
@@ -248,4 +256,192 @@ async fn injected_batch_failures_skip_nothing() {
         "{errors:?}"
     );
     db.drop_schema().await;
+}
+
+/// Counts its calls in the [`Gate`]; one ticket per batch.
+#[iterative_task(
+    model = Ticket,
+    batch_size = 1,
+    queue = "pg-tickets",
+    max_attempts = 5,
+    min_backoff = "10ms",
+    max_backoff = "10ms"
+)]
+async fn pg_punch(ctx: Context, tickets: Vec<Ticket>) -> Result<(), TaskError> {
+    let gate = ctx.state::<Arc<Gate>>()?;
+    gate.calls.fetch_add(1, Ordering::SeqCst);
+    let _ = tickets;
+    Ok(())
+}
+
+/// A plain connection to the test server.
+async fn side_connection(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// Waits until `n` backends wait for a lock in a statement naming `schema`.
+async fn wait_lock_waiters(watch: &Client, schema: &str, n: i64) {
+    let start = Instant::now();
+    loop {
+        let row = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND position($1 in query) > 0",
+                &[&schema],
+            )
+            .await
+            .expect("pg_stat_activity");
+        let waiting: i64 = row.get(0);
+        if waiting >= n {
+            assert_eq!(waiting, n, "more lock waiters than calls in flight");
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{n} lock waiters not seen (now {waiting})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Which call queues first behind the side connection's lock on the run's row.
+#[derive(Clone, Copy, Debug)]
+enum First {
+    HandOver,
+    Cancel,
+}
+
+/// A side connection holds the run's row lock while a step hands over (`Continue`) and a
+/// cancel is issued, queued in the order `first` says; then it lets go. Both calls answer
+/// (no deadlock), the run ends cancelled, no live step remains, and nothing due calls the
+/// task's function for the run again.
+async fn hand_over_against_cancel(first: First) {
+    let url = taskq_tests::postgres_url();
+    let schema = taskq_tests::unique_name("handover");
+    let store: Arc<dyn Store> = Arc::new(
+        PostgresStore::open_in_schema(&url, &schema)
+            .await
+            .expect("open"),
+    );
+    let q = Queue::new(store.clone());
+    let run = pg_punch::start(&q, AllTickets).await.expect("start");
+    // Act as the worker of the first step: claimed, its time slice used, about to hand over.
+    let now = Timestamp::now();
+    let claimed = store
+        .claim(&ClaimRequest {
+            queues: vec!["pg-tickets".into()],
+            worker: "w".into(),
+            limit: 1,
+            lease: Duration::from_secs(600),
+            now,
+        })
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let lease = claimed[0].lease;
+
+    let mut side = side_connection(&url).await;
+    let watch = side_connection(&url).await;
+    let tx = side.transaction().await.expect("begin");
+    tx.query(
+        &format!("SELECT 1 FROM \"{schema}\".taskq_iterations WHERE run_id = $1 FOR UPDATE"),
+        &[&run.0],
+    )
+    .await
+    .expect("lock the run's row");
+
+    let hand_over = {
+        let store = store.clone();
+        async move {
+            let f = Finish {
+                lease,
+                outcome: Outcome::Continue { run_at: now },
+                started_at: now,
+            };
+            let mut r = store.finish(vec![f], "w", now).await?;
+            r.pop().unwrap_or(Ok(()))
+        }
+    };
+    let cancel = {
+        let q = q.clone();
+        async move { q.cancel_iteration(run).await }
+    };
+    let (hand_over, cancel) = match first {
+        First::HandOver => {
+            let h = tokio::spawn(hand_over);
+            wait_lock_waiters(&watch, &schema, 1).await;
+            let c = tokio::spawn(cancel);
+            wait_lock_waiters(&watch, &schema, 2).await;
+            (h, c)
+        }
+        First::Cancel => {
+            let c = tokio::spawn(cancel);
+            wait_lock_waiters(&watch, &schema, 1).await;
+            let h = tokio::spawn(hand_over);
+            wait_lock_waiters(&watch, &schema, 2).await;
+            (h, c)
+        }
+    };
+    tx.commit().await.expect("release the run's row");
+    let bound = Duration::from_secs(60);
+    let hand_over = tokio::time::timeout(bound, hand_over)
+        .await
+        .expect("the hand-over answers")
+        .expect("join");
+    let cancel = tokio::time::timeout(bound, cancel)
+        .await
+        .expect("the cancel answers")
+        .expect("join");
+    assert!(cancel.is_ok(), "{first:?}: cancel: {cancel:?}");
+    match first {
+        First::HandOver => assert!(hand_over.is_ok(), "{first:?}: {hand_over:?}"),
+        First::Cancel => assert!(
+            matches!(hand_over, Err(StoreError::LeaseLost(_))),
+            "{first:?}: the hand-over after the cancel is refused: {hand_over:?}"
+        ),
+    }
+
+    let it = q.iteration(run).await.expect("iteration");
+    assert_eq!(it.state, RunState::Cancelled, "{first:?}: {it:?}");
+    let live: Vec<_> = q
+        .list(&TaskQuery::default())
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|t| t.run == Some(run) && t.state.is_live())
+        .collect();
+    assert!(live.is_empty(), "{first:?}: live continuation: {live:?}");
+
+    // Whatever is due runs now: nothing of the cancelled run calls the function.
+    let gate = Gate::new(3, 0);
+    let report = Harness::with_store(store.clone())
+        .state(gate.clone())
+        .max_runs(20)
+        .run_due()
+        .await
+        .expect("run what is due");
+    assert_eq!(
+        gate.calls(),
+        0,
+        "{first:?}: called after the cancel: {report:?}"
+    );
+    assert!(report.runs.is_empty(), "{first:?}: {report:?}");
+    watch
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .expect("drop the schema");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_queued_behind_a_hand_over_cancels_the_continuation() {
+    hand_over_against_cancel(First::HandOver).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_over_queued_behind_a_cancel_is_refused_without_deadlock() {
+    hand_over_against_cancel(First::Cancel).await;
 }

@@ -7,7 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use taskq_runtime::{Queue, TaskId, TaskState};
-use taskq_tests::tasks::{append_line, assert_only_in_flight_tasks_ran_twice, read_log};
+use taskq_tests::tasks::{
+    append_line, assert_only_in_flight_tasks_ran_twice, read_effects, read_log,
+};
 
 fn spawn_worker(url: &str, log: &Path, lease_ms: u64) -> Child {
     Command::new(env!("CARGO_BIN_EXE_taskq-test-worker"))
@@ -128,6 +130,6 @@ async fn a_sigkilled_process_loses_nothing() {
     victim.wait().expect("reap");
     wait_all_done(&q, N, &mut children, Duration::from_secs(600)).await;
     stop(children);
-    let effects = read_log(&log);
+    let effects = read_effects(&log);
     assert_only_in_flight_tasks_ran_twice(&q, &ids, &effects).await;
 }

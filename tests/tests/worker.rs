@@ -389,6 +389,13 @@ async fn timely(n: u32) -> Result<(), TaskError> {
     Ok(())
 }
 
+/// On real time, with a poll interval far longer than the test (600 s), a delayed task
+/// runs at its due time and a rate-limited queue drains at its rate: only the worker's own
+/// wake-ups (it waits until `next_due`) can do that. The delayed task (1 s, on a queue of
+/// its own) falls due after the rated queue drained, so the worker is idle when it does.
+/// Lateness is bounded: the delayed task starts within 2 s of its due time (generous for a loaded machine, and 300 times shorter
+/// than the poll interval), and the 20 rated tasks (50/s, burst 1) are all claimed within
+/// 20 × 20 ms + 2 s of their start, one token at a time (20 ms apart at least).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_tasks_run_on_time_and_rate_limits_do_not_wait_for_the_poll() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -399,37 +406,106 @@ async fn delayed_tasks_run_on_time_and_rate_limits_do_not_wait_for_the_poll() {
             rate: Some(50.0),
             burst: Some(1),
             max_concurrent: None,
+            retention: None,
         },
     )
     .await
     .expect("configure");
+    let delay = Duration::from_secs(1);
     let delayed = timely::builder(0)
-        .delay(Duration::from_millis(300))
+        .queue("timely-later")
+        .delay(delay)
         .start(&q)
         .await
         .expect("start");
-    q.start_many((1..=20).map(timely::builder))
+    let rated = q
+        .start_many((1..=20).map(timely::builder))
         .await
         .expect("start");
-    // A poll interval far longer than the test: only the worker's own wake-ups can
-    // finish it in time.
     let w = Worker::builder(store)
-        .queues(["timely"])
+        .queues(["timely", "timely-later"])
         .poll_interval(Duration::from_secs(600))
         .build()
         .expect("worker")
         .spawn();
+    // A generous wait: the assertions below bound the lateness, not this.
     wait_until("all 21 done", Duration::from_secs(60), || async {
-        count(&q, "timely", TaskState::Done).await == 21
+        count(&q, "timely", TaskState::Done).await == 20
+            && count(&q, "timely-later", TaskState::Done).await == 1
     })
     .await;
     w.shutdown().await.expect("shutdown");
+    let late = Duration::from_secs(2);
     let t = q.task(delayed).await.expect("task").expect("exists");
+    let due = t.info.created_at.add(delay);
     let ran = t.attempts[0].started_at;
+    assert!(ran >= due, "not before its delay: due {due}, ran {ran}");
     assert!(
-        ran.since(t.info.created_at) >= Duration::from_millis(300),
-        "not before its delay"
+        ran <= due.add(late),
+        "on time: due {due}, ran {ran} ({:?} late)",
+        ran.since(due)
     );
+    let mut claims = Vec::new();
+    let mut created = t.info.created_at;
+    for id in rated {
+        let t = q.task(id).await.expect("task").expect("exists");
+        created = created.min(t.info.created_at);
+        claims.push(t.attempts[0].started_at);
+    }
+    claims.sort();
+    let gaps: Vec<Duration> = claims.windows(2).map(|w| w[1].since(w[0])).collect();
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(20)),
+        "one token every 20 ms: {gaps:?}"
+    );
+    let last = claims[claims.len() - 1];
+    let bound = created.add(Duration::from_millis(20 * 20) + late);
+    assert!(
+        last <= bound,
+        "the rate-limited queue drains at its rate, not at the poll: last claim at {last}, {:?} after the first start",
+        last.since(created)
+    );
+}
+
+/// On virtual time a worker claims a delayed task at its due time exactly: not at 1 ms
+/// before it, and at it (the claim's `now` is the due time, since the clock stands still).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_task_runs_at_its_due_time_exactly_on_virtual_time() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = taskq_runtime::Clock::manual(Timestamp(1_800_000_000_000));
+    let q = Queue::with_clock(store.clone(), clock.clone());
+    let delay = Duration::from_secs(60);
+    let id = timely::builder(0)
+        .delay(delay)
+        .start(&q)
+        .await
+        .expect("start");
+    let due = clock.now().add(delay);
+    let w = Worker::builder(store)
+        .queues(["timely"])
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .expect("worker")
+        .spawn();
+    clock.advance_to(Timestamp(due.0 - 1));
+    // Many claims at 1 ms before its due time (one every 20 ms of real time): none takes it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = q.task(id).await.expect("task").expect("exists");
+    assert_eq!(
+        (t.info.state, t.attempts.len()),
+        (TaskState::Pending, 0),
+        "not claimed 1 ms early"
+    );
+    clock.advance_to(due);
+    wait_until("the delayed task runs", Duration::from_secs(30), || {
+        taskq_tests::all_in_state(&q, [id], TaskState::Done)
+    })
+    .await;
+    w.shutdown().await.expect("shutdown");
+    let t = q.task(id).await.expect("task").expect("exists");
+    assert_eq!(t.attempts.len(), 1);
+    assert_eq!(t.attempts[0].started_at, due, "claimed at its due time");
 }
 
 #[task(queue = "lost")]
@@ -477,36 +553,38 @@ async fn a_lost_lease_frees_its_slot() {
 }
 
 /// Shutdown while a claim is in flight: what the claim took is released, not left running
-/// until its lease lapses. (SQLite runs the claim on the blocking pool, so it commits even
-/// when the worker stops waiting for it; here another connection holds the write lock to
-/// keep the claim waiting until shutdown has begun.)
+/// until its lease lapses. The store (a `Faulty` one) claims the task and then holds its
+/// answer, as a database that committed and whose reply is still on its way (SQLite's claim
+/// on the blocking pool, PostgreSQL's on the server): the test sees the claim made and
+/// unanswered before it asks for shutdown, so the claim was in flight when shutdown came.
+/// A worker that stopped waiting for the claim would leave the task running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_during_a_claim_releases_what_it_claimed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("claim.db");
-    let path = path.to_str().expect("utf-8 path");
-    let store: Arc<dyn Store> = taskq_runtime::store::open(&format!("sqlite://{path}"))
-        .await
-        .expect("open");
+    let store = Arc::new(taskq_tests::faulty::Faulty::default());
+    store.faults.hold_claims.store(true, Ordering::SeqCst);
     let q = Queue::new(store.clone());
     let id = sleepy::start(&q, 1).await.expect("start");
-    let mut conn = rusqlite::Connection::open(path).expect("second connection");
-    let lock = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .expect("hold the write lock");
     let w = Worker::builder(store.clone())
         .queues(["shutdown"])
         .shutdown_grace(Duration::from_secs(5))
         .build()
         .expect("worker")
         .spawn();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until(
+        "a claim took the task and holds its answer",
+        Duration::from_secs(10),
+        || async { store.faults.claims_held.load(Ordering::SeqCst) == 1 },
+    )
+    .await;
+    assert_eq!(store.faults.claimed.lock().expect("lock").clone(), vec![id]);
+    assert_eq!(store.faults.claims.load(Ordering::SeqCst), 1);
+    let t = q.task(id).await.expect("task").expect("exists");
+    assert_eq!(t.info.state, TaskState::Running, "claimed in the store");
     let stopping = tokio::spawn(w.shutdown());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    lock.rollback().expect("release the write lock");
+    assert!(!stopping.is_finished(), "shutdown waits for the claim");
+    store.faults.release_claims();
     stopping.await.expect("join").expect("shutdown");
-    // Give a claim the worker stopped waiting for the time to commit.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let t = q.task(id).await.expect("task").expect("exists");
     assert_eq!(
         t.info.state,
@@ -515,6 +593,13 @@ async fn shutdown_during_a_claim_releases_what_it_claimed() {
         t.attempts
     );
     assert_eq!(t.info.attempts, 0, "a released claim does not count");
+    let outcomes: Vec<_> = t.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, vec!["released"], "claimed once, then released");
+    assert_eq!(
+        store.faults.claims.load(Ordering::SeqCst),
+        1,
+        "no claim after"
+    );
 }
 
 /// A worker name or served queue holding a NUL byte is refused when the worker is built,

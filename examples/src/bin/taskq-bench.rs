@@ -695,6 +695,7 @@ async fn claim(name: &str, store: Arc<dyn Store>) -> Result<(), BoxError> {
                 rate: Some(1e9),
                 burst: Some(u32::MAX),
                 max_concurrent: Some(u32::MAX),
+                retention: None,
             },
         )
         .await?;

@@ -122,6 +122,7 @@ mod tests {
             rate,
             burst,
             max_concurrent,
+            retention: None,
         }
     }
 

@@ -18,6 +18,8 @@ use super::tombstone::{self, Deleted, Tombstone};
 use super::*;
 use crate::policy::{ATTEMPTS_AFTER_CHECKPOINT, LEASE_LAPSED};
 
+mod retention;
+
 #[derive(Debug, Clone)]
 struct Row {
     info: TaskInfo,
@@ -43,6 +45,10 @@ struct Inner {
     by_state: [BTreeSet<i64>; 6],
     /// Task ids by task name and state, for listing by task name.
     by_task: HashMap<String, [BTreeSet<i64>; 6]>,
+    /// Finished tasks by state and end, for pruning (see `retention.rs`).
+    finished: BTreeSet<(TaskState, Timestamp, i64)>,
+    /// Steps of iterative runs: (run, task id).
+    steps: BTreeSet<(i64, i64)>,
     /// Task ids by unique name.
     names: HashMap<String, BTreeSet<i64>>,
     /// Holds that deleted named tasks left on their names (see [`tombstone`]).
@@ -138,9 +144,10 @@ fn queue_wanted(queues: &[String], q: &str) -> bool {
 }
 
 impl Inner {
-    // The indexes (`lanes`, `by_state`, `by_task`) follow a row's state, priority, run_at
-    // and lease: every change to those goes between `unindex(id)` and `index(id)`, and
-    // every row is indexed while it exists (`insert_row`, `remove_row`).
+    // The indexes (`lanes`, `by_state`, `by_task`, `finished`) follow a row's state,
+    // priority, run_at, lease and end: every change to those goes between `unindex(id)`
+    // and `index(id)`, and every row is indexed while it exists (`insert_row`,
+    // `remove_row`).
 
     fn unindex(&mut self, id: i64) {
         let Some(r) = self.tasks.get(&id) else { return };
@@ -167,7 +174,11 @@ impl Inner {
                     lane.leased.remove(&(l, id));
                 }
             }
-            _ => {}
+            state => {
+                if let Some(end) = r.info.finished_at {
+                    self.finished.remove(&(state, end, id));
+                }
+            }
         }
         if lane.is_empty() {
             self.lanes.remove(q);
@@ -194,7 +205,11 @@ impl Inner {
                     lane.leased.insert((l, id));
                 }
             }
-            _ => {}
+            state => {
+                if let Some(end) = r.info.finished_at {
+                    self.finished.insert((state, end, id));
+                }
+            }
         }
     }
 
@@ -202,6 +217,9 @@ impl Inner {
         let id = row.info.id.0;
         if let Some(n) = &row.info.unique_name {
             self.names.entry(n.clone()).or_default().insert(id);
+        }
+        if let Some(run) = row.info.run {
+            self.steps.insert((run.0, id));
         }
         self.tasks.insert(id, row);
         self.index(id);
@@ -211,6 +229,9 @@ impl Inner {
     fn remove_row(&mut self, id: i64, now: Timestamp) -> Option<Row> {
         self.unindex(id);
         let row = self.tasks.remove(&id)?;
+        if let Some(run) = row.info.run {
+            self.steps.remove(&(run.0, id));
+        }
         if let Some(n) = &row.info.unique_name {
             if let Some(ids) = self.names.get_mut(n) {
                 ids.remove(&id);
@@ -292,6 +313,12 @@ impl Inner {
                     .map(|f| f.0.saturating_add(r.tombstone_ms) > now.0)
                     .unwrap_or(false)
         })
+    }
+
+    /// Whether `run` (a task's run, if it is a step) exists and is no longer running.
+    fn run_ended(&self, run: Option<TaskId>) -> bool {
+        run.and_then(|run| self.runs.get(&run.0))
+            .is_some_and(|it| it.state != RunState::Running)
     }
 
     fn end_run(
@@ -560,7 +587,7 @@ impl Store for MemoryStore {
                     let r = &g.tasks[&id.0];
                     (r.info.run, r.info.attempts)
                 };
-                let tr = f.outcome.transition(now);
+                let tr = f.outcome.transition_for_step(g.run_ended(run), now);
                 if let Some(state) = tr.run_ends {
                     g.end_run(run, state, tr.error.clone(), now);
                 }
@@ -676,6 +703,20 @@ impl Store for MemoryStore {
             r.info.attempts = ATTEMPTS_AFTER_CHECKPOINT;
         }
         Ok(())
+    }
+
+    async fn confirm(&self, lease: Lease) -> Result<(), StoreError> {
+        let g = self.lock();
+        match g.tasks.get(&lease.id.0) {
+            Some(r)
+                if r.token == lease.token
+                    && r.info.state == TaskState::Running
+                    && !g.run_ended(r.info.run) =>
+            {
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseLost(lease.id)),
+        }
     }
 
     async fn next_due(&self, queues: &[String]) -> Result<Option<Timestamp>, StoreError> {
@@ -967,6 +1008,9 @@ impl Store for MemoryStore {
             g.index(id);
         }
         Ok(())
+    }
+    async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
+        Ok(self.prune_all(now, batch))
     }
 }
 

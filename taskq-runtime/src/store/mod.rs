@@ -18,8 +18,17 @@
 //! - [`Store::claim`] takes tasks in one order, across every queue it covers, limited or
 //!   not: priority (high first), then `run_at`, then id; a queue with limits gives at most
 //!   its allowance ([`admission`]), and the others go on.
-//! - Deleting a named task (delete, purge) leaves a tombstone ([`tombstone`]) that keeps its
-//!   name taken for the rest of its window.
+//! - Deleting a named task (delete, purge, prune) leaves a tombstone ([`tombstone`]) that
+//!   keeps its name taken for the rest of its window.
+//! - What [`Store::prune`] may delete is decided by [`crate::retention`]; the stores only
+//!   run the deletes, in small batches.
+//! - A step of an iterative run acts only while its run is running, checked atomically
+//!   with the write (PostgreSQL: under the run's row lock): [`Store::checkpoint`] and
+//!   [`Store::confirm`] answer `LeaseLost` once the run has ended, and [`Store::finish`]
+//!   records any outcome of such a step as [`Outcome::Stopped`] (cancelled, no
+//!   continuation, no retry). [`Store::cancel_iteration`] cancels the run and every live
+//!   step of it at once, so once it returns no step of the run is live and none can be
+//!   stored.
 //!
 //! # Values
 //!
@@ -53,6 +62,9 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod tombstone;
+mod url;
+
+pub use url::StoreUrl;
 
 /// The identifier of a task (and, for an iterative task, of its run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -278,6 +290,12 @@ pub enum Outcome {
         /// When the continuation is due.
         run_at: Timestamp,
     },
+    /// An iterative step stopped before calling the user's function again, because its
+    /// run had ended (cancelled, or finished by another step) or its lease was lost: the
+    /// step ends cancelled with [`policy::STOPPED`](crate::policy::STOPPED)'s reason, no
+    /// continuation is stored and nothing is retried; the run is left as it is. A store
+    /// records this for any outcome of a step whose run has ended.
+    Stopped,
 }
 
 /// One finished attempt for [`Store::finish`].
@@ -325,6 +343,63 @@ pub struct QueueConfig {
     pub burst: Option<u32>,
     /// At most this many tasks of the queue running at once; `None` = unlimited.
     pub max_concurrent: Option<u32>,
+    /// How long the queue's finished tasks are kept before a prune deletes them; `None` =
+    /// the defaults ([`Retention::DEFAULT`](crate::retention::Retention::DEFAULT): done
+    /// and cancelled 24 hours, failed and dead 7 days, from when each finished);
+    /// `Some(Retention::OFF)` keeps them for ever. See [`crate::retention`].
+    #[serde(default)]
+    pub retention: Option<crate::retention::Retention>,
+}
+
+/// What [`Store::prune`] removed.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PruneReport {
+    /// Tasks removed (with their attempts), by the state they were in: done, failed, dead
+    /// or cancelled. States with none removed are absent.
+    pub tasks: Vec<(TaskState, u64)>,
+    /// Progress records of iterative runs removed.
+    pub runs: u64,
+    /// Tombstones removed because their hold on a name had passed.
+    pub tombstones: u64,
+    /// PostgreSQL only: the prune stopped early because another process was pruning the
+    /// same store at that moment (it removes the same rows); what this call removed before
+    /// that is counted above.
+    pub busy: bool,
+}
+
+impl PruneReport {
+    /// How many tasks in `state` were removed.
+    pub fn count(&self, state: TaskState) -> u64 {
+        self.tasks
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    }
+
+    /// How many tasks were removed in all.
+    pub fn total_tasks(&self) -> u64 {
+        self.tasks.iter().map(|(_, n)| *n).sum()
+    }
+
+    /// Whether nothing was removed.
+    pub fn is_empty(&self) -> bool {
+        self.total_tasks() == 0 && self.runs == 0 && self.tombstones == 0
+    }
+
+    /// Adds `n` removed tasks in `state` (a store's bookkeeping).
+    pub fn add(&mut self, state: TaskState, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match self.tasks.iter_mut().find(|(s, _)| *s == state) {
+            Some((_, m)) => *m += n,
+            None => {
+                self.tasks.push((state, n));
+                self.tasks.sort();
+            }
+        }
+    }
 }
 
 /// Which tasks [`Store::list_tasks`] returns, newest first.
@@ -401,7 +476,7 @@ pub struct AttemptInfo {
     pub started_at: Timestamp,
     /// When it ended.
     pub finished_at: Timestamp,
-    /// `done`, `failed`, `retry`, `dead`, `released`, `continued` or `lease lapsed`.
+    /// `done`, `failed`, `retry`, `dead`, `released`, `continued`, `stopped` or `lease lapsed`.
     pub outcome: String,
     /// The error, if it had one.
     pub error: Option<String>,
@@ -513,7 +588,7 @@ pub enum StoreError {
     /// The store URL could not be understood.
     #[error("bad store URL `{url}`: {reason}")]
     BadUrl {
-        /// The URL given.
+        /// The URL given, its password (if any) replaced by `***`.
         url: String,
         /// What was wrong with it.
         reason: String,
@@ -691,10 +766,11 @@ pub(crate) fn stored_or_raw(text: &str) -> serde_json::Value {
     decode_stored(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
 }
 
-/// Why the stored `what` (payload, cursor) of task `id` does not decode, for
-/// [`ClaimedTask::decode_error`] and the dead task's error.
+/// Why the stored `what` (payload, cursor) of task `id` does not decode (`e`: the JSON
+/// error, or what else is wrong with the stored value), for [`ClaimedTask::decode_error`]
+/// and the dead task's error.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn decode_failure(what: &str, id: i64, e: &serde_json::Error) -> String {
+pub(crate) fn decode_failure(what: &str, id: i64, e: &dyn std::fmt::Display) -> String {
     format!(
         "the stored {what} of task {id} does not decode ({e}): the row was edited by hand or written by another version of taskq"
     )
@@ -753,6 +829,8 @@ pub trait Store: Send + Sync + 'static {
     /// `Err(LeaseLost)` if that lease was no longer held (nothing changed for it). Entries
     /// apply in order: a lease listed twice applies once, and the continuation steps of
     /// [`Outcome::Continue`] entries are stored (and get their ids) in the batch's order.
+    /// A held step whose run is no longer running is recorded as [`Outcome::Stopped`]
+    /// whatever its outcome ([`Outcome::transition_for_step`]): no continuation, no retry.
     async fn finish(
         &self,
         finished: Vec<Finish>,
@@ -772,6 +850,14 @@ pub trait Store: Send + Sync + 'static {
         checkpoint: Checkpoint,
         now: Timestamp,
     ) -> Result<(), StoreError>;
+
+    /// Whether the attempt under `lease` may go on: `Ok(())` while it holds its task
+    /// (running under this token) and, for a step of an iterative run, the run is still
+    /// running; [`StoreError::LeaseLost`] otherwise. Reads only. The step runner asks it
+    /// before it calls the user's function on a step's first batch (each later batch is
+    /// confirmed by the checkpoint of the one before), so a run cancelled after its step
+    /// was claimed does not call the function again.
+    async fn confirm(&self, lease: Lease) -> Result<(), StoreError>;
 
     /// The earliest `run_at` of pending tasks (or lease expiry of running ones) in these
     /// queues (all if empty), ignoring paused queues. The harness uses it to move time.
@@ -823,56 +909,48 @@ pub trait Store: Send + Sync + 'static {
     async fn iteration(&self, run: TaskId) -> Result<Option<IterationInfo>, StoreError>;
     /// Iterative runs, newest first, at most `limit`.
     async fn iterations(&self, limit: usize) -> Result<Vec<IterationInfo>, StoreError>;
-    /// Cancels a running iterative run: its pending step is cancelled, a running step
-    /// loses its lease at its next checkpoint or finish.
+    /// Cancels a running iterative run and, in the same transaction, every live step of
+    /// it: a pending step is cancelled, a running one loses its lease (its worker's next
+    /// checkpoint, confirm, heartbeat or finish is refused). A step handing over at the
+    /// same moment either finished first, and its continuation is cancelled here, or is
+    /// refused. Once this returns, no step of the run is live and none can be stored.
+    /// `NotFound` for an unknown run, `Conflict` for one that is not running.
     async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Deletes what retention no longer keeps at `now` ([`crate::retention`]): finished
+    /// tasks past their queue's retention, with their attempts (a named one leaves a
+    /// tombstone while its window lasts), run records that went with the step that ended
+    /// them, and tombstones whose hold has passed. Never a pending or running task.
+    /// Deletes at most `batch` rows (0 means [`PRUNE_BATCH`](crate::retention::PRUNE_BATCH))
+    /// per transaction, and repeats until nothing prunable is left; returns what it
+    /// removed. On PostgreSQL one process prunes a store at a time: a call that finds
+    /// another one pruning stops and says so ([`PruneReport::busy`]).
+    async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError>;
 }
 
 /// Opens a store from a URL: `memory://`, `sqlite://PATH` (created if missing; `sqlite::memory:`
 /// is not supported, use `memory://`), or `postgres://user@host/db`.
 ///
 /// Each `memory://` open is a new, empty store that lives in this process only: its tasks
-/// vanish when the process exits. A URL whose backend's Cargo feature (`sqlite`, `postgres`)
-/// is off fails with [`StoreError::BadUrl`] naming the feature.
+/// vanish when the process exits. The URL is read by [`StoreUrl::parse`] first, so a URL
+/// it refuses (an unknown scheme, a bad option, a backend whose Cargo feature, `sqlite` or
+/// `postgres`, is off) fails with [`StoreError::BadUrl`] saying why, before anything is
+/// opened; its password never shows in the error.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    let bad = |reason: &str| StoreError::BadUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    };
-    if url == "memory://" || url == "memory:" {
-        return Ok(std::sync::Arc::new(memory::MemoryStore::new()));
-    }
-    if let Some(path) = url.strip_prefix("sqlite://") {
+    match StoreUrl::parse(url)? {
+        StoreUrl::Memory => Ok(std::sync::Arc::new(memory::MemoryStore::new())),
         #[cfg(feature = "sqlite")]
-        {
-            if path.is_empty() {
-                return Err(bad(
-                    "no file path after `sqlite://`; write `sqlite://taskq.db`",
-                ));
-            }
-            return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?));
+        StoreUrl::Sqlite { path } => {
+            Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&path).await?))
         }
-        #[cfg(not(feature = "sqlite"))]
-        {
-            let _ = path;
-            return Err(bad("taskq-runtime was built without its `sqlite` feature"));
-        }
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         #[cfg(feature = "postgres")]
-        {
-            return Ok(std::sync::Arc::new(
-                postgres::PostgresStore::open(url).await?,
-            ));
-        }
-        #[cfg(not(feature = "postgres"))]
-        {
-            return Err(bad(
-                "taskq-runtime was built without its `postgres` feature",
-            ));
-        }
+        StoreUrl::Postgres { url } => Ok(std::sync::Arc::new(
+            postgres::PostgresStore::open(&url).await?,
+        )),
+        #[allow(unreachable_patterns)]
+        _ => Err(url::bad_url(
+            url,
+            "this build of taskq-runtime cannot open it",
+        )),
     }
-    Err(bad(
-        "unknown scheme; use `memory://`, `sqlite://PATH` or `postgres://USER@HOST/DB`",
-    ))
 }

@@ -4,8 +4,8 @@
 //! after it ends (for the named first step of an iterative run: while the run is live,
 //! and for the window after the run ends). Deleting the row must not free the name early
 //! (App Engine and Cloud Tasks keep a deleted task's name too). So whenever a named task's
-//! row is deleted — [`Store::delete`](super::Store::delete), [`Store::purge`](super::Store::purge),
-//! and any later retention or prune — the store writes, in the same transaction, a
+//! row is deleted — [`Store::delete`](super::Store::delete), [`Store::purge`](super::Store::purge)
+//! and [`Store::prune`](super::Store::prune) (retention) — the store writes, in the same transaction, a
 //! tombstone record: the name, the time until which the deleted row would have held it,
 //! and for a step of an iterative run the run (whose own end then counts).
 //! [`Store::enqueue`](super::Store::enqueue) checks these records atomically with its
@@ -23,10 +23,12 @@
 //!
 //! One record per name: a second delete of a name keeps the later of the two holds
 //! ([`merge`]). A record whose time has passed (and whose run, if any, no longer holds
-//! the name) is dead weight that a prune may delete.
+//! the name) is dead weight that a prune deletes ([`crate::retention`]); when a prune
+//! deletes a run's record, the records that pointed at the run keep its hold
+//! ([`without_run`]).
 //!
 //! Memory and SQLite apply these functions; PostgreSQL does the same in the SQL of its
-//! delete and purge statements (one statement each, so that a concurrent enqueue's
+//! delete, purge and prune statements (one statement each, so that a concurrent enqueue's
 //! snapshot sees either the task row or its tombstone, never neither).
 
 use super::{RunState, TaskId, TaskState};
@@ -107,8 +109,20 @@ pub fn merge(old: Option<Tombstone>, old_run_end: Option<Timestamp>, new: Tombst
     }
 }
 
+/// The record kept when the run `t` points at is pruned (see [`crate::retention`]): the
+/// hold the run gave the name (its end plus the window) is folded into `taken_until`, and
+/// the record no longer points at a run. `run_end` is when the run ended.
+pub fn without_run(t: Tombstone, run_end: Option<Timestamp>) -> Tombstone {
+    let from_run = run_end.map(|end| Timestamp(end.0.saturating_add(t.window_ms.max(0))));
+    Tombstone {
+        taken_until: from_run.map_or(t.taken_until, |r| r.max(t.taken_until)),
+        run: None,
+        window_ms: t.window_ms,
+    }
+}
+
 /// Whether `t` holds its name at `now`; `run` is the state and end of `t.run`, if it
-/// still exists.
+/// still exists. A record that no longer holds its name is dead weight: a prune deletes it.
 pub fn holds(t: &Tombstone, run: Option<(RunState, Option<Timestamp>)>, now: Timestamp) -> bool {
     t.taken_until > now
         || match run {
@@ -188,6 +202,29 @@ mod tests {
         assert!(!holds(&t, ended, Timestamp(960_000)));
         r.run = Some((TaskId(7), false));
         assert_eq!(of_deleted(r, Timestamp(500_000)), None);
+    }
+
+    #[test]
+    fn a_pruned_run_leaves_its_hold_in_the_record() {
+        let t = Tombstone {
+            taken_until: Timestamp(100),
+            run: Some(TaskId(7)),
+            window_ms: 1_000,
+        };
+        let folded = without_run(t, Some(Timestamp(5_000)));
+        assert_eq!(folded.taken_until, Timestamp(6_000));
+        assert_eq!(folded.run, None);
+        assert!(holds(&folded, None, Timestamp(5_999)));
+        assert!(!holds(&folded, None, Timestamp(6_000)));
+        // A record already holding longer keeps its time.
+        let long = Tombstone {
+            taken_until: Timestamp(9_000),
+            ..t
+        };
+        assert_eq!(
+            without_run(long, Some(Timestamp(5_000))).taken_until,
+            Timestamp(9_000)
+        );
     }
 
     #[test]

@@ -29,7 +29,14 @@ pub(crate) struct Exec {
 
 impl Exec {
     /// Runs one claimed task to its outcome: never panics, never returns early without one.
-    pub(crate) async fn run(&self, claimed: &ClaimedTask, cancel: Flag) -> Outcome {
+    /// `cancel` tells the task to stop (`ctx.is_cancelled()`); `progressed` is set when an
+    /// iterative step checkpoints (the lease renewal reads it when it gives up a task).
+    pub(crate) async fn run(
+        &self,
+        claimed: &ClaimedTask,
+        cancel: Flag,
+        progressed: Flag,
+    ) -> Outcome {
         if let Some(reason) = &claimed.decode_error {
             return policy::undecodable(reason);
         }
@@ -68,10 +75,9 @@ impl Exec {
                 kind: def.kind,
                 iteration: claimed.iteration.clone(),
                 cancelled: cancel,
-                progressed: Flag::default(),
+                progressed: progressed.clone(),
             }),
         };
-        let progressed = ctx.inner.progressed.clone();
         // Decoding runs user code (a custom `Deserialize`): a panic there ends the attempt
         // like a panic in the body (retried, then dead), instead of escaping the guard.
         let payload = claimed.payload.clone();

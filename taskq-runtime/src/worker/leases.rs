@@ -10,8 +10,9 @@
 //!   (`ctx.is_cancelled()`) once half the lease is left, and stopped once a quarter is
 //!   left: before another worker may claim it, never beside it.
 //! - No lease is renewed past the task's hard deadline plus one lease: a task that blocks
-//!   its thread (and so never reaches the hard deadline's check) is given up, its lease
-//!   lapses and the task runs again elsewhere.
+//!   its thread (and so never reaches the hard deadline's check) is given up, and its
+//!   attempt is recorded as failed with that reason ([`policy::blocked`]: retried, then
+//!   dead), so people see why and the task runs again after its backoff.
 //! - A finished attempt keeps its lease renewed until the outcome writer has recorded its
 //!   outcome (or given up on it): an outcome waiting behind a slow store must not let the
 //!   lease lapse and the task run again elsewhere.
@@ -22,10 +23,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::exec::Exec;
-use crate::store::{ClaimedTask, Lease, TaskId};
+use super::outcomes::Pending;
+use crate::policy;
+use crate::store::{ClaimedTask, Finish, Lease, TaskId};
 use crate::task::tokio_util_cancel::Flag;
 use crate::time::Timestamp;
 
@@ -35,6 +39,9 @@ pub(super) struct Running {
     pub lease: Lease,
     /// Set to tell the task to stop (`ctx.is_cancelled()`).
     pub cancel: Flag,
+    /// Set when an iterative step checkpointed during the attempt (its attempt count was
+    /// reset), for the retry policy.
+    pub progressed: Flag,
     /// Drops the task's future.
     pub abort: Option<tokio::task::AbortHandle>,
     /// What was claimed (to release it at shutdown).
@@ -151,16 +158,19 @@ impl InFlight {
         running.iter().filter_map(|id| g.remove(id)).collect()
     }
 
+    /// Takes out the execution under `lease` (not a newer one of the same task), if it is
+    /// still there.
+    fn take(&self, lease: Lease) -> Option<Running> {
+        let mut g = self.lock();
+        match g.get(&lease.id) {
+            Some(r) if r.lease == lease => g.remove(&lease.id),
+            _ => None,
+        }
+    }
+
     /// Stops and removes the execution under `lease`, if it is still there.
     fn stop(&self, lease: Lease, why: &str) {
-        let removed = {
-            let mut g = self.lock();
-            match g.get(&lease.id) {
-                Some(r) if r.lease == lease => g.remove(&lease.id),
-                _ => None,
-            }
-        };
-        match removed {
+        match self.take(lease) {
             Some(r) if r.finishing => {
                 tracing::warn!(id = %lease.id, task = %r.claimed.task, "{why}; its outcome may not be recorded (the task then runs again)");
             }
@@ -171,6 +181,51 @@ impl InFlight {
             None => {}
         }
     }
+
+    /// Gives up the execution under `lease`, still running past its hard deadline plus one
+    /// lease (it blocks its thread): stops it and hands its outcome ([`policy::blocked`]) to
+    /// the outcome writer, if the worker still has one.
+    fn give_up_blocked(
+        &self,
+        lease: Lease,
+        exec: &Exec,
+        done: &mpsc::WeakSender<Pending>,
+        lease_len: Duration,
+    ) {
+        let Some(r) = self.take(lease) else { return };
+        r.stop();
+        let options = exec
+            .registry
+            .get(&r.claimed.task)
+            .map(|d| d.options)
+            .unwrap_or(crate::task::TaskOptions::DEFAULT);
+        let outcome = policy::blocked(
+            &options,
+            &r.claimed,
+            r.progressed.is_set(),
+            exec.deadline_grace,
+            lease_len,
+            exec.clock.now(),
+        );
+        tracing::warn!(
+            id = %lease.id, task = %r.claimed.task,
+            "the task ran past its hard deadline and a lease without returning to the runtime (is it blocking its thread?); giving it up: {}",
+            outcome.error().unwrap_or_default()
+        );
+        // The execution is out of in-flight now, so it reports nothing if it ever returns:
+        // this is the attempt's one outcome. Sent from a task of its own, since the heartbeat must not
+        // wait on a full channel; a worker shutting down (no sender left) lets the lease lapse.
+        if let Some(tx) = done.upgrade() {
+            let finish = Finish {
+                lease,
+                outcome,
+                started_at: r.started_at,
+            };
+            tokio::spawn(async move {
+                let _ = tx.send((finish, r.claimed)).await;
+            });
+        }
+    }
 }
 
 /// Renews the leases of every running task, tells and stops those whose lease cannot be
@@ -178,7 +233,15 @@ impl InFlight {
 ///
 /// The renewal call runs beside the checks (a hung call must not delay them): a tick every
 /// eighth of the lease checks what is held, a renewal every quarter, bounded by a quarter.
-pub(super) async fn heartbeat(exec: Exec, inflight: InFlight, lease: Duration) {
+///
+/// `done` reaches the outcome writer, for the attempts given up because they block their
+/// thread; it is weak so that the writer still ends when the worker drops its sender.
+pub(super) async fn heartbeat(
+    exec: Exec,
+    inflight: InFlight,
+    lease: Duration,
+    done: mpsc::WeakSender<Pending>,
+) {
     let tick = (lease / 8).max(Duration::from_millis(4));
     let renew_every = lease / 4;
     let mut last_renewal = Instant::now();
@@ -194,25 +257,33 @@ pub(super) async fn heartbeat(exec: Exec, inflight: InFlight, lease: Duration) {
         // Stop what can no longer be held (two ticks before it lapses), tell what may soon
         // not be.
         let mut to_stop = Vec::new();
+        let mut blocked = Vec::new();
+        let mut unrecorded = Vec::new();
         for r in inflight.lock().values() {
             let left = r.held_until.saturating_duration_since(now);
             if left <= lease / 4 {
-                to_stop.push((
-                    r.lease,
-                    "its lease could not be renewed and is about to lapse",
-                ));
+                to_stop.push(r.lease);
             } else if now >= r.renew_until {
-                to_stop.push((r.lease, if r.finishing {
-                    "its outcome was not recorded within three leases; its lease is no longer renewed"
+                if r.finishing {
+                    unrecorded.push(r.lease);
                 } else {
-                    "it ran past its hard deadline (is it blocking its thread?); its lease is no longer renewed"
-                }));
+                    blocked.push(r.lease);
+                }
             } else if left <= lease / 2 && !r.finishing {
                 r.cancel.set();
             }
         }
-        for (l, why) in to_stop {
-            inflight.stop(l, why);
+        for l in to_stop {
+            inflight.stop(l, "its lease could not be renewed and is about to lapse");
+        }
+        for l in unrecorded {
+            inflight.stop(
+                l,
+                "its outcome was not recorded within three leases; its lease is no longer renewed",
+            );
+        }
+        for l in blocked {
+            inflight.give_up_blocked(l, &exec, &done, lease);
         }
         want_urgent |= urgent;
         if (!want_urgent && now.duration_since(last_renewal) < renew_every)

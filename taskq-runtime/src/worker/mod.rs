@@ -8,8 +8,11 @@
 //! - `leases.rs` is lease renewal: the tasks in flight keyed by their lease, and the
 //!   heartbeat that renews them (each call bounded) or stops a task whose lease it cannot
 //!   hold, before another worker may take it.
+//! - `nudge.rs` keeps the runtime's timers running while a task blocks a thread (tokio
+//!   would otherwise stall them all, the heartbeat's included).
 //! - `outcomes.rs` is the outcome writer: finished attempts go through a bounded channel
 //!   to one writer, which records them with one `Store::finish` call per batch.
+//! - `retention.rs` prunes the store about every minute ([`crate::retention`]).
 //! - What an attempt's result does to its task is decided in [`crate::policy`], shared
 //!   with the test harness.
 
@@ -29,7 +32,9 @@ use crate::time::Clock;
 
 mod exec;
 mod leases;
+mod nudge;
 mod outcomes;
+mod retention;
 
 pub(crate) use exec::Exec;
 use leases::{InFlight, Running};
@@ -71,6 +76,10 @@ pub struct WorkerStats {
     pub dead: AtomicU64,
     /// Tasks released at shutdown.
     pub released: AtomicU64,
+    /// Iterative steps recorded as stopped: their run had ended (see
+    /// [`Outcome::Stopped`]). A step of a run cancelled while it ran is not counted here:
+    /// its outcome is refused, the cancel having ended the step already.
+    pub stopped: AtomicU64,
 }
 
 impl WorkerStats {
@@ -81,6 +90,7 @@ impl WorkerStats {
             Outcome::Retry { .. } => &self.retried,
             Outcome::Dead { .. } => &self.dead,
             Outcome::Release => &self.released,
+            Outcome::Stopped => &self.stopped,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -99,6 +109,8 @@ pub struct WorkerBuilder {
     deadline_grace: Duration,
     clock: Clock,
     name: Option<String>,
+    prune: bool,
+    prune_interval: Duration,
 }
 
 impl WorkerBuilder {
@@ -177,6 +189,28 @@ impl WorkerBuilder {
         self
     }
 
+    /// Whether this worker prunes the store: deletes what retention no longer keeps
+    /// (finished tasks past their queue's retention, see [`crate::retention`]), every
+    /// prune interval, for every queue of the store (not only those it serves). Default
+    /// on. Any number of workers may prune (on PostgreSQL one at a time, the others
+    /// skip); turn it off to leave pruning to other workers or to
+    /// [`Queue::prune`](crate::Queue::prune). To keep a queue's tasks for ever, set its
+    /// retention to [`Retention::OFF`](crate::Retention::OFF) instead: every worker agrees
+    /// on that.
+    pub fn prune(mut self, on: bool) -> Self {
+        self.prune = on;
+        self
+    }
+
+    /// How often this worker prunes. Default 60 s
+    /// ([`PRUNE_INTERVAL`](crate::retention::PRUNE_INTERVAL)); each wait is scaled by a
+    /// random factor between 0.75 and 1.25, and the first prune comes one such wait after
+    /// the worker starts. At least 10 ms.
+    pub fn prune_interval(mut self, d: Duration) -> Self {
+        self.prune_interval = d;
+        self
+    }
+
     /// Checks the settings and the registry: duplicate task names are refused here, and so
     /// is a binary in which no task is registered ([`WorkerError::Config`] with setting
     /// `tasks`), and a worker name or served queue holding a NUL byte (setting `name` or
@@ -193,6 +227,15 @@ impl WorkerBuilder {
             return Err(WorkerError::Config {
                 setting: "concurrency",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.prune && self.prune_interval < Duration::from_millis(10) {
+            return Err(WorkerError::Config {
+                setting: "prune_interval",
+                reason: format!(
+                    "{:?} would prune without pause; use at least 10ms",
+                    self.prune_interval
+                ),
             });
         }
         if self.lease < Duration::from_millis(30) {
@@ -235,6 +278,7 @@ impl WorkerBuilder {
             lease: self.lease,
             poll_interval: self.poll_interval,
             shutdown_grace: self.shutdown_grace,
+            prune_interval: self.prune.then_some(self.prune_interval),
             stats: Arc::new(WorkerStats::default()),
         })
     }
@@ -259,6 +303,8 @@ pub struct Worker {
     lease: Duration,
     poll_interval: Duration,
     shutdown_grace: Duration,
+    /// How often it prunes; `None`: it does not.
+    prune_interval: Option<Duration>,
     stats: Arc<WorkerStats>,
 }
 
@@ -327,6 +373,8 @@ impl Worker {
             deadline_grace: Duration::from_secs(5),
             clock: Clock::system(),
             name: None,
+            prune: true,
+            prune_interval: crate::retention::PRUNE_INTERVAL,
         }
     }
 
@@ -388,8 +436,26 @@ impl Worker {
         ));
         let heartbeat = tokio::spawn(supervised("lease renewal", {
             let (exec, inflight, lease) = (exec.clone(), inflight.clone(), self.lease);
-            move || leases::heartbeat(exec.clone(), inflight.clone(), lease)
+            let done = done_tx.downgrade();
+            move || leases::heartbeat(exec.clone(), inflight.clone(), lease, done.clone())
         }));
+        let pruner = self.prune_interval.map(|interval| {
+            tokio::spawn(supervised("pruning", {
+                let exec = exec.clone();
+                move || {
+                    retention::prune_periodically(
+                        exec.store.clone(),
+                        exec.clock.clone(),
+                        interval,
+                        exec.worker.clone(),
+                    )
+                }
+            }))
+        });
+
+        // Keeps the runtime's timers (the heartbeat's among them) running while a task
+        // blocks a thread; stops with this function.
+        let _nudge = nudge::start((self.lease / 8).clamp(NUDGE_MIN, NUDGE_MAX));
 
         // Keep a few seconds of the shutdown grace to stop what is left and write its release.
         let reserve = (self.shutdown_grace / 5).min(Duration::from_secs(5));
@@ -482,6 +548,10 @@ impl Worker {
 
         // Graceful shutdown, within one deadline.
         tracing::info!(worker = %exec.worker, "taskq worker shutting down");
+        if let Some(p) = pruner {
+            // A prune cut short is harmless: each of its batches commits alone.
+            p.abort();
+        }
         let deadline = shutdown_at.unwrap_or_else(tokio::time::Instant::now) + self.shutdown_grace;
         inflight.cancel_all();
         for task in claiming.take().unwrap_or_default() {
@@ -538,6 +608,7 @@ impl Worker {
         claimed_at: tokio::time::Instant,
     ) {
         let cancel = Flag::default();
+        let progressed = Flag::default();
         let started_at = exec.clock.now();
         let lease = task.lease;
         let timeout = exec
@@ -558,6 +629,7 @@ impl Worker {
                     + timeout
                     + exec.deadline_grace
                     + self.lease,
+                progressed: progressed.clone(),
                 finishing: false,
             },
             self.lease,
@@ -583,7 +655,7 @@ impl Worker {
                 // Frees the slot however this future ends: finished, or dropped because
                 // its lease was lost (stopped by the lease renewal).
                 let _slot = slot;
-                let outcome = exec2.run(&task, cancel).await;
+                let outcome = exec2.run(&task, cancel, progressed).await;
                 tracing::Span::current().record("outcome", outcome.label());
                 if let Outcome::Retry { error, .. }
                 | Outcome::Failed { error }
@@ -618,8 +690,8 @@ impl Worker {
     }
 }
 
-/// Runs a background part of the worker (lease renewal), restarting it when it panics: a
-/// panic there must not end it silently for the life of the worker.
+/// Runs a background part of the worker (lease renewal, pruning), restarting it when it
+/// panics: a panic there must not end it silently for the life of the worker.
 async fn supervised<F, Fut>(what: &'static str, part: F)
 where
     F: Fn() -> Fut,
@@ -683,6 +755,13 @@ impl Worker {
         }
     }
 }
+
+/// The shortest and longest period of the runtime nudge ([`nudge`]): an eighth of the
+/// lease, within these bounds, so a task blocking a thread stalls the others' timers at
+/// most this long.
+const NUDGE_MIN: Duration = Duration::from_millis(5);
+/// See [`NUDGE_MIN`].
+const NUDGE_MAX: Duration = Duration::from_millis(100);
 
 /// The shortest idle wait between claims while due tasks are held back by a queue's rate
 /// or concurrency limit.

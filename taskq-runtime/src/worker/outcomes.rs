@@ -166,6 +166,10 @@ async fn write(
     for ((f, _), r) in pending.iter().zip(results) {
         match r {
             Ok(()) => stats.count(&f.outcome),
+            // A step stopped by a cancel: the cancel ended it already, as it should.
+            Err(e @ StoreError::LeaseLost(_)) if f.outcome == Outcome::Stopped => {
+                tracing::debug!(id = %f.lease.id, error = %e, "stopped step: its run had ended")
+            }
             Err(e) => tracing::warn!(id = %f.lease.id, error = %e, "outcome not recorded"),
         }
     }

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use serde_json::json;
 use taskq_runtime::store::{
-    Checkpoint, Finish, Lease, NewIteration, Outcome, Store, StoreError, TaskInfo, TaskQuery,
-    TaskState,
+    Checkpoint, Finish, Lease, NewIteration, Outcome, QueueConfig, Store, StoreError, TaskInfo,
+    TaskQuery, TaskState,
 };
 use taskq_runtime::value::MAX_PAYLOAD_BYTES;
-use taskq_runtime::TaskId;
+use taskq_runtime::{Retention, TaskId};
 
 use super::{at, finish_one, new_task, req, T0};
 
@@ -107,18 +107,22 @@ async fn assert_counts_exact(s: &dyn Store, configured: &BTreeSet<String>, step:
 /// `queues()` counts equal a full count of the tasks (read through `list_tasks`) after
 /// every step of random operations: starts (named, delayed, iterative), claims, every
 /// outcome, lapsed leases, heartbeats, checkpoints, delete, purge, retry, run now, cancel,
-/// pause and resume. Three fixed seeds, so a failure replays.
+/// pause and resume, retention settings and prunes (on virtual time, days apart). Three
+/// fixed seeds, so a failure replays.
 pub async fn queue_counts_equal_a_full_count(s: Arc<dyn Store>) {
     const QUEUES: [&str; 3] = ["a", "b", "c"];
+    // Queues with settings stay listed across seeds (one store for all three).
+    let mut configured: BTreeSet<String> = BTreeSet::new();
+    // Finished tasks the prunes took, so the case is known to have counted some.
+    let mut pruned = 0;
     for seed in [0x9e37_79b9_7f4a_7c15_u64, 42, 7_777_777] {
         let mut rng = Rng(seed);
         let mut now = at(seed as i64 % 1000);
         let mut held: Vec<(Lease, bool)> = Vec::new();
         let mut ids: Vec<TaskId> = Vec::new();
-        let mut configured: BTreeSet<String> = BTreeSet::new();
         for step in 0..120 {
             let queue = *rng.pick(&QUEUES).unwrap_or(&"a");
-            let op = rng.below(13);
+            let op = rng.below(15);
             let what = format!("seed {seed} step {step} op {op}");
             let r: Result<(), StoreError> = match op {
                 0..=2 => {
@@ -216,6 +220,41 @@ pub async fn queue_counts_equal_a_full_count(s: Arc<dyn Store>) {
                     configured.insert(queue.to_string());
                     s.set_paused(queue, rng.below(2) == 0).await
                 }
+                12 => {
+                    // A short retention on some queues, so that prunes take rows of the
+                    // queues beside others kept by the defaults.
+                    configured.insert(queue.to_string());
+                    let keep = std::time::Duration::from_millis(500 + rng.below(2000));
+                    let retention = match rng.below(3) {
+                        0 => Retention::OFF,
+                        1 => Retention {
+                            done: Some(keep),
+                            failed: None,
+                        },
+                        _ => Retention {
+                            done: Some(keep),
+                            failed: Some(keep * 2),
+                        },
+                    };
+                    let config = QueueConfig {
+                        retention: Some(retention),
+                        ..QueueConfig::default()
+                    };
+                    s.configure_queue(queue, config).await
+                }
+                13 => {
+                    // Prunes in small batches, now and then a day or a week on, so the
+                    // defaults take finished rows too.
+                    let day = std::time::Duration::from_secs(24 * 3600);
+                    match rng.below(4) {
+                        0 => now = now.add(day),
+                        1 => now = now.add(day * 8),
+                        _ => {}
+                    }
+                    s.prune(now, 1 + rng.below(4) as usize)
+                        .await
+                        .map(|r| pruned += r.total_tasks())
+                }
                 _ => {
                     now = now.add(std::time::Duration::from_millis(rng.below(1500)));
                     Ok(())
@@ -227,6 +266,10 @@ pub async fn queue_counts_equal_a_full_count(s: Arc<dyn Store>) {
             assert_counts_exact(&*s, &configured, &what).await;
         }
     }
+    assert!(
+        pruned > 0,
+        "no prune took a finished task: the case did not test them"
+    );
 }
 
 /// A listing leaves payloads out unless asked (`payload` is null), pages by key with

@@ -384,6 +384,8 @@ ORDER BY c.priority DESC, c.run_at, c.id
                     max_concurrent: q
                         .get::<_, Option<i64>>(3)
                         .map(|m| m.clamp(0, i64::from(u32::MAX)) as u32),
+                    // Admission does not read the retention.
+                    retention: None,
                 };
                 let bucket = match (q.get::<_, Option<f64>>(4), q.get::<_, Option<i64>>(5)) {
                     (Some(tokens), Some(at)) => Some(Bucket {

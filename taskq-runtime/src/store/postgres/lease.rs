@@ -1,12 +1,16 @@
-//! The lease-bound calls: heartbeat, finish and checkpoint. Each one touches a task only
-//! where `id`, `lease_token` and `state = 'running'` all match, and changes nothing for a
-//! lease that was lost.
+//! The lease-bound calls: heartbeat, finish, checkpoint and confirm. Each one touches a
+//! task only where `id`, `lease_token` and `state = 'running'` all match, and changes
+//! nothing for a lease that was lost. Finish and checkpoint lock the steps' runs first
+//! (the lock order of the [module docs](super)), so what they do to a step follows the
+//! run's state as it stands until they commit.
 
 use std::collections::HashSet;
 
 use super::rows::to_json_text;
 use super::{Param, PostgresStore};
-use crate::store::{check_checkpoint, Checkpoint, Finish, Lease, StoreError, TaskId, MAX_COUNT};
+use crate::store::{
+    check_checkpoint, Checkpoint, Finish, Lease, Outcome, StoreError, TaskId, MAX_COUNT,
+};
 use crate::time::Timestamp;
 
 /// The columns of a batch of finished attempts, one array each, for the `unnest` of the
@@ -43,8 +47,14 @@ impl FinishColumns {
         self.started.push(f.started_at.0);
     }
 
-    /// `$1` is the time of the call, `$2` the worker, `$3..$13` the columns.
-    fn params<'a>(&'a self, now: &'a i64, worker: &'a &'a str) -> [Param<'a>; 13] {
+    /// `$1` is the time of the call, `$2` the worker, `$3..$13` the columns, `$14..$16`
+    /// the state, label and error of [`Outcome::Stopped`].
+    fn params<'a>(
+        &'a self,
+        now: &'a i64,
+        worker: &'a &'a str,
+        stopped: &'a (String, String, Option<String>),
+    ) -> [Param<'a>; 16] {
         [
             now,
             worker,
@@ -59,6 +69,9 @@ impl FinishColumns {
             &self.run_ends,
             &self.continue_ats,
             &self.started,
+            &stopped.0,
+            &stopped.1,
+            &stopped.2,
         ]
     }
 }
@@ -119,14 +132,35 @@ pub(super) async fn finish(
             cols.push(f, now);
         }
     }
+    // A held step whose run is no longer running is recorded as `Outcome::Stopped`
+    // whatever its outcome (`Outcome::transition_for_step`): its state, label and error are
+    // `$14..$16`; it counts, ends the step, and has no run_at, run end or continuation (the
+    // policy's tests pin that). The first statement locked the runs, so the state read
+    // here holds until the commit.
     let sql = s.sql(
         r#"
-WITH f AS (
+WITH f0 AS (
 SELECT * FROM unnest($3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::int8[],
                      $9::bool[], $10::bool[], $11::text[], $12::int8[], $13::int8[])
     WITH ORDINALITY
-    AS f(id, token, state, label, error, run_at, counts, finished, run_ends, continue_at,
-         started_at, ord)
+    AS f0(id, token, state, label, error, run_at, counts, finished, run_ends, continue_at,
+          started_at, ord)
+),
+f AS (
+SELECT f0.id, f0.token, f0.ord, f0.started_at,
+       CASE WHEN e.ended THEN $14::text ELSE f0.state END AS state,
+       CASE WHEN e.ended THEN $15::text ELSE f0.label END AS label,
+       CASE WHEN e.ended THEN $16::text ELSE f0.error END AS error,
+       CASE WHEN e.ended THEN NULL ELSE f0.run_at END AS run_at,
+       f0.counts OR e.ended AS counts,
+       f0.finished OR e.ended AS finished,
+       CASE WHEN e.ended THEN NULL ELSE f0.run_ends END AS run_ends,
+       CASE WHEN e.ended THEN NULL ELSE f0.continue_at END AS continue_at
+FROM f0 CROSS JOIN LATERAL (
+    SELECT EXISTS (SELECT 1 FROM {S}.taskq_tasks t
+                   JOIN {S}.taskq_iterations i ON i.run_id = t.run_id
+                   WHERE t.id = f0.id AND i.state <> 'running') AS ended
+) e
 ),
 upd AS (
 UPDATE {S}.taskq_tasks t SET
@@ -177,10 +211,21 @@ WHERE u.state = 'pending' OR u.continue_at IS NOT NULL
 ) n ON true
 "#,
     );
+    let stopped = Outcome::Stopped.transition(now);
+    let stopped = (
+        stopped.state.as_str().to_string(),
+        stopped.label.to_string(),
+        stopped.error,
+    );
     let mut c = s.pool.get().await?;
+    let lock = c.prep(&s.lock_runs_of_tasks_sql()).await?;
     let st = c.prep(&sql).await?;
-    let client = c.client()?;
-    let r = client.query(&st, &cols.params(&now.0, &worker)).await;
+    let r = PostgresStore::after_locks(
+        &mut c,
+        (&lock, &[&cols.ids]),
+        (&st, &cols.params(&now.0, &worker, &stopped)),
+    )
+    .await?;
     let applied: HashSet<(i64, i64)> = c.check(r)?.iter().map(|r| (r.get(0), r.get(1))).collect();
     Ok(finished
         .iter()
@@ -226,10 +271,13 @@ pub(super) async fn checkpoint(
     let processed = cp.processed.min(MAX_COUNT) as i64;
     let total = cp.total.map(|t| t.min(MAX_COUNT) as i64);
     let mut c = s.pool.get().await?;
+    let lock = c.prep(&s.lock_runs_of_tasks_sql()).await?;
     let st = c.prep(&sql).await?;
-    let client = c.client()?;
-    let r = client
-        .query(
+    let ids = vec![lease.id.0];
+    let r = PostgresStore::after_locks(
+        &mut c,
+        (&lock, &[&ids]),
+        (
             &st,
             &[
                 &lease.id.0,
@@ -239,8 +287,9 @@ pub(super) async fn checkpoint(
                 &total,
                 &now.0,
             ],
-        )
-        .await;
+        ),
+    )
+    .await?;
     if !c.check(r)?.is_empty() {
         return Ok(());
     }
@@ -273,4 +322,23 @@ pub(super) async fn checkpoint(
         return Err(StoreError::NotFound(format!("iteration run {run}")));
     }
     Err(StoreError::LeaseLost(lease.id))
+}
+
+/// `Ok(())` while `lease` holds its task and, for a step, its run is running; `LeaseLost`
+/// otherwise. One read.
+pub(super) async fn confirm(s: &PostgresStore, lease: Lease) -> Result<(), StoreError> {
+    let sql = s.sql(
+        "SELECT 1 FROM {S}.taskq_tasks t \
+         LEFT JOIN {S}.taskq_iterations i ON i.run_id = t.run_id \
+         WHERE t.id = $1::int8 AND t.lease_token = $2::int8 AND t.state = 'running' \
+           AND (i.run_id IS NULL OR i.state = 'running')",
+    );
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    let r = client.query_opt(&st, &[&lease.id.0, &lease.token]).await;
+    match c.check(r)? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::LeaseLost(lease.id)),
+    }
 }

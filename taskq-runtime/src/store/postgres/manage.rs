@@ -1,6 +1,8 @@
 //! The management calls: queues and their settings, listing and reading tasks, run now,
 //! delete, retry, purge, and iteration runs (read, list, cancel); and [`BURY`], the
-//! tombstones every deletion of task rows leaves in its statement.
+//! tombstones every deletion of task rows leaves in its statement. Delete, retry, purge and
+//! cancel lock the rows of the runs they touch before any task row (the lock order of the
+//! [module docs](super)).
 
 use std::collections::BTreeMap;
 
@@ -58,7 +60,10 @@ ON CONFLICT (name) DO UPDATE SET
 /// finished ones from the counts the triggers keep (`taskq_queue_counts`, summed over
 /// its slots), in one statement (one snapshot).
 pub(super) async fn queues(s: &PostgresStore) -> Result<Vec<QueueInfo>, StoreError> {
-    let cfg_sql = s.sql("SELECT name, paused, rate, burst, max_concurrent FROM {S}.taskq_queues");
+    let cfg_sql = s.sql(
+        "SELECT name, paused, rate, burst, max_concurrent, keep_done_ms, keep_failed_ms \
+         FROM {S}.taskq_queues",
+    );
     let count_sql = s.sql(
         "SELECT t.queue, 'pending', count(*)::int8 FROM {S}.taskq_tasks t \
          WHERE t.state = 'pending' GROUP BY t.queue \
@@ -91,6 +96,7 @@ pub(super) async fn queues(s: &PostgresStore) -> Result<Vec<QueueInfo>, StoreErr
                     rate: r.get(2),
                     burst: burst.map(|b| b.clamp(0, u32::MAX as i64) as u32),
                     max_concurrent: max.map(|m| m.clamp(0, u32::MAX as i64) as u32),
+                    retention: crate::retention::from_columns(r.get(5), r.get(6)),
                 },
             },
         );
@@ -122,18 +128,24 @@ pub(super) async fn configure_queue(
     config: QueueConfig,
 ) -> Result<(), StoreError> {
     let sql = s.sql(
-        "INSERT INTO {S}.taskq_queues (name, rate, burst, max_concurrent) \
-         VALUES ($1::text, $2::float8, $3::int8, $4::int8) \
+        "INSERT INTO {S}.taskq_queues (name, rate, burst, max_concurrent, keep_done_ms, \
+             keep_failed_ms) \
+         VALUES ($1::text, $2::float8, $3::int8, $4::int8, $5::int8, $6::int8) \
          ON CONFLICT (name) DO UPDATE SET rate = EXCLUDED.rate, burst = EXCLUDED.burst, \
-             max_concurrent = EXCLUDED.max_concurrent, tokens = NULL, refilled_at = NULL",
+             max_concurrent = EXCLUDED.max_concurrent, tokens = NULL, refilled_at = NULL, \
+             keep_done_ms = EXCLUDED.keep_done_ms, keep_failed_ms = EXCLUDED.keep_failed_ms",
     );
     let burst = config.burst.map(i64::from);
     let max = config.max_concurrent.map(i64::from);
+    let (keep_done, keep_failed) = crate::retention::to_columns(config.retention.as_ref());
     let mut c = s.pool.get().await?;
     let st = c.prep(&sql).await?;
     let client = c.client()?;
     let r = client
-        .execute(&st, &[&queue, &config.rate, &burst, &max])
+        .execute(
+            &st,
+            &[&queue, &config.rate, &burst, &max, &keep_done, &keep_failed],
+        )
         .await;
     c.check(r)?;
     Ok(())
@@ -165,8 +177,18 @@ pub(super) async fn purge(
     queue: &str,
     now: Timestamp,
 ) -> Result<u64, StoreError> {
+    // The runs of the queue's pending steps are locked first (the lock order); a step
+    // stored after that, under a run not locked here, is left: purging it would lock its
+    // row before its run's.
+    let lock_sql = s.sql(
+        "SELECT i.run_id FROM {S}.taskq_iterations i \
+         WHERE i.run_id IN (SELECT t.run_id FROM {S}.taskq_tasks t \
+                            WHERE t.queue = $1::text AND t.state = 'pending') \
+         ORDER BY i.run_id FOR UPDATE OF i",
+    );
     let sql = s.sql(
         "WITH d AS (DELETE FROM {S}.taskq_tasks WHERE queue = $1::text AND state = 'pending' \
+                      AND (run_id IS NULL OR run_id = ANY($3::int8[])) \
                     RETURNING {DELETED}), \
               a AS (DELETE FROM {S}.taskq_attempts WHERE task_id IN (SELECT id FROM d)), \
               n AS ({BURY}), \
@@ -178,10 +200,30 @@ pub(super) async fn purge(
          SELECT count(*) FROM d",
     );
     let mut c = s.pool.get().await?;
+    let lock = c.prep(&lock_sql).await?;
     let st = c.prep(&sql).await?;
     let client = c.client()?;
-    let r = client.query_one(&st, &[&queue, &now.0]).await;
+    let lock_params: [Param<'_>; 1] = [&queue];
+    let (begin, locked) = futures::join!(
+        client.batch_execute("BEGIN"),
+        client.query(&lock, &lock_params)
+    );
+    let locked = match (c.check(begin), c.check(locked)) {
+        (Ok(()), Ok(rows)) => rows.iter().map(|r| r.get(0)).collect::<Vec<i64>>(),
+        (Err(e), _) | (_, Err(e)) => {
+            // The transaction is open (or the connection broken): not reused.
+            c.discard();
+            return Err(e);
+        }
+    };
+    let client = c.client()?;
+    let params: [Param<'_>; 3] = [&queue, &now.0, &locked];
+    let (r, commit) = futures::join!(
+        client.query_one(&st, &params),
+        client.batch_execute("COMMIT")
+    );
     let n: i64 = c.check(r)?.get(0);
+    c.check(commit)?;
     Ok(n.max(0) as u64)
 }
 
@@ -341,10 +383,11 @@ pub(super) async fn delete(
          SELECT count(*) FROM d",
     );
     let mut c = s.pool.get().await?;
+    let lock = c.prep(&s.lock_runs_of_tasks_sql()).await?;
     let st = c.prep(&sql).await?;
-    let client = c.client()?;
-    let r = client.query_one(&st, &[&id.0, &now.0]).await;
-    let n: i64 = c.check(r)?.get(0);
+    let ids = vec![id.0];
+    let r = PostgresStore::after_locks(&mut c, (&lock, &[&ids]), (&st, &[&id.0, &now.0])).await?;
+    let n: i64 = c.check(r)?.first().map_or(0, |row| row.get(0));
     if n == 0 {
         return Err(StoreError::NotFound(format!("task {id}")));
     }
@@ -364,9 +407,10 @@ pub(super) async fn retry(s: &PostgresStore, id: TaskId, now: Timestamp) -> Resu
          SELECT 1 FROM (SELECT pg_notify('taskq_new', t.queue) FROM t) n",
     );
     let mut c = s.pool.get().await?;
+    let lock = c.prep(&s.lock_runs_of_tasks_sql()).await?;
     let st = c.prep(&sql).await?;
-    let client = c.client()?;
-    match client.query(&st, &[&id.0, &now.0]).await {
+    let ids = vec![id.0];
+    match PostgresStore::after_locks(&mut c, (&lock, &[&ids]), (&st, &[&id.0, &now.0])).await? {
         Ok(rows) if !rows.is_empty() => return Ok(()),
         Ok(_) => {}
         Err(e) if is_unique_violation(&e) => {
@@ -417,12 +461,15 @@ pub(super) async fn iterations(
     c.check(r)?.iter().map(iteration_from_row).collect()
 }
 
-/// Cancels a running iteration run and its live step.
+/// Cancels a running iteration run and every live step of it. The run's row is locked
+/// first, in a statement of its own: a step handing over holds it until it commits, so the
+/// cancel's statement, started after, sees (and cancels) the continuation it stored.
 pub(super) async fn cancel_iteration(
     s: &PostgresStore,
     run: TaskId,
     now: Timestamp,
 ) -> Result<(), StoreError> {
+    let lock_sql = s.sql("SELECT 1 FROM {S}.taskq_iterations WHERE run_id = $1::int8 FOR UPDATE");
     let sql = s.sql(
         "WITH it AS (UPDATE {S}.taskq_iterations SET state = 'cancelled', \
                          finished_at = $2::int8, updated_at = $2::int8 \
@@ -434,10 +481,11 @@ pub(super) async fn cancel_iteration(
          SELECT count(*) FROM it",
     );
     let mut c = s.pool.get().await?;
+    let lock = c.prep(&lock_sql).await?;
     let st = c.prep(&sql).await?;
-    let client = c.client()?;
-    let r = client.query_one(&st, &[&run.0, &now.0]).await;
-    let n: i64 = c.check(r)?.get(0);
+    let r =
+        PostgresStore::after_locks(&mut c, (&lock, &[&run.0]), (&st, &[&run.0, &now.0])).await?;
+    let n: i64 = c.check(r)?.first().map_or(0, |row| row.get(0));
     if n > 0 {
         return Ok(());
     }

@@ -39,6 +39,16 @@
 //!   poll interval stays as the fallback.
 //! - **Fencing**: each claim increments the task's `lease_token`; heartbeat, finish and
 //!   checkpoint only touch a row where `id = $1 AND lease_token = $2 AND state = 'running'`.
+//! - **Lock order: a run's row before its steps' rows.** Every call that changes both an
+//!   iteration run (`taskq_iterations`) and task rows (cancel, finish, checkpoint, delete,
+//!   purge, retry) first locks the runs' rows (`FOR UPDATE`, in `run_id` order, in a
+//!   statement of its own), then runs its statement in the same transaction
+//!   (`PostgresStore::after_locks`): two such calls never wait on each other in a cycle,
+//!   and the second statement's snapshot sees every step a call holding the run's row
+//!   stored before it let go (so a cancel also cancels a continuation stored by a step
+//!   handing over at that moment, and a step's checkpoint or hand-over sees a cancel that
+//!   came first). Claim and heartbeat lock task rows only; a claim of limited queues locks
+//!   their `taskq_queues` rows before task rows.
 //! - **Connection loss**: operations fail with [`StoreError::Backend`] while PostgreSQL is
 //!   unreachable; broken connections are dropped and new ones are made with back-off
 //!   (50 ms doubling to 5 s), and the listening connection reconnects by itself (and wakes
@@ -55,20 +65,23 @@
 //!   one place in Rust ([`admission`]); hosts' wall clocks may be off by any amount (the
 //!   budget is in [`Clock`]). A host whose wall clock is more than a second off is logged.
 //!   Virtual time ([`Clock::manual`]) is passed through unchanged.
+//! - **Retention** (`retention.rs`): a prune deletes what [`crate::retention`] no longer
+//!   keeps, one statement per batch; one process prunes a store at a time (a
+//!   transaction-level advisory lock, `pg_try_advisory_xact_lock`), the others skip.
 //!
-//! # Table layout (schema version 5; version 4 is reserved for the retention policy)
+//! # Table layout (schema version 5)
 //! Migrations are versioned in `taskq_schema(version, applied_at)` and applied under an
 //! advisory lock when a store is opened. A database whose schema is newer than this build
 //! knows is refused with [`StoreError::SchemaTooNew`].
 //!
 //! | table | columns | notes |
 //! |---|---|---|
-//! | `taskq_tasks` | `id bigserial`, `task`, `queue`, `state` (`pending` `running` `done` `failed` `dead` `cancelled`), `payload json`, `priority`, `attempts`, `unique_name`, `tombstone_ms`, `created_at`, `enqueued_at`, `run_at`, `finished_at`, `last_error`, `run_id`, `worker`, `lease_until`, `lease_token`, `started_at` | claim indexes `(priority DESC, run_at, id)` and `(queue, priority DESC, run_at, id)` of pending tasks (a claim seeks each priority's due rows, `run_at <= now`, so rows due later are never read) and `(lease_until)` of running ones (lapsed leases); a unique partial index on `unique_name` of live tasks; `run_id` index; `(state, id)`, `(state, queue, id)`, `(state, task, id)` of finished rows (version 5, partial, so a claim writes none of them) for listings by key |
+//! | `taskq_tasks` | `id bigserial`, `task`, `queue`, `state` (`pending` `running` `done` `failed` `dead` `cancelled`), `payload json`, `priority`, `attempts`, `unique_name`, `tombstone_ms`, `created_at`, `enqueued_at`, `run_at`, `finished_at`, `last_error`, `run_id`, `worker`, `lease_until`, `lease_token`, `started_at` | claim indexes `(priority DESC, run_at, id)` and `(queue, priority DESC, run_at, id)` of pending tasks (a claim seeks each priority's due rows, `run_at <= now`, so rows due later are never read) and `(lease_until)` of running ones (lapsed leases); a unique partial index on `unique_name` of live tasks; `run_id` index; `(state, finished_at)` of finished tasks, for pruning (version 4); `(state, id)`, `(state, queue, id)`, `(state, task, id)` of finished rows (version 5, partial, so a claim writes none of them) for listings by key |
 //! | `taskq_attempts` | `id`, `task_id`, `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error` | one row per finished or lapsed attempt; deleted with its task |
-//! | `taskq_queues` | `name`, `paused`, `rate`, `burst`, `max_concurrent`, `tokens`, `refilled_at` | settings and the token bucket's state |
-//! | `taskq_iterations` | `run_id` (the first step's id), `task`, `queue`, `filter json`, `cursor json`, `processed`, `batches`, `steps`, `total`, `state`, `started_at`, `updated_at`, `finished_at`, `error` | one row per iterative run |
-//! | `taskq_queue_counts` | `queue`, `state`, `slot`, `n` | version 5: finished tasks per queue and state, kept by statement-level triggers on `taskq_tasks` (one write per queue and state per statement), in 16 slots by backend pid so that concurrent finishes of one queue rarely wait on one row; [`Store::queues`] sums them and counts pending and running tasks through their partial indexes |
-//! | `taskq_tombstones` | `name`, `taken_until`, `run_id`, `tombstone_ms` | version 3: the holds deleted named tasks leave on their names (see [`tombstone`]); written by delete and purge in their statement, read by enqueue's name check |
+//! | `taskq_queues` | `name`, `paused`, `rate`, `burst`, `max_concurrent`, `tokens`, `refilled_at`, `keep_done_ms`, `keep_failed_ms` | settings and the token bucket's state; the retention (version 4; both NULL: the defaults, `-1`: for ever, see [`crate::retention::to_columns`]) |
+//! | `taskq_iterations` | `run_id` (the first step's id), `task`, `queue`, `filter json`, `cursor json`, `processed`, `batches`, `steps`, `total`, `state`, `started_at`, `updated_at`, `finished_at`, `error` | one row per iterative run; `(state, finished_at)` of ended runs, for pruning (version 4) |
+//! | `taskq_queue_counts` | `queue`, `state`, `slot`, `n` | version 5: finished tasks per queue and state, kept by statement-level triggers on `taskq_tasks` (one write per queue and state per statement, prune's deletes included), in 16 slots by backend pid so that concurrent finishes of one queue rarely wait on one row; [`Store::queues`] sums them and counts pending and running tasks through their partial indexes |
+//! | `taskq_tombstones` | `name`, `taken_until`, `run_id`, `tombstone_ms` | version 3: the holds deleted named tasks leave on their names (see [`tombstone`]); written by delete, purge and prune in their statement, read by enqueue's name check; indexes `(taken_until)` and `(run_id)` for pruning (version 4) |
 //!
 //! Payloads, filters and cursors are `json`, not `jsonb`: the exact text taskq wrote, so
 //! values come back bit-identical and strings may hold `\u0000` (version 2 changed them
@@ -118,9 +131,9 @@
 //! One subject per file: `schema.rs` (migrations), `pool.rs` (connections), `enqueue.rs`
 //! (the name check and the insert), `claim.rs` (claim statements, admission, `next_due`),
 //! `lease.rs` (heartbeat, finish, checkpoint), `manage.rs` (management calls, tombstones),
-//! `rows.rs` (row decoding), `clock.rs` (reading the database clock). This file holds the
-//! store, opening, `LISTEN/NOTIFY` (whose connection also refreshes the clock) and the
-//! `Store` impl that delegates to them.
+//! `retention.rs` (prune's statements), `rows.rs` (row decoding), `clock.rs` (reading the
+//! database clock). This file holds the store, opening, `LISTEN/NOTIFY` (whose connection
+//! also refreshes the clock) and the `Store` impl that delegates to them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -140,14 +153,18 @@ mod enqueue;
 mod lease;
 mod manage;
 mod pool;
+mod retention;
 mod rows;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod url;
 
 use clock::DbClock;
 use manage::{BURY, DELETED};
 use pool::{Pool, PooledConn};
+pub(crate) use url::check_url;
+use url::{check_schema_name, parse_url};
 
 /// The notification channel every store listens on.
 pub const CHANNEL: &str = "taskq_new";
@@ -210,93 +227,6 @@ impl std::fmt::Debug for PostgresStore {
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.listener.abort();
-    }
-}
-
-/// taskq's own URL options, taken out of the query string.
-struct UrlOptions {
-    schema: Option<String>,
-    pool_size: usize,
-}
-
-fn parse_url(url: &str) -> Result<(Config, UrlOptions), StoreError> {
-    let bad = |reason: String| StoreError::BadUrl {
-        url: url.to_string(),
-        reason,
-    };
-    let mut opts = UrlOptions {
-        schema: None,
-        pool_size: 10,
-    };
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let mut rest = Vec::new();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "schema" | "taskq_schema" => opts.schema = Some(v.to_string()),
-            "pool_size" => {
-                opts.pool_size = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| bad(format!("`pool_size={v}` is not a positive number")))?
-            }
-            _ => rest.push(pair),
-        }
-    }
-    let driver_url = if rest.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    let mut config: Config = driver_url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| bad(e.to_string()))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
-    // Detect a dead peer (a failover, a half-open connection) in seconds, not the ~15
-    // minutes of the kernel's defaults: keepalive probes after 10 s idle, every 2 s, 3 of
-    // them; and unacknowledged writes give up after 10 s. The URL may set each.
-    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
-        config.keepalives_idle(Duration::from_secs(10));
-    }
-    if config.get_keepalives_interval().is_none() {
-        config.keepalives_interval(Duration::from_secs(2));
-    }
-    if config.get_keepalives_retries().is_none() {
-        config.keepalives_retries(3);
-    }
-    if config.get_tcp_user_timeout().is_none() {
-        config.tcp_user_timeout(Duration::from_secs(10));
-    }
-    if config.get_application_name().is_none() {
-        config.application_name("taskq");
-    }
-    Ok((config, opts))
-}
-
-fn check_schema_name(url: &str, name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .next()
-            .map(|c| c.is_ascii_alphabetic() || c == '_')
-            .unwrap_or(false)
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::BadUrl {
-            url: url.to_string(),
-            reason: format!(
-                "schema name `{name}` must be 1 to 63 ASCII letters, digits or `_`, not starting with a digit"
-            ),
-        })
     }
 }
 
@@ -486,6 +416,50 @@ impl PostgresStore {
         }
     }
 
+    /// Runs `BEGIN; <lock>; <main>; COMMIT` in one round trip (pipelined) and returns what
+    /// `main` returned (`Err` inside for its SQL error, the transaction then rolled back):
+    /// how a call takes its runs' row locks before any task row (the lock order in the
+    /// module docs). `main` starts after `lock` has its locks, so its snapshot sees what
+    /// the previous holders committed.
+    async fn after_locks(
+        c: &mut PooledConn<'_>,
+        lock: (&tokio_postgres::Statement, &[Param<'_>]),
+        main: (&tokio_postgres::Statement, &[Param<'_>]),
+    ) -> Result<Result<Vec<Row>, tokio_postgres::Error>, StoreError> {
+        let client = c.client()?;
+        let (begin, locked, rows, commit) = futures::join!(
+            client.batch_execute("BEGIN"),
+            client.query(lock.0, lock.1),
+            client.query(main.0, main.1),
+            client.batch_execute("COMMIT"),
+        );
+        c.check(begin)?;
+        c.check(locked)?;
+        match rows {
+            Ok(rows) => {
+                c.check(commit)?;
+                Ok(Ok(rows))
+            }
+            Err(e) => {
+                if e.as_db_error().is_none() || commit.is_err() {
+                    c.discard();
+                }
+                Ok(Err(e))
+            }
+        }
+    }
+
+    /// Locks the rows of the runs of the tasks `$1` (an `int8[]`), in `run_id` order: the
+    /// first statement of [`PostgresStore::after_locks`] for calls given task ids.
+    fn lock_runs_of_tasks_sql(&self) -> String {
+        self.sql(
+            "SELECT i.run_id FROM {S}.taskq_iterations i \
+             WHERE i.run_id IN (SELECT t.run_id FROM {S}.taskq_tasks t \
+                                WHERE t.id = ANY($1::int8[])) \
+             ORDER BY i.run_id FOR UPDATE OF i",
+        )
+    }
+
     async fn notify_sql_exec(
         &self,
         c: &mut PooledConn<'_>,
@@ -554,6 +528,10 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         lease::checkpoint(self, lease, cp, now).await
+    }
+
+    async fn confirm(&self, lease: Lease) -> Result<(), StoreError> {
+        lease::confirm(self, lease).await
     }
 
     async fn next_due(&self, queues: &[String]) -> Result<Option<Timestamp>, StoreError> {
@@ -632,5 +610,8 @@ impl Store for PostgresStore {
 
     async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError> {
         manage::cancel_iteration(self, run, now).await
+    }
+    async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
+        self.prune_all(now, batch).await
     }
 }

@@ -99,8 +99,24 @@ CREATE TABLE {S}.taskq_tombstones (
     tombstone_ms  bigint NOT NULL DEFAULT 0
 );
 "#,
-    // 4: reserved for the retention policy (issue 10), merged from its own branch.
-    "",
+    // 4: retention (issue 10): each queue's retention beside its other settings (both
+    // NULL: the defaults; milliseconds, or -1 for "for ever"), and the indexes a prune
+    // reads, so that it never walks live rows: finished tasks and runs by state and end,
+    // tombstones by the end of their hold and by run. (Built inside the migration's
+    // transaction, which locks the table while it builds: on a large existing table,
+    // create them first with CREATE INDEX CONCURRENTLY under these names; every statement
+    // here may be run again.)
+    r#"
+ALTER TABLE {S}.taskq_queues ADD COLUMN IF NOT EXISTS keep_done_ms bigint,
+    ADD COLUMN IF NOT EXISTS keep_failed_ms bigint;
+CREATE INDEX IF NOT EXISTS taskq_tasks_finished_idx ON {S}.taskq_tasks (state, finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS taskq_iterations_finished_idx
+    ON {S}.taskq_iterations (state, finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS taskq_tombstones_until_idx ON {S}.taskq_tombstones (taken_until);
+CREATE INDEX IF NOT EXISTS taskq_tombstones_run_idx ON {S}.taskq_tombstones (run_id)
+    WHERE run_id IS NOT NULL;
+"#,
     // 5: counts of finished tasks kept with the rows, and indexes for listings of finished
     // tasks by state, queue and task name (partial: a claim, whose row is not finished,
     // adds no entry to them; every full index would take one per claimed row, since a
@@ -115,7 +131,7 @@ CREATE TABLE {S}.taskq_tombstones (
     // the count and the triggers.
     r#"
 LOCK TABLE {S}.taskq_tasks IN SHARE ROW EXCLUSIVE MODE;
-CREATE INDEX IF NOT EXISTS taskq_tasks_finished_idx ON {S}.taskq_tasks (state, id)
+CREATE INDEX IF NOT EXISTS taskq_tasks_finished_id_idx ON {S}.taskq_tasks (state, id)
     WHERE state IN ('done', 'failed', 'dead', 'cancelled');
 CREATE INDEX IF NOT EXISTS taskq_tasks_finished_queue_idx ON {S}.taskq_tasks (state, queue, id)
     WHERE state IN ('done', 'failed', 'dead', 'cancelled');

@@ -803,6 +803,7 @@ async fn buffers(c: &tokio_postgres::Client, sql: &str, p: &[Param<'_>], node: &
 #[tokio::test]
 async fn claims_read_due_rows_only() {
     let url = url();
+    let _g = SERVER.read().await;
     let schema = schema_name("due_only");
     let s = store(&url, &schema).await;
     let c = client(&url).await;
@@ -870,6 +871,145 @@ async fn claims_read_due_rows_only() {
     drop_schema(&url, &schema).await;
 }
 
+/// Finishes every pending task of `queue` as done at `now`, 500 per claim.
+async fn finish_all(s: &PostgresStore, queue: &str, now: Timestamp) -> usize {
+    let mut n = 0;
+    loop {
+        let c = s.claim(&req(queue, "w", 500, 60_000, now)).await.unwrap();
+        if c.is_empty() {
+            return n;
+        }
+        n += c.len();
+        let fs = c
+            .iter()
+            .map(|c| Finish {
+                lease: c.lease,
+                outcome: Outcome::Done,
+                started_at: now,
+            })
+            .collect();
+        let r = s.finish(fs, "w", now).await.unwrap();
+        assert!(r.iter().all(Result::is_ok));
+    }
+}
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// Issue 10: two stores (two worker processes) pruning one schema at once, while a person
+/// deletes some of the same rows: no error, no deadlock, every row removed exactly once,
+/// attempts with their tasks, and the names of named tasks kept by their tombstones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_pruning_at_once_remove_each_row_once() {
+    let url = url();
+    let _g = SERVER.read().await;
+    let schema = schema_name("prune2");
+    let a = store(&url, &schema).await;
+    let b = store(&url, &schema).await;
+    let t0 = Timestamp(1_800_000_000_000);
+    let total = 3_000;
+    let mut ids = Vec::new();
+    for chunk in (0..total).collect::<Vec<i64>>().chunks(1_000) {
+        let tasks = chunk
+            .iter()
+            .map(|n| {
+                let mut t = task("q", *n, t0);
+                if n % 3 == 0 {
+                    t.unique_name = Some(format!("name-{n}"));
+                    t.tombstone = Duration::from_secs(10 * 24 * 3600);
+                }
+                t
+            })
+            .collect();
+        ids.extend(a.enqueue(tasks, t0).await.unwrap());
+    }
+    assert_eq!(finish_all(&a, "q", t0).await, total as usize);
+    let now = Timestamp(t0.0 + DAY_MS);
+    let deleter = async {
+        let mut deleted = 0u64;
+        for id in ids.iter().step_by(10) {
+            match a.delete(*id, now).await {
+                Ok(()) => deleted += 1,
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => panic!("delete {id}: {e}"),
+            }
+        }
+        deleted
+    };
+    let (ra, rb, deleted) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(a.prune(now, 50), b.prune(now, 50), deleter)
+    })
+    .await
+    .expect("no deadlock: the prunes and deletes finish");
+    let (ra, rb) = (ra.expect("prune a"), rb.expect("prune b"));
+    eprintln!("prune a: {ra:?}\nprune b: {rb:?}\ndeleted: {deleted}");
+    // A prune that found the other one busy stopped; finish the job without a rival.
+    let rest = a.prune(now, 50).await.expect("prune");
+    assert!(!rest.busy);
+    let removed = ra.total_tasks() + rb.total_tasks() + rest.total_tasks();
+    assert_eq!(
+        removed + deleted,
+        total as u64,
+        "each row once: {ra:?} {rb:?} {rest:?}, {deleted} deleted"
+    );
+    let c = client(&url).await;
+    let count = |table: &'static str| {
+        let c = &c;
+        let schema = &schema;
+        async move {
+            c.query_one(&format!("SELECT count(*) FROM \"{schema}\".{table}"), &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(count("taskq_tasks").await, 0);
+    assert_eq!(count("taskq_attempts").await, 0, "attempts go with tasks");
+    assert_eq!(count("taskq_tombstones").await, 1_000, "one per named task");
+    let mut again = task("q", 0, now);
+    again.unique_name = Some("name-300".into());
+    assert!(matches!(
+        a.enqueue(vec![again], now).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    drop((a, b));
+    drop_schema(&url, &schema).await;
+}
+
+/// While another process holds the prune lock, a prune removes nothing and says it found
+/// the store busy; once the lock is free it prunes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_skips_while_another_process_prunes() {
+    let url = url();
+    let _g = SERVER.read().await;
+    let schema = schema_name("prunelock");
+    let s = store(&url, &schema).await;
+    let t0 = Timestamp(1_800_000_000_000);
+    let ids = s
+        .enqueue((0..5).map(|n| task("q", n, t0)).collect(), t0)
+        .await
+        .unwrap();
+    finish_all(&s, "q", t0).await;
+    let now = Timestamp(t0.0 + DAY_MS);
+    let mut other = client(&url).await;
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1::text))",
+        &[&s.prune_lock_key()],
+    )
+    .await
+    .unwrap();
+    let r = s.prune(now, 0).await.unwrap();
+    assert!(r.busy, "{r:?}");
+    assert!(r.is_empty(), "{r:?}");
+    assert!(s.task(ids[0]).await.unwrap().is_some());
+    tx.rollback().await.unwrap();
+    let r = s.prune(now, 0).await.unwrap();
+    assert!(!r.busy, "{r:?}");
+    assert_eq!(r.count(TaskState::Done), 5);
+    drop(s);
+    drop_schema(&url, &schema).await;
+}
+
 /// A listing reads the payload column only when asked for it, whatever its filters.
 #[test]
 fn listings_select_payloads_only_when_asked() {
@@ -895,4 +1035,156 @@ fn listings_select_payloads_only_when_asked() {
             );
         }
     }
+}
+
+/// The prune statements can reach their rows through their indexes (the planner is told
+/// to avoid sequential scans, so a missing or unusable index shows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_statements_use_their_indexes() {
+    let url = url();
+    let _g = SERVER.read().await;
+    let schema = schema_name("pruneplan");
+    let s = store(&url, &schema).await;
+    let c = client(&url).await;
+    c.batch_execute("SET enable_seqscan = off").await.unwrap();
+    let overrides = [(
+        "short".to_string(),
+        crate::retention::Retention {
+            done: Some(Duration::from_secs(60)),
+            failed: None,
+        },
+    )];
+    let explain = |sql: String, types: &'static str, args: &'static str| {
+        let c = &c;
+        async move {
+            c.batch_execute("DEALLOCATE ALL").await.unwrap();
+            c.batch_execute(&format!("PREPARE p({types}) AS {sql}"))
+                .await
+                .unwrap();
+            c.query(&format!("EXPLAIN EXECUTE p({args})"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    for rule in crate::retention::plan(&overrides, Timestamp(1_800_000_000_000)) {
+        let plan = explain(
+            s.prune_tasks_sql(&rule),
+            "text, int8, int8, text[], int8",
+            "'k', 0, 0, '{short}', 10",
+        )
+        .await;
+        assert!(
+            plan.contains("taskq_tasks_finished_idx"),
+            "{rule:?}\n{plan}"
+        );
+        let plan = explain(
+            s.prune_runs_sql(&rule),
+            "text, int8, text[], int8",
+            "'k', 0, '{short}', 10",
+        )
+        .await;
+        assert!(
+            plan.contains("taskq_iterations_finished_idx"),
+            "{rule:?}\n{plan}"
+        );
+    }
+    let plan = explain(s.prune_tombstones_sql(), "text, int8, int8", "'k', 0, 10").await;
+    assert!(plan.contains("taskq_tombstones_until_idx"), "{plan}");
+    drop(s);
+    drop_schema(&url, &schema).await;
+}
+
+/// A schema made by the migrations before counts (versions 1 to 4, as the release before
+/// them writes it) holding tasks in every state is migrated to version 5 with exact
+/// counts, which finishes and prunes then keep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_are_backfilled_from_version_4() {
+    let url = url();
+    let _g = SERVER.read().await;
+    let schema = schema_name("v4counts");
+    let s = format!("\"{schema}\"");
+    let c = client(&url).await;
+    let before: Vec<String> = schema::MIGRATIONS[..4]
+        .iter()
+        .map(|m| m.replace("{S}", &s))
+        .collect();
+    c.batch_execute(&format!(
+        "CREATE SCHEMA {s};
+         CREATE TABLE {s}.taskq_schema (version bigint PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now());
+         {}
+         INSERT INTO {s}.taskq_schema (version) VALUES (1), (2), (3), (4);",
+        before.join("\n")
+    ))
+    .await
+    .unwrap();
+    let day = 24 * 3600 * 1000;
+    let t0 = Timestamp(1_800_000_000_000);
+    // Written as the old release leaves them: 3 pending, 1 running, done and dead ones
+    // finished a week ago and now.
+    c.batch_execute(&format!(
+        "INSERT INTO {s}.taskq_tasks (task, queue, state, payload, created_at, enqueued_at,
+             run_at, finished_at, worker, lease_until)
+         SELECT 'pg::noop', 'a', st, '{{}}', 0, 0, {t}, fin, wk, lease
+         FROM (VALUES ('pending', NULL::int8, NULL, NULL::int8), ('pending', NULL, NULL, NULL),
+                      ('pending', NULL, NULL, NULL), ('running', NULL, 'w', {lease}),
+                      ('done', {old}, NULL, NULL), ('done', {old}, NULL, NULL),
+                      ('done', {t}, NULL, NULL), ('dead', {old}, NULL, NULL))
+              AS v(st, fin, wk, lease)",
+        t = t0.0,
+        old = t0.0 - 2 * day,
+        lease = t0.0 + 60_000,
+    ))
+    .await
+    .unwrap();
+    let st = store(&url, &schema).await;
+    let version: i64 = c
+        .query_one(&format!("SELECT max(version) FROM {s}.taskq_schema"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, schema::MIGRATIONS.len() as i64);
+    // Retention's prune index and the listing index by state and id are both there (the
+    // listing's once had the prune index's name, and `IF NOT EXISTS` skipped it).
+    let defs: Vec<String> = c
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname IN
+             ('taskq_tasks_finished_idx', 'taskq_tasks_finished_id_idx') ORDER BY indexname",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(defs.len(), 2, "{defs:?}");
+    assert!(defs[0].contains("(state, id)"), "{defs:?}");
+    assert!(defs[1].contains("(state, finished_at)"), "{defs:?}");
+    let counts = |qs: Vec<QueueInfo>| {
+        let a = qs.into_iter().find(|q| q.name == "a").unwrap();
+        TaskState::ALL.map(|state| a.count(state))
+    };
+    // In `TaskState::ALL` order: pending, running, done, failed, dead, cancelled.
+    assert_eq!(counts(st.queues().await.unwrap()), [3, 1, 3, 0, 1, 0]);
+    let got = st.claim(&req("a", "w", 2, 60_000, t0)).await.unwrap();
+    let fs = got
+        .iter()
+        .map(|c| Finish {
+            lease: c.lease,
+            outcome: Outcome::Done,
+            started_at: t0,
+        })
+        .collect();
+    st.finish(fs, "w", t0).await.unwrap();
+    assert_eq!(counts(st.queues().await.unwrap()), [1, 1, 5, 0, 1, 0]);
+    // A day on, the two done a day before go; the dead one is kept its week.
+    let r = st.prune(Timestamp(t0.0 + day - 1), 0).await.unwrap();
+    assert_eq!(r.total_tasks(), 2, "{r:?}");
+    assert_eq!(counts(st.queues().await.unwrap()), [1, 1, 3, 0, 1, 0]);
+    drop(st);
+    drop_schema(&url, &schema).await;
 }

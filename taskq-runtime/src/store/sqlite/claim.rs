@@ -7,13 +7,10 @@ use std::collections::{HashMap, HashSet};
 
 use rusqlite::{params, OptionalExtension};
 
-use super::rows::{u32_of, u64_of};
+use super::rows::{u32_of, u64_of, StoredText};
 use super::R;
 use crate::store::admission::{self, Admission, Bucket};
-use crate::store::{
-    decode_failure, decode_stored, ClaimRequest, ClaimedTask, IterationCursor, Lease, QueueConfig,
-    TaskId,
-};
+use crate::store::{ClaimRequest, ClaimedTask, IterationCursor, Lease, QueueConfig, TaskId};
 use crate::time::Timestamp;
 
 /// The attempt label and error of a lapsed lease.
@@ -54,6 +51,8 @@ fn load_queues(tx: &rusqlite::Transaction<'_>) -> R<HashMap<String, QueueRow>> {
                     rate: r.get(2)?,
                     burst: r.get::<_, Option<i64>>(3)?.map(u32_of),
                     max_concurrent: r.get::<_, Option<i64>>(4)?.map(u32_of),
+                    // Admission does not read the retention.
+                    retention: None,
                 },
                 tokens: r.get(5)?,
                 refilled_at: r.get(6)?,
@@ -313,7 +312,7 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
         let (task, queue, payload, attempts, enqueued_at, run_id): (
             String,
             String,
-            String,
+            StoredText,
             i64,
             i64,
             Option<i64>,
@@ -340,26 +339,19 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
         )?;
         // Decoded row by row: a row that does not decode is handed out with the reason
         // (the worker sends it dead) instead of failing the claim of the others.
-        let mut decode_error = None;
-        let payload = match decode_stored(&payload) {
-            Ok(v) => v,
-            Err(e) => {
-                decode_error = Some(decode_failure("payload", c.id, &e));
-                serde_json::Value::String(payload)
-            }
-        };
+        let (payload, mut decode_error) = payload.decode("payload", c.id);
         let iteration = match run_id {
             None => None,
             Some(run) => {
-                let row: Option<(Option<String>, i64, i64, Option<i64>)> = iteration
+                let row: Option<(Option<StoredText>, i64, i64, Option<i64>)> = iteration
                     .query_row([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                     .optional()?;
                 row.map(|(cursor, processed, batches, total)| IterationCursor {
                     run: TaskId(run),
-                    cursor: cursor.and_then(|text| match decode_stored(&text) {
-                        Ok(v) => Some(v),
-                        Err(e) => {
-                            decode_error.get_or_insert_with(|| decode_failure("cursor", c.id, &e));
+                    cursor: cursor.and_then(|stored| match stored.decode("cursor", c.id) {
+                        (v, None) => Some(v),
+                        (_, Some(why)) => {
+                            decode_error.get_or_insert(why);
                             None
                         }
                     }),

@@ -100,6 +100,28 @@ pub(super) fn checkpoint(
     Ok(())
 }
 
+/// `Ok(())` while `lease` holds its task and, for a step, its run is running; `LeaseLost`
+/// otherwise.
+pub(super) fn confirm(tx: &rusqlite::Transaction<'_>, lease: Lease) -> R<()> {
+    match held(tx, lease)? {
+        Some((run, _)) if !run_ended(tx, run)? => Ok(()),
+        _ => Err(StoreError::LeaseLost(lease.id).into()),
+    }
+}
+
+/// Whether `run` (a task's run, if it is a step) exists and is no longer running.
+fn run_ended(tx: &rusqlite::Transaction<'_>, run: Option<i64>) -> R<bool> {
+    let Some(run) = run else { return Ok(false) };
+    let state: Option<String> = tx
+        .prepare_cached("SELECT state FROM taskq_iterations WHERE run = ?1")?
+        .query_row([run], |r| r.get(0))
+        .optional()?;
+    match state {
+        Some(s) => Ok(run_state(&s)? != RunState::Running),
+        None => Ok(false),
+    }
+}
+
 /// `Some((run_id, attempts))` when `(id, token)` holds a running task.
 fn held(tx: &rusqlite::Transaction<'_>, lease: Lease) -> R<Option<(Option<i64>, i64)>> {
     Ok(tx
@@ -124,7 +146,10 @@ fn finish_one(
     let Some((run, attempt)) = held(tx, f.lease)? else {
         return Ok(None);
     };
-    let tr = f.outcome.transition(Timestamp(now));
+    // In this write transaction (`BEGIN IMMEDIATE`), so no cancel comes in between.
+    let tr = f
+        .outcome
+        .transition_for_step(run_ended(tx, run)?, Timestamp(now));
     if let Some(state) = tr.run_ends {
         end_run(tx, run, state, tr.error.as_deref(), Timestamp(now))?;
     }

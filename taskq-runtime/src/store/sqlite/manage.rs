@@ -11,6 +11,7 @@ use super::rows::{
     TASK_COLUMNS,
 };
 use super::R;
+use crate::retention;
 use crate::store::tombstone::{self, Deleted, Tombstone};
 use crate::store::{
     AttemptInfo, IterationInfo, QueueConfig, QueueInfo, RunState, StoreError, TaskDetail, TaskId,
@@ -22,8 +23,10 @@ use crate::time::Timestamp;
 /// the rows (`taskq_queue_counts`, one row per queue and state), never the tasks.
 pub(super) fn queues(tx: &rusqlite::Transaction<'_>) -> R<Vec<QueueInfo>> {
     let mut map: BTreeMap<String, QueueInfo> = BTreeMap::new();
-    let mut st =
-        tx.prepare_cached("SELECT name, paused, rate, burst, max_concurrent FROM taskq_queues")?;
+    let mut st = tx.prepare_cached(
+        "SELECT name, paused, rate, burst, max_concurrent, keep_done_ms, keep_failed_ms
+         FROM taskq_queues",
+    )?;
     let rows = st.query_map([], |r| {
         Ok(QueueInfo {
             name: r.get(0)?,
@@ -33,6 +36,7 @@ pub(super) fn queues(tx: &rusqlite::Transaction<'_>) -> R<Vec<QueueInfo>> {
                 rate: r.get(2)?,
                 burst: r.get::<_, Option<i64>>(3)?.map(u32_of),
                 max_concurrent: r.get::<_, Option<i64>>(4)?.map(u32_of),
+                retention: retention::from_columns(r.get(5)?, r.get(6)?),
             },
         })
     })?;
@@ -74,17 +78,22 @@ pub(super) fn configure_queue(
     queue: &str,
     config: &QueueConfig,
 ) -> R<()> {
+    let (keep_done, keep_failed) = retention::to_columns(config.retention.as_ref());
     tx.prepare_cached(
-        "INSERT INTO taskq_queues (name, rate, burst, max_concurrent)
-         VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO taskq_queues (name, rate, burst, max_concurrent, keep_done_ms,
+             keep_failed_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (name) DO UPDATE SET rate = ?2, burst = ?3,
-             max_concurrent = ?4, bucket_tokens = NULL, bucket_refilled_at = NULL",
+             max_concurrent = ?4, bucket_tokens = NULL, bucket_refilled_at = NULL,
+             keep_done_ms = ?5, keep_failed_ms = ?6",
     )?
     .execute(params![
         queue,
         config.rate,
         config.burst,
-        config.max_concurrent
+        config.max_concurrent,
+        keep_done,
+        keep_failed
     ])?;
     Ok(())
 }
@@ -372,8 +381,8 @@ pub(super) fn cancel_iteration(
 
 /// Leaves the tombstones of the named tasks matching `which` (a condition on `t`), which
 /// the caller deletes next in the same transaction (see [`tombstone`]). Every deletion of
-/// task rows goes through here first.
-fn bury(
+/// task rows (delete, purge, prune) goes through here first.
+pub(super) fn bury(
     tx: &rusqlite::Transaction<'_>,
     which: &str,
     p: impl rusqlite::Params,

@@ -15,7 +15,11 @@
 //! replacement, a management process next to a worker): the database is in WAL mode, every write
 //! transaction starts with `BEGIN IMMEDIATE` (so two writers queue on the write lock
 //! instead of failing on a lock upgrade), and `busy_timeout` makes a writer wait for the
-//! other one instead of failing at once. Everything that must be unique across processes
+//! other one instead of failing at once: at most 10 s per call, counted from the call
+//! (time queued behind this store's other calls included), then the call fails with a
+//! [`StoreError::Backend`] that says the database is locked by another connection or
+//! process. A full disk (or a file size limit) fails the call the same way, naming it;
+//! in both cases the call's transaction is rolled back, so nothing of it is stored. Everything that must be unique across processes
 //! (task ids, lease tokens, token buckets, `max_concurrent`) is decided inside those
 //! write transactions. [`Store::wait_for_work`] wakes early when this store instance
 //! stored or revived work; work stored by another process is found by polling.
@@ -31,11 +35,18 @@
 //! write is in the OS page cache), only possibly the last few on power loss or an OS
 //! crash. Losing one of those only makes a task (or an iterative batch) run again once
 //! its lease lapses, which at-least-once delivery already allows. This keeps claim and
-//! finish free of an fsync per batch.
+//! finish free of an fsync per batch. A prune ([`Store::prune`]) also runs with `NORMAL`:
+//! a prune lost to a power cut is simply done again.
+//!
+//! The WAL is bounded: SQLite checkpoints it every 1,000 pages by itself, and
+//! `journal_size_limit` ([`WAL_SIZE_LIMIT`]) cuts the file back after a checkpoint, so a
+//! big transaction does not leave it large. The database file stops growing once
+//! retention keeps up: deleted rows' pages are reused (see `retention.rs` for why taskq
+//! leaves `auto_vacuum` off).
 //!
 //! # Tables
 //!
-//! Schema version 4 (version 3 is reserved for the retention policy; versions are rows of `taskq_schema(version INTEGER)`; a database
+//! Schema version 4 (versions are rows of `taskq_schema(version INTEGER)`; a database
 //! whose highest version is newer than this build knows is refused with
 //! [`StoreError::SchemaTooNew`]). Every time is an integer of milliseconds since the Unix
 //! epoch ([`Timestamp`]); every JSON value (payload, filter, cursor) is stored as the exact
@@ -52,16 +63,20 @@
 //!   per priority, `run_at <= now`, so rows due later are never read) and
 //!   [`Store::next_due`], `(state, id)`, and `(state, queue, id)` and `(state, task, id)`
 //!   of finished rows (version 4, partial, so a claim writes neither) for listings by
-//!   key, `(unique_name)` and `(run_id)` (partial, where set). Version 4 drops
-//!   `(state, run_at)`, which nothing reads any more.
+//!   key, `(unique_name)` and `(run_id)` (partial, where set), `(state, finished_at)` of
+//!   finished tasks for pruning (version 3). Version 4 drops `(state, run_at)`, which
+//!   nothing reads any more.
 //! - `taskq_attempts`: one row per ended attempt, `seq` (order), `task_id` (deleted with
 //!   its task), `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error`.
 //! - `taskq_queues`: queues with settings: `name`, `paused`, `rate`, `burst`,
-//!   `max_concurrent`, and the token bucket `bucket_tokens`, `bucket_refilled_at` (NULL
-//!   until the first claim after the settings were saved).
+//!   `max_concurrent`, the token bucket `bucket_tokens`, `bucket_refilled_at` (NULL
+//!   until the first claim after the settings were saved), and (version 3) the retention
+//!   `keep_done_ms`, `keep_failed_ms` (both NULL: the defaults; `-1`: for ever; see
+//!   [`crate::retention::to_columns`]).
 //! - `taskq_iterations`: one row per iterative run: `run` (its first step's id), `task`,
 //!   `queue`, `filter` (JSON), `cursor` (JSON), `processed`, `batches`, `steps`, `total`,
-//!   `state`, `started_at`, `updated_at`, `finished_at`, `error`.
+//!   `state`, `started_at`, `updated_at`, `finished_at`, `error`. Index (version 3):
+//!   `(state, finished_at)` of ended runs, for pruning.
 //! - `taskq_counters`: named counters; `lease_token` hands out fencing tokens.
 //! - `taskq_queue_counts` (version 4): `queue`, `state`, `n`, the number of tasks of each
 //!   queue in each state, kept by triggers on `taskq_tasks` (insert, delete, a change of
@@ -69,16 +84,17 @@
 //!   instead of counting the history. One writer at a time, so no contention.
 //! - `taskq_tombstones` (version 2): the holds deleted named tasks leave on their names
 //!   (see [`tombstone`]): `name` (primary key), `taken_until`, `run_id`
-//!   (the run whose life and window also hold it), `tombstone_ms`. Written by delete and
-//!   purge in their transaction; read by enqueue's name check.
+//!   (the run whose life and window also hold it), `tombstone_ms`. Written by delete,
+//!   purge and prune in their transaction; read by enqueue's name check. Indexes
+//!   (version 3): `(taken_until)` and `(run_id)`, for pruning.
 //!
 //! # Layout
 //!
 //! Each subject's statements are in one file: `schema.rs` (migrations), `enqueue.rs`
 //! (the name check and inserts), `claim.rs` (claim order, admission, lapsed leases,
 //! `next_due`), `lease.rs` (heartbeat, finish, checkpoint), `manage.rs` (queues, listing,
-//! run now, delete, retry, purge, iteration runs, tombstones) and `rows.rs` (columns and
-//! row decoding). This file opens the database and runs each call on the blocking pool,
+//! run now, delete, retry, purge, iteration runs, tombstones), `retention.rs` (prune's
+//! deletes) and `rows.rs` (columns and row decoding). This file opens the database and runs each call on the blocking pool,
 //! in a write transaction (durable or not, see above) or a read one.
 
 use std::sync::{Arc, Mutex};
@@ -94,6 +110,7 @@ mod claim;
 mod enqueue;
 mod lease;
 mod manage;
+mod retention;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -101,8 +118,15 @@ mod tests;
 
 pub use schema::SCHEMA_VERSION;
 
-/// How long a writer waits for another connection's write lock before failing.
+/// How long a call waits for another connection's write lock before failing, counted from
+/// the call (time queued behind this store's other calls included).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The size, in bytes, the WAL file is cut back to after a checkpoint empties it
+/// (`PRAGMA journal_size_limit`): 16 MiB. SQLite checkpoints every 1,000 pages (about
+/// 4 MiB) by itself, but never shrinks the file on its own, so one big transaction (a bulk
+/// start, a long prune) would otherwise leave the WAL at its largest size for ever.
+pub const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
 
 /// An error inside a store call: an SQL failure (reported with the call's name and the
 /// file) or a store-level answer such as `NotFound`.
@@ -213,10 +237,15 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
         let path = self.path.clone();
+        let called = std::time::Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
             // A panic inside a call drops its transaction, which rolls back: the
             // connection is still consistent, so a poisoned lock is still usable.
             let mut g = db.lock().unwrap_or_else(|p| p.into_inner());
+            // Calls queue on this mutex, and each would wait the whole busy timeout for
+            // another process's lock: bound the call as a whole instead.
+            g.conn
+                .busy_timeout(BUSY_TIMEOUT.saturating_sub(called.elapsed()))?;
             f(&mut g)
         })
         .await;
@@ -224,7 +253,8 @@ impl SqliteStore {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(Fail::Store(e))) => Err(e),
             Ok(Err(Fail::Sql(e))) => Err(StoreError::Backend(format!(
-                "sqlite store `{path}`: {what} failed: {e}"
+                "sqlite store `{path}`: {what} failed: {}",
+                explain(&e, &path)
             ))),
             Err(e) => Err(StoreError::Backend(format!(
                 "sqlite store `{path}`: {what} failed: the blocking task did not complete: {e}"
@@ -233,9 +263,46 @@ impl SqliteStore {
     }
 }
 
+/// An SQLite error in words a person can act on: the conditions a deployment meets (a
+/// lock another process holds, a full disk, a failing write) are named, with SQLite's own
+/// message kept at the end.
+fn explain(e: &rusqlite::Error, path: &str) -> String {
+    use rusqlite::ffi;
+    let Some(err) = e.sqlite_error() else {
+        return e.to_string();
+    };
+    match err.code {
+        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => format!(
+            "the database is locked: another connection or process holds its write lock and did not release it within {BUSY_TIMEOUT:?} (the busy timeout); nothing of this call was stored, try again later (SQLite: {e})"
+        ),
+        rusqlite::ErrorCode::DiskFull => format!(
+            "the disk is full: SQLite could not grow `{path}` or its write-ahead log (`-wal`); nothing of this call was stored; free space and try again (SQLite: {e})"
+        ),
+        rusqlite::ErrorCode::SystemIoFailure
+            if matches!(
+                err.extended_code,
+                ffi::SQLITE_IOERR_WRITE | ffi::SQLITE_IOERR_TRUNCATE | ffi::SQLITE_IOERR_SHMSIZE
+            ) =>
+        {
+            format!(
+                "writing `{path}` or its write-ahead log failed: the disk may be full, the process's file size limit (`ulimit -f`) reached, or the device failing; nothing of this call was stored (SQLite: {e}, extended code {})",
+                err.extended_code
+            )
+        }
+        rusqlite::ErrorCode::SystemIoFailure => format!(
+            "an I/O error on `{path}` or its write-ahead log: the disk may be full or failing; this call may not have been stored (SQLite: {e}, extended code {})",
+            err.extended_code
+        ),
+        _ => e.to_string(),
+    }
+}
+
 fn open_blocking(path: &str) -> Result<Db, StoreError> {
     let ctx = |what: &str, e: rusqlite::Error| {
-        StoreError::Backend(format!("opening sqlite store `{path}`: {what}: {e}"))
+        StoreError::Backend(format!(
+            "opening sqlite store `{path}`: {what}: {}",
+            explain(&e, path)
+        ))
     };
     let parent = std::path::Path::new(path)
         .parent()
@@ -262,6 +329,13 @@ fn open_blocking(path: &str) -> Result<Db, StoreError> {
     }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(|e| ctx("setting synchronous = FULL", e))?;
+    let _limit: i64 = conn
+        .query_row(
+            &format!("PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}"),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| ctx("setting journal_size_limit", e))?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(|e| ctx("enabling foreign keys", e))?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -354,6 +428,13 @@ impl Store for SqliteStore {
         check_checkpoint(lease, &cp)?;
         self.call("checkpoint", move |db| {
             db.write(false, |tx| lease::checkpoint(tx, lease, &cp, now))
+        })
+        .await
+    }
+
+    async fn confirm(&self, lease: Lease) -> Result<(), StoreError> {
+        self.call("confirming a lease", move |db| {
+            db.read(|tx| lease::confirm(tx, lease))
         })
         .await
     }
@@ -465,5 +546,8 @@ impl Store for SqliteStore {
             db.write(true, |tx| manage::cancel_iteration(tx, run, now))
         })
         .await
+    }
+    async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
+        self.prune_all(now, batch).await
     }
 }

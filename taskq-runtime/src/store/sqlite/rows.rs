@@ -5,11 +5,85 @@
 
 use std::time::Duration;
 
+use rusqlite::types::{FromSql, FromSqlResult, ValueRef};
+
 use super::Fail;
 use crate::store::{
-    stored_or_raw, IterationInfo, RunState, StoreError, TaskId, TaskInfo, TaskState,
+    decode_failure, decode_stored, stored_or_raw, IterationInfo, RunState, StoreError, TaskId,
+    TaskInfo, TaskState,
 };
 use crate::time::Timestamp;
+
+/// A stored JSON column (payload, filter, cursor) as the row holds it. SQLite checks
+/// neither that text is UTF-8 nor that a `TEXT` column holds text, so a hand-edited row may
+/// hold either: such a value reads as [`StoredText::NotText`] instead of failing the call
+/// (a claim of many tasks, a listing) that met it.
+pub(super) enum StoredText {
+    /// Text, to be decoded as JSON.
+    Text(String),
+    /// Not UTF-8 text: shown lossily, with why.
+    NotText {
+        /// The bytes as text, invalid sequences replaced.
+        shown: String,
+        /// What the stored value is instead.
+        why: String,
+    },
+}
+
+impl FromSql for StoredText {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        Ok(match v {
+            ValueRef::Text(b) => match std::str::from_utf8(b) {
+                Ok(s) => StoredText::Text(s.to_string()),
+                Err(e) => StoredText::NotText {
+                    shown: String::from_utf8_lossy(b).into_owned(),
+                    why: format!("it is not UTF-8 text: {e}"),
+                },
+            },
+            ValueRef::Blob(b) => StoredText::NotText {
+                shown: String::from_utf8_lossy(b).into_owned(),
+                why: format!("it is a BLOB of {} bytes, not text", b.len()),
+            },
+            // A `TEXT` column turns numbers into text when they are written; read one the
+            // same way should it be there anyway.
+            ValueRef::Integer(i) => StoredText::Text(i.to_string()),
+            ValueRef::Real(f) => StoredText::Text(f.to_string()),
+            ValueRef::Null => StoredText::NotText {
+                shown: String::new(),
+                why: "it is NULL".into(),
+            },
+        })
+    }
+}
+
+impl StoredText {
+    /// The stored `what` of task `id` decoded, or, when it does not decode, its raw text as
+    /// a JSON string and why (for [`ClaimedTask::decode_error`](crate::store::ClaimedTask)).
+    pub(super) fn decode(self, what: &str, id: i64) -> (serde_json::Value, Option<String>) {
+        match self {
+            StoredText::Text(t) => match decode_stored(&t) {
+                Ok(v) => (v, None),
+                Err(e) => (
+                    serde_json::Value::String(t),
+                    Some(decode_failure(what, id, &e)),
+                ),
+            },
+            StoredText::NotText { shown, why } => (
+                serde_json::Value::String(shown),
+                Some(decode_failure(what, id, &why)),
+            ),
+        }
+    }
+
+    /// The value as the management calls show it: decoded, or its raw text as a JSON
+    /// string.
+    pub(super) fn shown(self) -> serde_json::Value {
+        match self {
+            StoredText::Text(t) => stored_or_raw(&t),
+            StoredText::NotText { shown, .. } => serde_json::Value::String(shown),
+        }
+    }
+}
 
 /// The `taskq_tasks` columns [`RawTask::read`] reads, in its order.
 pub(super) const TASK_COLUMNS: &str =
@@ -76,7 +150,7 @@ pub(super) struct RawTask {
     queue: String,
     state: String,
     /// `None` when the payload was not read (a listing that did not ask for it).
-    payload: Option<String>,
+    payload: Option<StoredText>,
     priority: i64,
     attempts: i64,
     unique_name: Option<String>,
@@ -125,8 +199,7 @@ impl RawTask {
             id: TaskId(self.id),
             payload: self
                 .payload
-                .as_deref()
-                .map(stored_or_raw)
+                .map(StoredText::shown)
                 .unwrap_or(serde_json::Value::Null),
             state: task_state(&self.state)?,
             task: self.task,
@@ -151,8 +224,8 @@ pub(super) struct RawIteration {
     run: i64,
     task: String,
     queue: String,
-    filter: String,
-    cursor: Option<String>,
+    filter: StoredText,
+    cursor: Option<StoredText>,
     processed: i64,
     batches: i64,
     steps: i64,
@@ -190,8 +263,8 @@ impl RawIteration {
     pub(super) fn decode(self) -> Result<IterationInfo, Fail> {
         Ok(IterationInfo {
             run: TaskId(self.run),
-            filter: stored_or_raw(&self.filter),
-            cursor: self.cursor.as_deref().map(stored_or_raw),
+            filter: self.filter.shown(),
+            cursor: self.cursor.map(StoredText::shown),
             state: run_state(&self.state)?,
             task: self.task,
             queue: self.queue,

@@ -87,8 +87,20 @@ CREATE TABLE taskq_tombstones (
     tombstone_ms  INTEGER NOT NULL DEFAULT 0
 );
 "#,
-    // 3: reserved for the retention policy (issue 10), merged from its own branch.
-    "",
+    // 3: retention (issue 10): each queue's retention beside its other settings (both
+    // NULL: the defaults; milliseconds, or -1 for "for ever"), and the indexes a prune
+    // reads, so that it never walks live rows: finished tasks and runs by state and end,
+    // tombstones by the end of their hold and by run.
+    r#"
+ALTER TABLE taskq_queues ADD COLUMN keep_done_ms INTEGER;
+ALTER TABLE taskq_queues ADD COLUMN keep_failed_ms INTEGER;
+CREATE INDEX taskq_tasks_finished ON taskq_tasks (state, finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE INDEX taskq_iterations_finished ON taskq_iterations (state, finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE INDEX taskq_tombstones_until ON taskq_tombstones (taken_until);
+CREATE INDEX taskq_tombstones_run ON taskq_tombstones (run_id) WHERE run_id IS NOT NULL;
+"#,
     // 4: counts by state kept with the rows, so `queues()` reads one row per queue and
     // state instead of the whole history (triggers, so every statement that inserts,
     // deletes or moves a task keeps them, whichever file it is in); indexes that let a

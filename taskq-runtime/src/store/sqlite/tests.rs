@@ -85,7 +85,7 @@ fn finish(lease: Lease, outcome: Outcome, started_at: Timestamp) -> Finish {
 }
 
 /// Only named rows leave tombstones (one row per name), and a version 1 database is
-/// migrated to version 2 on open.
+/// migrated to the current version on open.
 #[tokio::test]
 async fn tombstones_only_for_names_and_migrated_from_v1() -> Result<(), StoreError> {
     let db = TempDb::new("tombstones");
@@ -95,7 +95,15 @@ async fn tombstones_only_for_names_and_migrated_from_v1() -> Result<(), StoreErr
         // Back to version 1, as a database written by the previous release.
         let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
         conn.execute_batch(
-            "DROP TABLE taskq_tombstones; DELETE FROM taskq_schema WHERE version > 1;",
+            "DROP TABLE taskq_tombstones;
+             DROP TABLE taskq_queue_counts; DROP TRIGGER taskq_tasks_counted_insert;
+             DROP TRIGGER taskq_tasks_counted_delete; DROP TRIGGER taskq_tasks_counted_update;
+             DROP INDEX taskq_tasks_finished_queue; DROP INDEX taskq_tasks_finished_task;
+             CREATE INDEX taskq_tasks_due ON taskq_tasks (state, run_at);
+             DROP INDEX taskq_tasks_finished; DROP INDEX taskq_iterations_finished;
+             ALTER TABLE taskq_queues DROP COLUMN keep_done_ms;
+             ALTER TABLE taskq_queues DROP COLUMN keep_failed_ms;
+             DELETE FROM taskq_schema WHERE version > 1;",
         )
         .map_err(StoreError::backend)?;
     }
@@ -362,8 +370,8 @@ async fn listings_claims_and_counts_search_indexes() -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A version 2 database with tasks in every state is migrated to the counted schema with
-/// its counts exact, and the triggers keep them from there.
+/// A version 3 database (the schema before counts) with tasks in every state is migrated
+/// to the counted schema with its counts exact, and they are kept from there.
 #[tokio::test]
 async fn counts_are_backfilled_by_the_migration() -> Result<(), StoreError> {
     let db = TempDb::new("counts-migration");
@@ -387,7 +395,8 @@ async fn counts_are_backfilled_by_the_migration() -> Result<(), StoreError> {
             "DROP TABLE taskq_queue_counts; DROP TRIGGER taskq_tasks_counted_insert;
              DROP TRIGGER taskq_tasks_counted_delete; DROP TRIGGER taskq_tasks_counted_update;
              DROP INDEX taskq_tasks_finished_queue; DROP INDEX taskq_tasks_finished_task;
-             DELETE FROM taskq_schema WHERE version > 2;",
+             CREATE INDEX taskq_tasks_due ON taskq_tasks (state, run_at);
+             DELETE FROM taskq_schema WHERE version > 3;",
         )
         .map_err(StoreError::backend)?;
     }
@@ -415,4 +424,166 @@ async fn counts_are_backfilled_by_the_migration() -> Result<(), StoreError> {
     assert_eq!(count(&qs, "b", TaskState::Pending), Some(1));
     assert_eq!(count(&qs, "b", TaskState::Dead), Some(1));
     Ok(())
+}
+
+/// The statements of a prune read finished rows through their indexes, never a scan of
+/// the table (which would read every live row).
+#[tokio::test]
+async fn pruning_reads_finished_rows_by_index() -> Result<(), StoreError> {
+    let db = TempDb::new("prune-plan");
+    drop(open(&db).await);
+    let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
+    let plan = |sql: &str| -> Result<String, StoreError> {
+        let mut st = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .map_err(StoreError::backend)?;
+        let nulls = vec![rusqlite::types::Null; st.parameter_count()];
+        let rows = st
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+            .map_err(StoreError::backend)?;
+        let mut lines = Vec::new();
+        for r in rows {
+            lines.push(r.map_err(StoreError::backend)?);
+        }
+        Ok(lines.join("; "))
+    };
+    let overrides = [(
+        "short".to_string(),
+        crate::retention::Retention {
+            done: Some(Duration::from_secs(60)),
+            failed: None,
+        },
+    )];
+    for rule in crate::retention::plan(&overrides, at(0)) {
+        let tasks = plan(&retention::tasks_sql(&rule))?;
+        assert!(
+            tasks.contains("USING INDEX taskq_tasks_finished (state=? AND finished_at<?)"),
+            "{rule:?}: {tasks}"
+        );
+        let runs = plan(&retention::runs_sql(&rule))?;
+        assert!(
+            runs.contains("USING INDEX taskq_iterations_finished (state=? AND finished_at<?)"),
+            "{rule:?}: {runs}"
+        );
+        assert!(!runs.contains("SCAN t"), "{runs}");
+    }
+    let tombstones = plan(retention::EXPIRED_TOMBSTONES)?;
+    assert!(
+        tombstones.contains("USING INDEX taskq_tombstones_until (taken_until<?)"),
+        "{tombstones}"
+    );
+    Ok(())
+}
+
+/// Issue 10: once retention keeps up, the file stops growing. Rounds of "run N tasks,
+/// move a day on, prune" on virtual time: the deleted rows' pages are reused, so the file
+/// after the last round is about its size after the second; the WAL stays within its
+/// limit; no attempt outlives its task.
+#[tokio::test]
+async fn the_file_stops_growing_once_retention_keeps_up() -> Result<(), StoreError> {
+    let db = TempDb::new("prune-flat");
+    let s = open(&db).await;
+    let per_round = 2_000;
+    let rounds = 10;
+    let size = |suffix: &str| {
+        std::fs::metadata(format!("{}{suffix}", db.0))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let mut sizes = Vec::new();
+    let mut now = at(0);
+    for round in 0..rounds {
+        let tasks = (0..per_round)
+            .map(|n| NewTask {
+                payload: serde_json::json!({ "n": n, "text": "x".repeat(400) }),
+                ..new_task("soak", 0, now)
+            })
+            .collect();
+        s.enqueue(tasks, now).await?;
+        loop {
+            let c = s.claim(&req(&["soak"], 500, now)).await?;
+            if c.is_empty() {
+                break;
+            }
+            let outcomes = c
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let outcome = match i % 10 {
+                        0 => Outcome::Dead {
+                            error: "spent".into(),
+                        },
+                        _ => Outcome::Done,
+                    };
+                    finish(c.lease, outcome, now)
+                })
+                .collect();
+            s.finish(outcomes, "w1", now).await?;
+        }
+        // Past the 7 days of dead tasks: everything of the round before goes.
+        now = Timestamp(now.0 + 8 * 24 * 3600 * 1000);
+        let report = s.prune(now, 0).await?;
+        assert_eq!(
+            report.total_tasks(),
+            per_round as u64,
+            "round {round}: {report:?}"
+        );
+        sizes.push((size(""), size("-wal")));
+    }
+    let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
+    let (tasks, attempts): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM taskq_tasks), (SELECT COUNT(*) FROM taskq_attempts)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(StoreError::backend)?;
+    assert_eq!((tasks, attempts), (0, 0), "attempts go with their tasks");
+    let (db2, db_last) = (sizes[1].0, sizes[rounds - 1].0);
+    eprintln!("file sizes by round (db, wal): {sizes:?}");
+    assert!(
+        db_last <= db2 + db2 / 10,
+        "the file grew from {db2} bytes after round 2 to {db_last} after round {rounds}: {sizes:?}"
+    );
+    for (round, (_, wal)) in sizes.iter().enumerate() {
+        assert!(
+            *wal <= WAL_SIZE_LIMIT as u64,
+            "round {round}: WAL of {wal} bytes: {sizes:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A WAL that one big transaction made larger than `journal_size_limit` is cut back to it
+/// once a checkpoint has emptied it.
+#[tokio::test]
+async fn a_big_transaction_does_not_leave_a_big_wal() -> Result<(), StoreError> {
+    let db = TempDb::new("wal-limit");
+    let s = open(&db).await;
+    let wal = || {
+        std::fs::metadata(format!("{}-wal", db.0))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    // About 24 MiB in one transaction.
+    let big = (0..6_000)
+        .map(|n| NewTask {
+            payload: serde_json::json!({ "n": n, "text": "y".repeat(4_000) }),
+            ..new_task("big", 0, at(0))
+        })
+        .collect();
+    s.enqueue(big, at(0)).await?;
+    let peak = wal();
+    assert!(
+        peak > WAL_SIZE_LIMIT as u64,
+        "the test needs a WAL above the limit; it is {peak} bytes"
+    );
+    // Small writes after it: SQLite checkpoints, restarts the WAL and cuts the file.
+    for n in 0..2_000 {
+        s.enqueue(vec![new_task("small", 0, at(n))], at(n)).await?;
+        if wal() <= WAL_SIZE_LIMIT as u64 {
+            return Ok(());
+        }
+    }
+    panic!("the WAL stayed at {} bytes (peak {peak})", wal());
 }
