@@ -2,9 +2,13 @@
 //! release and compare ratios from one run, not absolute times.
 //!
 //! ```text
-//! cargo run --release -p taskq-examples --bin taskq-bench -- [--workloads iteration,throughput,claim,memory]
+//! cargo run --release -p taskq-examples --bin taskq-bench -- [--workloads iteration,throughput,claim,memory,soak]
 //!     [--rows N] [--tasks N] [--data DIR] [--postgres URL]
+//!     [--soak-tasks N] [--soak-finished N] [--soak-samples N]
 //! ```
+//!
+//! Without `--workloads`, every workload but `soak` runs (it takes minutes per store at
+//! its default sizes; name it to run it).
 //!
 //! - `iteration`: a no-op `#[iterative_task]` over the rows of a SQLite table (1,000,000 by
 //!   default, created once in the data dir), entities/s, beside a plain keyset scan of the
@@ -24,6 +28,14 @@
 //!   processed by a worker (tasks/s), and start-to-run latency p50/p99 of tasks started
 //!   one at a time while a worker runs.
 //! - `memory`: resident memory per queued task in the memory store.
+//! - `soak`: per store, a store that ran for a long time against the same store empty
+//!   (`examples/src/bench/soak.rs` says how): claim latency with 1,000,000 finished tasks
+//!   (`--soak-finished`) and 100,000 scheduled an hour ahead, `queues()` latency,
+//!   heartbeats while `queues()` is called every 100 ms, and the footprint (memory RSS,
+//!   SQLite file and WAL, PostgreSQL relations) over 1,000,000 tasks (`--soak-tasks`) run
+//!   in 20 rounds with retention on (virtual time). `--soak-samples` (default 1,000): timed
+//!   claim and heartbeat calls per measurement. PostgreSQL uses the URL's `schema=` or
+//!   `taskq_bench_soak`, dropped at the start of each part and at the end.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -172,6 +184,9 @@ async fn noop_pg_iteration(rows: Vec<PgRow>) -> Result<(), TaskError> {
     Ok(())
 }
 
+#[path = "../bench/soak.rs"]
+mod soak;
+
 /// Start-to-run latencies (ms) recorded by [`noop`].
 #[derive(Default)]
 struct Latencies(Mutex<Vec<i64>>);
@@ -195,12 +210,16 @@ struct Args {
     tasks: u64,
     data: PathBuf,
     postgres: Option<String>,
+    soak: soak::SoakArgs,
 }
 
-const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,claim,memory] [--rows N] [--tasks N] [--data DIR] [--postgres URL]";
+const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,claim,memory,soak] [--rows N] [--tasks N] [--data DIR] [--postgres URL] [--soak-tasks N] [--soak-finished N] [--soak-samples N]";
 
 /// The workloads, in the order they run by default.
 const WORKLOADS: [&str; 4] = ["iteration", "throughput", "claim", "memory"];
+
+/// Workloads that run only when named.
+const ON_REQUEST: [&str; 1] = ["soak"];
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -209,6 +228,11 @@ fn parse_args() -> Result<Args, String> {
         tasks: 20_000,
         data: std::env::temp_dir().join("taskq-bench"),
         postgres: None,
+        soak: soak::SoakArgs {
+            tasks: 1_000_000,
+            finished: 1_000_000,
+            samples: 1_000,
+        },
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -228,7 +252,7 @@ fn parse_args() -> Result<Args, String> {
             "--workloads" => {
                 a.workloads = v.split(',').map(|s| s.trim().to_string()).collect();
                 for w in &a.workloads {
-                    if !WORKLOADS.contains(&w.as_str()) {
+                    if !WORKLOADS.contains(&w.as_str()) && !ON_REQUEST.contains(&w.as_str()) {
                         return Err(format!("unknown workload `{w}`"));
                     }
                 }
@@ -237,6 +261,9 @@ fn parse_args() -> Result<Args, String> {
             "--tasks" => a.tasks = num(&v)?,
             "--data" => a.data = v.into(),
             "--postgres" => a.postgres = Some(v),
+            "--soak-tasks" => a.soak.tasks = num(&v)?,
+            "--soak-finished" => a.soak.finished = num(&v)?,
+            "--soak-samples" => a.soak.samples = num(&v)?,
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -301,6 +328,20 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 }
             }
             "memory" => memory(args.tasks.max(100_000)).await?,
+            "soak" => {
+                soak::soak(soak::Backend::Memory, args.soak).await?;
+                let path = args.data.join("soak.db");
+                soak::soak(soak::Backend::Sqlite(path.clone()), args.soak).await?;
+                remove_db(&path);
+                if let Some(url) = &args.postgres {
+                    let schema = soak::url_schema(url).unwrap_or_else(|| "taskq_bench_soak".into());
+                    let b = soak::Backend::Postgres {
+                        url: url.clone(),
+                        schema,
+                    };
+                    soak::soak(b, args.soak).await?;
+                }
+            }
             _ => unreachable!("checked by parse_args"),
         }
     }
