@@ -11,7 +11,7 @@ use serde_json::Value;
 /// Tasks of the retention part (20 rounds of 20) and finished tasks of the fill.
 const TASKS: u64 = 400;
 const FINISHED: u64 = 500;
-const SAMPLES: u64 = 30;
+const SAMPLES: u64 = 20;
 
 fn postgres_url() -> String {
     match std::env::var("TASKQ_TEST_POSTGRES_URL") {

@@ -11,27 +11,33 @@
 //!    pruned, as a worker would; then the footprint is read: resident memory (`VmRSS`)
 //!    for the memory store, file plus WAL bytes for SQLite, the schema's relation bytes for
 //!    PostgreSQL (after `VACUUM (ANALYZE)` of its tables, which autovacuum would have run
-//!    in the day a round stands for). Goal: flat, not growing with the count ([`GOAL_GROWTH`] compares the last
-//!    round with the middle one). It runs first, so the memory store's figures are not
-//!    hidden in memory another part freed.
-//! 2. **Empty**: a warm-up stream, then the measurements below on the empty store.
+//!    in the day a round stands for). Goal: flat, not growing with the count
+//!    ([`GOAL_GROWTH`] compares the last round with the middle one). It runs first, so the
+//!    memory store's figures are not hidden in memory another part freed.
+//! 2. **Two stores**: the one to fill and an empty twin (`soak-empty.db`, the schema with
+//!    `_empty` added), each warmed up with a stream of due tasks.
 //! 3. **Fill** (`--soak-finished N`, default 1,000,000): N finished tasks (enqueued
 //!    10,000 per call, claimed and finished 1,000 per call: done, one attempt each, as a
 //!    worker leaves them) and N/10 scheduled an hour ahead at priority 1, above the
 //!    stream's 0 (the case the issue names: a claim must not step over future tasks of
-//!    higher priority). On PostgreSQL then `VACUUM (ANALYZE)` of the schema's tables, as
-//!    autovacuum would have done on a store that ran that long.
-//! 4. **Full**: the measurements again.
+//!    higher priority; `--soak-scheduled-priority 0` leaves that out). On PostgreSQL
+//!    then `VACUUM (ANALYZE)` of both stores' tables, as autovacuum would have done on a
+//!    store that ran that long.
+//! 4. **Measure** both stores in turns, a slice of one and then the same slice of the
+//!    other (order swapped each turn), so that the load of a shared machine falls on both
+//!    alike and the ratios compare like with like.
 //!
-//! The measurements (`--soak-samples N`, default 1,000):
+//! The measurements (`--soak-samples N`, default 1,000, on each store):
 //! - claim latency: a stream of due tasks, 100 enqueued per call, claimed
 //!   [`CLAIM_BATCH`] per call (each call timed; N calls), finished per claim;
 //! - `queues()` latency: N/20 calls (at least 5) back to back;
 //! - heartbeat latency: [`HEARTBEAT_LEASES`] held leases renewed every 10 ms (N calls)
 //!   while another task calls `queues()` every 100 ms (the next call at once when one takes
-//!   longer), with the worker's default lease ([`LEASE`]). Goal: p99 under a tenth of it.
+//!   longer), with the worker's default lease ([`LEASE`]), in windows of 100 heartbeats.
+//!   Goal: p99 under a tenth of the lease.
 //!
-//! One JSON line per store. Progress goes to stderr.
+//! One JSON line per store. Progress goes to stderr. `--soak-keep` leaves the full store
+//! (the SQLite file, the PostgreSQL schema) in place for `EXPLAIN` and the like.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -63,7 +69,7 @@ const FILL_ENQUEUE: usize = 10_000;
 const FILL_CLAIM: usize = 1_000;
 /// Claim calls per call when running the retention rounds.
 const ROUND_CLAIM: usize = 100;
-/// Priority of the scheduled tasks (the stream's is 0).
+/// Priority of the scheduled tasks by default (the stream's is 0).
 pub const SCHEDULED_PRIORITY: i32 = 1;
 /// The queue of every task here.
 const QUEUE: &str = "soak";
@@ -84,6 +90,11 @@ pub struct SoakArgs {
     pub finished: u64,
     /// Timed claim and heartbeat calls per measurement.
     pub samples: u64,
+    /// Priority of the scheduled tasks (default [`SCHEDULED_PRIORITY`]; 0, the stream's,
+    /// leaves out the cost of stepping over future tasks of higher priority).
+    pub scheduled_priority: i32,
+    /// Leave the full store (SQLite file, PostgreSQL schema) in place for inspection.
+    pub keep: bool,
 }
 
 /// Where each part's fresh store lives.
@@ -107,6 +118,19 @@ impl Backend {
             Backend::Memory => "memory",
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// Where the empty store measured beside this one lives: `soak-empty.db` beside the
+    /// file, or the schema with `_empty` added.
+    fn twin(&self) -> Backend {
+        match self {
+            Backend::Memory => Backend::Memory,
+            Backend::Sqlite(path) => Backend::Sqlite(path.with_file_name("soak-empty.db")),
+            Backend::Postgres { url, schema } => Backend::Postgres {
+                url: url.clone(),
+                schema: format!("{schema}_empty"),
+            },
         }
     }
 
@@ -157,18 +181,20 @@ impl Backend {
     async fn settle(&self) -> Result<(), BoxError> {
         if let Backend::Postgres { url, schema } = self {
             let c = pg_connect(url).await?;
-            for t in ["taskq_tasks", "taskq_attempts"] {
-                c.batch_execute(&format!("VACUUM (ANALYZE) \"{schema}\".{t}"))
-                    .await?;
-            }
+            c.batch_execute(&format!(
+                "VACUUM (ANALYZE) \"{schema}\".taskq_tasks, \"{schema}\".taskq_attempts"
+            ))
+            .await?;
         }
         Ok(())
     }
 
-    /// Removes what the workload left (the PostgreSQL schema).
+    /// Removes what the workload left (the SQLite file, the PostgreSQL schema).
     async fn clean(&self) -> Result<(), BoxError> {
-        if let Backend::Postgres { url, schema } = self {
-            drop_pg_schema(url, schema).await?;
+        match self {
+            Backend::Memory => {}
+            Backend::Sqlite(path) => remove_db(path),
+            Backend::Postgres { url, schema } => drop_pg_schema(url, schema).await?,
         }
         Ok(())
     }
@@ -281,17 +307,23 @@ async fn run_due(
     Ok((times, dead_n))
 }
 
-/// Percentiles (nearest rank) of durations, in milliseconds with microseconds kept.
-fn pct(times: &[Duration], p: f64) -> f64 {
+/// A percentile (nearest rank) of durations, in milliseconds.
+fn pct_ms(times: &[Duration], p: f64) -> f64 {
     let mut v: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     v.sort_by(f64::total_cmp);
     let Some(last) = v.len().checked_sub(1) else {
         return 0.0;
     };
-    round(v[((last as f64) * p).round() as usize], 3)
+    v[((last as f64) * p).round() as usize]
 }
 
-/// One measurement of a store as it is: claim, `queues()` and heartbeat latencies.
+/// [`pct_ms`] rounded to microseconds, for the report.
+fn pct(times: &[Duration], p: f64) -> f64 {
+    round(pct_ms(times, p), 3)
+}
+
+/// The latencies measured on one store: claim, `queues()` and heartbeat.
+#[derive(Default)]
 struct Measured {
     claim: Vec<Duration>,
     queues: Vec<Duration>,
@@ -311,30 +343,13 @@ impl Measured {
             "heartbeat_ms_max": pct(&self.heartbeat, 1.0),
             "queues_calls_during_heartbeats": self.queues_during_heartbeats.len(),
             "queues_ms_p50_during_heartbeats": pct(&self.queues_during_heartbeats, 0.5),
+            "queues_ms_p99_during_heartbeats": pct(&self.queues_during_heartbeats, 0.99),
         })
     }
 }
 
-async fn measure(store: &Arc<dyn Store>, samples: u64) -> Result<Measured, BoxError> {
-    // Claims: `samples` calls of CLAIM_BATCH over a stream of due tasks.
-    let (claim, _) = run_due(
-        store.as_ref(),
-        samples * CLAIM_BATCH as u64,
-        STREAM_CHUNK,
-        CLAIM_BATCH,
-        Timestamp::now,
-        |_| false,
-    )
-    .await?;
-
-    let mut queues = Vec::new();
-    for _ in 0..(samples / 20).max(5) {
-        let t = Instant::now();
-        std::hint::black_box(store.queues().await?);
-        queues.push(t.elapsed());
-    }
-
-    // Heartbeats of held leases while another task asks for `queues()` every 100 ms.
+/// Claims [`HEARTBEAT_LEASES`] fresh tasks and keeps their leases.
+async fn hold_leases(store: &dyn Store) -> Result<Vec<Lease>, BoxError> {
     let now = Timestamp::now();
     let batch = (0..HEARTBEAT_LEASES as u64)
         .map(|i| new_task(i, 0, now))
@@ -349,6 +364,17 @@ async fn measure(store: &Arc<dyn Store>, samples: u64) -> Result<Measured, BoxEr
     if held.len() != HEARTBEAT_LEASES {
         return Err(format!("claimed {} of {HEARTBEAT_LEASES} tasks", held.len()).into());
     }
+    Ok(held)
+}
+
+/// `n` heartbeats of `held`, one every 10 ms, while another task asks for `queues()`
+/// every 100 ms (at once again when a call took longer).
+async fn heartbeats_beside_queues(
+    store: &Arc<dyn Store>,
+    held: &[Lease],
+    n: u64,
+    m: &mut Measured,
+) -> Result<(), BoxError> {
     let stop = Arc::new(AtomicBool::new(false));
     let lister = {
         let store = store.clone();
@@ -366,31 +392,82 @@ async fn measure(store: &Arc<dyn Store>, samples: u64) -> Result<Measured, BoxEr
             Ok::<_, taskq_runtime::StoreError>(times)
         })
     };
-    let mut heartbeat = Vec::new();
-    for _ in 0..samples {
+    for _ in 0..n {
         let t = Instant::now();
         let lost = store
-            .heartbeat(&held, "soak", Timestamp::now().add(LEASE))
+            .heartbeat(held, "soak", Timestamp::now().add(LEASE))
             .await?;
-        heartbeat.push(t.elapsed());
+        m.heartbeat.push(t.elapsed());
         if !lost.is_empty() {
             return Err(format!("heartbeat: {} leases lost", lost.len()).into());
         }
         tokio::time::sleep(HEARTBEAT_EVERY).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let queues_during_heartbeats = lister.await??;
-    finish(store.as_ref(), &held, Timestamp::now(), |_| false).await?;
-    Ok(Measured {
-        claim,
-        queues,
-        heartbeat,
-        queues_during_heartbeats,
-    })
+    m.queues_during_heartbeats.extend(lister.await??);
+    Ok(())
+}
+
+/// Measures the empty store and the full one in turns (a slice of one, then the same
+/// slice of the other, the order swapped each turn), so that the load of a shared machine
+/// falls on both alike: `samples` claim calls of [`CLAIM_BATCH`] over a stream of due
+/// tasks, `samples / 20` (at least 5) `queues()` calls, and `samples` heartbeats beside
+/// `queues()` in windows of 100.
+async fn measure(
+    empty: &Arc<dyn Store>,
+    full: &Arc<dyn Store>,
+    samples: u64,
+) -> Result<(Measured, Measured), BoxError> {
+    let mut m = [Measured::default(), Measured::default()];
+    let stores = [empty, full];
+    let per_turn = STREAM_CHUNK as u64 / CLAIM_BATCH as u64;
+    for turn in 0..samples.div_ceil(per_turn) {
+        for i in [0, 1] {
+            let i = (i + turn as usize) % 2;
+            let (t, _) = run_due(
+                stores[i].as_ref(),
+                STREAM_CHUNK as u64,
+                STREAM_CHUNK,
+                CLAIM_BATCH,
+                Timestamp::now,
+                |_| false,
+            )
+            .await?;
+            m[i].claim.extend(t);
+        }
+    }
+    for turn in 0..(samples / 20).max(5) {
+        for i in [0, 1] {
+            let i = (i + turn as usize) % 2;
+            let t = Instant::now();
+            std::hint::black_box(stores[i].queues().await?);
+            m[i].queues.push(t.elapsed());
+        }
+    }
+    let held = [
+        hold_leases(empty.as_ref()).await?,
+        hold_leases(full.as_ref()).await?,
+    ];
+    let mut left = samples;
+    let mut turn = 0;
+    while left > 0 {
+        let n = left.min(100);
+        for i in [0, 1] {
+            let i = (i + turn) % 2;
+            heartbeats_beside_queues(stores[i], &held[i], n, &mut m[i]).await?;
+        }
+        left -= n;
+        turn += 1;
+    }
+    for i in [0, 1] {
+        finish(stores[i].as_ref(), &held[i], Timestamp::now(), |_| false).await?;
+    }
+    let [e, f] = m;
+    Ok((e, f))
 }
 
 /// Fills a store with `finished` done tasks and `finished / 10` scheduled an hour ahead.
-async fn fill(store: &dyn Store, finished: u64) -> Result<(), BoxError> {
+async fn fill(store: &dyn Store, finished: u64, priority: i32) -> Result<(), BoxError> {
     let mut left = finished;
     let mut seq = 0u64;
     while left > 0 {
@@ -421,9 +498,7 @@ async fn fill(store: &dyn Store, finished: u64) -> Result<(), BoxError> {
     let mut left = scheduled;
     while left > 0 {
         let k = left.min(FILL_ENQUEUE as u64);
-        let batch = (0..k)
-            .map(|i| new_task(seq + i, SCHEDULED_PRIORITY, at))
-            .collect();
+        let batch = (0..k).map(|i| new_task(seq + i, priority, at)).collect();
         store.enqueue(batch, Timestamp::now()).await?;
         seq += k;
         left -= k;
@@ -535,19 +610,21 @@ pub async fn soak(b: Backend, args: SoakArgs) -> Result<(), BoxError> {
     );
     let retention = retention_rounds(&b, args.tasks).await?;
 
-    eprintln!("soak {name}: empty store");
+    let twin = b.twin();
+    let empty_store = twin.open().await?;
     let store = b.open().await?;
     // Warm-up (caches, prepared statements, the pool), not counted.
-    run_due(
-        store.as_ref(),
-        (args.samples * CLAIM_BATCH as u64 / 4).max(100),
-        STREAM_CHUNK,
-        CLAIM_BATCH,
-        Timestamp::now,
-        |_| false,
-    )
-    .await?;
-    let empty = measure(&store, args.samples).await?;
+    for s in [&empty_store, &store] {
+        run_due(
+            s.as_ref(),
+            (args.samples * CLAIM_BATCH as u64 / 4).max(100),
+            STREAM_CHUNK,
+            CLAIM_BATCH,
+            Timestamp::now,
+            |_| false,
+        )
+        .await?;
+    }
 
     eprintln!(
         "soak {name}: filling {} finished and {} scheduled tasks",
@@ -555,12 +632,13 @@ pub async fn soak(b: Backend, args: SoakArgs) -> Result<(), BoxError> {
         args.finished / 10
     );
     let t = Instant::now();
-    fill(store.as_ref(), args.finished).await?;
+    fill(store.as_ref(), args.finished, args.scheduled_priority).await?;
     let fill_s = t.elapsed().as_secs_f64();
     b.settle().await?;
+    twin.settle().await?;
     let (after_fill, _) = b.footprint().await?;
-    eprintln!("soak {name}: full store (filled in {fill_s:.1} s)");
-    let full = measure(&store, args.samples).await?;
+    eprintln!("soak {name}: measuring the empty and the full store (filled in {fill_s:.1} s)");
+    let (empty, full) = measure(&empty_store, &store, args.samples).await?;
     let counts: serde_json::Value = store
         .queues()
         .await?
@@ -572,19 +650,29 @@ pub async fn soak(b: Backend, args: SoakArgs) -> Result<(), BoxError> {
         .collect::<serde_json::Map<_, _>>()
         .into();
     drop(store);
-    b.clean().await?;
+    drop(empty_store);
+    twin.clean().await?;
+    if args.keep {
+        match &b {
+            Backend::Sqlite(path) => eprintln!("soak: kept {}", path.display()),
+            Backend::Postgres { schema, .. } => eprintln!("soak: kept schema {schema}"),
+            Backend::Memory => {}
+        }
+    } else {
+        b.clean().await?;
+    }
 
     let ratio = |f: &Measured, e: &Measured, p: f64| {
-        round(pct(&f.claim, p) / pct(&e.claim, p).max(0.001), 2)
+        round(pct_ms(&f.claim, p) / pct_ms(&e.claim, p).max(1e-6), 2)
     };
     let (r50, r99) = (ratio(&full, &empty, 0.5), ratio(&full, &empty, 0.99));
-    let hb_share = round(pct(&full.heartbeat, 0.99) / LEASE.as_secs_f64() / 1e3, 5);
+    let hb_share = round(pct_ms(&full.heartbeat, 0.99) / LEASE.as_secs_f64() / 1e3, 6);
     let mut line = json!({
         "workload": "soak",
         "store": name,
         "finished_tasks": args.finished,
         "scheduled_tasks": args.finished / 10,
-        "scheduled_priority": SCHEDULED_PRIORITY,
+        "scheduled_priority": args.scheduled_priority,
         "fill_seconds": round(fill_s, 1),
         "footprint_after_fill": after_fill,
         "counts_full": counts,
