@@ -2,9 +2,14 @@
 //! release and compare ratios from one run, not absolute times.
 //!
 //! ```text
-//! cargo run --release -p taskq-examples --bin taskq-bench -- [--workloads iteration,throughput,claim,memory]
+//! cargo run --release -p taskq-examples --bin taskq-bench -- [--workloads iteration,throughput,claim,memory,soak]
 //!     [--rows N] [--tasks N] [--data DIR] [--postgres URL]
+//!     [--soak-tasks N] [--soak-finished N] [--soak-samples N] [--soak-scheduled-priority P]
+//!     [--soak-stores memory,sqlite,postgres] [--soak-keep]
 //! ```
+//!
+//! Without `--workloads`, every workload but `soak` runs (it takes minutes per store at
+//! its default sizes; name it to run it).
 //!
 //! - `iteration`: a no-op `#[iterative_task]` over the rows of a SQLite table (1,000,000 by
 //!   default, created once in the data dir), entities/s, beside a plain keyset scan of the
@@ -29,6 +34,17 @@
 //!   `--scheduled N` (default 100,000) pending tasks each an hour ahead at a higher
 //!   priority, due in a paused queue, and due in a queue not served; `queues()` latency;
 //!   heartbeat p99 while `queues()` runs every 100 ms (see `src/bench/scale.rs`).
+//! - `soak`: per store, a store that ran for a long time against the same store empty
+//!   (`examples/src/bench/soak.rs` says how): claim latency with 1,000,000 finished tasks
+//!   (`--soak-finished`) and 100,000 scheduled an hour ahead, `queues()` latency,
+//!   heartbeats while `queues()` is called every 100 ms, and the footprint (memory RSS,
+//!   SQLite file and WAL, PostgreSQL relations) over 1,000,000 tasks (`--soak-tasks`) run
+//!   in 20 rounds with retention on (virtual time). `--soak-samples` (default 1,000): timed
+//!   claim and heartbeat calls per measurement; `--soak-scheduled-priority` (default 1,
+//!   above the stream's 0), `--soak-stores` (some of the stores; all by default) and
+//!   `--soak-keep` (leave the full SQLite file and PostgreSQL schema for inspection).
+//!   PostgreSQL uses the URL's `schema=` or `taskq_bench_soak` (and the same with
+//!   `_empty` for the empty twin), dropped at the start of each part and at the end.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -180,6 +196,9 @@ async fn noop_pg_iteration(rows: Vec<PgRow>) -> Result<(), TaskError> {
     Ok(())
 }
 
+#[path = "../bench/soak.rs"]
+mod soak;
+
 /// Start-to-run latencies (ms) recorded by [`noop`].
 #[derive(Default)]
 struct Latencies(Mutex<Vec<i64>>);
@@ -205,15 +224,20 @@ struct Args {
     postgres: Option<String>,
     finished: u64,
     scheduled: u64,
+    soak: soak::SoakArgs,
+    /// The stores the soak workload runs on (`--soak-stores`; PostgreSQL also needs
+    /// `--postgres`).
+    soak_stores: Vec<String>,
+    soak_stores_given: bool,
 }
 
-const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,claim,memory,scale] [--rows N] [--tasks N] [--finished N] [--scheduled N] [--data DIR] [--postgres URL]";
+const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,claim,memory,scale,soak] [--rows N] [--tasks N] [--finished N] [--scheduled N] [--data DIR] [--postgres URL] [--soak-tasks N] [--soak-finished N] [--soak-samples N] [--soak-scheduled-priority P] [--soak-stores memory,sqlite,postgres] [--soak-keep]";
 
 /// The workloads, in the order they run by default.
 const WORKLOADS: [&str; 4] = ["iteration", "throughput", "claim", "memory"];
 
-/// The workloads run only when named.
-const ON_REQUEST: [&str; 1] = ["scale"];
+/// Workloads that run only when named.
+const ON_REQUEST: [&str; 2] = ["scale", "soak"];
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -224,12 +248,25 @@ fn parse_args() -> Result<Args, String> {
         postgres: None,
         finished: 1_000_000,
         scheduled: 100_000,
+        soak: soak::SoakArgs {
+            tasks: 1_000_000,
+            finished: 1_000_000,
+            samples: 1_000,
+            scheduled_priority: soak::SCHEDULED_PRIORITY,
+            keep: false,
+        },
+        soak_stores: ["memory", "sqlite", "postgres"].map(String::from).to_vec(),
+        soak_stores_given: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if flag == "--soak-keep" {
+            a.soak.keep = true;
+            continue;
         }
         let v = it.next().ok_or_else(|| format!("`{flag}` needs a value"))?;
         let num = |v: &str| {
@@ -254,6 +291,23 @@ fn parse_args() -> Result<Args, String> {
             "--scheduled" => a.scheduled = num(&v)?,
             "--data" => a.data = v.into(),
             "--postgres" => a.postgres = Some(v),
+            "--soak-tasks" => a.soak.tasks = num(&v)?,
+            "--soak-finished" => a.soak.finished = num(&v)?,
+            "--soak-samples" => a.soak.samples = num(&v)?,
+            "--soak-stores" => {
+                a.soak_stores = v.split(',').map(|s| s.trim().to_string()).collect();
+                a.soak_stores_given = true;
+                for s in &a.soak_stores {
+                    if !["memory", "sqlite", "postgres"].contains(&s.as_str()) {
+                        return Err(format!("unknown store `{s}`"));
+                    }
+                }
+            }
+            "--soak-scheduled-priority" => {
+                a.soak.scheduled_priority = v
+                    .parse()
+                    .map_err(|_| format!("{flag}: `{v}` is not a whole number"))?
+            }
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -338,6 +392,31 @@ async fn run(args: Args) -> Result<(), BoxError> {
                     let store = PostgresStore::open_in_schema(url, schema).await?;
                     scale::scale("postgres", Arc::new(store), f, n).await?;
                     drop_pg_schema(url, schema).await?;
+                }
+            }
+            "soak" => {
+                let wants = |s: &str| args.soak_stores.iter().any(|x| x == s);
+                if wants("memory") {
+                    soak::soak(soak::Backend::Memory, args.soak).await?;
+                }
+                if wants("sqlite") {
+                    let path = args.data.join("soak.db");
+                    soak::soak(soak::Backend::Sqlite(path), args.soak).await?;
+                }
+                match &args.postgres {
+                    Some(url) if wants("postgres") => {
+                        let schema =
+                            soak::url_schema(url).unwrap_or_else(|| "taskq_bench_soak".into());
+                        let b = soak::Backend::Postgres {
+                            url: url.clone(),
+                            schema,
+                        };
+                        soak::soak(b, args.soak).await?;
+                    }
+                    None if args.soak_stores_given && wants("postgres") => {
+                        return Err("--soak-stores postgres needs --postgres URL".into());
+                    }
+                    _ => {}
                 }
             }
             _ => unreachable!("checked by parse_args"),
