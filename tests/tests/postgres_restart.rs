@@ -150,10 +150,13 @@ async fn workers_survive_a_server_restart() {
             .await
             .expect("start"),
     );
-    // A lease longer than the outage: the tasks in flight keep theirs through it.
+    // A lease well beyond the outage: the tasks in flight keep theirs through it. (A task
+    // whose lease cannot be renewed is stopped at a quarter of the lease left; on a loaded
+    // machine the stop, the start and the reconnection back-off of up to 5 s took more
+    // than the 7.5 s a 10 s lease leaves.)
     let w = Worker::builder(q.store().clone())
         .state(EffectLog(log.clone()))
-        .lease(Duration::from_secs(10))
+        .lease(Duration::from_secs(30))
         .poll_interval(Duration::from_millis(100))
         .concurrency(8)
         .build()
