@@ -120,6 +120,8 @@ pub async fn queue_counts_equal_a_full_count(s: Arc<dyn Store>) {
         let mut now = at(seed as i64 % 1000);
         let mut held: Vec<(Lease, bool)> = Vec::new();
         let mut ids: Vec<TaskId> = Vec::new();
+        // Tasks finished failed or dead, which a retry takes back to pending.
+        let mut failed: Vec<TaskId> = Vec::new();
         for step in 0..120 {
             let queue = *rng.pick(&QUEUES).unwrap_or(&"a");
             let op = rng.below(15);
@@ -176,6 +178,9 @@ pub async fn queue_counts_equal_a_full_count(s: Arc<dyn Store>) {
                         4 => Outcome::Release,
                         _ => Outcome::Continue { run_at: later },
                     };
+                    if matches!(outcome, Outcome::Failed { .. } | Outcome::Dead { .. }) {
+                        failed.push(lease.id);
+                    }
                     let fin = Finish {
                         lease,
                         outcome,
@@ -204,10 +209,13 @@ pub async fn queue_counts_equal_a_full_count(s: Arc<dyn Store>) {
                     Some(id) => s.delete(id, now).await,
                     None => Ok(()),
                 },
-                9 => match rng.pick(&ids).copied() {
-                    Some(id) if rng.below(2) == 0 => s.retry(id, now).await,
-                    Some(id) => s.run_now(id, now).await,
-                    None => Ok(()),
+                9 => match (rng.below(3), rng.pick(&failed).copied()) {
+                    (0, Some(id)) => s.retry(id, now).await,
+                    _ => match rng.pick(&ids).copied() {
+                        Some(id) if rng.below(2) == 0 => s.retry(id, now).await,
+                        Some(id) => s.run_now(id, now).await,
+                        None => Ok(()),
+                    },
                 },
                 10 => match rng.below(3) {
                     0 => s.purge(queue, now).await.map(|_| ()),

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 
+use super::counts::counted;
 use super::rows::to_json_text;
 use super::{Param, PostgresStore};
 use crate::store::{
@@ -137,7 +138,7 @@ pub(super) async fn finish(
     // `$14..$16`; it counts, ends the step, and has no run_at, run end or continuation (the
     // policy's tests pin that). The first statement locked the runs, so the state read
     // here holds until the commit.
-    let sql = s.sql(
+    let sql = s.sql(&format!(
         r#"
 WITH f0 AS (
 SELECT * FROM unnest($3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::int8[],
@@ -157,13 +158,13 @@ SELECT f0.id, f0.token, f0.ord, f0.started_at,
        CASE WHEN e.ended THEN NULL ELSE f0.run_ends END AS run_ends,
        CASE WHEN e.ended THEN NULL ELSE f0.continue_at END AS continue_at
 FROM f0 CROSS JOIN LATERAL (
-    SELECT EXISTS (SELECT 1 FROM {S}.taskq_tasks t
-                   JOIN {S}.taskq_iterations i ON i.run_id = t.run_id
+    SELECT EXISTS (SELECT 1 FROM {{S}}.taskq_tasks t
+                   JOIN {{S}}.taskq_iterations i ON i.run_id = t.run_id
                    WHERE t.id = f0.id AND i.state <> 'running') AS ended
 ) e
 ),
 upd AS (
-UPDATE {S}.taskq_tasks t SET
+UPDATE {{S}}.taskq_tasks t SET
     state = f.state,
     worker = NULL,
     lease_until = NULL,
@@ -178,11 +179,11 @@ RETURNING t.id, f.token, t.queue, t.run_id, f.label, f.error, f.started_at, f.ru
           CASE WHEN f.counts THEN t.attempts ELSE t.attempts + 1 END AS attempt
 ),
 att AS (
-INSERT INTO {S}.taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
+INSERT INTO {{S}}.taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
 SELECT u.id, u.attempt, $2::text, u.started_at, $1::int8, u.label, u.error FROM upd u
 ),
 runs AS (
-UPDATE {S}.taskq_iterations i SET
+UPDATE {{S}}.taskq_iterations i SET
     state = CASE WHEN i.state = 'running' AND u.run_ends IS NOT NULL
                  THEN u.run_ends ELSE i.state END,
     error = CASE WHEN i.state = 'running' AND u.run_ends IS NOT NULL
@@ -196,21 +197,23 @@ FROM upd u
 WHERE i.run_id = u.run_id AND (u.run_ends IS NOT NULL OR u.continue_at IS NOT NULL)
 ),
 cont AS (
-INSERT INTO {S}.taskq_tasks (task, queue, state, payload, priority, attempts, unique_name,
+INSERT INTO {{S}}.taskq_tasks (task, queue, state, payload, priority, attempts, unique_name,
                              tombstone_ms, created_at, enqueued_at, run_at, run_id)
 SELECT t.task, t.queue, 'pending', t.payload, t.priority, 0, NULL, t.tombstone_ms,
        $1::int8, $1::int8, u.continue_at, t.run_id
-FROM upd u JOIN {S}.taskq_tasks t ON t.id = u.id
+FROM upd u JOIN {{S}}.taskq_tasks t ON t.id = u.id
 WHERE u.continue_at IS NOT NULL
 ORDER BY u.ord -- continuation ids follow the batch's order, as on every store
-)
+),
+{counted}
 SELECT u.id, u.token FROM upd u
 LEFT JOIN LATERAL (
 SELECT pg_notify('taskq_new', u.queue) AS n
 WHERE u.state = 'pending' OR u.continue_at IS NOT NULL
 ) n ON true
 "#,
-    );
+        counted = counted("counted", "upd", "queue", "state", '+'),
+    ));
     let stopped = Outcome::Stopped.transition(now);
     let stopped = (
         stopped.state.as_str().to_string(),

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use super::counts::counted;
 use super::pool::PooledConn;
 use super::rows::{
     iteration_from_row, task_from_row, ITERATION_COLUMNS, TASK_COLUMNS, TASK_COLUMNS_NO_PAYLOAD,
@@ -57,8 +58,8 @@ ON CONFLICT (name) DO UPDATE SET
 
 /// Every queue that has tasks or settings, with counts by state: pending and running
 /// tasks counted through their partial indexes (live rows, never the history),
-/// finished ones from the counts the triggers keep (`taskq_queue_counts`, summed over
-/// its slots), in one statement (one snapshot).
+/// finished ones from the counts kept with the rows (`taskq_queue_counts`, summed over
+/// its slots; see `counts.rs`), in one statement (one snapshot).
 pub(super) async fn queues(s: &PostgresStore) -> Result<Vec<QueueInfo>, StoreError> {
     let cfg_sql = s.sql(
         "SELECT name, paused, rate, burst, max_concurrent, keep_done_ms, keep_failed_ms \
@@ -396,16 +397,23 @@ pub(super) async fn delete(
 
 /// Puts a dead or failed task back to pending, its run running again.
 pub(super) async fn retry(s: &PostgresStore, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
-    let sql = s.sql(
-        "WITH t AS (UPDATE {S}.taskq_tasks SET state = 'pending', attempts = 0, \
+    // The old state for the counts (an update returns the new one only): a dead or
+    // failed row changes only by a retry or a deletion, which take its row lock, so the
+    // state read in `o` is the one the update replaces.
+    let sql = s.sql(&format!(
+        "WITH o AS (SELECT id, state FROM {{S}}.taskq_tasks \
+                    WHERE id = $1::int8 AND state IN ('dead', 'failed')), \
+              t AS (UPDATE {{S}}.taskq_tasks x SET state = 'pending', attempts = 0, \
                         enqueued_at = $2::int8, run_at = $2::int8, finished_at = NULL \
-                    WHERE id = $1::int8 AND state IN ('dead', 'failed') \
-                    RETURNING run_id, queue), \
-              r AS (UPDATE {S}.taskq_iterations i SET state = 'running', finished_at = NULL, \
+                    FROM o WHERE x.id = o.id AND x.state IN ('dead', 'failed') \
+                    RETURNING x.run_id, x.queue, o.state AS old_state), \
+              r AS (UPDATE {{S}}.taskq_iterations i SET state = 'running', finished_at = NULL, \
                         error = NULL, updated_at = $2::int8 \
-                    FROM t WHERE i.run_id = t.run_id) \
+                    FROM t WHERE i.run_id = t.run_id), \
+              {counted} \
          SELECT 1 FROM (SELECT pg_notify('taskq_new', t.queue) FROM t) n",
-    );
+        counted = counted("counted", "t", "queue", "old_state", '-'),
+    ));
     let mut c = s.pool.get().await?;
     let lock = c.prep(&s.lock_runs_of_tasks_sql()).await?;
     let st = c.prep(&sql).await?;
@@ -470,16 +478,19 @@ pub(super) async fn cancel_iteration(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     let lock_sql = s.sql("SELECT 1 FROM {S}.taskq_iterations WHERE run_id = $1::int8 FOR UPDATE");
-    let sql = s.sql(
-        "WITH it AS (UPDATE {S}.taskq_iterations SET state = 'cancelled', \
+    let sql = s.sql(&format!(
+        "WITH it AS (UPDATE {{S}}.taskq_iterations SET state = 'cancelled', \
                          finished_at = $2::int8, updated_at = $2::int8 \
                      WHERE run_id = $1::int8 AND state = 'running' RETURNING run_id), \
-              t AS (UPDATE {S}.taskq_tasks SET state = 'cancelled', finished_at = $2::int8, \
+              t AS (UPDATE {{S}}.taskq_tasks SET state = 'cancelled', finished_at = $2::int8, \
                          worker = NULL, lease_until = NULL \
                     WHERE run_id IN (SELECT run_id FROM it) \
-                      AND state IN ('pending', 'running')) \
+                      AND state IN ('pending', 'running') \
+                    RETURNING queue, state), \
+              {counted} \
          SELECT count(*) FROM it",
-    );
+        counted = counted("counted", "t", "queue", "state", '+'),
+    ));
     let mut c = s.pool.get().await?;
     let lock = c.prep(&lock_sql).await?;
     let st = c.prep(&sql).await?;

@@ -80,7 +80,7 @@
 //! | `taskq_attempts` | `id`, `task_id`, `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error` | one row per finished or lapsed attempt; deleted with its task |
 //! | `taskq_queues` | `name`, `paused`, `rate`, `burst`, `max_concurrent`, `tokens`, `refilled_at`, `keep_done_ms`, `keep_failed_ms` | settings and the token bucket's state; the retention (version 4; both NULL: the defaults, `-1`: for ever, see [`crate::retention::to_columns`]) |
 //! | `taskq_iterations` | `run_id` (the first step's id), `task`, `queue`, `filter json`, `cursor json`, `processed`, `batches`, `steps`, `total`, `state`, `started_at`, `updated_at`, `finished_at`, `error` | one row per iterative run; `(state, finished_at)` of ended runs, for pruning (version 4) |
-//! | `taskq_queue_counts` | `queue`, `state`, `slot`, `n` | version 5: finished tasks per queue and state, kept by statement-level triggers on `taskq_tasks` (one write per queue and state per statement, prune's deletes included), in 16 slots by backend pid so that concurrent finishes of one queue rarely wait on one row; [`Store::queues`] sums them and counts pending and running tasks through their partial indexes |
+//! | `taskq_queue_counts` | `queue`, `state`, `slot`, `n` | version 5: finished tasks per queue and state, written by the statements that move rows into or out of a finished state (finish, cancel, retry) and by a statement-level trigger on deletes (delete, purge, prune), one write per queue and state per statement (`counts.rs`), in 16 slots by backend pid so that concurrent finishes of one queue rarely wait on one row; [`Store::queues`] sums them and counts pending and running tasks through their partial indexes |
 //! | `taskq_tombstones` | `name`, `taken_until`, `run_id`, `tombstone_ms` | version 3: the holds deleted named tasks leave on their names (see [`tombstone`]); written by delete, purge and prune in their statement, read by enqueue's name check; indexes `(taken_until)` and `(run_id)` for pruning (version 4) |
 //!
 //! Payloads, filters and cursors are `json`, not `jsonb`: the exact text taskq wrote, so
@@ -149,6 +149,7 @@ use super::*;
 
 mod claim;
 mod clock;
+mod counts;
 mod enqueue;
 mod lease;
 mod manage;

@@ -122,13 +122,15 @@ CREATE INDEX IF NOT EXISTS taskq_tombstones_run_idx ON {S}.taskq_tombstones (run
     // adds no entry to them; every full index would take one per claimed row, since a
     // claim's update is never HOT). `queues()` counts pending and running tasks through
     // their partial indexes (live rows only, never the history) and adds the finished
-    // counts kept here. They are kept by statement-level triggers (one counter
-    // write per queue and state per statement, whichever statement moves the rows) in
-    // one of 16 slots chosen by the backend's pid, so that workers finishing tasks of
-    // one queue at once do not queue on one counter row; `queues()` sums the slots.
-    // Written to run again over its own result (the counts are recomputed). The lock
-    // keeps writers out until the triggers exist, so no finish goes uncounted between
-    // the count and the triggers.
+    // counts kept here, in one of 16 slots chosen by the backend's pid, so that workers
+    // finishing tasks of one queue at once do not queue on one counter row; `queues()`
+    // sums the slots. The statements that move rows into or out of a finished state
+    // count them (see `counts.rs`); deletes are counted by a statement-level trigger (one
+    // counter write per queue and state per statement, whichever statement deletes).
+    // Written to run again over its own result (the counts are recomputed; it drops the
+    // insert and update triggers an unreleased build of it created). The lock keeps
+    // writers out until the counts and the trigger exist, so no finish goes uncounted
+    // between the count and this build's statements.
     r#"
 LOCK TABLE {S}.taskq_tasks IN SHARE ROW EXCLUSIVE MODE;
 CREATE INDEX IF NOT EXISTS taskq_tasks_finished_id_idx ON {S}.taskq_tasks (state, id)
@@ -148,45 +150,20 @@ DELETE FROM {S}.taskq_queue_counts;
 INSERT INTO {S}.taskq_queue_counts (queue, state, slot, n)
     SELECT queue, state, 0, count(*) FROM {S}.taskq_tasks
     WHERE state NOT IN ('pending', 'running') GROUP BY queue, state;
+DROP TRIGGER IF EXISTS taskq_tasks_counted_insert ON {S}.taskq_tasks;
+DROP TRIGGER IF EXISTS taskq_tasks_counted_update ON {S}.taskq_tasks;
 CREATE OR REPLACE FUNCTION {S}.taskq_count_finished() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
-    -- In (queue, state) order, so that two statements never wait on each other's
-    -- counter rows in opposite orders.
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO {S}.taskq_queue_counts AS c (queue, state, slot, n)
-        SELECT x.queue, x.state, pg_backend_pid() % 16, count(*) FROM new_rows x
-        WHERE x.state NOT IN ('pending', 'running')
-        GROUP BY x.queue, x.state ORDER BY x.queue, x.state
-        ON CONFLICT (queue, state, slot) DO UPDATE SET n = c.n + EXCLUDED.n;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO {S}.taskq_queue_counts AS c (queue, state, slot, n)
-        SELECT x.queue, x.state, pg_backend_pid() % 16, -count(*) FROM old_rows x
-        WHERE x.state NOT IN ('pending', 'running')
-        GROUP BY x.queue, x.state ORDER BY x.queue, x.state
-        ON CONFLICT (queue, state, slot) DO UPDATE SET n = c.n + EXCLUDED.n;
-    ELSE
-        INSERT INTO {S}.taskq_queue_counts AS c (queue, state, slot, n)
-        SELECT y.queue, y.state, pg_backend_pid() % 16, sum(y.d) FROM (
-            SELECT x.queue, x.state, 1 AS d FROM new_rows x
-            WHERE x.state NOT IN ('pending', 'running')
-            UNION ALL
-            SELECT x.queue, x.state, -1 AS d FROM old_rows x
-            WHERE x.state NOT IN ('pending', 'running')
-        ) y
-        GROUP BY y.queue, y.state HAVING sum(y.d) <> 0 ORDER BY y.queue, y.state
-        ON CONFLICT (queue, state, slot) DO UPDATE SET n = c.n + EXCLUDED.n;
-    END IF;
+    -- The deleted finished rows, in (queue, state) order, so that two statements never
+    -- wait on each other's counter rows in opposite orders.
+    INSERT INTO {S}.taskq_queue_counts AS c (queue, state, slot, n)
+    SELECT x.queue, x.state, pg_backend_pid() % 16, -count(*) FROM old_rows x
+    WHERE x.state NOT IN ('pending', 'running')
+    GROUP BY x.queue, x.state ORDER BY x.queue, x.state
+    ON CONFLICT (queue, state, slot) DO UPDATE SET n = c.n + EXCLUDED.n;
     RETURN NULL;
 END
 $fn$;
-DROP TRIGGER IF EXISTS taskq_tasks_counted_insert ON {S}.taskq_tasks;
-CREATE TRIGGER taskq_tasks_counted_insert AFTER INSERT ON {S}.taskq_tasks
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION {S}.taskq_count_finished();
-DROP TRIGGER IF EXISTS taskq_tasks_counted_update ON {S}.taskq_tasks;
-CREATE TRIGGER taskq_tasks_counted_update AFTER UPDATE ON {S}.taskq_tasks
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION {S}.taskq_count_finished();
 DROP TRIGGER IF EXISTS taskq_tasks_counted_delete ON {S}.taskq_tasks;
 CREATE TRIGGER taskq_tasks_counted_delete AFTER DELETE ON {S}.taskq_tasks
     REFERENCING OLD TABLE AS old_rows

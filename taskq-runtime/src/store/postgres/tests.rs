@@ -1164,6 +1164,21 @@ async fn counts_are_backfilled_from_version_4() {
     assert_eq!(defs.len(), 2, "{defs:?}");
     assert!(defs[0].contains("(state, id)"), "{defs:?}");
     assert!(defs[1].contains("(state, finished_at)"), "{defs:?}");
+    // Updates are counted by the statements that make them (a claim or a heartbeat runs
+    // no trigger); deletes by the one statement-level trigger.
+    let triggers: Vec<String> = c
+        .query(
+            "SELECT tgname::text FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid
+             JOIN pg_namespace n ON n.oid = r.relnamespace
+             WHERE n.nspname = $1 AND NOT t.tgisinternal ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(triggers, ["taskq_tasks_counted_delete"]);
     let counts = |qs: Vec<QueueInfo>| {
         let a = qs.into_iter().find(|q| q.name == "a").unwrap();
         TaskState::ALL.map(|state| a.count(state))

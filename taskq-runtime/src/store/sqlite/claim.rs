@@ -7,10 +7,13 @@ use std::collections::{HashMap, HashSet};
 
 use rusqlite::{params, OptionalExtension};
 
+use super::counts::Tally;
 use super::rows::{u32_of, u64_of, StoredText};
 use super::R;
 use crate::store::admission::{self, Admission, Bucket};
-use crate::store::{ClaimRequest, ClaimedTask, IterationCursor, Lease, QueueConfig, TaskId};
+use crate::store::{
+    ClaimRequest, ClaimedTask, IterationCursor, Lease, QueueConfig, TaskId, TaskState,
+};
 use crate::time::Timestamp;
 
 /// The attempt label and error of a lapsed lease.
@@ -304,10 +307,13 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
         "SELECT cursor, processed, batches, total FROM taskq_iterations WHERE run = ?1",
     )?;
     let mut out = Vec::with_capacity(chosen.len());
+    let mut tally = Tally::default();
     for (i, c) in chosen.into_iter().enumerate() {
         let token = first_token + i as i64;
         if c.running {
             lapse.execute(params![c.id, now, LAPSED.0, LAPSED.1])?;
+        } else {
+            tally.moved(&c.queue, TaskState::Pending, TaskState::Running);
         }
         let (task, queue, payload, attempts, enqueued_at, run_id): (
             String,
@@ -375,6 +381,7 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
             decode_error,
         });
     }
+    tally.write(tx)?;
     Ok(out)
 }
 

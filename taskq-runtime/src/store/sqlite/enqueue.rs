@@ -5,9 +5,10 @@ use std::collections::HashSet;
 
 use rusqlite::params;
 
+use super::counts::Tally;
 use super::rows::{ms, to_json};
 use super::R;
-use crate::store::{NewTask, StoreError, TaskId};
+use crate::store::{NewTask, StoreError, TaskId, TaskState};
 use crate::time::Timestamp;
 
 /// Stores `tasks` (already checked by [`check_new_tasks`](crate::store::check_new_tasks))
@@ -49,6 +50,7 @@ pub(super) fn enqueue(
          VALUES (?1, ?2, 'pending', ?3, ?4, 0, ?5, ?6, ?7, ?7, ?8, 0)",
     )?;
     let mut ids = Vec::with_capacity(tasks.len());
+    let mut tally = Tally::default();
     for t in tasks {
         insert.execute(params![
             t.task,
@@ -73,7 +75,9 @@ pub(super) fn enqueue(
             tx.prepare_cached("UPDATE taskq_tasks SET run_id = ?1 WHERE id = ?1")?
                 .execute([id])?;
         }
+        tally.add(&t.queue, TaskState::Pending, 1);
         ids.push(TaskId(id));
     }
+    tally.write(tx)?;
     Ok(ids)
 }

@@ -4,9 +4,10 @@
 
 use rusqlite::{params, OptionalExtension};
 
+use super::counts::Tally;
 use super::rows::{run_state, to_json};
 use super::R;
-use crate::store::{Checkpoint, Finish, Lease, RunState, StoreError, TaskId, MAX_COUNT};
+use crate::store::{Checkpoint, Finish, Lease, RunState, StoreError, TaskId, TaskState, MAX_COUNT};
 use crate::time::Timestamp;
 
 /// Extends the leases still held to `until`; returns the ids whose lease was lost.
@@ -38,8 +39,9 @@ pub(super) fn finish(
 ) -> R<(Vec<Result<(), StoreError>>, bool)> {
     let mut results = Vec::with_capacity(finished.len());
     let mut woke = false;
+    let mut tally = Tally::default();
     for f in finished {
-        match finish_one(tx, f, worker, now.0)? {
+        match finish_one(tx, f, worker, now.0, &mut tally)? {
             Some(wakes) => {
                 woke |= wakes;
                 results.push(Ok(()));
@@ -47,6 +49,7 @@ pub(super) fn finish(
             None => results.push(Err(StoreError::LeaseLost(f.lease.id))),
         }
     }
+    tally.write(tx)?;
     Ok((results, woke))
 }
 
@@ -57,7 +60,7 @@ pub(super) fn checkpoint(
     cp: &Checkpoint,
     now: Timestamp,
 ) -> R<()> {
-    let Some((run, _)) = held(tx, lease)? else {
+    let Some(Held { run, .. }) = held(tx, lease)? else {
         return Err(StoreError::LeaseLost(lease.id).into());
     };
     let run = run.ok_or_else(|| {
@@ -104,7 +107,7 @@ pub(super) fn checkpoint(
 /// otherwise.
 pub(super) fn confirm(tx: &rusqlite::Transaction<'_>, lease: Lease) -> R<()> {
     match held(tx, lease)? {
-        Some((run, _)) if !run_ended(tx, run)? => Ok(()),
+        Some(Held { run, .. }) if !run_ended(tx, run)? => Ok(()),
         _ => Err(StoreError::LeaseLost(lease.id).into()),
     }
 }
@@ -122,14 +125,29 @@ fn run_ended(tx: &rusqlite::Transaction<'_>, run: Option<i64>) -> R<bool> {
     }
 }
 
-/// `Some((run_id, attempts))` when `(id, token)` holds a running task.
-fn held(tx: &rusqlite::Transaction<'_>, lease: Lease) -> R<Option<(Option<i64>, i64)>> {
+/// A running task a lease holds.
+struct Held {
+    /// The run it is a step of.
+    run: Option<i64>,
+    /// Its attempts so far.
+    attempts: i64,
+    /// Its queue.
+    queue: String,
+}
+
+/// The task when `(id, token)` holds a running task.
+fn held(tx: &rusqlite::Transaction<'_>, lease: Lease) -> R<Option<Held>> {
     Ok(tx
         .prepare_cached(
-            "SELECT run_id, attempts FROM taskq_tasks WHERE id = ?1 AND token = ?2 AND state = 'running'",
+            "SELECT run_id, attempts, queue FROM taskq_tasks
+             WHERE id = ?1 AND token = ?2 AND state = 'running'",
         )?
         .query_row(params![lease.id.0, lease.token], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+            Ok(Held {
+                run: r.get(0)?,
+                attempts: r.get(1)?,
+                queue: r.get(2)?,
+            })
         })
         .optional()?)
 }
@@ -141,9 +159,15 @@ fn finish_one(
     f: &Finish,
     worker: &str,
     now: i64,
+    tally: &mut Tally,
 ) -> R<Option<bool>> {
     let id = f.lease.id;
-    let Some((run, attempt)) = held(tx, f.lease)? else {
+    let Some(Held {
+        run,
+        attempts: attempt,
+        queue,
+    }) = held(tx, f.lease)?
+    else {
         return Ok(None);
     };
     // In this write transaction (`BEGIN IMMEDIATE`), so no cancel comes in between.
@@ -176,6 +200,7 @@ fn finish_one(
         tr.finished,
         now
     ])?;
+    tally.moved(&queue, TaskState::Running, tr.state);
     if let Some(run_at) = tr.continue_at {
         tx.prepare_cached(
             "INSERT INTO taskq_tasks (task, queue, state, payload, priority, attempts, unique_name,
@@ -185,6 +210,7 @@ fn finish_one(
              FROM taskq_tasks WHERE id = ?1",
         )?
         .execute(params![id.0, now, run_at.0])?;
+        tally.add(&queue, TaskState::Pending, 1);
         if let Some(run) = run {
             tx.prepare_cached(
                 "UPDATE taskq_iterations SET steps = steps + 1, updated_at = ?2 WHERE run = ?1",

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, OptionalExtension};
 
+use super::counts::Tally;
 use super::rows::{
     run_state, task_columns, task_state, u32_of, u64_of, RawIteration, RawTask, ITERATION_COLUMNS,
     TASK_COLUMNS,
@@ -130,6 +131,9 @@ pub(super) fn purge(tx: &rusqlite::Transaction<'_>, queue: &str, now: Timestamp)
     let n = tx
         .prepare_cached("DELETE FROM taskq_tasks WHERE queue = ?1 AND state = 'pending'")?
         .execute([queue])?;
+    let mut tally = Tally::default();
+    tally.add(queue, TaskState::Pending, -(n as i64));
+    tally.write(tx)?;
     Ok(n as u64)
 }
 
@@ -266,22 +270,25 @@ pub(super) fn delete(tx: &rusqlite::Transaction<'_>, id: TaskId, now: Timestamp)
     )?
     .execute(params![id.0, now.0])?;
     bury(tx, "t.id = ?1", params![id.0], now)?;
-    let n = tx
-        .prepare_cached("DELETE FROM taskq_tasks WHERE id = ?1")?
-        .execute([id.0])?;
-    if n == 0 {
-        return Err(StoreError::NotFound(format!("task {id}")).into());
-    }
+    let gone: Option<(String, String)> = tx
+        .prepare_cached("DELETE FROM taskq_tasks WHERE id = ?1 RETURNING queue, state")?
+        .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (queue, state) = gone.ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+    let mut tally = Tally::default();
+    tally.add(&queue, task_state(&state)?, -1);
+    tally.write(tx)?;
     Ok(())
 }
 
 /// Puts a dead or failed task back to pending, its run running again.
 pub(super) fn retry(tx: &rusqlite::Transaction<'_>, id: TaskId, now: Timestamp) -> R<()> {
-    let row: Option<(String, Option<i64>, Option<String>)> = tx
-        .prepare_cached("SELECT state, run_id, unique_name FROM taskq_tasks WHERE id = ?1")?
-        .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    let row: Option<(String, Option<i64>, Option<String>, String)> = tx
+        .prepare_cached("SELECT state, run_id, unique_name, queue FROM taskq_tasks WHERE id = ?1")?
+        .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
-    let (state, run, name) = row.ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+    let (state, run, name, queue) =
+        row.ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
     let state = task_state(&state)?;
     if !matches!(state, TaskState::Dead | TaskState::Failed) {
         return Err(StoreError::Conflict(format!(
@@ -310,6 +317,9 @@ pub(super) fn retry(tx: &rusqlite::Transaction<'_>, id: TaskId, now: Timestamp) 
          WHERE id = ?1",
     )?
     .execute(params![id.0, now.0])?;
+    let mut tally = Tally::default();
+    tally.moved(&queue, state, TaskState::Pending);
+    tally.write(tx)?;
     if let Some(run) = run {
         tx.prepare_cached(
             "UPDATE taskq_iterations SET state = 'running', finished_at = NULL,
@@ -370,12 +380,26 @@ pub(super) fn cancel_iteration(
          WHERE run = ?1",
     )?
     .execute(params![run.0, now.0])?;
+    // The live steps (a run has one, two while a hand-over is in flight), read first for
+    // the counts: an update returns the new state only.
+    let mut tally = Tally::default();
+    let live: Vec<(String, String)> = tx
+        .prepare_cached(
+            "SELECT queue, state FROM taskq_tasks
+             WHERE run_id = ?1 AND state IN ('pending', 'running')",
+        )?
+        .query_map([run.0], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (queue, state) in &live {
+        tally.moved(queue, task_state(state)?, TaskState::Cancelled);
+    }
     tx.prepare_cached(
         "UPDATE taskq_tasks SET state = 'cancelled', finished_at = ?2, worker = NULL,
              lease_until = NULL
          WHERE run_id = ?1 AND state IN ('pending', 'running')",
     )?
     .execute(params![run.0, now.0])?;
+    tally.write(tx)?;
     Ok(())
 }
 

@@ -79,9 +79,10 @@
 //!   `(state, finished_at)` of ended runs, for pruning.
 //! - `taskq_counters`: named counters; `lease_token` hands out fencing tokens.
 //! - `taskq_queue_counts` (version 4): `queue`, `state`, `n`, the number of tasks of each
-//!   queue in each state, kept by triggers on `taskq_tasks` (insert, delete, a change of
-//!   state or queue) in the transaction that changes the rows; [`Store::queues`] reads it
-//!   instead of counting the history. One writer at a time, so no contention.
+//!   queue in each state, written by every call that inserts, deletes or moves tasks in
+//!   its own transaction, one upsert per queue and state it changed (`counts.rs`);
+//!   [`Store::queues`] reads it instead of counting the history. One writer at a time,
+//!   so no contention.
 //! - `taskq_tombstones` (version 2): the holds deleted named tasks leave on their names
 //!   (see [`tombstone`]): `name` (primary key), `taken_until`, `run_id`
 //!   (the run whose life and window also hold it), `tombstone_ms`. Written by delete,
@@ -107,6 +108,7 @@ use tokio::sync::Notify;
 use super::*;
 
 mod claim;
+mod counts;
 mod enqueue;
 mod lease;
 mod manage;

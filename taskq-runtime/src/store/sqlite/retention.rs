@@ -21,6 +21,7 @@
 
 use rusqlite::params;
 
+use super::counts::Tally;
 use super::manage::bury;
 use super::rows::task_state;
 use super::{SqliteStore, R};
@@ -193,8 +194,20 @@ fn tasks(
         params![ids],
         now,
     )?;
-    tx.prepare_cached("DELETE FROM taskq_tasks WHERE id IN (SELECT value FROM json_each(?1))")?
-        .execute([&ids])?;
+    let mut tally = Tally::default();
+    let mut gone = tx.prepare_cached(
+        "DELETE FROM taskq_tasks WHERE id IN (SELECT value FROM json_each(?1))
+         RETURNING queue, state",
+    )?;
+    let rows = gone.query_map([&ids], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    for row in rows {
+        let (queue, state) = row?;
+        tally.add(&queue, task_state(&state)?, -1);
+    }
+    drop(gone);
+    tally.write(tx)?;
     Ok((counts.tasks, found.len()))
 }
 

@@ -102,13 +102,15 @@ CREATE INDEX taskq_tombstones_until ON taskq_tombstones (taken_until);
 CREATE INDEX taskq_tombstones_run ON taskq_tombstones (run_id) WHERE run_id IS NOT NULL;
 "#,
     // 4: counts by state kept with the rows, so `queues()` reads one row per queue and
-    // state instead of the whole history (triggers, so every statement that inserts,
-    // deletes or moves a task keeps them, whichever file it is in); indexes that let a
-    // listing of finished tasks filtered by queue or task name read a page by key
-    // (partial, so that a claim, whose row is not finished, does not write them; live
-    // tasks are listed through the claim index); `(state, run_at)` is no longer read
-    // (`next_due` seeks the claim index per priority) and goes. Written to run again
-    // over its own result (the counts are recomputed), as a test's downgrade needs.
+    // state instead of the whole history (written by the calls that change the rows, one
+    // upsert per queue and state per call: see `counts.rs`; no triggers, which wrote one
+    // counter row per task changed); indexes that let a listing of finished tasks
+    // filtered by queue or task name read a page by key (partial, so that a claim, whose
+    // row is not finished, does not write them; live tasks are listed through the claim
+    // index); `(state, run_at)` is no longer read (`next_due` seeks the claim index per
+    // priority) and goes. Written to run again over its own result (the counts are
+    // recomputed), as a test's downgrade needs; it drops the triggers an unreleased build
+    // of it created.
     r#"
 CREATE TABLE IF NOT EXISTS taskq_queue_counts (
     queue  TEXT    NOT NULL,
@@ -119,20 +121,9 @@ CREATE TABLE IF NOT EXISTS taskq_queue_counts (
 DELETE FROM taskq_queue_counts;
 INSERT INTO taskq_queue_counts (queue, state, n)
     SELECT queue, state, COUNT(*) FROM taskq_tasks GROUP BY queue, state;
-CREATE TRIGGER IF NOT EXISTS taskq_tasks_counted_insert AFTER INSERT ON taskq_tasks BEGIN
-    INSERT INTO taskq_queue_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
-        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS taskq_tasks_counted_delete AFTER DELETE ON taskq_tasks BEGIN
-    UPDATE taskq_queue_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
-    DELETE FROM taskq_queue_counts WHERE queue = OLD.queue AND state = OLD.state AND n = 0;
-END;
-CREATE TRIGGER IF NOT EXISTS taskq_tasks_counted_update AFTER UPDATE OF queue, state ON taskq_tasks
-    WHEN OLD.queue IS NOT NEW.queue OR OLD.state IS NOT NEW.state BEGIN
-    UPDATE taskq_queue_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
-    INSERT INTO taskq_queue_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
-        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
-END;
+DROP TRIGGER IF EXISTS taskq_tasks_counted_insert;
+DROP TRIGGER IF EXISTS taskq_tasks_counted_delete;
+DROP TRIGGER IF EXISTS taskq_tasks_counted_update;
 CREATE INDEX IF NOT EXISTS taskq_tasks_finished_queue ON taskq_tasks (state, queue, id)
     WHERE state IN ('done', 'failed', 'dead', 'cancelled');
 CREATE INDEX IF NOT EXISTS taskq_tasks_finished_task ON taskq_tasks (state, task, id)

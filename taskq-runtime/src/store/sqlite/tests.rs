@@ -96,8 +96,7 @@ async fn tombstones_only_for_names_and_migrated_from_v1() -> Result<(), StoreErr
         let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
         conn.execute_batch(
             "DROP TABLE taskq_tombstones;
-             DROP TABLE taskq_queue_counts; DROP TRIGGER taskq_tasks_counted_insert;
-             DROP TRIGGER taskq_tasks_counted_delete; DROP TRIGGER taskq_tasks_counted_update;
+             DROP TABLE taskq_queue_counts;
              DROP INDEX taskq_tasks_finished_queue; DROP INDEX taskq_tasks_finished_task;
              CREATE INDEX taskq_tasks_due ON taskq_tasks (state, run_at);
              DROP INDEX taskq_tasks_finished; DROP INDEX taskq_iterations_finished;
@@ -392,8 +391,7 @@ async fn counts_are_backfilled_by_the_migration() -> Result<(), StoreError> {
         drop(s);
         let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
         conn.execute_batch(
-            "DROP TABLE taskq_queue_counts; DROP TRIGGER taskq_tasks_counted_insert;
-             DROP TRIGGER taskq_tasks_counted_delete; DROP TRIGGER taskq_tasks_counted_update;
+            "DROP TABLE taskq_queue_counts;
              DROP INDEX taskq_tasks_finished_queue; DROP INDEX taskq_tasks_finished_task;
              CREATE INDEX taskq_tasks_due ON taskq_tasks (state, run_at);
              DELETE FROM taskq_schema WHERE version > 3;",
@@ -401,6 +399,17 @@ async fn counts_are_backfilled_by_the_migration() -> Result<(), StoreError> {
         .map_err(StoreError::backend)?;
     }
     let s = open(&db).await;
+    // The calls keep the counts (one upsert per queue and state per call): no trigger
+    // writes a counter row per task.
+    let conn = Connection::open(&db.0).map_err(StoreError::backend)?;
+    let triggers: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(StoreError::backend)?;
+    assert_eq!(triggers, 0);
     let count = |qs: &[QueueInfo], q: &str, st: TaskState| {
         qs.iter().find(|x| x.name == q).map(|x| x.count(st))
     };
