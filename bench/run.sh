@@ -41,6 +41,7 @@ ROWS=${ROWS:-1000000}
 APALIS_SQLITE_TASKS=${APALIS_SQLITE_TASKS:-2000}
 UPDATE_DOC=${UPDATE_DOC:-1}
 OUT=$ROOT/bench/results
+export PG_URL PG_ADMIN_DB
 
 for tool in cargo psql python3; do
   if ! command -v "$tool" >/dev/null 2>&1; then
@@ -49,7 +50,12 @@ for tool in cargo psql python3; do
   fi
 done
 
-if ! psql "$PG_URL/$PG_ADMIN_DB" -qAtc 'SELECT 1' >/dev/null; then
+# psql on the admin database, without the notices of DROP ... IF EXISTS.
+admin() {
+  PGOPTIONS="-c client_min_messages=warning" psql "$PG_URL/$PG_ADMIN_DB" -qX "$@"
+}
+
+if ! admin -Atc 'SELECT 1' >/dev/null; then
   echo "bench/run.sh: cannot reach PostgreSQL at $PG_URL/$PG_ADMIN_DB (set PG_URL / PG_ADMIN_DB)" >&2
   exit 1
 fi
@@ -105,6 +111,9 @@ meta = {
     "workload": "meta",
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "commit": sh("git", "rev-parse", "--short", "HEAD"),
+    # The last commit that changed taskq itself (not the bench or its results).
+    "taskq_commit": sh("git", "log", "-1", "--format=%h", "--", ".", ":!bench", ":!BENCHMARKS.md"),
+    "worktree_clean": sh("git", "status", "--porcelain", "--", ".", ":!bench", ":!BENCHMARKS.md") == "",
     "cores": os.cpu_count(),
     "cpu": cpu,
     "memory_gib": round(mem / 1024 / 1024, 1),
@@ -121,7 +130,7 @@ EOF
 run_one() {
   local side=$1 round=$2
   local db="bench_${side}_${round}" dir="$scratch/$side-$round"
-  psql "$PG_URL/$PG_ADMIN_DB" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+  admin -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
   rm -rf "$dir"
   mkdir -p "$dir"
   local t0 rc=0
@@ -134,7 +143,7 @@ run_one() {
     "$PEERS" --tasks "$TASKS" --apalis-sqlite-tasks "$APALIS_SQLITE_TASKS" --data "$dir" \
       --postgres "$PG_URL/$db" >"$logs/$side-$round.out" 2>"$logs/$side-$round.err" || rc=$?
   fi
-  psql "$PG_URL/$PG_ADMIN_DB" -qc "DROP DATABASE IF EXISTS $db" >/dev/null || true
+  admin -c "DROP DATABASE IF EXISTS $db" >/dev/null || true
   rm -rf "$dir"
   if [ "$rc" != 0 ]; then
     echo "bench/run.sh: $side (round $round) failed with status $rc:" >&2

@@ -159,7 +159,10 @@ def main():
     rounds = sorted({o["round"] for o in lines})
     out = []
     w = out.append
-    w(f"Sitting of {meta.get('date', '?')} at commit `{meta.get('commit', '?')}`: "
+    code = f"taskq at commit `{meta.get('taskq_commit', '?')}`"
+    if meta.get("worktree_clean") is False:
+        code += " plus uncommitted changes"
+    w(f"Sitting of {meta.get('date', '?')}, {code}: "
       f"{len(rounds)} rounds of taskq then its peers, each on a fresh database; "
       f"N = {num(meta.get('tasks'))} tasks per start mode (2N processed), "
       f"{num(meta.get('rows'))} rows iterated, apalis on SQLite with N = "

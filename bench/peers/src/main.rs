@@ -13,8 +13,8 @@
 //!   connection). Queue libraries (apalis, sqlxmq) start M of them one by one and the rest
 //!   1,000 per call, and run with 64 tasks in flight and batches of 100; the raw loops
 //!   insert all 2N with a plain batched INSERT (1,000 rows per transaction) and process
-//!   them in one sequential loop; tokio mpsc queues 2N messages and drains them with 8
-//!   consumers (and again running each message as a spawned task).
+//!   them in one sequential loop; tokio mpsc queues 2N messages (at least 2,000,000) and
+//!   drains them with 8 consumers (and again running each message as a spawned task).
 //! - `claim`: the raw claim loop beside taskq's `claim` workload: 50,000 rows inserted
 //!   1,000 per transaction, claimed 100 per transaction until none is left, then marked
 //!   done 100 per transaction; rows/s of each.

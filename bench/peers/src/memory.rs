@@ -14,13 +14,18 @@ use crate::{emit, rate, BoxError};
 /// Consumers draining the channel.
 const CONSUMERS: usize = 8;
 
-/// 2N messages sent into an unbounded channel (no consumer yet: `started_bulk_per_s`), then
+/// The fewest messages a run drains: 2N = 40,000 take a channel a few milliseconds, too
+/// short a time to measure on a loaded machine (one descheduled thread swings the figure
+/// tenfold), so the channel gets at least this many.
+const MIN_MESSAGES: u64 = 2_000_000;
+
+/// 2N messages (at least [`MIN_MESSAGES`]) sent into an unbounded channel (no consumer yet: `started_bulk_per_s`), then
 /// drained by 8 tokio tasks sharing the receiver behind a mutex, each taking one message
 /// per lock (`recv`): `processed_per_s` runs until every message has been received and
 /// handled (a no-op and a counter) and every consumer has ended. With `spawn`, a consumer
 /// runs each message as a spawned tokio task and awaits it (8 in flight).
 pub async fn throughput(n: u64, spawn: bool) -> Result<(), BoxError> {
-    let total = 2 * n;
+    let total = (2 * n).max(MIN_MESSAGES);
     let (tx, rx) = mpsc::unbounded_channel::<i64>();
     let t = Instant::now();
     for i in 0..total {
@@ -73,7 +78,7 @@ pub async fn throughput(n: u64, spawn: bool) -> Result<(), BoxError> {
         "workload": "throughput",
         "system": system,
         "store": "memory",
-        "tasks": n,
+        "tasks": total / 2,
         "processed_tasks": total,
         "started_bulk_per_s": started,
         "processed_per_s": rate(total, secs),
