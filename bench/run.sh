@@ -79,6 +79,18 @@ jsonl=$OUT/latest.jsonl.new
 : >"$jsonl"
 logs=$scratch/logs
 mkdir -p "$logs"
+# On any exit, a failed run's database and the scratch directory go too.
+current_db=
+cleanup() {
+  if [ -n "$current_db" ]; then
+    admin -c "DROP DATABASE IF EXISTS $current_db" >/dev/null 2>&1 || true
+  fi
+  if [ -z "${DATA:-}" ]; then
+    rm -rf "$scratch"
+  fi
+  rm -f "$jsonl"
+}
+trap cleanup EXIT
 
 # Fsyncs per second of the disk under the scratch directory: 4 KiB appended and fsynced
 # in a loop for 3 seconds (what a durable commit costs at the least).
@@ -131,6 +143,7 @@ run_one() {
   local side=$1 round=$2
   local db="bench_${side}_${round}" dir="$scratch/$side-$round"
   admin -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+  current_db=$db
   rm -rf "$dir"
   mkdir -p "$dir"
   local t0 rc=0
@@ -144,6 +157,7 @@ run_one() {
       --postgres "$PG_URL/$db" >"$logs/$side-$round.out" 2>"$logs/$side-$round.err" || rc=$?
   fi
   admin -c "DROP DATABASE IF EXISTS $db" >/dev/null || true
+  current_db=
   rm -rf "$dir"
   if [ "$rc" != 0 ]; then
     echo "bench/run.sh: $side (round $round) failed with status $rc:" >&2
@@ -171,10 +185,6 @@ for round in $(seq 1 "$ROUNDS"); do
   run_one taskq "$round"
   run_one peers "$round"
 done
-if [ -z "${DATA:-}" ]; then
-  rm -rf "$scratch"
-fi
-
 mv "$jsonl" "$OUT/latest.jsonl"
 python3 "$ROOT/bench/table.py" "$OUT/latest.jsonl" >"$OUT/latest.md"
 if [ "$UPDATE_DOC" != 0 ] && [ -f "$ROOT/BENCHMARKS.md" ]; then
