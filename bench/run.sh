@@ -28,6 +28,7 @@
 #                (default 2000; see bench/peers/src/apalis_peers.rs)
 #   DATA         scratch directory for the SQLite files (default: a fresh temporary one)
 #   TASKQ_BENCH, PEERS  use these binaries instead of building (e.g. copies kept elsewhere)
+#   OUT_DIR      where latest.jsonl and latest.md go (default bench/results)
 #   UPDATE_DOC   0 to leave BENCHMARKS.md alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +41,7 @@ TASKS=${TASKS:-20000}
 ROWS=${ROWS:-1000000}
 APALIS_SQLITE_TASKS=${APALIS_SQLITE_TASKS:-2000}
 UPDATE_DOC=${UPDATE_DOC:-1}
-OUT=$ROOT/bench/results
+OUT=${OUT_DIR:-$ROOT/bench/results}
 export PG_URL PG_ADMIN_DB
 
 for tool in cargo psql python3; do
@@ -112,6 +113,7 @@ EOF
 python3 - "$jsonl" "$fsync_rate" "$TASKS" "$ROWS" "$APALIS_SQLITE_TASKS" "$ROUNDS" <<'EOF'
 import json, os, subprocess, sys, datetime
 out, fsync, tasks, rows, apalis, rounds = sys.argv[1:]
+CODE = ["taskq-runtime", "taskq-macros", "examples", "Cargo.lock", "rust-toolchain.toml"]
 def sh(*c):
     try:
         return subprocess.run(c, capture_output=True, text=True, check=True).stdout.strip()
@@ -123,9 +125,9 @@ meta = {
     "workload": "meta",
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "commit": sh("git", "rev-parse", "--short", "HEAD"),
-    # The last commit that changed taskq itself (not the bench or its results).
-    "taskq_commit": sh("git", "log", "-1", "--format=%h", "--", ".", ":!bench", ":!BENCHMARKS.md"),
-    "worktree_clean": sh("git", "status", "--porcelain", "--", ".", ":!bench", ":!BENCHMARKS.md") == "",
+    # The last commit that changed taskq's code (not the bench, its results or the docs).
+    "taskq_commit": sh("git", "log", "-1", "--format=%h", "--", *CODE),
+    "worktree_clean": sh("git", "status", "--porcelain", "--", *CODE) == "",
     "cores": os.cpu_count(),
     "cpu": cpu,
     "memory_gib": round(mem / 1024 / 1024, 1),

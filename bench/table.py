@@ -163,7 +163,7 @@ def main():
     if meta.get("worktree_clean") is False:
         code += " plus uncommitted changes"
     w(f"Sitting of {meta.get('date', '?')}, {code}: "
-      f"{len(rounds)} rounds of taskq then its peers, each on a fresh database; "
+      f"{len(rounds)} round{'' if len(rounds) == 1 else 's'} of taskq then its peers, each on a fresh database; "
       f"N = {num(meta.get('tasks'))} tasks per start mode (2N processed), "
       f"{num(meta.get('rows'))} rows iterated, apalis on SQLite with N = "
       f"{num(meta.get('apalis_sqlite_tasks'))}. Machine: {meta.get('cores', '?')} cores "

@@ -6,11 +6,12 @@
 //!
 //! apalis-sqlite's acknowledgement (`queries/task/ack.sql`: `WITH j AS (SELECT ... FROM
 //! json_each(?1)) UPDATE Jobs ... FROM j WHERE Jobs.id = j.task_id`) spends its time in
-//! SQLite's JSON parser (`jsonTranslateTextToBlob` under `jsonEachFilter`, 40% of the
-//! samples in `perf`): the JSON array is parsed again for rows of the table, so each batch
-//! costs time in proportion to the table's size and the run is quadratic in the number of
-//! tasks (2,000 tasks: 1,300/s; 10,000: 165/s). Its run is therefore capped
-//! (`--apalis-sqlite-tasks`) and its line says how many tasks it had.
+//! SQLite's JSON functions (`jsonTranslateTextToBlob` and `jsonTranslateBlobToText` under
+//! `jsonEachFilter` and `jsonEachColumn`: 40% of the samples in `perf`): the batch's array
+//! is evaluated again for rows of the table, so each batch costs more as the table grows
+//! and a run slows down faster than its size grows (2,000 tasks: 1,300/s; 10,000:
+//! 165/s). Its run is therefore capped (`--apalis-sqlite-tasks`) and its line says how
+//! many tasks it had.
 
 use std::future::Future;
 use std::path::Path;
