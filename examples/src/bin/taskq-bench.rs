@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p taskq-examples --bin taskq-bench -- [--workloads iteration,throughput,claim,memory]
-//!     [--rows N] [--tasks N] [--data DIR] [--postgres URL]
+//!     [--stores memory,sqlite,postgres] [--rows N] [--tasks N] [--data DIR] [--postgres URL]
 //! ```
 //!
 //! - `iteration`: a no-op `#[iterative_task]` over the rows of a SQLite table (1,000,000 by
@@ -21,8 +21,11 @@
 //!   names a queue with limits (`claim_beside_limited_rows_per_s`): the claim path that
 //!   orders limited and unlimited queues together.
 //! - `throughput`: per store, N no-op tasks started one by one and in bulk (tasks/s), then
-//!   processed by a worker (tasks/s), and start-to-run latency p50/p99 of tasks started
-//!   one at a time while a worker runs.
+//!   processed by a worker (tasks/s: a task counts once its done outcome is committed, as
+//!   the worker's own counter says; the store's count is checked once at the end), and
+//!   start-to-run latency p50/p99 of tasks started one at a time while a worker runs.
+//! - `--stores` picks the stores of `claim` and `throughput` (default all; PostgreSQL
+//!   needs `--postgres`).
 //! - `memory`: resident memory per queued task in the memory store.
 
 use std::path::PathBuf;
@@ -195,12 +198,25 @@ struct Args {
     tasks: u64,
     data: PathBuf,
     postgres: Option<String>,
+    /// The stores the `throughput` and `claim` workloads run on (PostgreSQL only with
+    /// `--postgres`).
+    stores: Vec<String>,
 }
 
-const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,claim,memory] [--rows N] [--tasks N] [--data DIR] [--postgres URL]";
+const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,claim,memory] [--stores memory,sqlite,postgres] [--rows N] [--tasks N] [--data DIR] [--postgres URL]";
+
+/// The stores of the `throughput` and `claim` workloads, all by default.
+const STORES: [&str; 3] = ["memory", "sqlite", "postgres"];
 
 /// The workloads, in the order they run by default.
 const WORKLOADS: [&str; 4] = ["iteration", "throughput", "claim", "memory"];
+
+impl Args {
+    /// Whether the `throughput` and `claim` workloads run on `store`.
+    fn on(&self, store: &str) -> bool {
+        self.stores.iter().any(|s| s == store)
+    }
+}
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -209,6 +225,7 @@ fn parse_args() -> Result<Args, String> {
         tasks: 20_000,
         data: std::env::temp_dir().join("taskq-bench"),
         postgres: None,
+        stores: STORES.iter().map(|s| s.to_string()).collect(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -230,6 +247,14 @@ fn parse_args() -> Result<Args, String> {
                 for w in &a.workloads {
                     if !WORKLOADS.contains(&w.as_str()) {
                         return Err(format!("unknown workload `{w}`"));
+                    }
+                }
+            }
+            "--stores" => {
+                a.stores = v.split(',').map(|s| s.trim().to_string()).collect();
+                for s in &a.stores {
+                    if !STORES.contains(&s.as_str()) {
+                        return Err(format!("unknown store `{s}`"));
                     }
                 }
             }
@@ -271,13 +296,17 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 }
             }
             "claim" => {
-                claim("memory", taskq_runtime::store::open("memory://").await?).await?;
-                let path = args.data.join("claim.db");
-                remove_db(&path);
-                let store =
-                    taskq_runtime::store::open(&format!("sqlite://{}", path.display())).await?;
-                claim("sqlite", store).await?;
-                if let Some(url) = &args.postgres {
+                if args.on("memory") {
+                    claim("memory", taskq_runtime::store::open("memory://").await?).await?;
+                }
+                if args.on("sqlite") {
+                    let path = args.data.join("claim.db");
+                    remove_db(&path);
+                    let store =
+                        taskq_runtime::store::open(&format!("sqlite://{}", path.display())).await?;
+                    claim("sqlite", store).await?;
+                }
+                if let Some(url) = args.postgres.as_ref().filter(|_| args.on("postgres")) {
                     let schema = "taskq_bench_claim";
                     drop_pg_schema(url, schema).await?;
                     let store = PostgresStore::open_in_schema(url, schema).await?;
@@ -286,11 +315,16 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 }
             }
             "throughput" => {
-                throughput("memory", "memory://".into(), args.tasks).await?;
-                let path = args.data.join("throughput.db");
-                remove_db(&path);
-                throughput("sqlite", format!("sqlite://{}", path.display()), args.tasks).await?;
-                if let Some(url) = &args.postgres {
+                if args.on("memory") {
+                    throughput("memory", "memory://".into(), args.tasks).await?;
+                }
+                if args.on("sqlite") {
+                    let path = args.data.join("throughput.db");
+                    remove_db(&path);
+                    throughput("sqlite", format!("sqlite://{}", path.display()), args.tasks)
+                        .await?;
+                }
+                if let Some(url) = args.postgres.as_ref().filter(|_| args.on("postgres")) {
                     // A fresh schema: done tasks of an earlier run must not count.
                     let schema = "taskq_bench_throughput";
                     drop_pg_schema(url, schema).await?;
@@ -708,24 +742,37 @@ async fn claim(name: &str, store: Arc<dyn Store>) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn wait_done(queue: &Queue, n: u64, timeout: Duration) -> Result<(), BoxError> {
+/// Waits until the worker has recorded `n` done outcomes (a task counts as processed once
+/// its outcome is committed: the worker counts it after the store's `finish` returned).
+/// It reads the worker's counter, not the store: counting the store every few
+/// milliseconds would load (and on the memory store, lock) the store being measured.
+async fn wait_done(
+    stats: &taskq_runtime::worker::WorkerStats,
+    n: u64,
+    timeout: Duration,
+) -> Result<(), BoxError> {
     let t = Instant::now();
     loop {
-        let done: u64 = queue
-            .queues()
-            .await?
-            .iter()
-            .filter(|q| q.name == "bench")
-            .map(|q| q.count(TaskState::Done))
-            .sum();
+        let done = stats.done.load(std::sync::atomic::Ordering::Relaxed);
         if done >= n {
             return Ok(());
         }
         if t.elapsed() > timeout {
             return Err(format!("only {done} of {n} tasks done after {timeout:?}").into());
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// The done tasks of the `bench` queue, as the store counts them.
+async fn store_done(queue: &Queue) -> Result<u64, BoxError> {
+    Ok(queue
+        .queues()
+        .await?
+        .iter()
+        .filter(|q| q.name == "bench")
+        .map(|q| q.count(TaskState::Done))
+        .sum())
 }
 
 async fn throughput(store: &str, url: String, n: u64) -> Result<(), BoxError> {
@@ -754,8 +801,20 @@ async fn throughput(store: &str, url: String, n: u64) -> Result<(), BoxError> {
         .build()?
         .spawn();
     let t = Instant::now();
-    wait_done(&queue, 2 * n, Duration::from_secs(600)).await?;
+    let cpu = cpu_seconds();
+    wait_done(worker.stats(), 2 * n, Duration::from_secs(600)).await?;
     let processed = (2 * n) as f64 / t.elapsed().as_secs_f64();
+    let cpu_us_per_task = cpu
+        .zip(cpu_seconds())
+        .map(|(a, b)| round((b - a) * 1e6 / (2 * n) as f64, 2));
+    let stored = store_done(&queue).await?;
+    if stored != 2 * n {
+        return Err(format!(
+            "{store}: the worker recorded {} done, the store counts {stored}",
+            2 * n
+        )
+        .into());
+    }
 
     // Latency: tasks started one at a time, about 500/s, with the worker idle otherwise.
     let m = 1000.min(n);
@@ -763,7 +822,7 @@ async fn throughput(store: &str, url: String, n: u64) -> Result<(), BoxError> {
         noop::start(&queue, Timestamp::now().0).await?;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    wait_done(&queue, 2 * n + m, Duration::from_secs(120)).await?;
+    wait_done(worker.stats(), 2 * n + m, Duration::from_secs(120)).await?;
     worker.shutdown().await?;
     let mut l = lat.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
     l.sort_unstable();
@@ -781,6 +840,7 @@ async fn throughput(store: &str, url: String, n: u64) -> Result<(), BoxError> {
             "started_one_by_one_per_s": one_by_one.round(),
             "started_bulk_per_s": bulk.round(),
             "processed_per_s": processed.round(),
+            "processed_cpu_us_per_task": cpu_us_per_task,
             "worker_concurrency": 64,
             "latency_samples": l.len(),
             "start_to_run_ms_p50": pct(0.5),
@@ -788,6 +848,19 @@ async fn throughput(store: &str, url: String, n: u64) -> Result<(), BoxError> {
         })
     );
     Ok(())
+}
+
+/// CPU time this process has used (user and system, every thread), in seconds, from
+/// `/proc/self/stat` (clock ticks of 10 ms): a figure the other loads of a shared machine
+/// move less than wall time.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn rss_bytes() -> Option<u64> {
