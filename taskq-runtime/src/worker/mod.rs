@@ -2,7 +2,9 @@
 //! file:
 //!
 //! - The claim loop ([`Worker::run`]) asks the store for as many due tasks as there are
-//!   free slots (in one batch), then runs each on the tokio runtime.
+//!   free slots (in one batch), then runs each on the tokio runtime. While tasks run, it
+//!   gathers freed slots until half a batch is free (for at most about one claim's
+//!   time), so a busy worker does not pay one store call per finished task.
 //! - `exec.rs` runs one claimed task: deadlines, the panic guard (argument decoding
 //!   included).
 //! - `leases.rs` is lease renewal: the tasks in flight keyed by their lease, and the
@@ -463,6 +465,10 @@ impl Worker {
         let mut store_backoff = Duration::from_millis(50);
         let mut claiming: Option<Vec<ClaimedTask>> = None;
         let mut shutdown_at = None;
+        // Batching claims: see `GATHER_MAX`.
+        let full_batch = self.claim_batch.min(self.concurrency);
+        let mut last_claim = Duration::ZERO;
+        let mut gather_until: Option<tokio::time::Instant> = None;
         loop {
             // Wait for a free slot (or shutdown).
             let free = slots.available_permits();
@@ -472,6 +478,22 @@ impl Worker {
                     _ = freed.notified() => continue,
                 }
             }
+            // While tasks run, gather free slots until half a batch is free, for at most
+            // as long as the last claim took (within `GATHER_MAX`): claiming each slot as
+            // it frees would cost one store call per task.
+            if free < full_batch && free < self.concurrency {
+                let until = *gather_until.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + last_claim.min(GATHER_MAX)
+                });
+                if tokio::time::Instant::now() < until {
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = freed.notified() => continue,
+                        _ = tokio::time::sleep_until(until) => {}
+                    }
+                }
+            }
+            gather_until = None;
             let req = ClaimRequest {
                 queues: self.queues.clone(),
                 worker: exec.worker.clone(),
@@ -504,6 +526,7 @@ impl Worker {
             let claimed = match claimed {
                 Ok(Ok(c)) => {
                     store_backoff = Duration::from_millis(50);
+                    last_claim = claimed_at.elapsed();
                     c
                 }
                 Ok(Err(e)) => {
@@ -762,6 +785,13 @@ impl Worker {
 const NUDGE_MIN: Duration = Duration::from_millis(5);
 /// See [`NUDGE_MIN`].
 const NUDGE_MAX: Duration = Duration::from_millis(100);
+
+/// The longest a worker with tasks running waits for half a claim batch of free slots
+/// before it claims for fewer: each wait is at most as long as its last claim took (a
+/// claim's cost is mostly per call, so waiting about one call for a fuller batch at most
+/// doubles the time a due task waits for a slot), and never longer than this. A worker
+/// with every slot free claims at once.
+const GATHER_MAX: Duration = Duration::from_millis(10);
 
 /// The shortest idle wait between claims while due tasks are held back by a queue's rate
 /// or concurrency limit.
