@@ -29,11 +29,14 @@ pub(crate) struct Exec {
 
 impl Exec {
     /// Runs one claimed task to its outcome: never panics, never returns early without one.
+    /// `payload` is the claim's payload, moved out of `claimed` (whose own is not read):
+    /// the task's code takes it by value, so it is not copied.
     /// `cancel` tells the task to stop (`ctx.is_cancelled()`); `progressed` is set when an
     /// iterative step checkpoints (the lease renewal reads it when it gives up a task).
     pub(crate) async fn run(
         &self,
         claimed: &ClaimedTask,
+        payload: serde_json::Value,
         cancel: Flag,
         progressed: Flag,
     ) -> Outcome {
@@ -80,7 +83,6 @@ impl Exec {
         };
         // Decoding runs user code (a custom `Deserialize`): a panic there ends the attempt
         // like a panic in the body (retried, then dead), instead of escaping the guard.
-        let payload = claimed.payload.clone();
         let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| (def.handler)(ctx, payload))) {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => return policy::undecodable(e),

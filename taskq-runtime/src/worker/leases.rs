@@ -44,8 +44,9 @@ pub(super) struct Running {
     pub progressed: Flag,
     /// Drops the task's future.
     pub abort: Option<tokio::task::AbortHandle>,
-    /// What was claimed (to release it at shutdown).
-    pub claimed: ClaimedTask,
+    /// What was claimed (to release it at shutdown), shared with the task's future; its
+    /// payload moved to the task's code, so it is `null` here.
+    pub claimed: Arc<ClaimedTask>,
     /// When the attempt began, on the worker's clock.
     pub started_at: Timestamp,
     /// Until when the lease surely holds, as far as this worker knows: the last renewal's

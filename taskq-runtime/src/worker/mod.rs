@@ -418,6 +418,8 @@ impl Worker {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), WorkerError> {
         let exec = self.exec.clone();
+        // What each task's future holds: one reference count per task instead of a copy.
+        let task_exec = Arc::new(exec.clone());
         self.announce();
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let inflight = InFlight::default();
@@ -562,10 +564,12 @@ impl Worker {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     // Cannot happen (we claimed at most the free slots); release to be safe.
                     let at = exec.clock.now();
-                    release(&done_tx, task, at, self.shutdown_grace).await;
+                    release(&done_tx, Arc::new(task), at, self.shutdown_grace).await;
                     continue;
                 };
-                self.start(&exec, &inflight, &done_tx, task, permit, &freed, claimed_at);
+                self.start(
+                    &task_exec, &inflight, &done_tx, task, permit, &freed, claimed_at,
+                );
             }
         }
 
@@ -581,7 +585,7 @@ impl Worker {
             let at = exec.clock.now();
             release(
                 &done_tx,
-                task,
+                Arc::new(task),
                 at,
                 deadline.saturating_duration_since(tokio::time::Instant::now()),
             )
@@ -619,13 +623,16 @@ impl Worker {
     }
 
     /// Runs one claimed task on the tokio runtime, in its slot, under its lease.
+    ///
+    /// The payload moves to the task's code; the rest of the claim is shared (not copied)
+    /// by the task's future, its in-flight entry and its outcome.
     #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
-        exec: &Exec,
+        exec: &Arc<Exec>,
         inflight: &InFlight,
         done_tx: &mpsc::Sender<Pending>,
-        task: ClaimedTask,
+        mut task: ClaimedTask,
         permit: tokio::sync::OwnedSemaphorePermit,
         freed: &Arc<Notify>,
         claimed_at: tokio::time::Instant,
@@ -634,6 +641,8 @@ impl Worker {
         let progressed = Flag::default();
         let started_at = exec.clock.now();
         let lease = task.lease;
+        let payload = std::mem::take(&mut task.payload);
+        let task = Arc::new(task);
         let timeout = exec
             .registry
             .get(&task.task)
@@ -678,7 +687,7 @@ impl Worker {
                 // Frees the slot however this future ends: finished, or dropped because
                 // its lease was lost (stopped by the lease renewal).
                 let _slot = slot;
-                let outcome = exec2.run(&task, cancel, progressed).await;
+                let outcome = exec2.run(&task, payload, cancel, progressed).await;
                 tracing::Span::current().record("outcome", outcome.label());
                 if let Outcome::Retry { error, .. }
                 | Outcome::Failed { error }

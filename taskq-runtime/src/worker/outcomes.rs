@@ -18,7 +18,7 @@ use crate::time::Timestamp;
 /// attempt not counted), waiting at most `limit` for room.
 pub(super) async fn release(
     tx: &mpsc::Sender<Pending>,
-    task: ClaimedTask,
+    task: Arc<ClaimedTask>,
     started_at: Timestamp,
     limit: Duration,
 ) {
@@ -30,8 +30,9 @@ pub(super) async fn release(
     let _ = tokio::time::timeout(limit, tx.send((finish, task))).await;
 }
 
-/// An attempt's outcome on its way to the store.
-pub(super) type Pending = (Finish, ClaimedTask);
+/// An attempt's outcome on its way to the store, with its claim (shared with the task's
+/// in-flight entry; only its name is read here, for logs).
+pub(super) type Pending = (Finish, Arc<ClaimedTask>);
 
 /// The outcome writer, restarted when it panics (a panic must not end it silently for the
 /// life of the worker; the outcomes of the batch it held run again when their leases lapse).
