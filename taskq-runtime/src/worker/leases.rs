@@ -135,6 +135,17 @@ impl InFlight {
         }
     }
 
+    /// Removes the executions under `leases` (not newer ones of the same tasks), under one
+    /// lock: what the outcome writer does after each batch.
+    pub fn remove_all(&self, leases: impl IntoIterator<Item = Lease>) {
+        let mut g = self.lock();
+        for lease in leases {
+            if g.get(&lease.id).map(|r| r.lease) == Some(lease) {
+                g.remove(&lease.id);
+            }
+        }
+    }
+
     /// How many tasks run (not counting ended ones whose outcome waits to be recorded).
     pub fn len(&self) -> usize {
         self.lock().values().filter(|r| !r.finishing).count()
