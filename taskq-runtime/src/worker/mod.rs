@@ -3,8 +3,10 @@
 //!
 //! - The claim loop ([`Worker::run`]) asks the store for as many due tasks as there are
 //!   free slots (in one batch), then runs each on the tokio runtime. While tasks run, it
-//!   gathers freed slots until half a batch is free (for at most about one claim's
+//!   gathers freed slots until a full batch is free (for at most about one claim's
 //!   time), so a busy worker does not pay one store call per finished task.
+//! - `slots.rs` counts the concurrency slots and wakes the claim loop once enough are
+//!   free (about once per batch, not once per task).
 //! - `exec.rs` runs one claimed task: deadlines, the panic guard (argument decoding
 //!   included).
 //! - `leases.rs` is lease renewal: the tasks in flight keyed by their lease, and the
@@ -24,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
 use crate::registry::{DuplicateTask, Registry};
@@ -37,10 +39,12 @@ mod leases;
 mod nudge;
 mod outcomes;
 mod retention;
+mod slots;
 
 pub(crate) use exec::Exec;
 use leases::{InFlight, Running};
 use outcomes::{release, Pending};
+use slots::{Slot, Slots};
 
 /// Errors that stop a worker from starting or running. Its `Debug` form is its message.
 #[derive(thiserror::Error)]
@@ -320,20 +324,6 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// A running task's concurrency slot: dropping it (when the task's future ends or is
-/// dropped) frees the slot and wakes the claim loop waiting for one.
-struct Slot {
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    freed: Arc<Notify>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        drop(self.permit.take());
-        self.freed.notify_one();
-    }
-}
-
 /// A running worker, from [`Worker::spawn`].
 #[derive(Debug)]
 pub struct WorkerHandle {
@@ -421,9 +411,8 @@ impl Worker {
         // What each task's future holds: one reference count per task instead of a copy.
         let task_exec = Arc::new(exec.clone());
         self.announce();
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let slots = Slots::new(self.concurrency);
         let inflight = InFlight::default();
-        let freed = Arc::new(Notify::new());
         // Bounded: when the store falls behind, finished tasks wait to hand over their
         // outcome while holding their slot, so the worker stops claiming more. Room for one
         // full batch of the writer (or four per slot), so a fast store never waits on it.
@@ -473,14 +462,14 @@ impl Worker {
         let mut gather_until: Option<tokio::time::Instant> = None;
         loop {
             // Wait for a free slot (or shutdown).
-            let free = slots.available_permits();
+            let free = slots.free();
             if free == 0 {
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = freed.notified() => continue,
+                    _ = slots.wait_for(1) => continue,
                 }
             }
-            // While tasks run, gather free slots until half a batch is free, for at most
+            // While tasks run, gather free slots until a full batch is free, for at most
             // as long as the last claim took (within `GATHER_MAX`): claiming each slot as
             // it frees would cost one store call per task.
             if free < full_batch && free < self.concurrency {
@@ -490,7 +479,7 @@ impl Worker {
                 if tokio::time::Instant::now() < until {
                     tokio::select! {
                         _ = &mut shutdown => break,
-                        _ = freed.notified() => continue,
+                        _ = slots.wait_for(full_batch) => continue,
                         _ = tokio::time::sleep_until(until) => {}
                     }
                 }
@@ -561,15 +550,14 @@ impl Worker {
             }
             for task in claimed {
                 self.stats.claimed.fetch_add(1, Ordering::Relaxed);
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                if slots.free() == 0 {
                     // Cannot happen (we claimed at most the free slots); release to be safe.
                     let at = exec.clock.now();
                     release(&done_tx, Arc::new(task), at, self.shutdown_grace).await;
                     continue;
-                };
-                self.start(
-                    &task_exec, &inflight, &done_tx, task, permit, &freed, claimed_at,
-                );
+                }
+                let slot = slots.take();
+                self.start(&task_exec, &inflight, &done_tx, task, slot, claimed_at);
             }
         }
 
@@ -592,7 +580,7 @@ impl Worker {
             .await;
         }
         while inflight.len() > 0 {
-            if tokio::time::timeout_at(deadline - reserve, freed.notified())
+            if tokio::time::timeout_at(deadline - reserve, slots.wait_freed())
                 .await
                 .is_err()
             {
@@ -633,8 +621,7 @@ impl Worker {
         inflight: &InFlight,
         done_tx: &mpsc::Sender<Pending>,
         mut task: ClaimedTask,
-        permit: tokio::sync::OwnedSemaphorePermit,
-        freed: &Arc<Notify>,
+        slot: Slot,
         claimed_at: tokio::time::Instant,
     ) {
         let cancel = Flag::default();
@@ -670,10 +657,6 @@ impl Worker {
         let tx = done_tx.clone();
         let inflight2 = inflight.clone();
         let lease_time = self.lease;
-        let slot = Slot {
-            permit: Some(permit),
-            freed: freed.clone(),
-        };
         let span = tracing::info_span!(
             "taskq.attempt",
             task = %task.task,
@@ -795,7 +778,7 @@ const NUDGE_MIN: Duration = Duration::from_millis(5);
 /// See [`NUDGE_MIN`].
 const NUDGE_MAX: Duration = Duration::from_millis(100);
 
-/// The longest a worker with tasks running waits for half a claim batch of free slots
+/// The longest a worker with tasks running waits for a full claim batch of free slots
 /// before it claims for fewer: each wait is at most as long as its last claim took (a
 /// claim's cost is mostly per call, so waiting about one call for a fuller batch at most
 /// doubles the time a due task waits for a slot), and never longer than this. A worker
