@@ -301,7 +301,7 @@ impl Harness {
                 let started_at = self.clock.now();
                 let payload = std::mem::take(&mut task.payload);
                 let outcome = exec
-                    .run(&task, payload, Flag::default(), Flag::default())
+                    .run(&task, payload, started_at, Flag::default(), Flag::default())
                     .await;
                 let recorded = outcome.transition(self.clock.now());
                 let ran = Ran {

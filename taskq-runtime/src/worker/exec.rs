@@ -12,7 +12,7 @@ use crate::policy;
 use crate::registry::Registry;
 use crate::store::{ClaimedTask, Outcome, Store};
 use crate::task::{tokio_util_cancel::Flag, Context, ContextInner, State};
-use crate::time::Clock;
+use crate::time::{Clock, Timestamp};
 
 /// What the worker and the harness need to run one claimed task.
 #[derive(Clone)]
@@ -30,20 +30,22 @@ pub(crate) struct Exec {
 impl Exec {
     /// Runs one claimed task to its outcome: never panics, never returns early without one.
     /// `payload` is the claim's payload, moved out of `claimed` (whose own is not read):
-    /// the task's code takes it by value, so it is not copied.
+    /// the task's code takes it by value, so it is not copied. `started_at` is when the
+    /// attempt began, on this clock (the caller records it with the outcome).
     /// `cancel` tells the task to stop (`ctx.is_cancelled()`); `progressed` is set when an
     /// iterative step checkpoints (the lease renewal reads it when it gives up a task).
     pub(crate) async fn run(
         &self,
         claimed: &ClaimedTask,
         payload: serde_json::Value,
+        started_at: Timestamp,
         cancel: Flag,
         progressed: Flag,
     ) -> Outcome {
         if let Some(reason) = &claimed.decode_error {
             return policy::undecodable(reason);
         }
-        let now = self.clock.now();
+        let now = started_at;
         let Some(def) = self.registry.get(&claimed.task) else {
             let first = self
                 .unknown

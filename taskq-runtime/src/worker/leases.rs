@@ -72,26 +72,44 @@ impl Running {
 /// under one lease.
 #[derive(Clone, Default)]
 pub(super) struct InFlight {
-    tasks: Arc<Mutex<HashMap<TaskId, Running>>>,
+    /// Hashed with foldhash, not SipHash: the keys are ids the store hands out, and the
+    /// map is looked up four times per task.
+    tasks: Arc<Mutex<Tasks>>,
     /// Wakes the heartbeat to renew at once (a task arrived with little of its lease left).
     urgent: Arc<tokio::sync::Notify>,
 }
 
+/// The in-flight map.
+type Tasks = HashMap<TaskId, Running, foldhash::fast::RandomState>;
+
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tasks> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a task; an older execution of the same task here (whose lease lapsed) is
-    /// stopped first: one local execution per task. A task with less than `lease / 2` of
-    /// its lease left wakes the heartbeat to renew it at once.
-    pub fn insert(&self, r: Running, lease: Duration) {
+    /// Adds a task and starts it with `spawn`, which returns the handle that stops it; an
+    /// older execution of the same task here (whose lease lapsed) is stopped first: one
+    /// local execution per task. `spawn` runs under the lock, so the task cannot report
+    /// its end ([`InFlight::finished`]) before its entry, abort handle included, is in
+    /// place. A task with less than `lease / 2` of its lease left wakes the heartbeat to
+    /// renew it at once.
+    pub fn start(
+        &self,
+        mut r: Running,
+        lease: Duration,
+        spawn: impl FnOnce() -> tokio::task::AbortHandle,
+    ) {
         let short = r.held_until.saturating_duration_since(Instant::now()) < lease / 2;
-        if let Some(old) = self.lock().insert(r.lease.id, r) {
-            if !old.finishing {
-                tracing::warn!(id = %old.lease.id, "claimed a task this worker still ran (its lease had lapsed); stopping the older execution");
-                old.stop();
+        {
+            let mut g = self.lock();
+            if let Some(old) = g.remove(&r.lease.id) {
+                if !old.finishing {
+                    tracing::warn!(id = %old.lease.id, "claimed a task this worker still ran (its lease had lapsed); stopping the older execution");
+                    old.stop();
+                }
             }
+            r.abort = Some(spawn());
+            g.insert(r.lease.id, r);
         }
         if short {
             self.urgent.notify_one();
@@ -111,15 +129,6 @@ impl InFlight {
                 true
             }
             _ => false,
-        }
-    }
-
-    /// Sets the abort handle of the execution under `lease`.
-    pub fn set_abort(&self, lease: Lease, abort: tokio::task::AbortHandle) {
-        match self.lock().get_mut(&lease.id) {
-            Some(r) if r.lease == lease => r.abort = Some(abort),
-            // Already finished or replaced: nothing to abort later.
-            _ => {}
         }
     }
 

@@ -635,24 +635,18 @@ impl Worker {
             .get(&task.task)
             .map(|d| d.options.timeout)
             .unwrap_or(crate::task::TaskOptions::DEFAULT.timeout);
-        inflight.insert(
-            Running {
-                lease,
-                cancel: cancel.clone(),
-                abort: None,
-                claimed: task.clone(),
-                started_at,
-                // The store's lease counts from the claim's `now`, taken before the call.
-                held_until: claimed_at + self.lease,
-                renew_until: tokio::time::Instant::now()
-                    + timeout
-                    + exec.deadline_grace
-                    + self.lease,
-                progressed: progressed.clone(),
-                finishing: false,
-            },
-            self.lease,
-        );
+        let running = Running {
+            lease,
+            cancel: cancel.clone(),
+            abort: None,
+            claimed: task.clone(),
+            started_at,
+            // The store's lease counts from the claim's `now`, taken before the call.
+            held_until: claimed_at + self.lease,
+            renew_until: tokio::time::Instant::now() + timeout + exec.deadline_grace + self.lease,
+            progressed: progressed.clone(),
+            finishing: false,
+        };
         let exec2 = exec.clone();
         let tx = done_tx.clone();
         let inflight2 = inflight.clone();
@@ -665,43 +659,38 @@ impl Worker {
             queue = %task.queue,
             outcome = tracing::field::Empty
         );
-        let handle = tokio::spawn(
-            async move {
-                // Frees the slot however this future ends: finished, or dropped because
-                // its lease was lost (stopped by the lease renewal).
-                let _slot = slot;
-                let outcome = exec2.run(&task, payload, cancel, progressed).await;
-                tracing::Span::current().record("outcome", outcome.label());
-                if let Outcome::Retry { error, .. }
-                | Outcome::Failed { error }
-                | Outcome::Dead { error } = &outcome
-                {
-                    tracing::warn!(error = %error, "attempt failed");
-                }
-                // Marked ended before reporting, so shutdown never releases a task that
-                // already has an outcome, while its lease is still renewed until the
-                // outcome writer has recorded it; an execution whose lease was taken from
-                // it (stopped, or replaced by a newer claim) reports nothing.
-                if inflight2.finished(lease, lease_time) {
-                    // Waits (holding the slot) while the outcome writer is behind.
-                    let sent = tx
-                        .send((
-                            Finish {
-                                lease,
-                                outcome,
-                                started_at,
-                            },
-                            task,
-                        ))
-                        .await;
-                    if sent.is_err() {
-                        inflight2.remove(lease);
-                    }
+        let attempt = async move {
+            // Frees the slot however this future ends: finished, or dropped because its
+            // lease was lost (stopped by the lease renewal).
+            let _slot = slot;
+            let outcome = exec2
+                .run(&task, payload, started_at, cancel, progressed)
+                .await;
+            tracing::Span::current().record("outcome", outcome.label());
+            if let Outcome::Retry { error, .. }
+            | Outcome::Failed { error }
+            | Outcome::Dead { error } = &outcome
+            {
+                tracing::warn!(error = %error, "attempt failed");
+            }
+            // Marked ended before reporting, so shutdown never releases a task that already
+            // has an outcome, while its lease is still renewed until the outcome writer has
+            // recorded it; an execution whose lease was taken from it (stopped, or replaced
+            // by a newer claim) reports nothing.
+            if inflight2.finished(lease, lease_time) {
+                // Waits (holding the slot) while the outcome writer is behind.
+                let finish = Finish {
+                    lease,
+                    outcome,
+                    started_at,
+                };
+                if tx.send((finish, task)).await.is_err() {
+                    inflight2.remove(lease);
                 }
             }
-            .instrument(span),
-        );
-        inflight.set_abort(lease, handle.abort_handle());
+        }
+        .instrument(span);
+        inflight.start(running, self.lease, || tokio::spawn(attempt).abort_handle());
     }
 }
 
