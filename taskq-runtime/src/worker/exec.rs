@@ -103,7 +103,15 @@ impl Exec {
             }
         };
         let hard = def.options.timeout + self.deadline_grace;
-        let result = match tokio::time::timeout(hard, AssertUnwindSafe(fut).catch_unwind()).await {
+        let hard_at = tokio::time::Instant::now() + hard;
+        let mut fut = std::pin::pin!(AssertUnwindSafe(fut).catch_unwind());
+        // A task that finishes in its first poll needs no timer: the hard deadline's timer
+        // is made only if it waits (counted from before that first poll all the same).
+        let ended = match futures::poll!(fut.as_mut()) {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => tokio::time::timeout_at(hard_at, fut).await,
+        };
+        let result = match ended {
             Ok(Ok(r)) => r,
             Ok(Err(panic)) => Err(TaskError::retry(format!("panicked: {}", panic_message(&panic)))),
             Err(_) => Err(TaskError::retry(format!(

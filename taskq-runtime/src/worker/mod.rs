@@ -456,6 +456,14 @@ impl Worker {
         let mut store_backoff = Duration::from_millis(50);
         let mut claiming: Option<Vec<ClaimedTask>> = None;
         let mut shutdown_at = None;
+        // One request for the life of the loop: each claim sets its limit and time.
+        let mut req = ClaimRequest {
+            queues: self.queues.clone(),
+            worker: exec.worker.clone(),
+            limit: 0,
+            lease: self.lease,
+            now: exec.clock.now(),
+        };
         // Batching claims: see `GATHER_MAX`.
         let full_batch = self.claim_batch.min(self.concurrency);
         let mut last_claim = Duration::ZERO;
@@ -485,13 +493,8 @@ impl Worker {
                 }
             }
             gather_until = None;
-            let req = ClaimRequest {
-                queues: self.queues.clone(),
-                worker: exec.worker.clone(),
-                limit: free.min(self.claim_batch),
-                lease: self.lease,
-                now: exec.clock.now(),
-            };
+            req.limit = free.min(self.claim_batch);
+            req.now = exec.clock.now();
             // A claim is not abandoned when shutdown comes while it runs: a store may
             // commit it anyway (SQLite runs it on the blocking pool, PostgreSQL on the
             // server), and tasks claimed but never run would wait for their leases to lapse
@@ -548,8 +551,10 @@ impl Worker {
                 }
                 continue;
             }
+            self.stats
+                .claimed
+                .fetch_add(claimed.len() as u64, Ordering::Relaxed);
             for task in claimed {
-                self.stats.claimed.fetch_add(1, Ordering::Relaxed);
                 if slots.free() == 0 {
                     // Cannot happen (we claimed at most the free slots); release to be safe.
                     let at = exec.clock.now();
