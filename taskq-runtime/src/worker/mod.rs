@@ -468,6 +468,9 @@ impl Worker {
         let full_batch = self.claim_batch.min(self.concurrency);
         let mut last_claim = Duration::ZERO;
         let mut gather_until: Option<tokio::time::Instant> = None;
+        // The last claim found nothing and was made again at once because `next_due` said
+        // work was due (see `idle_wait`).
+        let mut rechecked = false;
         loop {
             // Wait for a free slot (or shutdown).
             let free = slots.free();
@@ -541,16 +544,24 @@ impl Worker {
             if claimed.is_empty() {
                 // Asking when work is next due is a store call too: shutdown must not wait
                 // for it.
-                let idle = async {
-                    let wait = self.idle_wait(&exec).await;
-                    exec.store.wait_for_work(&self.queues, wait).await
+                let wait = tokio::select! {
+                    _ = &mut shutdown => break,
+                    wait = self.idle_wait(&exec, !rechecked) => wait,
                 };
+                let Some(wait) = wait else {
+                    // Work fell due since the claim (its wake-up found no one waiting):
+                    // claim again at once, once.
+                    rechecked = true;
+                    continue;
+                };
+                rechecked = false;
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = idle => {}
+                    _ = exec.store.wait_for_work(&self.queues, wait) => {}
                 }
                 continue;
             }
+            rechecked = false;
             self.stats
                 .claimed
                 .fetch_add(claimed.len() as u64, Ordering::Relaxed);
@@ -751,17 +762,26 @@ impl Worker {
     /// tasks run on time; at least [`MIN_IDLE_WAIT`] when tasks are due but were not
     /// claimable (a rate or concurrency limit holds them); at most the poll interval.
     ///
+    /// `None` (when `recheck`): a task is due already. It may have been stored after the
+    /// claim that found nothing, its wake-up gone to no one since the worker was not
+    /// waiting yet; the worker claims again at once rather than wait. Asked once per idle
+    /// spell, so a due task a limit holds back costs one more claim, not a busy loop.
+    ///
     /// The call is bounded by the poll interval: one that does not answer (a half-open
     /// connection) has already idled that long, so the worker claims again at once.
-    async fn idle_wait(&self, exec: &Exec) -> Duration {
+    async fn idle_wait(&self, exec: &Exec, recheck: bool) -> Option<Duration> {
         let next = tokio::time::timeout(self.poll_interval, exec.store.next_due(&self.queues));
-        match next.await {
-            Ok(Ok(Some(t))) => t
-                .since(exec.clock.now())
-                .clamp(MIN_IDLE_WAIT, self.poll_interval.max(MIN_IDLE_WAIT)),
+        Some(match next.await {
+            Ok(Ok(Some(t))) => {
+                let until = t.since(exec.clock.now());
+                if recheck && until.is_zero() {
+                    return None;
+                }
+                until.clamp(MIN_IDLE_WAIT, self.poll_interval.max(MIN_IDLE_WAIT))
+            }
             Ok(_) => self.poll_interval,
             Err(_) => Duration::ZERO,
-        }
+        })
     }
 }
 
