@@ -20,7 +20,9 @@ pub struct DuplicateTask {
 /// Every registered task, by name.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    tasks: HashMap<&'static str, &'static TaskDef>,
+    /// Hashed with foldhash, not SipHash: the worker looks a name up for every task it
+    /// runs, and the map is built once from the program's own definitions.
+    tasks: HashMap<&'static str, &'static TaskDef, foldhash::fast::RandomState>,
 }
 
 impl Registry {
@@ -36,7 +38,7 @@ impl Registry {
     where
         'a: 'static,
     {
-        let mut tasks: HashMap<&'static str, &'static TaskDef> = HashMap::new();
+        let mut tasks: HashMap<&'static str, &'static TaskDef, _> = HashMap::default();
         for def in defs {
             if let Some(prev) = tasks.insert(def.name, def) {
                 let (a, b) = order(prev, def);

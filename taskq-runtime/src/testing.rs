@@ -294,12 +294,15 @@ impl Harness {
                 }
             }
             idle_rounds = 0;
-            for task in claimed {
+            for mut task in claimed {
                 if report.runs.len() >= self.max_runs {
                     return Err(HarnessError::TooManyRuns(self.max_runs));
                 }
                 let started_at = self.clock.now();
-                let outcome = exec.run(&task, Flag::default(), Flag::default()).await;
+                let payload = std::mem::take(&mut task.payload);
+                let outcome = exec
+                    .run(&task, payload, started_at, Flag::default(), Flag::default())
+                    .await;
                 let recorded = outcome.transition(self.clock.now());
                 let ran = Ran {
                     id: task.lease.id,

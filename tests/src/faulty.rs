@@ -58,6 +58,13 @@ pub struct Faults {
     pub slow_claims: AtomicUsize,
     /// How long a slow claim takes to answer, in milliseconds.
     pub claim_delay_ms: std::sync::atomic::AtomicU64,
+    /// Tasks stored when `next_due` is next called, before it answers: work that arrives
+    /// between a worker's empty claim and its idle wait, whose wake-up finds no one
+    /// waiting yet.
+    pub arrive_at_next_due: Mutex<Vec<NewTask>>,
+    /// The `claim` (with how many tasks it took), `next_due` and `wait_for_work` calls,
+    /// in order: `claim 0`, `next_due`, `wait_for_work`.
+    pub calls: Mutex<Vec<String>>,
 }
 
 /// What a lying `next_due` answers ([`Faults::next_due_lie`]).
@@ -111,6 +118,11 @@ impl Store for Faulty {
             std::future::pending::<()>().await;
         }
         let claimed = self.inner.claim(r).await?;
+        self.faults
+            .calls
+            .lock()
+            .expect("lock")
+            .push(format!("claim {}", claimed.len()));
         self.faults
             .claimed
             .lock()
@@ -201,6 +213,15 @@ impl Store for Faulty {
         self.inner.confirm(l).await
     }
     async fn next_due(&self, q: &[String]) -> Result<Option<Timestamp>, StoreError> {
+        self.faults
+            .calls
+            .lock()
+            .expect("lock")
+            .push("next_due".into());
+        let arriving = std::mem::take(&mut *self.faults.arrive_at_next_due.lock().expect("lock"));
+        if !arriving.is_empty() {
+            self.inner.enqueue(arriving, Timestamp::now()).await?;
+        }
         if self.faults.hang_next_due.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
@@ -220,6 +241,11 @@ impl Store for Faulty {
         self.inner.next_due(q).await
     }
     async fn wait_for_work(&self, q: &[String], timeout: Duration) {
+        self.faults
+            .calls
+            .lock()
+            .expect("lock")
+            .push("wait_for_work".into());
         self.inner.wait_for_work(q, timeout).await
     }
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {

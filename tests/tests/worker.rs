@@ -619,3 +619,57 @@ fn a_nul_byte_in_the_worker_name_or_a_queue_is_refused_at_build() {
         .expect_err("a NUL in a queue");
     assert!(e.to_string().starts_with("worker setting `queues`"), "{e}");
 }
+
+#[task(queue = "arrival")]
+async fn arrives() -> Result<(), TaskError> {
+    Ok(())
+}
+
+/// Work stored between a worker's empty claim and its idle wait wakes no one: the store's
+/// wake-up goes to whoever waits at that moment, and the worker does not wait yet. When
+/// `next_due` then says work is due now, the worker claims again at once instead of
+/// waiting (the minimum idle wait, or until the poll): the task is claimed before any
+/// `wait_for_work` call. The store (a `Faulty` one) stores the task when `next_due` is
+/// called and logs the calls in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_due_after_an_empty_claim_is_claimed_before_waiting() {
+    let store = Arc::new(taskq_tests::faulty::Faulty::default());
+    store
+        .faults
+        .arrive_at_next_due
+        .lock()
+        .expect("lock")
+        .push(taskq_runtime::store::NewTask {
+            task: arrives::NAME.into(),
+            queue: "arrival".into(),
+            payload: serde_json::json!({}),
+            priority: 0,
+            run_at: Timestamp::now(),
+            unique_name: None,
+            tombstone: Duration::ZERO,
+            iteration: None,
+        });
+    let w = Worker::builder(store.clone())
+        .queues(["arrival"])
+        .poll_interval(Duration::from_secs(30))
+        .build()
+        .expect("worker")
+        .spawn();
+    wait_until(
+        "the arriving task to be done",
+        Duration::from_secs(10),
+        || async { w.stats().done.load(Ordering::SeqCst) == 1 },
+    )
+    .await;
+    w.shutdown().await.expect("shutdown");
+    let calls = store.faults.calls.lock().expect("lock").clone();
+    assert_eq!(
+        calls.get(..3).map(|c| c.to_vec()),
+        Some(vec![
+            "claim 0".to_string(),
+            "next_due".to_string(),
+            "claim 1".to_string()
+        ]),
+        "claimed again at once, before any wait: {calls:?}"
+    );
+}

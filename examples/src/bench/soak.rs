@@ -20,7 +20,8 @@
 //!    10,000 per call, claimed and finished 1,000 per call: done, one attempt each, as a
 //!    worker leaves them) and N/10 scheduled an hour ahead at priority 1, above the
 //!    stream's 0 (the case the issue names: a claim must not step over future tasks of
-//!    higher priority; `--soak-scheduled-priority 0` leaves that out). On PostgreSQL
+//!    higher priority; `--soak-scheduled-priority 0` leaves that out), and as many due
+//!    now in a paused queue and in a queue the claims do not serve. On PostgreSQL
 //!    then `VACUUM (ANALYZE)` of both stores' tables, as autovacuum would have done on a
 //!    store that ran that long.
 //! 4. **Measure** both stores in turns, a slice of one and then the same slice of the
@@ -71,8 +72,12 @@ const FILL_CLAIM: usize = 1_000;
 const ROUND_CLAIM: usize = 100;
 /// Priority of the scheduled tasks by default (the stream's is 0).
 pub const SCHEDULED_PRIORITY: i32 = 1;
-/// The queue of every task here.
+/// The queue of every task the claims serve.
 const QUEUE: &str = "soak";
+/// A paused queue the fill leaves due tasks in (as many as it schedules).
+const PAUSED_QUEUE: &str = "soak-paused";
+/// A queue the claims do not serve, where the fill leaves due tasks too.
+const OTHER_QUEUE: &str = "soak-other";
 /// Goal: full-store claim latency at most this times the empty store's.
 pub const GOAL_CLAIM_RATIO: f64 = 1.5;
 /// Goal: heartbeat p99 at most this share of the lease.
@@ -218,9 +223,13 @@ fn vm_rss_bytes() -> Option<u64> {
 }
 
 fn new_task(n: u64, priority: i32, run_at: Timestamp) -> NewTask {
+    new_task_in(QUEUE, n, priority, run_at)
+}
+
+fn new_task_in(queue: &str, n: u64, priority: i32, run_at: Timestamp) -> NewTask {
     NewTask {
         task: "bench::soak".into(),
-        queue: QUEUE.into(),
+        queue: queue.into(),
         // About 100 bytes, like a small real payload.
         payload: json!({ "order": n, "customer": format!("customer-{}", n % 1000), "note": "one task of the soak workload" }),
         priority,
@@ -466,7 +475,9 @@ async fn measure(
     Ok((e, f))
 }
 
-/// Fills a store with `finished` done tasks and `finished / 10` scheduled an hour ahead.
+/// Fills a store with `finished` done tasks, `finished / 10` scheduled an hour ahead at
+/// `priority`, and as many due now in a paused queue and in a queue the claims do not
+/// serve: none of them may cost a claim anything.
 async fn fill(store: &dyn Store, finished: u64, priority: i32) -> Result<(), BoxError> {
     let mut left = finished;
     let mut seq = 0u64;
@@ -493,15 +504,21 @@ async fn fill(store: &dyn Store, finished: u64, priority: i32) -> Result<(), Box
             eprintln!("  filled {seq} of {finished} finished tasks");
         }
     }
-    let at = Timestamp::now().add(Duration::from_secs(3600));
-    let scheduled = finished / 10;
-    let mut left = scheduled;
-    while left > 0 {
-        let k = left.min(FILL_ENQUEUE as u64);
-        let batch = (0..k).map(|i| new_task(seq + i, priority, at)).collect();
-        store.enqueue(batch, Timestamp::now()).await?;
-        seq += k;
-        left -= k;
+    store.set_paused(PAUSED_QUEUE, true).await?;
+    let later = Timestamp::now().add(Duration::from_secs(3600));
+    for (queue, priority, at) in [
+        (QUEUE, priority, later),
+        (PAUSED_QUEUE, priority, Timestamp::now()),
+        (OTHER_QUEUE, priority, Timestamp::now()),
+    ] {
+        let mut left = finished / 10;
+        while left > 0 {
+            let k = left.min(FILL_ENQUEUE as u64);
+            let batch = (0..k).map(|i| new_task_in(queue, seq + i, priority, at)).collect();
+            store.enqueue(batch, Timestamp::now()).await?;
+            seq += k;
+            left -= k;
+        }
     }
     Ok(())
 }
@@ -627,7 +644,7 @@ pub async fn soak(b: Backend, args: SoakArgs) -> Result<(), BoxError> {
     }
 
     eprintln!(
-        "soak {name}: filling {} finished and {} scheduled tasks",
+        "soak {name}: filling {} finished tasks, {} scheduled, as many paused and in another queue",
         args.finished,
         args.finished / 10
     );
@@ -673,6 +690,8 @@ pub async fn soak(b: Backend, args: SoakArgs) -> Result<(), BoxError> {
         "finished_tasks": args.finished,
         "scheduled_tasks": args.finished / 10,
         "scheduled_priority": args.scheduled_priority,
+        "paused_due_tasks": args.finished / 10,
+        "other_queue_due_tasks": args.finished / 10,
         "fill_seconds": round(fill_s, 1),
         "footprint_after_fill": after_fill,
         "counts_full": counts,

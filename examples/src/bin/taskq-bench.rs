@@ -3,9 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p taskq-examples --bin taskq-bench -- [--workloads iteration,throughput,claim,memory,soak]
-//!     [--rows N] [--tasks N] [--data DIR] [--postgres URL]
-//!     [--soak-tasks N] [--soak-finished N] [--soak-samples N] [--soak-scheduled-priority P]
-//!     [--soak-stores memory,sqlite,postgres] [--soak-keep]
+//!     [--stores memory,sqlite,postgres] [--rows N] [--tasks N] [--data DIR] [--postgres URL]
+//!     [--soak-tasks N] [--soak-finished N] [--soak-samples N] [--soak-scheduled-priority P] [--soak-keep]
 //! ```
 //!
 //! Without `--workloads`, every workload but `soak` runs (it takes minutes per store at
@@ -26,22 +25,21 @@
 //!   names a queue with limits (`claim_beside_limited_rows_per_s`): the claim path that
 //!   orders limited and unlimited queues together.
 //! - `throughput`: per store, N no-op tasks started one by one and in bulk (tasks/s), then
-//!   processed by a worker (tasks/s), and start-to-run latency p50/p99 of tasks started
-//!   one at a time while a worker runs.
+//!   processed by a worker (tasks/s: a task counts once its done outcome is committed, as
+//!   the worker's own counter says; the store's count is checked once at the end), and
+//!   start-to-run latency p50/p99 of tasks started one at a time while a worker runs.
+//! - `--stores` picks the stores of `claim` and `throughput` (default all; PostgreSQL
+//!   needs `--postgres`).
 //! - `memory`: resident memory per queued task in the memory store.
-//! - `scale` (not run by default): per store, claim latency of a stream of due tasks on
-//!   the empty store and again beside `--finished N` done tasks (default 1,000,000) and
-//!   `--scheduled N` (default 100,000) pending tasks each an hour ahead at a higher
-//!   priority, due in a paused queue, and due in a queue not served; `queues()` latency;
-//!   heartbeat p99 while `queues()` runs every 100 ms (see `src/bench/scale.rs`).
 //! - `soak`: per store, a store that ran for a long time against the same store empty
 //!   (`examples/src/bench/soak.rs` says how): claim latency with 1,000,000 finished tasks
-//!   (`--soak-finished`) and 100,000 scheduled an hour ahead, `queues()` latency,
+//!   (`--soak-finished`), 100,000 scheduled an hour ahead and as many due in a paused
+//!   queue and in a queue not served, `queues()` latency,
 //!   heartbeats while `queues()` is called every 100 ms, and the footprint (memory RSS,
 //!   SQLite file and WAL, PostgreSQL relations) over 1,000,000 tasks (`--soak-tasks`) run
 //!   in 20 rounds with retention on (virtual time). `--soak-samples` (default 1,000): timed
 //!   claim and heartbeat calls per measurement; `--soak-scheduled-priority` (default 1,
-//!   above the stream's 0), `--soak-stores` (some of the stores; all by default) and
+//!   above the stream's 0), `--stores` (as for `claim` and `throughput`) and
 //!   `--soak-keep` (leave the full SQLite file and PostgreSQL schema for inspection).
 //!   PostgreSQL uses the URL's `schema=` or `taskq_bench_soak` (and the same with
 //!   `_empty` for the empty twin), dropped at the start of each part and at the end.
@@ -62,8 +60,6 @@ use taskq_runtime::{
     iterative_task, task, Context, Model, Queue, Store, TaskError, TaskId, Timestamp, Worker,
 };
 
-#[path = "../bench/scale.rs"]
-mod scale;
 
 /// The benchmark table, behind one mutex-guarded connection.
 #[derive(Clone)]
@@ -222,22 +218,32 @@ struct Args {
     tasks: u64,
     data: PathBuf,
     postgres: Option<String>,
-    finished: u64,
-    scheduled: u64,
     soak: soak::SoakArgs,
-    /// The stores the soak workload runs on (`--soak-stores`; PostgreSQL also needs
-    /// `--postgres`).
-    soak_stores: Vec<String>,
-    soak_stores_given: bool,
+    /// The stores the `throughput`, `claim` and `soak` workloads run on (PostgreSQL only
+    /// with `--postgres`).
+    stores: Vec<String>,
+    /// Whether `--stores` was given (then naming `postgres` without `--postgres` is an
+    /// error, not a silent skip).
+    stores_given: bool,
 }
 
-const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,claim,memory,scale,soak] [--rows N] [--tasks N] [--finished N] [--scheduled N] [--data DIR] [--postgres URL] [--soak-tasks N] [--soak-finished N] [--soak-samples N] [--soak-scheduled-priority P] [--soak-stores memory,sqlite,postgres] [--soak-keep]";
+const USAGE: &str = "usage: taskq-bench [--workloads iteration,throughput,claim,memory,soak] [--stores memory,sqlite,postgres] [--rows N] [--tasks N] [--data DIR] [--postgres URL] [--soak-tasks N] [--soak-finished N] [--soak-samples N] [--soak-scheduled-priority P] [--soak-keep]";
+
+/// The stores of the `throughput`, `claim` and `soak` workloads, all by default.
+const STORES: [&str; 3] = ["memory", "sqlite", "postgres"];
 
 /// The workloads, in the order they run by default.
 const WORKLOADS: [&str; 4] = ["iteration", "throughput", "claim", "memory"];
 
 /// Workloads that run only when named.
-const ON_REQUEST: [&str; 2] = ["scale", "soak"];
+const ON_REQUEST: [&str; 1] = ["soak"];
+
+impl Args {
+    /// Whether the `throughput`, `claim` and `soak` workloads run on `store`.
+    fn on(&self, store: &str) -> bool {
+        self.stores.iter().any(|s| s == store)
+    }
+}
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -246,8 +252,6 @@ fn parse_args() -> Result<Args, String> {
         tasks: 20_000,
         data: std::env::temp_dir().join("taskq-bench"),
         postgres: None,
-        finished: 1_000_000,
-        scheduled: 100_000,
         soak: soak::SoakArgs {
             tasks: 1_000_000,
             finished: 1_000_000,
@@ -255,8 +259,8 @@ fn parse_args() -> Result<Args, String> {
             scheduled_priority: soak::SCHEDULED_PRIORITY,
             keep: false,
         },
-        soak_stores: ["memory", "sqlite", "postgres"].map(String::from).to_vec(),
-        soak_stores_given: false,
+        stores: STORES.iter().map(|s| s.to_string()).collect(),
+        stores_given: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -285,24 +289,22 @@ fn parse_args() -> Result<Args, String> {
                     }
                 }
             }
+            "--stores" => {
+                a.stores = v.split(',').map(|s| s.trim().to_string()).collect();
+                a.stores_given = true;
+                for s in &a.stores {
+                    if !STORES.contains(&s.as_str()) {
+                        return Err(format!("unknown store `{s}`"));
+                    }
+                }
+            }
             "--rows" => a.rows = num(&v)?,
             "--tasks" => a.tasks = num(&v)?,
-            "--finished" => a.finished = num(&v)?,
-            "--scheduled" => a.scheduled = num(&v)?,
             "--data" => a.data = v.into(),
             "--postgres" => a.postgres = Some(v),
             "--soak-tasks" => a.soak.tasks = num(&v)?,
             "--soak-finished" => a.soak.finished = num(&v)?,
             "--soak-samples" => a.soak.samples = num(&v)?,
-            "--soak-stores" => {
-                a.soak_stores = v.split(',').map(|s| s.trim().to_string()).collect();
-                a.soak_stores_given = true;
-                for s in &a.soak_stores {
-                    if !["memory", "sqlite", "postgres"].contains(&s.as_str()) {
-                        return Err(format!("unknown store `{s}`"));
-                    }
-                }
-            }
             "--soak-scheduled-priority" => {
                 a.soak.scheduled_priority = v
                     .parse()
@@ -342,13 +344,17 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 }
             }
             "claim" => {
-                claim("memory", taskq_runtime::store::open("memory://").await?).await?;
-                let path = args.data.join("claim.db");
-                remove_db(&path);
-                let store =
-                    taskq_runtime::store::open(&format!("sqlite://{}", path.display())).await?;
-                claim("sqlite", store).await?;
-                if let Some(url) = &args.postgres {
+                if args.on("memory") {
+                    claim("memory", taskq_runtime::store::open("memory://").await?).await?;
+                }
+                if args.on("sqlite") {
+                    let path = args.data.join("claim.db");
+                    remove_db(&path);
+                    let store =
+                        taskq_runtime::store::open(&format!("sqlite://{}", path.display())).await?;
+                    claim("sqlite", store).await?;
+                }
+                if let Some(url) = args.postgres.as_ref().filter(|_| args.on("postgres")) {
                     let schema = "taskq_bench_claim";
                     drop_pg_schema(url, schema).await?;
                     let store = PostgresStore::open_in_schema(url, schema).await?;
@@ -357,11 +363,16 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 }
             }
             "throughput" => {
-                throughput("memory", "memory://".into(), args.tasks).await?;
-                let path = args.data.join("throughput.db");
-                remove_db(&path);
-                throughput("sqlite", format!("sqlite://{}", path.display()), args.tasks).await?;
-                if let Some(url) = &args.postgres {
+                if args.on("memory") {
+                    throughput("memory", "memory://".into(), args.tasks).await?;
+                }
+                if args.on("sqlite") {
+                    let path = args.data.join("throughput.db");
+                    remove_db(&path);
+                    throughput("sqlite", format!("sqlite://{}", path.display()), args.tasks)
+                        .await?;
+                }
+                if let Some(url) = args.postgres.as_ref().filter(|_| args.on("postgres")) {
                     // A fresh schema: done tasks of an earlier run must not count.
                     let schema = "taskq_bench_throughput";
                     drop_pg_schema(url, schema).await?;
@@ -372,30 +383,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 }
             }
             "memory" => memory(args.tasks.max(100_000)).await?,
-            "scale" => {
-                let (f, n) = (args.finished, args.scheduled);
-                scale::scale(
-                    "memory",
-                    taskq_runtime::store::open("memory://").await?,
-                    f,
-                    n,
-                )
-                .await?;
-                let path = args.data.join("scale.db");
-                remove_db(&path);
-                let store =
-                    taskq_runtime::store::open(&format!("sqlite://{}", path.display())).await?;
-                scale::scale("sqlite", store, f, n).await?;
-                if let Some(url) = &args.postgres {
-                    let schema = "taskq_bench_scale";
-                    drop_pg_schema(url, schema).await?;
-                    let store = PostgresStore::open_in_schema(url, schema).await?;
-                    scale::scale("postgres", Arc::new(store), f, n).await?;
-                    drop_pg_schema(url, schema).await?;
-                }
-            }
             "soak" => {
-                let wants = |s: &str| args.soak_stores.iter().any(|x| x == s);
+                let wants = |s: &str| args.on(s);
                 if wants("memory") {
                     soak::soak(soak::Backend::Memory, args.soak).await?;
                 }
@@ -413,8 +402,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
                         };
                         soak::soak(b, args.soak).await?;
                     }
-                    None if args.soak_stores_given && wants("postgres") => {
-                        return Err("--soak-stores postgres needs --postgres URL".into());
+                    None if args.stores_given && wants("postgres") => {
+                        return Err("--stores postgres needs --postgres URL".into());
                     }
                     _ => {}
                 }
@@ -826,24 +815,37 @@ async fn claim(name: &str, store: Arc<dyn Store>) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn wait_done(queue: &Queue, n: u64, timeout: Duration) -> Result<(), BoxError> {
+/// Waits until the worker has recorded `n` done outcomes (a task counts as processed once
+/// its outcome is committed: the worker counts it after the store's `finish` returned).
+/// It reads the worker's counter, not the store: counting the store every few
+/// milliseconds would load (and on the memory store, lock) the store being measured.
+async fn wait_done(
+    stats: &taskq_runtime::worker::WorkerStats,
+    n: u64,
+    timeout: Duration,
+) -> Result<(), BoxError> {
     let t = Instant::now();
     loop {
-        let done: u64 = queue
-            .queues()
-            .await?
-            .iter()
-            .filter(|q| q.name == "bench")
-            .map(|q| q.count(TaskState::Done))
-            .sum();
+        let done = stats.done.load(std::sync::atomic::Ordering::Relaxed);
         if done >= n {
             return Ok(());
         }
         if t.elapsed() > timeout {
             return Err(format!("only {done} of {n} tasks done after {timeout:?}").into());
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// The done tasks of the `bench` queue, as the store counts them.
+async fn store_done(queue: &Queue) -> Result<u64, BoxError> {
+    Ok(queue
+        .queues()
+        .await?
+        .iter()
+        .filter(|q| q.name == "bench")
+        .map(|q| q.count(TaskState::Done))
+        .sum())
 }
 
 async fn throughput(store: &str, url: String, n: u64) -> Result<(), BoxError> {
@@ -872,8 +874,20 @@ async fn throughput(store: &str, url: String, n: u64) -> Result<(), BoxError> {
         .build()?
         .spawn();
     let t = Instant::now();
-    wait_done(&queue, 2 * n, Duration::from_secs(600)).await?;
+    let cpu = cpu_seconds();
+    wait_done(worker.stats(), 2 * n, Duration::from_secs(600)).await?;
     let processed = (2 * n) as f64 / t.elapsed().as_secs_f64();
+    let cpu_us_per_task = cpu
+        .zip(cpu_seconds())
+        .map(|(a, b)| round((b - a) * 1e6 / (2 * n) as f64, 2));
+    let stored = store_done(&queue).await?;
+    if stored != 2 * n {
+        return Err(format!(
+            "{store}: the worker recorded {} done, the store counts {stored}",
+            2 * n
+        )
+        .into());
+    }
 
     // Latency: tasks started one at a time, about 500/s, with the worker idle otherwise.
     let m = 1000.min(n);
@@ -881,7 +895,7 @@ async fn throughput(store: &str, url: String, n: u64) -> Result<(), BoxError> {
         noop::start(&queue, Timestamp::now().0).await?;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    wait_done(&queue, 2 * n + m, Duration::from_secs(120)).await?;
+    wait_done(worker.stats(), 2 * n + m, Duration::from_secs(120)).await?;
     worker.shutdown().await?;
     let mut l = lat.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
     l.sort_unstable();
@@ -899,6 +913,7 @@ async fn throughput(store: &str, url: String, n: u64) -> Result<(), BoxError> {
             "started_one_by_one_per_s": one_by_one.round(),
             "started_bulk_per_s": bulk.round(),
             "processed_per_s": processed.round(),
+            "processed_cpu_us_per_task": cpu_us_per_task,
             "worker_concurrency": 64,
             "latency_samples": l.len(),
             "start_to_run_ms_p50": pct(0.5),
@@ -906,6 +921,19 @@ async fn throughput(store: &str, url: String, n: u64) -> Result<(), BoxError> {
         })
     );
     Ok(())
+}
+
+/// CPU time this process has used (user and system, every thread), in seconds, from
+/// `/proc/self/stat` (clock ticks of 10 ms): a figure the other loads of a shared machine
+/// move less than wall time.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn rss_bytes() -> Option<u64> {

@@ -12,7 +12,7 @@ use crate::policy;
 use crate::registry::Registry;
 use crate::store::{ClaimedTask, Outcome, Store};
 use crate::task::{tokio_util_cancel::Flag, Context, ContextInner, State};
-use crate::time::Clock;
+use crate::time::{Clock, Timestamp};
 
 /// What the worker and the harness need to run one claimed task.
 #[derive(Clone)]
@@ -29,18 +29,23 @@ pub(crate) struct Exec {
 
 impl Exec {
     /// Runs one claimed task to its outcome: never panics, never returns early without one.
+    /// `payload` is the claim's payload, moved out of `claimed` (whose own is not read):
+    /// the task's code takes it by value, so it is not copied. `started_at` is when the
+    /// attempt began, on this clock (the caller records it with the outcome).
     /// `cancel` tells the task to stop (`ctx.is_cancelled()`); `progressed` is set when an
     /// iterative step checkpoints (the lease renewal reads it when it gives up a task).
     pub(crate) async fn run(
         &self,
         claimed: &ClaimedTask,
+        payload: serde_json::Value,
+        started_at: Timestamp,
         cancel: Flag,
         progressed: Flag,
     ) -> Outcome {
         if let Some(reason) = &claimed.decode_error {
             return policy::undecodable(reason);
         }
-        let now = self.clock.now();
+        let now = started_at;
         let Some(def) = self.registry.get(&claimed.task) else {
             let first = self
                 .unknown
@@ -80,7 +85,6 @@ impl Exec {
         };
         // Decoding runs user code (a custom `Deserialize`): a panic there ends the attempt
         // like a panic in the body (retried, then dead), instead of escaping the guard.
-        let payload = claimed.payload.clone();
         let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| (def.handler)(ctx, payload))) {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => return policy::undecodable(e),
@@ -99,7 +103,15 @@ impl Exec {
             }
         };
         let hard = def.options.timeout + self.deadline_grace;
-        let result = match tokio::time::timeout(hard, AssertUnwindSafe(fut).catch_unwind()).await {
+        let hard_at = tokio::time::Instant::now() + hard;
+        let mut fut = std::pin::pin!(AssertUnwindSafe(fut).catch_unwind());
+        // A task that finishes in its first poll needs no timer: the hard deadline's timer
+        // is made only if it waits (counted from before that first poll all the same).
+        let ended = match futures::poll!(fut.as_mut()) {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => tokio::time::timeout_at(hard_at, fut).await,
+        };
+        let result = match ended {
             Ok(Ok(r)) => r,
             Ok(Err(panic)) => Err(TaskError::retry(format!("panicked: {}", panic_message(&panic)))),
             Err(_) => Err(TaskError::retry(format!(

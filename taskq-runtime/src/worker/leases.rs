@@ -44,8 +44,9 @@ pub(super) struct Running {
     pub progressed: Flag,
     /// Drops the task's future.
     pub abort: Option<tokio::task::AbortHandle>,
-    /// What was claimed (to release it at shutdown).
-    pub claimed: ClaimedTask,
+    /// What was claimed (to release it at shutdown), shared with the task's future; its
+    /// payload moved to the task's code, so it is `null` here.
+    pub claimed: Arc<ClaimedTask>,
     /// When the attempt began, on the worker's clock.
     pub started_at: Timestamp,
     /// Until when the lease surely holds, as far as this worker knows: the last renewal's
@@ -71,26 +72,44 @@ impl Running {
 /// under one lease.
 #[derive(Clone, Default)]
 pub(super) struct InFlight {
-    tasks: Arc<Mutex<HashMap<TaskId, Running>>>,
+    /// Hashed with foldhash, not SipHash: the keys are ids the store hands out, and the
+    /// map is looked up four times per task.
+    tasks: Arc<Mutex<Tasks>>,
     /// Wakes the heartbeat to renew at once (a task arrived with little of its lease left).
     urgent: Arc<tokio::sync::Notify>,
 }
 
+/// The in-flight map.
+type Tasks = HashMap<TaskId, Running, foldhash::fast::RandomState>;
+
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tasks> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a task; an older execution of the same task here (whose lease lapsed) is
-    /// stopped first: one local execution per task. A task with less than `lease / 2` of
-    /// its lease left wakes the heartbeat to renew it at once.
-    pub fn insert(&self, r: Running, lease: Duration) {
+    /// Adds a task and starts it with `spawn`, which returns the handle that stops it; an
+    /// older execution of the same task here (whose lease lapsed) is stopped first: one
+    /// local execution per task. `spawn` runs under the lock, so the task cannot report
+    /// its end ([`InFlight::finished`]) before its entry, abort handle included, is in
+    /// place. A task with less than `lease / 2` of its lease left wakes the heartbeat to
+    /// renew it at once.
+    pub fn start(
+        &self,
+        mut r: Running,
+        lease: Duration,
+        spawn: impl FnOnce() -> tokio::task::AbortHandle,
+    ) {
         let short = r.held_until.saturating_duration_since(Instant::now()) < lease / 2;
-        if let Some(old) = self.lock().insert(r.lease.id, r) {
-            if !old.finishing {
-                tracing::warn!(id = %old.lease.id, "claimed a task this worker still ran (its lease had lapsed); stopping the older execution");
-                old.stop();
+        {
+            let mut g = self.lock();
+            if let Some(old) = g.remove(&r.lease.id) {
+                if !old.finishing {
+                    tracing::warn!(id = %old.lease.id, "claimed a task this worker still ran (its lease had lapsed); stopping the older execution");
+                    old.stop();
+                }
             }
+            r.abort = Some(spawn());
+            g.insert(r.lease.id, r);
         }
         if short {
             self.urgent.notify_one();
@@ -113,15 +132,6 @@ impl InFlight {
         }
     }
 
-    /// Sets the abort handle of the execution under `lease`.
-    pub fn set_abort(&self, lease: Lease, abort: tokio::task::AbortHandle) {
-        match self.lock().get_mut(&lease.id) {
-            Some(r) if r.lease == lease => r.abort = Some(abort),
-            // Already finished or replaced: nothing to abort later.
-            _ => {}
-        }
-    }
-
     /// Removes the execution under `lease` (not a newer one of the same task); whether it
     /// was there.
     pub fn remove(&self, lease: Lease) -> bool {
@@ -131,6 +141,17 @@ impl InFlight {
             true
         } else {
             false
+        }
+    }
+
+    /// Removes the executions under `leases` (not newer ones of the same tasks), under one
+    /// lock: what the outcome writer does after each batch.
+    pub fn remove_all(&self, leases: impl IntoIterator<Item = Lease>) {
+        let mut g = self.lock();
+        for lease in leases {
+            if g.get(&lease.id).map(|r| r.lease) == Some(lease) {
+                g.remove(&lease.id);
+            }
         }
     }
 

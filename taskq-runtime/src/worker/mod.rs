@@ -2,7 +2,11 @@
 //! file:
 //!
 //! - The claim loop ([`Worker::run`]) asks the store for as many due tasks as there are
-//!   free slots (in one batch), then runs each on the tokio runtime.
+//!   free slots (in one batch), then runs each on the tokio runtime. While tasks run, it
+//!   gathers freed slots until a full batch is free (for at most about one claim's
+//!   time), so a busy worker does not pay one store call per finished task.
+//! - `slots.rs` counts the concurrency slots and wakes the claim loop once enough are
+//!   free (about once per batch, not once per task).
 //! - `exec.rs` runs one claimed task: deadlines, the panic guard (argument decoding
 //!   included).
 //! - `leases.rs` is lease renewal: the tasks in flight keyed by their lease, and the
@@ -22,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
 use crate::registry::{DuplicateTask, Registry};
@@ -35,10 +39,12 @@ mod leases;
 mod nudge;
 mod outcomes;
 mod retention;
+mod slots;
 
 pub(crate) use exec::Exec;
 use leases::{InFlight, Running};
 use outcomes::{release, Pending};
+use slots::{Slot, Slots};
 
 /// Errors that stop a worker from starting or running. Its `Debug` form is its message.
 #[derive(thiserror::Error)]
@@ -318,20 +324,6 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// A running task's concurrency slot: dropping it (when the task's future ends or is
-/// dropped) frees the slot and wakes the claim loop waiting for one.
-struct Slot {
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    freed: Arc<Notify>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        drop(self.permit.take());
-        self.freed.notify_one();
-    }
-}
-
 /// A running worker, from [`Worker::spawn`].
 #[derive(Debug)]
 pub struct WorkerHandle {
@@ -416,10 +408,11 @@ impl Worker {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), WorkerError> {
         let exec = self.exec.clone();
+        // What each task's future holds: one reference count per task instead of a copy.
+        let task_exec = Arc::new(exec.clone());
         self.announce();
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let slots = Slots::new(self.concurrency);
         let inflight = InFlight::default();
-        let freed = Arc::new(Notify::new());
         // Bounded: when the store falls behind, finished tasks wait to hand over their
         // outcome while holding their slot, so the worker stops claiming more. Room for one
         // full batch of the writer (or four per slot), so a fast store never waits on it.
@@ -463,22 +456,48 @@ impl Worker {
         let mut store_backoff = Duration::from_millis(50);
         let mut claiming: Option<Vec<ClaimedTask>> = None;
         let mut shutdown_at = None;
+        // One request for the life of the loop: each claim sets its limit and time.
+        let mut req = ClaimRequest {
+            queues: self.queues.clone(),
+            worker: exec.worker.clone(),
+            limit: 0,
+            lease: self.lease,
+            now: exec.clock.now(),
+        };
+        // Batching claims: see `GATHER_MAX`.
+        let full_batch = self.claim_batch.min(self.concurrency);
+        let mut last_claim = Duration::ZERO;
+        let mut gather_until: Option<tokio::time::Instant> = None;
+        // The last claim found nothing and was made again at once because `next_due` said
+        // work was due (see `idle_wait`).
+        let mut rechecked = false;
         loop {
             // Wait for a free slot (or shutdown).
-            let free = slots.available_permits();
+            let free = slots.free();
             if free == 0 {
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = freed.notified() => continue,
+                    _ = slots.wait_for(1) => continue,
                 }
             }
-            let req = ClaimRequest {
-                queues: self.queues.clone(),
-                worker: exec.worker.clone(),
-                limit: free.min(self.claim_batch),
-                lease: self.lease,
-                now: exec.clock.now(),
-            };
+            // While tasks run, gather free slots until a full batch is free, for at most
+            // as long as the last claim took (within `GATHER_MAX`): claiming each slot as
+            // it frees would cost one store call per task.
+            if free < full_batch && free < self.concurrency {
+                let until = *gather_until.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + last_claim.min(GATHER_MAX)
+                });
+                if tokio::time::Instant::now() < until {
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = slots.wait_for(full_batch) => continue,
+                        _ = tokio::time::sleep_until(until) => {}
+                    }
+                }
+            }
+            gather_until = None;
+            req.limit = free.min(self.claim_batch);
+            req.now = exec.clock.now();
             // A claim is not abandoned when shutdown comes while it runs: a store may
             // commit it anyway (SQLite runs it on the blocking pool, PostgreSQL on the
             // server), and tasks claimed but never run would wait for their leases to lapse
@@ -504,6 +523,7 @@ impl Worker {
             let claimed = match claimed {
                 Ok(Ok(c)) => {
                     store_backoff = Duration::from_millis(50);
+                    last_claim = claimed_at.elapsed();
                     c
                 }
                 Ok(Err(e)) => {
@@ -524,25 +544,36 @@ impl Worker {
             if claimed.is_empty() {
                 // Asking when work is next due is a store call too: shutdown must not wait
                 // for it.
-                let idle = async {
-                    let wait = self.idle_wait(&exec).await;
-                    exec.store.wait_for_work(&self.queues, wait).await
+                let wait = tokio::select! {
+                    _ = &mut shutdown => break,
+                    wait = self.idle_wait(&exec, !rechecked) => wait,
                 };
+                let Some(wait) = wait else {
+                    // Work fell due since the claim (its wake-up found no one waiting):
+                    // claim again at once, once.
+                    rechecked = true;
+                    continue;
+                };
+                rechecked = false;
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = idle => {}
+                    _ = exec.store.wait_for_work(&self.queues, wait) => {}
                 }
                 continue;
             }
+            rechecked = false;
+            self.stats
+                .claimed
+                .fetch_add(claimed.len() as u64, Ordering::Relaxed);
             for task in claimed {
-                self.stats.claimed.fetch_add(1, Ordering::Relaxed);
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                if slots.free() == 0 {
                     // Cannot happen (we claimed at most the free slots); release to be safe.
                     let at = exec.clock.now();
-                    release(&done_tx, task, at, self.shutdown_grace).await;
+                    release(&done_tx, Arc::new(task), at, self.shutdown_grace).await;
                     continue;
-                };
-                self.start(&exec, &inflight, &done_tx, task, permit, &freed, claimed_at);
+                }
+                let slot = slots.take();
+                self.start(&task_exec, &inflight, &done_tx, task, slot, claimed_at);
             }
         }
 
@@ -558,14 +589,14 @@ impl Worker {
             let at = exec.clock.now();
             release(
                 &done_tx,
-                task,
+                Arc::new(task),
                 at,
                 deadline.saturating_duration_since(tokio::time::Instant::now()),
             )
             .await;
         }
         while inflight.len() > 0 {
-            if tokio::time::timeout_at(deadline - reserve, freed.notified())
+            if tokio::time::timeout_at(deadline - reserve, slots.wait_freed())
                 .await
                 .is_err()
             {
@@ -596,52 +627,46 @@ impl Worker {
     }
 
     /// Runs one claimed task on the tokio runtime, in its slot, under its lease.
+    ///
+    /// The payload moves to the task's code; the rest of the claim is shared (not copied)
+    /// by the task's future, its in-flight entry and its outcome.
     #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
-        exec: &Exec,
+        exec: &Arc<Exec>,
         inflight: &InFlight,
         done_tx: &mpsc::Sender<Pending>,
-        task: ClaimedTask,
-        permit: tokio::sync::OwnedSemaphorePermit,
-        freed: &Arc<Notify>,
+        mut task: ClaimedTask,
+        slot: Slot,
         claimed_at: tokio::time::Instant,
     ) {
         let cancel = Flag::default();
         let progressed = Flag::default();
         let started_at = exec.clock.now();
         let lease = task.lease;
+        let payload = std::mem::take(&mut task.payload);
+        let task = Arc::new(task);
         let timeout = exec
             .registry
             .get(&task.task)
             .map(|d| d.options.timeout)
             .unwrap_or(crate::task::TaskOptions::DEFAULT.timeout);
-        inflight.insert(
-            Running {
-                lease,
-                cancel: cancel.clone(),
-                abort: None,
-                claimed: task.clone(),
-                started_at,
-                // The store's lease counts from the claim's `now`, taken before the call.
-                held_until: claimed_at + self.lease,
-                renew_until: tokio::time::Instant::now()
-                    + timeout
-                    + exec.deadline_grace
-                    + self.lease,
-                progressed: progressed.clone(),
-                finishing: false,
-            },
-            self.lease,
-        );
+        let running = Running {
+            lease,
+            cancel: cancel.clone(),
+            abort: None,
+            claimed: task.clone(),
+            started_at,
+            // The store's lease counts from the claim's `now`, taken before the call.
+            held_until: claimed_at + self.lease,
+            renew_until: tokio::time::Instant::now() + timeout + exec.deadline_grace + self.lease,
+            progressed: progressed.clone(),
+            finishing: false,
+        };
         let exec2 = exec.clone();
         let tx = done_tx.clone();
         let inflight2 = inflight.clone();
         let lease_time = self.lease;
-        let slot = Slot {
-            permit: Some(permit),
-            freed: freed.clone(),
-        };
         let span = tracing::info_span!(
             "taskq.attempt",
             task = %task.task,
@@ -650,43 +675,38 @@ impl Worker {
             queue = %task.queue,
             outcome = tracing::field::Empty
         );
-        let handle = tokio::spawn(
-            async move {
-                // Frees the slot however this future ends: finished, or dropped because
-                // its lease was lost (stopped by the lease renewal).
-                let _slot = slot;
-                let outcome = exec2.run(&task, cancel, progressed).await;
-                tracing::Span::current().record("outcome", outcome.label());
-                if let Outcome::Retry { error, .. }
-                | Outcome::Failed { error }
-                | Outcome::Dead { error } = &outcome
-                {
-                    tracing::warn!(error = %error, "attempt failed");
-                }
-                // Marked ended before reporting, so shutdown never releases a task that
-                // already has an outcome, while its lease is still renewed until the
-                // outcome writer has recorded it; an execution whose lease was taken from
-                // it (stopped, or replaced by a newer claim) reports nothing.
-                if inflight2.finished(lease, lease_time) {
-                    // Waits (holding the slot) while the outcome writer is behind.
-                    let sent = tx
-                        .send((
-                            Finish {
-                                lease,
-                                outcome,
-                                started_at,
-                            },
-                            task,
-                        ))
-                        .await;
-                    if sent.is_err() {
-                        inflight2.remove(lease);
-                    }
+        let attempt = async move {
+            // Frees the slot however this future ends: finished, or dropped because its
+            // lease was lost (stopped by the lease renewal).
+            let _slot = slot;
+            let outcome = exec2
+                .run(&task, payload, started_at, cancel, progressed)
+                .await;
+            tracing::Span::current().record("outcome", outcome.label());
+            if let Outcome::Retry { error, .. }
+            | Outcome::Failed { error }
+            | Outcome::Dead { error } = &outcome
+            {
+                tracing::warn!(error = %error, "attempt failed");
+            }
+            // Marked ended before reporting, so shutdown never releases a task that already
+            // has an outcome, while its lease is still renewed until the outcome writer has
+            // recorded it; an execution whose lease was taken from it (stopped, or replaced
+            // by a newer claim) reports nothing.
+            if inflight2.finished(lease, lease_time) {
+                // Waits (holding the slot) while the outcome writer is behind.
+                let finish = Finish {
+                    lease,
+                    outcome,
+                    started_at,
+                };
+                if tx.send((finish, task)).await.is_err() {
+                    inflight2.remove(lease);
                 }
             }
-            .instrument(span),
-        );
-        inflight.set_abort(lease, handle.abort_handle());
+        }
+        .instrument(span);
+        inflight.start(running, self.lease, || tokio::spawn(attempt).abort_handle());
     }
 }
 
@@ -742,17 +762,26 @@ impl Worker {
     /// tasks run on time; at least [`MIN_IDLE_WAIT`] when tasks are due but were not
     /// claimable (a rate or concurrency limit holds them); at most the poll interval.
     ///
+    /// `None` (when `recheck`): a task is due already. It may have been stored after the
+    /// claim that found nothing, its wake-up gone to no one since the worker was not
+    /// waiting yet; the worker claims again at once rather than wait. Asked once per idle
+    /// spell, so a due task a limit holds back costs one more claim, not a busy loop.
+    ///
     /// The call is bounded by the poll interval: one that does not answer (a half-open
     /// connection) has already idled that long, so the worker claims again at once.
-    async fn idle_wait(&self, exec: &Exec) -> Duration {
+    async fn idle_wait(&self, exec: &Exec, recheck: bool) -> Option<Duration> {
         let next = tokio::time::timeout(self.poll_interval, exec.store.next_due(&self.queues));
-        match next.await {
-            Ok(Ok(Some(t))) => t
-                .since(exec.clock.now())
-                .clamp(MIN_IDLE_WAIT, self.poll_interval.max(MIN_IDLE_WAIT)),
+        Some(match next.await {
+            Ok(Ok(Some(t))) => {
+                let until = t.since(exec.clock.now());
+                if recheck && until.is_zero() {
+                    return None;
+                }
+                until.clamp(MIN_IDLE_WAIT, self.poll_interval.max(MIN_IDLE_WAIT))
+            }
             Ok(_) => self.poll_interval,
             Err(_) => Duration::ZERO,
-        }
+        })
     }
 }
 
@@ -762,6 +791,13 @@ impl Worker {
 const NUDGE_MIN: Duration = Duration::from_millis(5);
 /// See [`NUDGE_MIN`].
 const NUDGE_MAX: Duration = Duration::from_millis(100);
+
+/// The longest a worker with tasks running waits for a full claim batch of free slots
+/// before it claims for fewer: each wait is at most as long as its last claim took (a
+/// claim's cost is mostly per call, so waiting about one call for a fuller batch at most
+/// doubles the time a due task waits for a slot), and never longer than this. A worker
+/// with every slot free claims at once.
+const GATHER_MAX: Duration = Duration::from_millis(10);
 
 /// The shortest idle wait between claims while due tasks are held back by a queue's rate
 /// or concurrency limit.

@@ -18,7 +18,7 @@ use crate::time::Timestamp;
 /// attempt not counted), waiting at most `limit` for room.
 pub(super) async fn release(
     tx: &mpsc::Sender<Pending>,
-    task: ClaimedTask,
+    task: Arc<ClaimedTask>,
     started_at: Timestamp,
     limit: Duration,
 ) {
@@ -30,8 +30,9 @@ pub(super) async fn release(
     let _ = tokio::time::timeout(limit, tx.send((finish, task))).await;
 }
 
-/// An attempt's outcome on its way to the store.
-pub(super) type Pending = (Finish, ClaimedTask);
+/// An attempt's outcome on its way to the store, with its claim (shared with the task's
+/// in-flight entry; only its name is read here, for logs).
+pub(super) type Pending = (Finish, Arc<ClaimedTask>);
 
 /// The outcome writer, restarted when it panics (a panic must not end it silently for the
 /// life of the worker; the outcomes of the batch it held run again when their leases lapse).
@@ -75,20 +76,12 @@ async fn finisher(
     stats: &WorkerStats,
     give_up_after: Duration,
 ) {
+    // One buffer for the life of the writer: a batch costs no allocation of its own.
     let mut batch: Vec<Pending> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < FINISH_BATCH {
-            match rx.try_recv() {
-                Ok(x) => batch.push(x),
-                Err(_) => break,
-            }
-        }
-        let leases: Vec<_> = batch.iter().map(|(f, _)| f.lease).collect();
-        record(exec, std::mem::take(&mut batch), stats, give_up_after).await;
-        for l in leases {
-            inflight.remove(l);
-        }
+    while rx.recv_many(&mut batch, FINISH_BATCH).await > 0 {
+        record(exec, &batch, stats, give_up_after).await;
+        inflight.remove_all(batch.iter().map(|(f, _)| f.lease));
+        batch.clear();
     }
 }
 
@@ -96,15 +89,12 @@ async fn finisher(
 pub(super) const FINISH_BATCH: usize = 512;
 
 /// Writes one batch of outcomes; see [`finisher`].
-async fn record(
-    exec: &Exec,
-    mut pending: Vec<Pending>,
-    stats: &WorkerStats,
-    give_up_after: Duration,
-) {
+async fn record(exec: &Exec, batch: &[Pending], stats: &WorkerStats, give_up_after: Duration) {
     let give_up_at = tokio::time::Instant::now() + give_up_after;
     let bound = give_up_after / 4;
     let mut backoff = Duration::from_millis(50);
+    // Copied only when a write fails and what is left must be retried.
+    let mut pending = std::borrow::Cow::Borrowed(batch);
     loop {
         let (error, hung) = match write(exec, &pending, stats, bound).await {
             Ok(()) => return,
@@ -115,21 +105,21 @@ async fn record(
         if pending.len() > 1 && !hung {
             // One outcome may be what the store refuses: write each alone, keep the failures.
             let mut failed = Vec::new();
-            for p in pending {
-                if write(exec, std::slice::from_ref(&p), stats, bound)
+            for p in pending.iter() {
+                if write(exec, std::slice::from_ref(p), stats, bound)
                     .await
                     .is_err()
                 {
-                    failed.push(p);
+                    failed.push(p.clone());
                 }
             }
-            pending = failed;
+            pending = std::borrow::Cow::Owned(failed);
             if pending.is_empty() {
                 return;
             }
         }
         if tokio::time::Instant::now() + backoff > give_up_at {
-            for (f, task) in &pending {
+            for (f, task) in pending.iter() {
                 tracing::error!(
                     id = %f.lease.id, task = %task.task, error = %error,
                     "could not record this attempt's outcome in time; giving up: the task runs again when its lease lapses"
