@@ -115,6 +115,9 @@ pub mod __private {
         fn decode_arg(payload: &mut ArgsDecoder, name: &str) -> Result<Self, DecodeError>;
     }
 
+    // `do_not_recommend`: a type that is neither `Serialize` nor `Deserialize` is reported
+    // once, as not a `TaskArg` (with the message above), not once per missing bound.
+    #[diagnostic::do_not_recommend]
     impl<T: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static> TaskArg for T {
         fn encode_arg(&self, payload: ArgsEncoder, name: &str) -> ArgsEncoder {
             payload.arg(name, self)
