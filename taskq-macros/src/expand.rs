@@ -278,8 +278,12 @@ impl<'a> Generator<'a> {
             Kind::Iterative => {
                 let model = self.model.as_ref().expect("checked by valid");
                 let pm = self.p_at(model.span());
+                // The whole call at the model, through `ModelOf` like the filter's type: a
+                // model that is not a `Model` fails one obligation, reported once.
                 let handler = quote_spanned! {model.span()=>
-                    #pm::iterative_handler::<#model, (#(#tys,)*)>
+                    <#model as #pm::ModelOf>::handler::<(#(#tys,)*)>(
+                        __taskq_ctx, __taskq_payload, __taskq_decode, __taskq_call
+                    )
                 };
                 let call = self.future(
                     quote!(batch_future),
@@ -291,7 +295,7 @@ impl<'a> Generator<'a> {
                         __taskq_ctx: #p::Context,
                         __taskq_payload: #p::serde_json::Value,
                     ) -> #handler_output {
-                        #handler(__taskq_ctx, __taskq_payload, __taskq_decode, __taskq_call)
+                        #handler
                     }
 
                     #[allow(unused_mut)]
@@ -401,7 +405,7 @@ impl<'a> Generator<'a> {
             Kind::Iterative => {
                 let model = self.model.as_ref().expect("checked by valid");
                 let pm = self.p_at(model.span());
-                let filter_ty = quote_spanned!(model.span()=> <#model as #pm::Model>::Filter);
+                let filter_ty = quote_spanned!(model.span()=> <#model as #pm::ModelOf>::Filter);
                 (
                     quote!(#filter: #filter_ty,),
                     quote!(#filter,),

@@ -28,6 +28,43 @@ where
     Box::pin(async move { fut.await.map_err(Into::into) })
 }
 
+/// Every use of an iterative task's model in generated code goes through this one trait,
+/// spanned at the `model = ..` key: a type that is not a [`Model`] then fails the same
+/// obligation at the same place everywhere, and rustc prints that error once (identical
+/// diagnostics are emitted once), instead of once per use.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a taskq `Model`, so an iterative task cannot walk through it",
+    label = "this type does not implement `taskq_runtime::Model`",
+    note = "implement `taskq_runtime::Model` for `{Self}`: give its `Key` (the cursor), `Filter`, `Source` (the app state holding the data), `fn key(&self)` and `async fn batch(source, filter, after, limit)`"
+)]
+pub trait ModelOf: Sized {
+    /// The model's [`Model::Filter`].
+    type Filter;
+
+    /// [`iterative_handler`] for this model.
+    fn handler<A: Send + 'static>(
+        ctx: Context,
+        payload: serde_json::Value,
+        decode: fn(&'static str, serde_json::Value) -> Result<A, DecodeError>,
+        call: fn(Context, Vec<Self>, A) -> BatchFuture,
+    ) -> Result<BoxFuture<'static, Result<Completion, TaskError>>, DecodeError>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<M: Model> ModelOf for M {
+    type Filter = M::Filter;
+
+    fn handler<A: Send + 'static>(
+        ctx: Context,
+        payload: serde_json::Value,
+        decode: fn(&'static str, serde_json::Value) -> Result<A, DecodeError>,
+        call: fn(Context, Vec<Self>, A) -> BatchFuture,
+    ) -> Result<BoxFuture<'static, Result<Completion, TaskError>>, DecodeError> {
+        iterative_handler::<M, A>(ctx, payload, decode, call)
+    }
+}
+
 /// The generated handler of an iterative task calls this with its model, batch size and
 /// two generated functions: `decode` turns the stored extra arguments into a tuple, `call`
 /// runs the user's function on one batch with them.

@@ -85,7 +85,7 @@ pub mod __private {
     pub use crate::into_task_error::{
         ErrorWrap, FallbackTag, IntoTag, IntoTaskError, ViaFallback, ViaInto,
     };
-    pub use crate::iterative::{batch_future, iterative_handler, BatchFuture};
+    pub use crate::iterative::{batch_future, iterative_handler, BatchFuture, ModelOf};
     pub use crate::model::Model;
     pub use crate::queue::{Queue, TaskBuilder};
     pub use crate::store::TaskId;
