@@ -236,6 +236,11 @@ pub(super) async fn list_tasks(
     s: &PostgresStore,
     q: &TaskQuery,
 ) -> Result<Vec<TaskInfo>, StoreError> {
+    if q.args_contains.as_deref().is_some_and(|a| a.contains('\0')) {
+        // JSON text never holds a raw NUL (it escapes it), and PostgreSQL text cannot
+        // hold one: the same answer as every store.
+        return Ok(Vec::new());
+    }
     let sql = s.sql(&list_sql(q));
     let limit = if q.limit == 0 { 100 } else { q.limit };
     let limit = limit.min(i64::MAX as usize) as i64;
@@ -250,12 +255,15 @@ pub(super) async fn list_tasks(
     if let Some(task) = &q.task {
         params.push(task);
     }
+    if let Some(args) = &q.args_contains {
+        params.push(args);
+    }
     let r = client.query(&st, &params).await;
     c.check(r)?.iter().map(task_from_row).collect()
 }
 
 /// The statement of [`list_tasks`] (with `{S}`): `$1` is `before`, `$2` the limit, then
-/// the queue and the task name, those given. Only the filters given are in the SQL, and
+/// the queue, the task name and the arguments' substring, those given. Only the filters given are in the SQL, and
 /// each state is written as a literal, so that the planner can use the partial index
 /// made for it: finished states through `(state, id)`, `(state, queue, id)` and
 /// `(state, task, id)` of finished rows, pending tasks through the pending indexes and
@@ -265,9 +273,17 @@ pub(super) fn list_sql(q: &TaskQuery) -> String {
         true => TASK_COLUMNS,
         false => TASK_COLUMNS_NO_PAYLOAD,
     };
+    // The arguments' filter is the last parameter: `strpos`, not `LIKE`, a literal,
+    // case-sensitive match of the stored JSON text (the `json` type keeps it as written),
+    // where `%` and `_` are plain characters.
+    let args_param = 3 + usize::from(q.queue.is_some()) + usize::from(q.task.is_some());
+    let args = match q.args_contains {
+        Some(_) => format!(" AND strpos(payload::text, ${args_param}::text) > 0"),
+        None => String::new(),
+    };
     if q.state.is_none() && q.queue.is_none() && q.task.is_none() {
         return format!(
-            "SELECT {columns} FROM {{S}}.taskq_tasks WHERE id < $1::int8 \
+            "SELECT {columns} FROM {{S}}.taskq_tasks WHERE id < $1::int8{args} \
              ORDER BY id DESC LIMIT $2::int8"
         );
     }
@@ -285,6 +301,7 @@ pub(super) fn list_sql(q: &TaskQuery) -> String {
         n += 1;
         filters.push_str(&format!(" AND task = ${n}::text"));
     }
+    filters.push_str(&args);
     let reads: Vec<String> = states
         .iter()
         .map(|st| {
