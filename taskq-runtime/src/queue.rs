@@ -1,6 +1,7 @@
-//! [`Queue`]: the handle to start tasks and manage them (the management API: list, inspect,
-//! run now, delete, retry, pause, resume, purge, configure, prune; taskq has no CLI or
-//! console yet).
+//! [`Queue`]: the handle to start tasks and manage them (the management API: list and
+//! filter, inspect, run now, delete, retry one or every match, pause, resume, purge,
+//! configure, prune, iteration runs and their cancellation). The `taskq` command
+//! (`taskq-cli`) is a shell over these calls.
 
 use std::sync::Arc;
 use std::time::Duration;
