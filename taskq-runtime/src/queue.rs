@@ -144,13 +144,14 @@ impl Queue {
     /// `Some(Failed)`; another state fails with [`StoreError::Conflict`] before anything
     /// changes. `limit` and `with_payload` are ignored: every matching task is retried,
     /// not one page. It goes newest first in batches of [`RETRY_BATCH`] ids, each batch
-    /// read in one short query and each task retried in a transaction of its own, so no
-    /// lock is held for long and workers claim the retried tasks while it goes on. A task
+    /// read in one short query and retried in one short transaction
+    /// ([`Store::retry_many`]), so no lock is held for long and workers claim the retried
+    /// tasks while it goes on. A task
     /// that stops matching meanwhile (retried, deleted, or pruned by someone else), or
     /// whose unique name another live task holds, is left as it is and not counted; a
     /// task that becomes dead or failed while it runs is retried if its id is below the
-    /// batch being read. Fails with the first other store error, after retrying the
-    /// tasks before it.
+    /// batch being read. Fails with the first store error, the batches before it
+    /// retried.
     pub async fn retry_matching(&self, query: &TaskQuery) -> Result<u64, StoreError> {
         let states = match query.state {
             None => vec![TaskState::Dead, TaskState::Failed],
@@ -171,14 +172,8 @@ impl Queue {
             };
             loop {
                 let batch = self.store.list_tasks(&page).await?;
-                for t in &batch {
-                    match self.store.retry(t.id, self.clock.now()).await {
-                        Ok(()) => retried += 1,
-                        // Changed since it was listed, or its name is taken: left as it is.
-                        Err(StoreError::NotFound(_) | StoreError::Conflict(_)) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                let ids: Vec<TaskId> = batch.iter().map(|t| t.id).collect();
+                retried += self.store.retry_many(&ids, self.clock.now()).await?;
                 match batch.last() {
                     Some(last) if batch.len() == RETRY_BATCH => page.before = Some(last.id),
                     _ => break,

@@ -2755,6 +2755,7 @@ macro_rules! conformance_tests {
             payload_size_limit_is_the_same_on_every_store,
             tasks_filter_by_a_substring_of_their_arguments,
             retry_matching_retries_every_dead_or_failed_match,
+            retry_many_retries_those_it_can, concurrent_retry_many_retry_each_task_once,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -945,6 +945,28 @@ pub trait Store: Send + Sync + 'static {
     /// removed. On PostgreSQL one process prunes a store at a time: a call that finds
     /// another one pruning stops and says so ([`PruneReport::busy`]).
     async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError>;
+
+    /// Retries those of `ids` that are dead or failed, each as [`Store::retry`] does
+    /// (pending, due at `now`, attempts reset, `enqueued_at = now`, a step's run running
+    /// again), and returns how many. The others are left as they are, without an error:
+    /// absent, in another state, listed a second time, or whose unique name another live
+    /// task holds. Fails only on a backend error (then, on the SQL stores, none of the
+    /// batch is retried). Callers pass small batches
+    /// ([`Queue::retry_matching`](crate::Queue::retry_matching) passes
+    /// [`RETRY_BATCH`](crate::queue::RETRY_BATCH)): SQLite retries them in one
+    /// transaction, PostgreSQL in one statement that locks their rows in id order. The
+    /// default calls [`Store::retry`] for each.
+    async fn retry_many(&self, ids: &[TaskId], now: Timestamp) -> Result<u64, StoreError> {
+        let mut retried = 0;
+        for id in ids {
+            match self.retry(*id, now).await {
+                Ok(()) => retried += 1,
+                Err(StoreError::NotFound(_) | StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(retried)
+    }
 }
 
 /// Opens a store from a URL: `memory://`, `sqlite://PATH` (created if missing; `sqlite::memory:`

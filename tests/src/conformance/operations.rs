@@ -333,3 +333,147 @@ pub async fn retry_matching_retries_every_dead_or_failed_match(s: Arc<dyn Store>
         0
     );
 }
+
+/// `Store::retry_many` retries, in one call, those of its ids that are dead or failed, as
+/// `retry` does for one (attempts reset, due now, a step's run running again), and leaves
+/// the others (pending, done, absent, listed twice, or whose unique name a live task
+/// holds) as they are; it returns how many it retried.
+pub async fn retry_many_retries_those_it_can(s: Arc<dyn Store>) {
+    let dead = || Outcome::Dead {
+        error: "gave up".into(),
+    };
+    let mut named = new_task("m", 5);
+    named.unique_name = Some("weekly".into());
+    let ids = s
+        .enqueue(
+            vec![
+                new_task("m", 1),
+                new_task("m", 2),
+                new_task("m", 3),
+                new_task("m", 4),
+                named.clone(),
+            ],
+            T0,
+        )
+        .await
+        .expect("enqueue");
+    let (d, f, done, pending, named_dead) = (ids[0], ids[1], ids[2], ids[3], ids[4]);
+    let claimed = s
+        .claim(&req(&["m"], 10, 30_000, at(1)))
+        .await
+        .expect("claim");
+    for c in &claimed {
+        let o = match c.lease.id {
+            x if x == d || x == named_dead => dead(),
+            x if x == f => Outcome::Failed {
+                error: "fatal".into(),
+            },
+            x if x == done => Outcome::Done,
+            _ => Outcome::Release,
+        };
+        finish_one(&*s, c, o, at(1)).await.expect("finish");
+    }
+    // The name is free after its 60 s window, and a live task takes it.
+    named.run_at = at(100_000);
+    s.enqueue(vec![named], at(100_000))
+        .await
+        .expect("the name is free after its window");
+    // A run whose step died.
+    let mut walk = new_task("iter", 0);
+    walk.task = "conformance::walk".into();
+    walk.payload = json!({ "filter": {}, "args": {} });
+    walk.iteration = Some(taskq_runtime::store::NewIteration { filter: json!({}) });
+    let run = s.enqueue(vec![walk], at(1)).await.expect("run")[0];
+    let step = s
+        .claim(&req(&["iter"], 1, 30_000, at(2)))
+        .await
+        .expect("claim step");
+    finish_one(&*s, &step[0], dead(), at(2))
+        .await
+        .expect("finish step");
+    assert_eq!(
+        s.iteration(run).await.expect("run").expect("exists").state,
+        taskq_runtime::RunState::Dead
+    );
+
+    let now = at(200_000);
+    let n = s
+        .retry_many(
+            &[d, f, done, pending, named_dead, TaskId(999_999), d, run],
+            now,
+        )
+        .await
+        .expect("retry_many");
+    assert_eq!(n, 3, "the dead, the failed and the run's step");
+    for id in [d, f, run] {
+        let t = s.task(id).await.expect("task").expect("exists").info;
+        assert_eq!(t.state, TaskState::Pending, "{t:?}");
+        assert_eq!(t.attempts, 0);
+        assert_eq!(t.run_at, now);
+        assert_eq!(t.enqueued_at, now);
+    }
+    let state = |id| {
+        let s = s.clone();
+        async move { s.task(id).await.expect("task").expect("exists").info.state }
+    };
+    assert_eq!(state(done).await, TaskState::Done);
+    assert_eq!(state(pending).await, TaskState::Pending);
+    assert_eq!(state(named_dead).await, TaskState::Dead);
+    assert_eq!(
+        s.iteration(run).await.expect("run").expect("exists").state,
+        taskq_runtime::RunState::Running
+    );
+    let m = s
+        .queues()
+        .await
+        .expect("queues")
+        .into_iter()
+        .find(|q| q.name == "m")
+        .expect("m");
+    assert_eq!(m.count(TaskState::Dead), 1);
+    assert_eq!(m.count(TaskState::Failed), 0);
+    assert_eq!(m.count(TaskState::Pending), 4);
+    assert_eq!(s.retry_many(&[], now).await.expect("nothing"), 0);
+    // They are claimable at once.
+    let c = s
+        .claim(&req(&["m", "iter"], 10, 30_000, now))
+        .await
+        .expect("claim");
+    assert_eq!(c.len(), 5, "{c:?}");
+}
+
+/// Two `retry_many` calls over the same dead tasks at once, in opposite orders: each task
+/// is retried once (the two counts add up to the number of tasks), neither call fails or
+/// hangs, and the counts by state stay exact.
+pub async fn concurrent_retry_many_retry_each_task_once(s: Arc<dyn Store>) {
+    let tasks: Vec<NewTask> = (0..60).map(|n| new_task("r", n)).collect();
+    let mut ids = s.enqueue(tasks, T0).await.expect("enqueue");
+    end_as(
+        &*s,
+        "r",
+        &ids,
+        Outcome::Dead {
+            error: "gave up".into(),
+        },
+        1,
+    )
+    .await;
+    let forward = ids.clone();
+    ids.reverse();
+    let (a, b) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(s.retry_many(&forward, at(10)), s.retry_many(&ids, at(10)))
+    })
+    .await
+    .expect("two retries at once hang");
+    let (a, b) = (a.expect("first"), b.expect("second"));
+    assert_eq!(a + b, 60, "{a} + {b}");
+    let r = s
+        .queues()
+        .await
+        .expect("queues")
+        .into_iter()
+        .find(|q| q.name == "r")
+        .expect("r");
+    assert_eq!(r.count(TaskState::Pending), 60);
+    assert_eq!(r.count(TaskState::Dead), 0);
+}

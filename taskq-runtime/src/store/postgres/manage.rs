@@ -414,30 +414,10 @@ pub(super) async fn delete(
 
 /// Puts a dead or failed task back to pending, its run running again.
 pub(super) async fn retry(s: &PostgresStore, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
-    // The old state for the counts (an update returns the new one only): a dead or
-    // failed row changes only by a retry or a deletion, which take its row lock, so the
-    // state read in `o` is the one the update replaces.
-    let sql = s.sql(&format!(
-        "WITH o AS (SELECT id, state FROM {{S}}.taskq_tasks \
-                    WHERE id = $1::int8 AND state IN ('dead', 'failed')), \
-              t AS (UPDATE {{S}}.taskq_tasks x SET state = 'pending', attempts = 0, \
-                        enqueued_at = $2::int8, run_at = $2::int8, finished_at = NULL \
-                    FROM o WHERE x.id = o.id AND x.state IN ('dead', 'failed') \
-                    RETURNING x.run_id, x.queue, o.state AS old_state), \
-              r AS (UPDATE {{S}}.taskq_iterations i SET state = 'running', finished_at = NULL, \
-                        error = NULL, updated_at = $2::int8 \
-                    FROM t WHERE i.run_id = t.run_id), \
-              {counted} \
-         SELECT 1 FROM (SELECT pg_notify('taskq_new', t.queue) FROM t) n",
-        counted = counted("counted", "t", "queue", "old_state", '-'),
-    ));
     let mut c = s.pool.get().await?;
-    let lock = c.prep(&s.lock_runs_of_tasks_sql()).await?;
-    let st = c.prep(&sql).await?;
-    let ids = vec![id.0];
-    match PostgresStore::after_locks(&mut c, (&lock, &[&ids]), (&st, &[&id.0, &now.0])).await? {
-        Ok(rows) if !rows.is_empty() => return Ok(()),
-        Ok(_) => {}
+    match retry_rows(s, &mut c, &[id.0], now).await? {
+        Ok(0) => {}
+        Ok(_) => return Ok(()),
         Err(e) if is_unique_violation(&e) => {
             return Err(StoreError::Conflict(format!(
                 "task {id} cannot be retried: another live task has its unique name"
@@ -453,6 +433,79 @@ pub(super) async fn retry(s: &PostgresStore, id: TaskId, now: Timestamp) -> Resu
             "task {id} is {state}, only a dead or failed task can be retried"
         ))),
     }
+}
+
+/// Retries those of `ids` that are dead or failed, in one statement; when one of them
+/// cannot be (another live task has its unique name, which fails the whole statement),
+/// one by one instead, skipping that one.
+pub(super) async fn retry_many(
+    s: &PostgresStore,
+    ids: &[TaskId],
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let raw: Vec<i64> = ids.iter().map(|id| id.0).collect();
+    let mut c = s.pool.get().await?;
+    match retry_rows(s, &mut c, &raw, now).await? {
+        Ok(n) => return Ok(n),
+        Err(e) if is_unique_violation(&e) => {}
+        Err(e) => {
+            c.check::<()>(Err(e))?;
+        }
+    }
+    let mut retried = 0;
+    for id in &raw {
+        match retry_rows(s, &mut c, std::slice::from_ref(id), now).await? {
+            Ok(n) => retried += n,
+            Err(e) if is_unique_violation(&e) => {}
+            Err(e) => {
+                c.check::<()>(Err(e))?;
+            }
+        }
+    }
+    Ok(retried)
+}
+
+/// The one statement of a retry: the dead or failed rows among `ids` back to pending (their
+/// runs' rows locked first, the lock order; then their own rows in id order, so that two
+/// retries of overlapping batches never wait on each other in a cycle), their runs
+/// running again, the counts moved and their queues notified. Returns how many it
+/// retried, or the statement's SQL error (the transaction rolled back: a unique-name
+/// violation when another live task has the name of one of them).
+async fn retry_rows(
+    s: &PostgresStore,
+    c: &mut PooledConn<'_>,
+    ids: &[i64],
+    now: Timestamp,
+) -> Result<Result<u64, tokio_postgres::Error>, StoreError> {
+    // The old state for the counts (an update returns the new one only): `o` reads it
+    // under the row lock, which a retry or a deletion (the only ways out of dead and
+    // failed) also takes, so it is the state the update replaces.
+    let sql = s.sql(&format!(
+        "WITH o AS (SELECT id, state FROM {{S}}.taskq_tasks \
+                    WHERE id = ANY($1::int8[]) AND state IN ('dead', 'failed') \
+                    ORDER BY id FOR UPDATE), \
+              t AS (UPDATE {{S}}.taskq_tasks x SET state = 'pending', attempts = 0, \
+                        enqueued_at = $2::int8, run_at = $2::int8, finished_at = NULL \
+                    FROM o WHERE x.id = o.id AND x.state IN ('dead', 'failed') \
+                    RETURNING x.run_id, x.queue, o.state AS old_state), \
+              r AS (UPDATE {{S}}.taskq_iterations i SET state = 'running', finished_at = NULL, \
+                        error = NULL, updated_at = $2::int8 \
+                    FROM t WHERE i.run_id = t.run_id), \
+              {counted} \
+         SELECT 1 FROM (SELECT pg_notify('taskq_new', t.queue) FROM t) n",
+        counted = counted("counted", "t", "queue", "old_state", '-'),
+    ));
+    let lock = c.prep(&s.lock_runs_of_tasks_sql()).await?;
+    let st = c.prep(&sql).await?;
+    let ids = ids.to_vec();
+    Ok(
+        PostgresStore::after_locks(c, (&lock, &[&ids]), (&st, &[&ids, &now.0]))
+            .await?
+            .map(|rows| rows.len() as u64),
+    )
 }
 
 /// One iteration run.

@@ -11,7 +11,7 @@ use super::rows::{
     run_state, task_columns, task_state, u32_of, u64_of, RawIteration, RawTask, ITERATION_COLUMNS,
     TASK_COLUMNS,
 };
-use super::R;
+use super::{Fail, R};
 use crate::retention;
 use crate::store::tombstone::{self, Deleted, Tombstone};
 use crate::store::{
@@ -341,6 +341,20 @@ pub(super) fn retry(tx: &rusqlite::Transaction<'_>, id: TaskId, now: Timestamp) 
         .execute(params![run, now.0])?;
     }
     Ok(())
+}
+
+/// Retries those of `ids` that [`retry`] accepts, in the caller's one transaction; the
+/// others are skipped ([`retry`] refuses them before it writes anything).
+pub(super) fn retry_many(tx: &rusqlite::Transaction<'_>, ids: &[TaskId], now: Timestamp) -> R<u64> {
+    let mut retried = 0;
+    for id in ids {
+        match retry(tx, *id, now) {
+            Ok(()) => retried += 1,
+            Err(Fail::Store(StoreError::NotFound(_) | StoreError::Conflict(_))) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(retried)
 }
 
 /// One iteration run.
