@@ -13,7 +13,8 @@ use crate::cli::{Cli, Command, Filters, RetryArgs, TasksArgs};
 use crate::exit::{self, Failure};
 use crate::output::{self, AttemptJson, PruneJson, QueueJson, Report, RunJson, TaskJson};
 
-/// Runs the command line's subcommand.
+/// Runs the command line's subcommand. A new subcommand (the console's `admin`, say) is a
+/// variant of [`Command`] and one arm here.
 pub async fn run(cli: Cli) -> Result<Report, Failure> {
     let q = open(&cli.store, cli.connect_timeout).await?;
     match cli.command {

@@ -650,3 +650,68 @@ fn the_store_comes_from_the_environment_or_the_default() {
     assert_eq!(help.code, 0, "{help:?}");
     assert!(help.stdout.contains("Exit codes"), "{help:?}");
 }
+
+/// Runs `taskq --store URL ARGS` on a terminal (a pseudo-terminal from util-linux's
+/// `script`), typing `answer`; returns the exit code and what the terminal showed.
+fn on_a_terminal(url: &str, args: &[&str], answer: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut line = format!("'{}' --store '{url}'", env!("CARGO_BIN_EXE_taskq"));
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env_remove("TASKQ_STORE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run util-linux `script` (it gives the command a terminal)");
+    if let Some(mut i) = child.stdin.take() {
+        // Typed once the question is up; the terminal keeps it until it is read.
+        i.write_all(answer.as_bytes()).expect("type the answer");
+    }
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("taskq {args:?} on a terminal did not exit within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut shown = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_string(&mut shown).expect("read the terminal");
+    }
+    (status.code().unwrap_or(-1), shown)
+}
+
+/// At a terminal, `purge` and `retry --all` ask first: `n` leaves everything (exit 1),
+/// `y` goes on.
+#[test]
+fn destructive_commands_ask_at_a_terminal() {
+    let dir = temp_dir();
+    let f = fill(sqlite_url(&dir));
+    let u = f.url.as_str();
+    let (code, shown) = on_a_terminal(u, &["purge", "email"], "n\n");
+    assert!(
+        shown.contains("pending tasks of queue `email`? [y/N]"),
+        "{shown}"
+    );
+    assert_eq!(code, 1, "{shown}");
+    assert_eq!(queue_json(u, "email")["counts"]["pending"], 1);
+    let (code, shown) = on_a_terminal(u, &["purge", "email"], "y\n");
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("purged 1 pending tasks"), "{shown}");
+    assert_eq!(queue_json(u, "email")["counts"]["pending"], 0);
+    let (code, shown) = on_a_terminal(u, &["retry", "--all"], "n\n");
+    assert_eq!(code, 1, "{shown}");
+    assert_eq!(queue_json(u, "email")["counts"]["dead"], 1);
+    let (code, shown) = on_a_terminal(u, &["retry", "--all"], "y\n");
+    assert_eq!(code, 0, "{shown}");
+    assert_eq!(queue_json(u, "email")["counts"]["dead"], 0);
+    assert_eq!(queue_json(u, "email")["counts"]["failed"], 0);
+}
