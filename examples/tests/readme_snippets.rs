@@ -136,6 +136,10 @@ for t in &dead {
     }
     queue.retry(t.id).await?;                      // back to pending, with fresh attempts
 }
+let ada = TaskQuery { args_contains: Some(r#"to":"ada@"#.into()), ..Default::default() };
+println!("{} tasks mention ada", queue.list(&ada).await?.len()); // a substring of the arguments' JSON
+let n = queue.retry_matching(&TaskQuery { queue: Some("email".into()), ..Default::default() }).await?;
+println!("{n} dead or failed email tasks retried");  // every match, in batches of 100
 queue.run_now(id).await?;                          // a pending task, due now
 queue.delete(id).await?;
 queue.pause("email").await?;  queue.resume("email").await?;  queue.purge("email").await?;

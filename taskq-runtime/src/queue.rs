@@ -1,6 +1,7 @@
-//! [`Queue`]: the handle to start tasks and manage them (the management API: list, inspect,
-//! run now, delete, retry, pause, resume, purge, configure, prune; taskq has no CLI or
-//! console yet).
+//! [`Queue`]: the handle to start tasks and manage them (the management API: list and
+//! filter, inspect, run now, delete, retry one or every match, pause, resume, purge,
+//! configure, prune, iteration runs and their cancellation). The `taskq` command
+//! (`taskq-cli`) is a shell over these calls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,10 +9,13 @@ use std::time::Duration;
 use crate::error::StartError;
 use crate::store::{
     self, IterationInfo, NewIteration, NewTask, PruneReport, QueueConfig, QueueInfo, Store,
-    StoreError, TaskDetail, TaskId, TaskInfo, TaskQuery,
+    StoreError, TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
 };
 use crate::task::{TaskDef, TaskKind};
 use crate::time::{Clock, Timestamp};
+
+/// How many tasks [`Queue::retry_matching`] reads per batch.
+pub const RETRY_BATCH: usize = 100;
 
 /// How long a finished (or deleted) named task keeps its name taken, unless the builder
 /// says otherwise.
@@ -130,6 +134,53 @@ impl Queue {
     /// Puts a dead or failed task back in its queue with fresh attempts.
     pub async fn retry(&self, id: TaskId) -> Result<(), StoreError> {
         self.store.retry(id, self.clock.now()).await
+    }
+
+    /// Puts every dead or failed task matching `query` back in its queue with fresh
+    /// attempts, as [`Queue::retry`] does for one; returns how many it retried.
+    ///
+    /// `query` selects as in [`Queue::list`] (queue, task name, [`TaskQuery::args_contains`],
+    /// ids below `before`), with its state `None` (dead and failed) or `Some(Dead)` or
+    /// `Some(Failed)`; another state fails with [`StoreError::Conflict`] before anything
+    /// changes. `limit` and `with_payload` are ignored: every matching task is retried,
+    /// not one page. It goes newest first in batches of [`RETRY_BATCH`] ids, each batch
+    /// read in one short query and retried in one short transaction
+    /// ([`Store::retry_many`]), so no lock is held for long and workers claim the retried
+    /// tasks while it goes on. A task
+    /// that stops matching meanwhile (retried, deleted, or pruned by someone else), or
+    /// whose unique name another live task holds, is left as it is and not counted; a
+    /// task that becomes dead or failed while it runs is retried if its id is below the
+    /// batch being read. Fails with the first store error, the batches before it
+    /// retried.
+    pub async fn retry_matching(&self, query: &TaskQuery) -> Result<u64, StoreError> {
+        let states = match query.state {
+            None => vec![TaskState::Dead, TaskState::Failed],
+            Some(s @ (TaskState::Dead | TaskState::Failed)) => vec![s],
+            Some(s) => {
+                return Err(StoreError::Conflict(format!(
+                    "only dead or failed tasks can be retried, not {s} ones"
+                )))
+            }
+        };
+        let mut retried = 0;
+        for state in states {
+            let mut page = TaskQuery {
+                state: Some(state),
+                limit: RETRY_BATCH,
+                with_payload: false,
+                ..query.clone()
+            };
+            loop {
+                let batch = self.store.list_tasks(&page).await?;
+                let ids: Vec<TaskId> = batch.iter().map(|t| t.id).collect();
+                retried += self.store.retry_many(&ids, self.clock.now()).await?;
+                match batch.last() {
+                    Some(last) if batch.len() == RETRY_BATCH => page.before = Some(last.id),
+                    _ => break,
+                }
+            }
+        }
+        Ok(retried)
     }
 
     /// Stops workers claiming from a queue.

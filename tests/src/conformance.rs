@@ -15,7 +15,9 @@ use taskq_runtime::store::{
 };
 use taskq_runtime::{Retention, TaskId, Timestamp};
 
+mod operations;
 mod scale;
+pub use operations::*;
 pub use scale::*;
 
 /// A fixed starting time for every case.
@@ -2751,6 +2753,9 @@ macro_rules! conformance_tests {
             queue_counts_equal_a_full_count, listing_leaves_payloads_out_unless_asked,
             claims_reach_due_rows_past_rows_they_must_not_take,
             payload_size_limit_is_the_same_on_every_store,
+            tasks_filter_by_a_substring_of_their_arguments,
+            retry_matching_retries_every_dead_or_failed_match,
+            retry_many_retries_those_it_can, concurrent_retry_many_retry_each_task_once,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -18,7 +18,7 @@
 //! same operations on both with the same virtual clock, and compares every answer, results
 //! and errors alike, and after every operation the whole-store views (`list_tasks`,
 //! `queues`, `next_due`; every few operations also `task()` of every task, `iterations`
-//! and filtered, paged listings). The operations: enqueue (unique names, delays,
+//! and filtered, paged listings, some by a substring of the arguments). The operations: enqueue (unique names, delays,
 //! priorities, tombstone windows, iterative runs), claim (queue filters, leases), finish
 //! with every outcome, a panic decided by the retry policy, lease expiry (time moves to a
 //! held lease's end), heartbeat, checkpoint, delete, purge, pause and resume, configure a
@@ -993,6 +993,10 @@ impl World {
                 before: (i % 2 == 1).then_some(before_a),
                 limit: 1 + i % 3,
                 with_payload: i % 2 == 0,
+                // Substrings of the payloads' JSON text: digits, escapes, structure.
+                args_contains: [None, Some("1"), Some("\\u"), Some("\"v\":["), Some("\\")]
+                    [(salt + i) % 5]
+                    .map(str::to_string),
             };
             let qb = TaskQuery {
                 before: qa.before.map(|_| before_b),

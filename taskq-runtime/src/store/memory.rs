@@ -815,10 +815,17 @@ impl Store for MemoryStore {
         let g = self.lock();
         let limit = if q.limit == 0 { 100 } else { q.limit };
         let below = q.before.map(|b| b.0).unwrap_or(i64::MAX);
+        let args = q.args_contains.as_deref();
+        if args.is_some_and(|a| a.contains('\0')) {
+            // JSON text never holds a raw NUL (it escapes it), as on the SQL stores.
+            return Ok(Vec::new());
+        }
         let matches = |r: &Row| {
             q.queue.as_ref().is_none_or(|x| *x == r.info.queue)
                 && q.state.is_none_or(|s| s == r.info.state)
                 && q.task.as_ref().is_none_or(|t| *t == r.info.task)
+                // The compact JSON text the SQL stores keep (`Value`'s `Display`).
+                && args.is_none_or(|a| r.info.payload.to_string().contains(a))
         };
         let states: Vec<usize> = match q.state {
             Some(s) => vec![slot(s)],
@@ -855,6 +862,7 @@ impl Store for MemoryStore {
                 .tasks
                 .range(..below)
                 .rev()
+                .filter(|(_, r)| matches(r))
                 .take(limit)
                 .map(|(id, _)| *id)
                 .collect(),

@@ -409,6 +409,8 @@ impl PruneReport {
 /// task name, any of them together): a page costs about `limit` rows (on the SQL stores,
 /// pending or running tasks of one queue cost at most that queue's live tasks) however
 /// long the history is; and it leaves payloads out unless `with_payload` asks for them.
+/// The arguments' filter ([`TaskQuery::args_contains`]) is checked on the rows that read
+/// gives, so it costs more (see there).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskQuery {
     /// Only this queue.
@@ -425,6 +427,23 @@ pub struct TaskQuery {
     /// `null` and the store does not read payloads at all (a page of large payloads
     /// costs what a page of small ones does). [`Store::task`] always returns it.
     pub with_payload: bool,
+    /// Only tasks whose arguments contain this text. Matched the same way on every
+    /// store, against the payload's JSON text as stored: compact JSON as `serde_json`
+    /// writes it (no spaces; object keys sorted by name, or in insertion order where
+    /// serde_json's `preserve_order` feature is on; `"`, `\` and control characters
+    /// escaped, every other character as it is), so
+    /// `to":"ada@` matches the task started with `to = "ada@example.org"`. The match is
+    /// case-sensitive and literal, character for character: `%`, `_` and `\` are no
+    /// wildcards (the SQL stores use `instr` (SQLite) and `strpos` (PostgreSQL), not
+    /// `LIKE`, so there is nothing to escape). An empty text matches every task; a text
+    /// with a NUL character matches none (JSON text escapes it as `\u0000`). A payload
+    /// that does not decode is matched on its raw stored text. `None` (the default): no
+    /// filter.
+    ///
+    /// This filter reads payloads: a page costs the rows the other filters select,
+    /// newest first, until `limit` of them match (at worst every such row; retention
+    /// keeps that bounded).
+    pub args_contains: Option<String>,
 }
 
 /// One task as the management API shows it.
@@ -926,6 +945,28 @@ pub trait Store: Send + Sync + 'static {
     /// removed. On PostgreSQL one process prunes a store at a time: a call that finds
     /// another one pruning stops and says so ([`PruneReport::busy`]).
     async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError>;
+
+    /// Retries those of `ids` that are dead or failed, each as [`Store::retry`] does
+    /// (pending, due at `now`, attempts reset, `enqueued_at = now`, a step's run running
+    /// again), and returns how many. The others are left as they are, without an error:
+    /// absent, in another state, listed a second time, or whose unique name another live
+    /// task holds. Fails only on a backend error (then, on the SQL stores, none of the
+    /// batch is retried). Callers pass small batches
+    /// ([`Queue::retry_matching`](crate::Queue::retry_matching) passes
+    /// [`RETRY_BATCH`](crate::queue::RETRY_BATCH)): SQLite retries them in one
+    /// transaction, PostgreSQL in one statement that locks their rows in id order. The
+    /// default calls [`Store::retry`] for each.
+    async fn retry_many(&self, ids: &[TaskId], now: Timestamp) -> Result<u64, StoreError> {
+        let mut retried = 0;
+        for id in ids {
+            match self.retry(*id, now).await {
+                Ok(()) => retried += 1,
+                Err(StoreError::NotFound(_) | StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(retried)
+    }
 }
 
 /// Opens a store from a URL: `memory://`, `sqlite://PATH` (created if missing; `sqlite::memory:`

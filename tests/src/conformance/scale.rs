@@ -356,6 +356,7 @@ pub async fn listing_leaves_payloads_out_unless_asked(s: Arc<dyn Store>) {
                             before: got.last().map(|t| t.id),
                             limit: 2,
                             with_payload: false,
+                            args_contains: None,
                         })
                         .await
                         .expect("list");

@@ -236,6 +236,11 @@ pub(super) async fn list_tasks(
     s: &PostgresStore,
     q: &TaskQuery,
 ) -> Result<Vec<TaskInfo>, StoreError> {
+    if q.args_contains.as_deref().is_some_and(|a| a.contains('\0')) {
+        // JSON text never holds a raw NUL (it escapes it), and PostgreSQL text cannot
+        // hold one: the same answer as every store.
+        return Ok(Vec::new());
+    }
     let sql = s.sql(&list_sql(q));
     let limit = if q.limit == 0 { 100 } else { q.limit };
     let limit = limit.min(i64::MAX as usize) as i64;
@@ -250,12 +255,15 @@ pub(super) async fn list_tasks(
     if let Some(task) = &q.task {
         params.push(task);
     }
+    if let Some(args) = &q.args_contains {
+        params.push(args);
+    }
     let r = client.query(&st, &params).await;
     c.check(r)?.iter().map(task_from_row).collect()
 }
 
 /// The statement of [`list_tasks`] (with `{S}`): `$1` is `before`, `$2` the limit, then
-/// the queue and the task name, those given. Only the filters given are in the SQL, and
+/// the queue, the task name and the arguments' substring, those given. Only the filters given are in the SQL, and
 /// each state is written as a literal, so that the planner can use the partial index
 /// made for it: finished states through `(state, id)`, `(state, queue, id)` and
 /// `(state, task, id)` of finished rows, pending tasks through the pending indexes and
@@ -265,9 +273,17 @@ pub(super) fn list_sql(q: &TaskQuery) -> String {
         true => TASK_COLUMNS,
         false => TASK_COLUMNS_NO_PAYLOAD,
     };
+    // The arguments' filter is the last parameter: `strpos`, not `LIKE`, a literal,
+    // case-sensitive match of the stored JSON text (the `json` type keeps it as written),
+    // where `%` and `_` are plain characters.
+    let args_param = 3 + usize::from(q.queue.is_some()) + usize::from(q.task.is_some());
+    let args = match q.args_contains {
+        Some(_) => format!(" AND strpos(payload::text, ${args_param}::text) > 0"),
+        None => String::new(),
+    };
     if q.state.is_none() && q.queue.is_none() && q.task.is_none() {
         return format!(
-            "SELECT {columns} FROM {{S}}.taskq_tasks WHERE id < $1::int8 \
+            "SELECT {columns} FROM {{S}}.taskq_tasks WHERE id < $1::int8{args} \
              ORDER BY id DESC LIMIT $2::int8"
         );
     }
@@ -285,6 +301,7 @@ pub(super) fn list_sql(q: &TaskQuery) -> String {
         n += 1;
         filters.push_str(&format!(" AND task = ${n}::text"));
     }
+    filters.push_str(&args);
     let reads: Vec<String> = states
         .iter()
         .map(|st| {
@@ -397,30 +414,10 @@ pub(super) async fn delete(
 
 /// Puts a dead or failed task back to pending, its run running again.
 pub(super) async fn retry(s: &PostgresStore, id: TaskId, now: Timestamp) -> Result<(), StoreError> {
-    // The old state for the counts (an update returns the new one only): a dead or
-    // failed row changes only by a retry or a deletion, which take its row lock, so the
-    // state read in `o` is the one the update replaces.
-    let sql = s.sql(&format!(
-        "WITH o AS (SELECT id, state FROM {{S}}.taskq_tasks \
-                    WHERE id = $1::int8 AND state IN ('dead', 'failed')), \
-              t AS (UPDATE {{S}}.taskq_tasks x SET state = 'pending', attempts = 0, \
-                        enqueued_at = $2::int8, run_at = $2::int8, finished_at = NULL \
-                    FROM o WHERE x.id = o.id AND x.state IN ('dead', 'failed') \
-                    RETURNING x.run_id, x.queue, o.state AS old_state), \
-              r AS (UPDATE {{S}}.taskq_iterations i SET state = 'running', finished_at = NULL, \
-                        error = NULL, updated_at = $2::int8 \
-                    FROM t WHERE i.run_id = t.run_id), \
-              {counted} \
-         SELECT 1 FROM (SELECT pg_notify('taskq_new', t.queue) FROM t) n",
-        counted = counted("counted", "t", "queue", "old_state", '-'),
-    ));
     let mut c = s.pool.get().await?;
-    let lock = c.prep(&s.lock_runs_of_tasks_sql()).await?;
-    let st = c.prep(&sql).await?;
-    let ids = vec![id.0];
-    match PostgresStore::after_locks(&mut c, (&lock, &[&ids]), (&st, &[&id.0, &now.0])).await? {
-        Ok(rows) if !rows.is_empty() => return Ok(()),
-        Ok(_) => {}
+    match retry_rows(s, &mut c, &[id.0], now).await? {
+        Ok(0) => {}
+        Ok(_) => return Ok(()),
         Err(e) if is_unique_violation(&e) => {
             return Err(StoreError::Conflict(format!(
                 "task {id} cannot be retried: another live task has its unique name"
@@ -436,6 +433,79 @@ pub(super) async fn retry(s: &PostgresStore, id: TaskId, now: Timestamp) -> Resu
             "task {id} is {state}, only a dead or failed task can be retried"
         ))),
     }
+}
+
+/// Retries those of `ids` that are dead or failed, in one statement; when one of them
+/// cannot be (another live task has its unique name, which fails the whole statement),
+/// one by one instead, skipping that one.
+pub(super) async fn retry_many(
+    s: &PostgresStore,
+    ids: &[TaskId],
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let raw: Vec<i64> = ids.iter().map(|id| id.0).collect();
+    let mut c = s.pool.get().await?;
+    match retry_rows(s, &mut c, &raw, now).await? {
+        Ok(n) => return Ok(n),
+        Err(e) if is_unique_violation(&e) => {}
+        Err(e) => {
+            c.check::<()>(Err(e))?;
+        }
+    }
+    let mut retried = 0;
+    for id in &raw {
+        match retry_rows(s, &mut c, std::slice::from_ref(id), now).await? {
+            Ok(n) => retried += n,
+            Err(e) if is_unique_violation(&e) => {}
+            Err(e) => {
+                c.check::<()>(Err(e))?;
+            }
+        }
+    }
+    Ok(retried)
+}
+
+/// The one statement of a retry: the dead or failed rows among `ids` back to pending (their
+/// runs' rows locked first, the lock order; then their own rows in id order, so that two
+/// retries of overlapping batches never wait on each other in a cycle), their runs
+/// running again, the counts moved and their queues notified. Returns how many it
+/// retried, or the statement's SQL error (the transaction rolled back: a unique-name
+/// violation when another live task has the name of one of them).
+async fn retry_rows(
+    s: &PostgresStore,
+    c: &mut PooledConn<'_>,
+    ids: &[i64],
+    now: Timestamp,
+) -> Result<Result<u64, tokio_postgres::Error>, StoreError> {
+    // The old state for the counts (an update returns the new one only): `o` reads it
+    // under the row lock, which a retry or a deletion (the only ways out of dead and
+    // failed) also takes, so it is the state the update replaces.
+    let sql = s.sql(&format!(
+        "WITH o AS (SELECT id, state FROM {{S}}.taskq_tasks \
+                    WHERE id = ANY($1::int8[]) AND state IN ('dead', 'failed') \
+                    ORDER BY id FOR UPDATE), \
+              t AS (UPDATE {{S}}.taskq_tasks x SET state = 'pending', attempts = 0, \
+                        enqueued_at = $2::int8, run_at = $2::int8, finished_at = NULL \
+                    FROM o WHERE x.id = o.id AND x.state IN ('dead', 'failed') \
+                    RETURNING x.run_id, x.queue, o.state AS old_state), \
+              r AS (UPDATE {{S}}.taskq_iterations i SET state = 'running', finished_at = NULL, \
+                        error = NULL, updated_at = $2::int8 \
+                    FROM t WHERE i.run_id = t.run_id), \
+              {counted} \
+         SELECT 1 FROM (SELECT pg_notify('taskq_new', t.queue) FROM t) n",
+        counted = counted("counted", "t", "queue", "old_state", '-'),
+    ));
+    let lock = c.prep(&s.lock_runs_of_tasks_sql()).await?;
+    let st = c.prep(&sql).await?;
+    let ids = ids.to_vec();
+    Ok(
+        PostgresStore::after_locks(c, (&lock, &[&ids]), (&st, &[&ids, &now.0]))
+            .await?
+            .map(|rows| rows.len() as u64),
+    )
 }
 
 /// One iteration run.

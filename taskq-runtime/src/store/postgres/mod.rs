@@ -615,4 +615,8 @@ impl Store for PostgresStore {
     async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
         self.prune_all(now, batch).await
     }
+
+    async fn retry_many(&self, ids: &[TaskId], now: Timestamp) -> Result<u64, StoreError> {
+        manage::retry_many(self, ids, now).await
+    }
 }

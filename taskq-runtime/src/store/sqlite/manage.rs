@@ -11,7 +11,7 @@ use super::rows::{
     run_state, task_columns, task_state, u32_of, u64_of, RawIteration, RawTask, ITERATION_COLUMNS,
     TASK_COLUMNS,
 };
-use super::R;
+use super::{Fail, R};
 use crate::retention;
 use crate::store::tombstone::{self, Deleted, Tombstone};
 use crate::store::{
@@ -142,6 +142,10 @@ pub(super) fn purge(tx: &rusqlite::Transaction<'_>, queue: &str, now: Timestamp)
 pub(super) fn list_tasks(tx: &rusqlite::Transaction<'_>, q: &TaskQuery) -> R<Vec<TaskInfo>> {
     let limit = if q.limit == 0 { 100 } else { q.limit };
     let limit = limit.min(i64::MAX as usize) as i64;
+    if q.args_contains.as_deref().is_some_and(|a| a.contains('\0')) {
+        // JSON text never holds a raw NUL (it escapes it): the same answer as every store.
+        return Ok(Vec::new());
+    }
     // Without a state but with a queue or task name, one indexed read per state (each
     // at most `limit` rows, newest first), merged.
     let states: Vec<Option<TaskState>> = match (q.state, q.queue.is_some() || q.task.is_some()) {
@@ -170,7 +174,9 @@ const FINISHED: &str = "'done', 'failed', 'dead', 'cancelled'";
 /// filters given are written into the SQL, so that SQLite picks the index made for
 /// them (the primary key backwards, `(state, id)`, and for finished tasks
 /// `(state, queue, id)` or `(state, task, id)`; live tasks by queue through the claim
-/// index, whose rows are the live ones); the payload column is read only when asked.
+/// index, whose rows are the live ones); the payload column is returned only when asked
+/// (and read only then, or for [`TaskQuery::args_contains`], checked on each row the
+/// index gives).
 pub(super) fn list_sql(
     q: &TaskQuery,
     state: Option<TaskState>,
@@ -197,6 +203,12 @@ pub(super) fn list_sql(
     if let Some(t) = &q.task {
         args.push(t.clone().into());
         sql.push_str(&format!(" AND task = ?{}", args.len()));
+    }
+    if let Some(a) = &q.args_contains {
+        // `instr`, not `LIKE`: a literal, case-sensitive match of the stored JSON text,
+        // where `%` and `_` are plain characters.
+        args.push(a.clone().into());
+        sql.push_str(&format!(" AND instr(payload, ?{}) > 0", args.len()));
     }
     if let Some(b) = q.before {
         args.push(b.0.into());
@@ -329,6 +341,20 @@ pub(super) fn retry(tx: &rusqlite::Transaction<'_>, id: TaskId, now: Timestamp) 
         .execute(params![run, now.0])?;
     }
     Ok(())
+}
+
+/// Retries those of `ids` that [`retry`] accepts, in the caller's one transaction; the
+/// others are skipped ([`retry`] refuses them before it writes anything).
+pub(super) fn retry_many(tx: &rusqlite::Transaction<'_>, ids: &[TaskId], now: Timestamp) -> R<u64> {
+    let mut retried = 0;
+    for id in ids {
+        match retry(tx, *id, now) {
+            Ok(()) => retried += 1,
+            Err(Fail::Store(StoreError::NotFound(_) | StoreError::Conflict(_))) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(retried)
 }
 
 /// One iteration run.

@@ -552,4 +552,20 @@ impl Store for SqliteStore {
     async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
         self.prune_all(now, batch).await
     }
+
+    async fn retry_many(&self, ids: &[TaskId], now: Timestamp) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids = ids.to_vec();
+        let n = self
+            .call("retrying tasks", move |db| {
+                db.write(true, |tx| manage::retry_many(tx, &ids, now))
+            })
+            .await?;
+        if n > 0 {
+            self.notify.notify_waiters();
+        }
+        Ok(n)
+    }
 }

@@ -308,6 +308,7 @@ async fn listings_claims_and_counts_search_indexes() -> Result<(), StoreError> {
                             before,
                             limit: 10,
                             with_payload,
+                            args_contains: None,
                         };
                         let states: Vec<Option<TaskState>> =
                             match (state, queue.is_some() || task.is_some()) {
