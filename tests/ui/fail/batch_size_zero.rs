@@ -31,7 +31,7 @@ impl Model for Student {
     }
 }
 
-#[iterative_task(model = Student, batch_size = 0)]
+#[iterative_task(model = Student, batch_size = 0)]  //~ mistake
 async fn email_all(ctx: Context, students: Vec<Student>) -> Result<(), TaskError> {
     let _ = (ctx, students);
     Ok(())

@@ -6,7 +6,7 @@ struct Invoice {
 }
 
 #[task]
-async fn bill(invoice: &mut Invoice, lines: Vec<&str>) -> Result<(), TaskError> {
+async fn bill(invoice: &mut Invoice, lines: Vec<&str>) -> Result<(), TaskError> {  //~ mistakes: 2
     let _ = (invoice, lines);
     Ok(())
 }

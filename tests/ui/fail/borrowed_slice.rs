@@ -1,7 +1,7 @@
 use taskq_runtime::{task, TaskError};
 
 #[task]
-async fn upload(bytes: &[u8]) -> Result<(), TaskError> {
+async fn upload(bytes: &[u8]) -> Result<(), TaskError> {  //~ mistake
     let _ = bytes;
     Ok(())
 }

@@ -1,7 +1,7 @@
 use taskq_runtime::{task, Context, TaskError};
 
 #[task]
-async fn send_email(ctx: Context, to: &str) -> Result<(), TaskError> {
+async fn send_email(ctx: Context, to: &str) -> Result<(), TaskError> {  //~ mistake
     let _ = (ctx, to);
     Ok(())
 }

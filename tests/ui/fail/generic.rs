@@ -1,7 +1,7 @@
 use taskq_runtime::{task, TaskError};
 
 #[task]
-async fn store<T: serde::Serialize>(value: T) -> Result<(), TaskError> {
+async fn store<T: serde::Serialize>(value: T) -> Result<(), TaskError> {  //~ mistake
     let _ = value;
     Ok(())
 }

@@ -34,19 +34,19 @@ impl Model for Student {
 struct Teacher;
 
 #[iterative_task(model = Student)]
-async fn email_all(ctx: Context, subject: String, students: Vec<Student>) -> Result<(), TaskError> {
+async fn email_all(ctx: Context, subject: String, students: Vec<Student>) -> Result<(), TaskError> {  //~ mistake
     let _ = (ctx, subject, students);
     Ok(())
 }
 
 #[iterative_task(model = Student)]
-async fn wrong_model(ctx: Context, teachers: Vec<Teacher>) -> Result<(), TaskError> {
+async fn wrong_model(ctx: Context, teachers: Vec<Teacher>) -> Result<(), TaskError> {  //~ mistake
     let _ = (ctx, teachers);
     Ok(())
 }
 
 #[iterative_task(model = Student)]
-async fn no_batch(ctx: Context) -> Result<(), TaskError> {
+async fn no_batch(ctx: Context) -> Result<(), TaskError> {  //~ mistake
     let _ = ctx;
     Ok(())
 }

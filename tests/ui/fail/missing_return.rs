@@ -1,7 +1,7 @@
 use taskq_runtime::{task, Context};
 
 #[task]
-async fn send_email(ctx: Context, to: String) {
+async fn send_email(ctx: Context, to: String) {  //~ mistake
     let _ = (ctx, to);
 }
 

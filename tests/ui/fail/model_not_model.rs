@@ -5,7 +5,7 @@ struct Teacher {
     id: i64,
 }
 
-#[iterative_task(model = Teacher)]
+#[iterative_task(model = Teacher)]  //~ mistake
 async fn email_all(ctx: Context, teachers: Vec<Teacher>, subject: String) -> Result<(), TaskError> {
     let _ = (ctx, teachers, subject);
     Ok(())

@@ -1,7 +1,7 @@
 use taskq_runtime::task;
 
 #[task]
-struct SendEmail {
+struct SendEmail {  //~ mistake
     to: String,
 }
 

@@ -5,7 +5,7 @@ struct Invoice {
 }
 
 #[task]
-async fn bill(ctx: Context, invoice: Invoice, note: String) -> Result<(), TaskError> {
+async fn bill(ctx: Context, invoice: Invoice, note: String) -> Result<(), TaskError> {  //~ mistake
     let _ = (ctx, invoice.id, note);
     Ok(())
 }

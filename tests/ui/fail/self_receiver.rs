@@ -4,7 +4,7 @@ struct Mailer;
 
 impl Mailer {
     #[task]
-    async fn send(&self, to: String) -> Result<(), TaskError> {
+    async fn send(&self, to: String) -> Result<(), TaskError> {  //~ mistake
         let _ = to;
         Ok(())
     }

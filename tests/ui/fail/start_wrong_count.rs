@@ -7,8 +7,8 @@ async fn send_email(ctx: Context, to: String, subject: String) -> Result<(), Tas
 }
 
 async fn demo(queue: &Queue) {
-    let _ = send_email::start(queue, "ada@example.org".into()).await;
-    let _ = send_email::builder("ada@example.org".into(), "Hi".into(), 3);
+    let _ = send_email::start(queue, "ada@example.org".into()).await;  //~ mistake
+    let _ = send_email::builder("ada@example.org".into(), "Hi".into(), 3);  //~ mistake
 }
 
 fn main() {

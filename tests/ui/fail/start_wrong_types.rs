@@ -7,7 +7,7 @@ async fn send_email(ctx: Context, to: String, attempts: u32) -> Result<(), TaskE
 }
 
 async fn demo(queue: &Queue) {
-    let _ = send_email::start(queue, 42, "three").await;
+    let _ = send_email::start(queue, 42, "three").await;  //~ mistake
 }
 
 fn main() {

@@ -2,7 +2,7 @@ use taskq_runtime::{task, TaskError};
 
 #[task]
 async fn store(value: u32) -> Result<(), TaskError>
-where
+where  //~ mistake
     u32: Copy,
 {
     let _ = value;
