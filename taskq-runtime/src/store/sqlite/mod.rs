@@ -46,7 +46,7 @@
 //!
 //! # Tables
 //!
-//! Schema version 4 (versions are rows of `taskq_schema(version INTEGER)`; a database
+//! Schema version 5 (versions are rows of `taskq_schema(version INTEGER)`; a database
 //! whose highest version is newer than this build knows is refused with
 //! [`StoreError::SchemaTooNew`]). Every time is an integer of milliseconds since the Unix
 //! epoch ([`Timestamp`]); every JSON value (payload, filter, cursor) is stored as the exact
@@ -65,7 +65,12 @@
 //!   of finished rows (version 4, partial, so a claim writes neither) for listings by
 //!   key, `(unique_name)` and `(run_id)` (partial, where set), `(state, finished_at)` of
 //!   finished tasks for pruning (version 3). Version 4 drops `(state, run_at)`, which
-//!   nothing reads any more.
+//!   nothing reads any more. Version 5 adds `(queue, lease_until)` of running tasks
+//!   (partial): the lapsed leases a claim takes back, the live ones `max_concurrent`
+//!   counts and the earliest lease end of [`Store::next_due`], each one seek; and
+//!   writes the two finished-listing indexes' condition as `state NOT IN ('pending',
+//!   'running')` (the same rows; a list of four values cost SQLite an ephemeral table at
+//!   every write of a row).
 //! - `taskq_attempts`: one row per ended attempt, `seq` (order), `task_id` (deleted with
 //!   its task), `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error`.
 //! - `taskq_queues`: queues with settings: `name`, `paused`, `rate`, `burst`,
