@@ -174,6 +174,10 @@ fn due_pending(
             out.push(c?);
             found += 1;
         }
+        if found >= limit {
+            // Full: the next level would not be read.
+            break;
+        }
         level = next_level(tx, queue, Some(p))?;
     }
     Ok(())

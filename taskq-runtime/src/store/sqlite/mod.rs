@@ -107,6 +107,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::Notify;
 
@@ -345,6 +346,14 @@ fn open_blocking(path: &str) -> Result<Db, StoreError> {
         .map_err(|e| ctx("setting journal_size_limit", e))?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(|e| ctx("enabling foreign keys", e))?;
+    // The query planner stability guarantee: a plan never depends on the values bound.
+    // Without it, SQLite (3.4x and later) re-prepares a statement at every execution that
+    // binds a new value to a `LIMIT ?` parameter (it reads the value while planning), and
+    // each claim binds its own limit: the parse and plan showed in every claim's profile.
+    // taskq's statements do not rely on bound values for their plans (no LIKE, no STAT4
+    // statistics).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(|e| ctx("enabling the query planner stability guarantee", e))?;
     conn.set_prepared_statement_cache_capacity(64);
     let mut db = Db {
         conn,
