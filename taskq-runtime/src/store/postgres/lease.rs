@@ -161,6 +161,9 @@ FROM f0 CROSS JOIN LATERAL (
     SELECT EXISTS (SELECT 1 FROM {{S}}.taskq_tasks t
                    JOIN {{S}}.taskq_iterations i ON i.run_id = t.run_id
                    WHERE t.id = f0.id AND i.state <> 'running') AS ended
+    -- OFFSET 0 keeps this subquery whole: pulled up, its EXISTS was copied into each
+    -- of the ten uses of `e.ended` above and run ten times per row (auto_explain).
+    OFFSET 0
 ) e
 ),
 upd AS (
