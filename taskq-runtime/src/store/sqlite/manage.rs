@@ -167,8 +167,10 @@ pub(super) fn list_tasks(tx: &rusqlite::Transaction<'_>, q: &TaskQuery) -> R<Vec
     raw.into_iter().map(RawTask::decode).collect()
 }
 
-/// The states of the partial listing indexes, as written in their condition.
-const FINISHED: &str = "'done', 'failed', 'dead', 'cancelled'";
+/// The condition of the partial listing indexes of finished tasks, as written in them
+/// (schema version 5: two live states excluded rather than four finished ones listed,
+/// see `schema.rs`).
+const FINISHED: &str = "state NOT IN ('pending', 'running')";
 
 /// The statement of one indexed read of [`list_tasks`] and its arguments: only the
 /// filters given are written into the SQL, so that SQLite picks the index made for
@@ -193,7 +195,7 @@ pub(super) fn list_sql(
     if let Some(s) = state {
         sql.push_str(&format!(" AND state = '{}'", s.as_str()));
         if !s.is_live() && (q.queue.is_some() || q.task.is_some()) {
-            sql.push_str(&format!(" AND state IN ({FINISHED})"));
+            sql.push_str(&format!(" AND {FINISHED}"));
         }
     }
     if let Some(queue) = &q.queue {

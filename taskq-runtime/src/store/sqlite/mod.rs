@@ -46,7 +46,7 @@
 //!
 //! # Tables
 //!
-//! Schema version 4 (versions are rows of `taskq_schema(version INTEGER)`; a database
+//! Schema version 5 (versions are rows of `taskq_schema(version INTEGER)`; a database
 //! whose highest version is newer than this build knows is refused with
 //! [`StoreError::SchemaTooNew`]). Every time is an integer of milliseconds since the Unix
 //! epoch ([`Timestamp`]); every JSON value (payload, filter, cursor) is stored as the exact
@@ -65,7 +65,12 @@
 //!   of finished rows (version 4, partial, so a claim writes neither) for listings by
 //!   key, `(unique_name)` and `(run_id)` (partial, where set), `(state, finished_at)` of
 //!   finished tasks for pruning (version 3). Version 4 drops `(state, run_at)`, which
-//!   nothing reads any more.
+//!   nothing reads any more. Version 5 adds `(queue, lease_until)` of running tasks
+//!   (partial): the lapsed leases a claim takes back, the live ones `max_concurrent`
+//!   counts and the earliest lease end of [`Store::next_due`], each one seek; and
+//!   writes the two finished-listing indexes' condition as `state NOT IN ('pending',
+//!   'running')` (the same rows; a list of four values cost SQLite an ephemeral table at
+//!   every write of a row).
 //! - `taskq_attempts`: one row per ended attempt, `seq` (order), `task_id` (deleted with
 //!   its task), `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error`.
 //! - `taskq_queues`: queues with settings: `name`, `paused`, `rate`, `burst`,
@@ -102,6 +107,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::Notify;
 
@@ -340,6 +346,14 @@ fn open_blocking(path: &str) -> Result<Db, StoreError> {
         .map_err(|e| ctx("setting journal_size_limit", e))?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(|e| ctx("enabling foreign keys", e))?;
+    // The query planner stability guarantee: a plan never depends on the values bound.
+    // Without it, SQLite (3.4x and later) re-prepares a statement at every execution that
+    // binds a new value to a `LIMIT ?` parameter (it reads the value while planning), and
+    // each claim binds its own limit: the parse and plan showed in every claim's profile.
+    // taskq's statements do not rely on bound values for their plans (no LIKE, no STAT4
+    // statistics).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(|e| ctx("enabling the query planner stability guarantee", e))?;
     conn.set_prepared_statement_cache_capacity(64);
     let mut db = Db {
         conn,
