@@ -514,7 +514,9 @@ async fn fill(store: &dyn Store, finished: u64, priority: i32) -> Result<(), Box
         let mut left = finished / 10;
         while left > 0 {
             let k = left.min(FILL_ENQUEUE as u64);
-            let batch = (0..k).map(|i| new_task_in(queue, seq + i, priority, at)).collect();
+            let batch = (0..k)
+                .map(|i| new_task_in(queue, seq + i, priority, at))
+                .collect();
             store.enqueue(batch, Timestamp::now()).await?;
             seq += k;
             left -= k;

@@ -60,7 +60,6 @@ use taskq_runtime::{
     iterative_task, task, Context, Model, Queue, Store, TaskError, TaskId, Timestamp, Worker,
 };
 
-
 /// The benchmark table, behind one mutex-guarded connection.
 #[derive(Clone)]
 struct BenchDb(Arc<Mutex<Connection>>);

@@ -615,4 +615,12 @@ impl Store for PostgresStore {
     async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
         self.prune_all(now, batch).await
     }
+
+    async fn finished_per_minute(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<FinishedMinute>, StoreError> {
+        manage::finished_per_minute(self, since, until).await
+    }
 }

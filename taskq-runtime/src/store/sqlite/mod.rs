@@ -552,4 +552,15 @@ impl Store for SqliteStore {
     async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
         self.prune_all(now, batch).await
     }
+
+    async fn finished_per_minute(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<FinishedMinute>, StoreError> {
+        self.call("counting finished tasks by minute", move |db| {
+            db.read(|tx| manage::finished_per_minute(tx, since, until))
+        })
+        .await
+    }
 }
