@@ -255,6 +255,14 @@ pub enum ConsoleError {
     Io(#[from] std::io::Error),
 }
 
+/// A new random token for [`ConsoleConfig::token`]: 32 hexadecimal characters (128 bits)
+/// from the operating system's random source. Fails only when that source does.
+pub fn random_token() -> Result<String, ConsoleError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| ConsoleError::Random(e.to_string()))?;
+    Ok(auth::hex(&bytes))
+}
+
 /// What every handler shares.
 pub(crate) struct Console {
     pub(crate) queue: Queue,

@@ -254,8 +254,18 @@ pub(crate) fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// A time for people, in UTC to the second: `2026-11-30 13:28:46`.
+pub(crate) fn when(t: Timestamp) -> String {
+    let s = t.to_string();
+    // Display is RFC 3339 with milliseconds: `2026-11-30T13:28:46.123Z`.
+    match s.split_once('.') {
+        Some((head, _)) => head.replacen('T', " ", 1),
+        None => s,
+    }
+}
+
 fn time(t: Option<Timestamp>) -> String {
-    t.map(|t| t.to_string()).unwrap_or_default()
+    t.map(when).unwrap_or_default()
 }
 
 /// One queue on the queues page.
@@ -330,7 +340,7 @@ impl TaskRow {
             queue: t.queue.clone(),
             state: t.state.as_str(),
             attempts: t.attempts,
-            run_at: t.run_at.to_string(),
+            run_at: when(t.run_at),
             finished_at: time(t.finished_at),
             last_error: cut(t.last_error.as_deref().unwrap_or(""), 300),
             retryable: retryable(t.state),
@@ -388,8 +398,8 @@ impl AttemptRow {
         AttemptRow {
             attempt: a.attempt,
             worker: a.worker.clone(),
-            started_at: a.started_at.to_string(),
-            finished_at: a.finished_at.to_string(),
+            started_at: when(a.started_at),
+            finished_at: when(a.finished_at),
             took: duration(a.finished_at.since(a.started_at).as_secs_f64()),
             outcome: a.outcome.clone(),
             error: a.error.clone().unwrap_or_default(),
@@ -438,9 +448,9 @@ impl TaskPage {
             priority: t.priority,
             attempts_made: t.attempts,
             unique_name: t.unique_name.clone().unwrap_or_default(),
-            created_at: t.created_at.to_string(),
-            enqueued_at: t.enqueued_at.to_string(),
-            run_at: t.run_at.to_string(),
+            created_at: when(t.created_at),
+            enqueued_at: when(t.enqueued_at),
+            run_at: when(t.run_at),
             finished_at: time(t.finished_at),
             worker: t.worker.clone().unwrap_or_default(),
             lease_until: time(t.lease_until),
@@ -525,8 +535,8 @@ impl RunRow {
             steps: it.steps,
             rate: rate.map(|r| format!("{r:.1}/s")).unwrap_or_default(),
             eta,
-            started_at: it.started_at.to_string(),
-            updated_at: it.updated_at.to_string(),
+            started_at: when(it.started_at),
+            updated_at: when(it.updated_at),
             finished_at: time(it.finished_at),
             error: it.error.clone().unwrap_or_default(),
             cancellable: running,
@@ -564,6 +574,11 @@ pub(crate) fn duration(secs: f64) -> String {
 mod tests {
     use super::*;
     use crate::store::TaskId;
+
+    #[test]
+    fn times_to_the_second_in_utc() {
+        assert_eq!(when(Timestamp(1_800_000_000_123)), "2027-01-15 08:00:00");
+    }
 
     #[test]
     fn durations_for_people() {
