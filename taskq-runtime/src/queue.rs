@@ -1,6 +1,6 @@
 //! [`Queue`]: the handle to start tasks and manage them (the management API: list, inspect,
-//! run now, delete, retry, pause, resume, purge, configure, prune; taskq has no CLI or
-//! console yet).
+//! run now, delete, retry, pause, resume, purge, configure, prune, throughput; the web
+//! console, feature `console`, is built on it).
 
 use std::sync::Arc;
 use std::time::Duration;
