@@ -2,10 +2,81 @@
 //! minute, as an inline SVG drawn on the server (no script, no inline style: its colours
 //! come from the stylesheet through classes). It holds numbers and times only, never a
 //! value from a task, so the template includes it unescaped.
+//!
+//! Its numbers come from [`Store::finished_per_minute`](crate::store::Store::finished_per_minute),
+//! which reads every row finished in the window: an hour of a busy store is millions of
+//! rows, and the page refreshes every few seconds. So the console counts each settled
+//! minute once ([`Counted`]) and each refresh recounts only the last two minutes.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Mutex;
 
-use crate::store::FinishedMinute;
+use crate::store::{FinishedMinute, StoreError, MINUTE_MS};
+use crate::time::Timestamp;
+use crate::Queue;
+
+/// The minutes a console has counted and that no longer change: every minute before the
+/// one before the current one (a finish is stored moments after its time, so the minute
+/// just past may still grow). A retry or a prune of a task of a settled minute is not
+/// seen by this console's chart; a restart counts afresh.
+#[derive(Debug, Default)]
+pub(crate) struct Counted(Mutex<BTreeMap<i64, FinishedMinute>>);
+
+/// Tasks done, failed and dead per minute over the last `minutes` minutes (the current
+/// one last), as [`Queue::throughput`] gives them, asking the store only for the minutes
+/// not yet settled in `counted`.
+pub(crate) async fn last_minutes(
+    queue: &Queue,
+    counted: &Counted,
+    minutes: u32,
+) -> Result<Vec<FinishedMinute>, StoreError> {
+    let current = FinishedMinute::minute_of(queue.clock().now()).0;
+    let first = current.saturating_sub(i64::from(minutes.saturating_sub(1)) * MINUTE_MS);
+    let settled = current.saturating_sub(MINUTE_MS);
+    let lock = || counted.0.lock().unwrap_or_else(|p| p.into_inner());
+    // The first minute of the window not counted yet: from there on, ask the store.
+    let from = {
+        let known = lock();
+        let mut m = first;
+        while m < settled && known.contains_key(&m) {
+            m += MINUTE_MS;
+        }
+        m
+    };
+    let found: BTreeMap<i64, FinishedMinute> = queue
+        .store()
+        .finished_per_minute(
+            Timestamp(from),
+            Timestamp(current.saturating_add(MINUTE_MS)),
+        )
+        .await?
+        .into_iter()
+        .map(|m| (m.minute.0, m))
+        .collect();
+    let zero = |m: i64| FinishedMinute {
+        minute: Timestamp(m),
+        ..FinishedMinute::default()
+    };
+    let mut known = lock();
+    // A clock moved back (or far ahead) leaves nothing stale behind.
+    known.retain(|m, _| *m >= first && *m < settled);
+    let mut out = Vec::with_capacity(minutes as usize);
+    let mut m = first;
+    while m <= current {
+        let v = if m < from {
+            known.get(&m).copied().unwrap_or_else(|| zero(m))
+        } else {
+            found.get(&m).copied().unwrap_or_else(|| zero(m))
+        };
+        if m >= from && m < settled {
+            known.insert(m, v);
+        }
+        out.push(v);
+        m += MINUTE_MS;
+    }
+    Ok(out)
+}
 
 const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 160.0;
@@ -88,8 +159,78 @@ fn clock(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::time::Timestamp;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{ClaimRequest, Finish, NewTask, Outcome, Store};
+    use crate::time::Clock;
+
+    /// Stores a task and ends it done at `at`.
+    async fn done_at(s: &dyn Store, at: Timestamp) {
+        let t = NewTask {
+            task: "t".into(),
+            queue: "q".into(),
+            payload: serde_json::json!({}),
+            priority: 0,
+            run_at: at,
+            unique_name: None,
+            tombstone: std::time::Duration::ZERO,
+            iteration: None,
+        };
+        s.enqueue(vec![t], at).await.expect("enqueue");
+        let c = s
+            .claim(&ClaimRequest {
+                queues: vec![],
+                worker: "w".into(),
+                limit: 1,
+                lease: std::time::Duration::from_secs(30),
+                now: at,
+            })
+            .await
+            .expect("claim");
+        let f = Finish {
+            lease: c[0].lease,
+            outcome: Outcome::Done,
+            started_at: at,
+        };
+        s.finish(vec![f], "w", at).await.expect("finish");
+    }
+
+    #[tokio::test]
+    async fn settled_minutes_are_counted_once_and_the_window_matches_the_queue() {
+        let t0 = 1_800_000_000_000; // a minute's start
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let clock = Clock::manual(Timestamp(t0 + 10 * MINUTE_MS + 5));
+        let queue = Queue::with_clock(store.clone(), clock.clone());
+        done_at(&*store, Timestamp(t0 + 2 * MINUTE_MS)).await;
+        done_at(&*store, Timestamp(t0 + 9 * MINUTE_MS)).await;
+        let counted = Counted::default();
+        let first = last_minutes(&queue, &counted, 5).await.expect("chart");
+        assert_eq!(first, queue.throughput(5).await.expect("throughput"));
+        assert_eq!(
+            first.iter().map(|m| m.done).collect::<Vec<_>>(),
+            [0, 0, 0, 1, 0]
+        );
+        // Minutes 6, 7 and 8 are settled now: a finish written into one of them later is
+        // not counted again, while the last two minutes are recounted.
+        done_at(&*store, Timestamp(t0 + 7 * MINUTE_MS)).await;
+        done_at(&*store, Timestamp(t0 + 9 * MINUTE_MS + 1)).await;
+        done_at(&*store, Timestamp(t0 + 10 * MINUTE_MS + 1)).await;
+        let again = last_minutes(&queue, &counted, 5).await.expect("chart");
+        assert_eq!(
+            again.iter().map(|m| m.done).collect::<Vec<_>>(),
+            [0, 0, 0, 2, 1]
+        );
+        // A minute later the window moves on by one.
+        clock.advance_to(Timestamp(t0 + 11 * MINUTE_MS));
+        let moved = last_minutes(&queue, &counted, 5).await.expect("chart");
+        assert_eq!(
+            moved.iter().map(|m| m.done).collect::<Vec<_>>(),
+            [0, 0, 2, 1, 0]
+        );
+        assert_eq!(moved[0].minute, Timestamp(t0 + 7 * MINUTE_MS));
+    }
 
     #[test]
     fn one_group_a_minute_scaled_to_the_busiest() {

@@ -30,7 +30,7 @@
 //!
 //! Pages refresh themselves every [`ConsoleConfig::refresh`] through a small script served
 //! by the console (`/assets/console.js`), which pauses while a person reads: while the
-//! pointer is over a table or the arguments, text is selected, a form field has the focus,
+//! pointer is over a table, the arguments, the chart or a form, text is selected, a form field has the focus,
 //! a row is ticked, the page is scrolled down or hidden, or the person paused it.
 //!
 //! # Actions
@@ -268,6 +268,8 @@ pub(crate) struct Console {
     pub(crate) queue: Queue,
     pub(crate) config: ConsoleConfig,
     pub(crate) keys: auth::Keys,
+    /// The throughput chart's settled minutes.
+    pub(crate) counted: chart::Counted,
 }
 
 /// Shared state of the console's handlers.
@@ -285,6 +287,7 @@ pub fn router(queue: Queue, config: ConsoleConfig) -> Result<Router, ConsoleErro
         queue,
         config,
         keys,
+        counted: chart::Counted::default(),
     });
     let app = Router::new()
         .merge(pages::routes())

@@ -46,7 +46,8 @@ pub(crate) fn store_error(chrome: &Chrome, e: &StoreError) -> Response {
 async fn queues(State(console): State<Shared>, chrome: Chrome) -> Response {
     let chrome = chrome.at("queues");
     let q = &console.queue;
-    let (queues, minutes) = match tokio::try_join!(q.queues(), q.throughput(CHART_MINUTES)) {
+    let chart = chart::last_minutes(q, &console.counted, CHART_MINUTES);
+    let (queues, minutes) = match tokio::try_join!(q.queues(), chart) {
         Ok(r) => r,
         Err(e) => return store_error(&chrome, &e),
     };
@@ -128,6 +129,7 @@ async fn tasks(
         filter_query,
         older,
         paged: page.before.is_some(),
+        retry_offered: filter.state.is_none_or(super::templates::retryable),
         problem,
         chrome,
     })

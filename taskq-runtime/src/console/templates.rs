@@ -379,6 +379,8 @@ pub(crate) struct TasksPage {
     pub(crate) older: Option<String>,
     /// Whether this is a later page (shows a link back to the newest).
     pub(crate) paged: bool,
+    /// Whether the filter can match dead or failed tasks (offers "retry all matching").
+    pub(crate) retry_offered: bool,
     pub(crate) problem: String,
 }
 

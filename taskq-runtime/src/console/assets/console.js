@@ -1,7 +1,7 @@
 // taskq console: live refresh that pauses while a person reads. Vendored with the crate,
 // served from the binary; no dependency. Every few seconds (the body's data-refresh, in
 // seconds; 0 = off) it fetches the page again and swaps its #content, unless the person
-// is reading: the pointer is over a table, the arguments or an error; text is selected;
+// is reading: the pointer is over a table, the arguments, the chart or a form; text is selected;
 // a form field has the focus; a row is ticked; the page is scrolled down or hidden; or
 // the person paused it with the #refresh-toggle button.
 (function () {
@@ -15,7 +15,7 @@
   var pausedByHand = false;
 
   document.addEventListener("mouseover", function (e) {
-    hovering = !!(e.target.closest && e.target.closest("table, pre, .reading, svg"));
+    hovering = !!(e.target.closest && e.target.closest("table, pre, svg, form, .reading"));
   });
   document.addEventListener("mouseleave", function () { hovering = false; });
 
