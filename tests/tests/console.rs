@@ -418,6 +418,14 @@ async fn serve_refuses_to_run_without_credentials(_s: Arc<dyn Store>) {
     )
     .await;
     assert!(matches!(r, Err(ConsoleError::NotLoopback(_))), "{r:?}");
+    let mut secret = ConsoleConfig::password("ops", "correct horse");
+    secret.session_key = Some(b"0123456789abcdef0123456789abcdef".to_vec());
+    let shown = format!("{secret:?}");
+    assert!(
+        !shown.contains("horse") && !shown.contains("0123456789abcdef"),
+        "{shown}"
+    );
+    assert!(!format!("{:?}", ConsoleConfig::token(TOKEN)).contains(TOKEN));
     for weak in [
         ConsoleConfig::token("short"),
         ConsoleConfig::password("", "long enough"),
@@ -428,6 +436,45 @@ async fn serve_refuses_to_run_without_credentials(_s: Arc<dyn Store>) {
             Err(ConsoleError::WeakCredentials(_))
         ));
     }
+}
+
+/// `serve_on` serves the console on a bound socket (unauthenticated on loopback here)
+/// until its shutdown future completes.
+async fn serve_on_a_socket_until_shutdown(s: Arc<dyn Store>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(console::serve_on(
+        Queue::new(s),
+        ConsoleConfig::unauthenticated_loopback(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(b"GET /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-security-policy:"),
+        "{answer}"
+    );
+    assert!(answer.contains(r#"id="filters""#), "{answer}");
+    let _ = stop.send(());
+    let ended = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the server stops on shutdown")
+        .expect("no panic");
+    assert!(ended.is_ok(), "{ended:?}");
 }
 
 /// Without credentials (the explicit flag), the console answers only for a loopback host
@@ -863,6 +910,7 @@ mod memory {
         unauthenticated_requests_get_401, password_sign_in_and_out, actions_need_the_csrf_token,
         security_headers_on_every_response, serve_refuses_to_run_without_credentials,
         unauthenticated_mode_is_loopback_only_and_keeps_csrf, nested_router_links_under_its_path,
+        serve_on_a_socket_until_shutdown,
         no_request_starts_a_task, values_from_tasks_are_escaped, each_action_changes_the_store,
         read_only_refuses_actions, queues_chart_and_paged_listing,
     );

@@ -123,8 +123,8 @@ pub const MIN_PASSWORD_BYTES: usize = 8;
 
 /// How the console runs. Build one with [`ConsoleConfig::token`],
 /// [`ConsoleConfig::password`] or [`ConsoleConfig::unauthenticated_loopback`], then set
-/// the other fields.
-#[derive(Clone, Debug)]
+/// the other fields. Its `Debug` form hides the secrets.
+#[derive(Clone)]
 pub struct ConsoleConfig {
     /// Who may use the console; `None` only with
     /// [`allow_unauthenticated_loopback`](Self::allow_unauthenticated_loopback).
@@ -145,12 +145,30 @@ pub struct ConsoleConfig {
     /// Marks the session cookie `Secure` (sent over HTTPS only): set it when the console
     /// is served over HTTPS. Default `false`.
     pub secure_cookie: bool,
-    /// How often pages refresh themselves while nobody reads them; zero turns live
-    /// refresh off. Default 5 seconds.
+    /// How often pages refresh themselves while nobody reads them, in whole seconds; under
+    /// one second turns live refresh off. Default 5 seconds.
     pub refresh: Duration,
     /// Tasks per page on `/tasks` (the `limit` query parameter may ask for up to 500).
     /// Default 50.
     pub page_size: usize,
+}
+
+impl std::fmt::Debug for ConsoleConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleConfig")
+            .field("auth", &self.auth)
+            .field(
+                "allow_unauthenticated_loopback",
+                &self.allow_unauthenticated_loopback,
+            )
+            .field("read_only", &self.read_only)
+            .field("session_key", &self.session_key.as_ref().map(|_| "***"))
+            .field("session_ttl", &self.session_ttl)
+            .field("secure_cookie", &self.secure_cookie)
+            .field("refresh", &self.refresh)
+            .field("page_size", &self.page_size)
+            .finish()
+    }
 }
 
 impl ConsoleConfig {
