@@ -206,6 +206,10 @@ async fn unauthenticated_requests_get_401(s: Arc<dyn Store>) {
         );
         assert!(r.body.contains(r#"id="sign-in-button""#));
         assert!(!r.body.contains("console::job"), "{path} shows no data");
+        assert!(
+            !r.body.contains(r#"href="/tasks""#),
+            "{path}: no navigation"
+        );
     }
     for path in [
         &format!("/tasks/{id}/retry"),

@@ -40,7 +40,8 @@ pub(crate) struct Chrome {
     pub(crate) signed_in: bool,
     /// Live refresh every this many seconds (0: off).
     pub(crate) refresh: u64,
-    /// The current section of the navigation: `queues`, `tasks` or `runs`.
+    /// The current section of the navigation: `queues`, `tasks` or `runs` (`sign-in`: none
+    /// shown).
     pub(crate) nav: &'static str,
     /// A message about the action just done (from the redirect's query), or empty.
     pub(crate) notice: String,
@@ -227,7 +228,8 @@ pub(crate) struct LoginPage<'a> {
 
 /// The sign-in form (status 200; callers set 401 where it answers a refusal).
 pub(crate) fn login_page(console: &Shared, chrome: &Chrome, next: &str, error: &str) -> Response {
-    let chrome = chrome.clone().still();
+    // No navigation: every link would answer with this form again.
+    let chrome = chrome.clone().still().at("sign-in");
     render(&LoginPage {
         chrome: &chrome,
         password: matches!(console.config.auth, Some(ConsoleAuth::Password { .. })),
