@@ -17,7 +17,8 @@
   document.addEventListener("mouseover", function (e) {
     hovering = !!(e.target.closest && e.target.closest("table, pre, svg, form, .reading"));
   });
-  document.addEventListener("mouseleave", function () { hovering = false; });
+  // The pointer left the window: nobody is reading over a table any more.
+  document.addEventListener("mouseout", function (e) { if (!e.relatedTarget) { hovering = false; } });
 
   function reading() {
     if (pausedByHand) { return "paused"; }
