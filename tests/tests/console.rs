@@ -493,6 +493,23 @@ async fn unauthenticated_mode_is_loopback_only_and_keeps_csrf(s: Arc<dyn Store>)
         .body(Body::empty())
         .expect("request");
     assert_eq!(send(&app, rebound).await.status, StatusCode::FORBIDDEN);
+    // A peer elsewhere (where the server gives its address), whatever `Host` it sends.
+    let mut remote = get("/tasks", None);
+    remote
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [192, 0, 2, 7],
+            40_000,
+        ))));
+    assert_eq!(send(&app, remote).await.status, StatusCode::FORBIDDEN);
+    let mut local = get("/tasks", None);
+    local
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            40_000,
+        ))));
+    assert_eq!(send(&app, local).await.status, StatusCode::OK);
     let page = send(&app, get("/tasks", None)).await;
     assert_eq!(page.status, StatusCode::OK);
     let cookie = session_cookie(&page).expect("a session for CSRF");

@@ -209,6 +209,14 @@ fn loopback_host(headers: &HeaderMap) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether the peer is on this machine, where the server says who it is (axum's
+/// `ConnectInfo`, which [`super::serve`] provides); `true` where it does not say.
+fn loopback_peer(req: &Request) -> bool {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_none_or(|c| c.0.ip().is_loopback())
+}
+
 /// What the `Authorization: Bearer` header says: `None` without one, `Some(ok)` with one.
 fn bearer(console: &Shared, headers: &HeaderMap) -> Option<bool> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -231,7 +239,7 @@ pub(crate) async fn gate(State(console): State<Shared>, req: Request, next: Next
     let now = Timestamp::now();
     let mut new_cookie = None;
     let principal = match (&console.config.auth, bearer(&console, req.headers())) {
-        (None, _) if !loopback_host(req.headers()) => {
+        (None, _) if !loopback_host(req.headers()) || !loopback_peer(&req) => {
             return templates::error_page(
                 &chrome,
                 StatusCode::FORBIDDEN,

@@ -53,7 +53,8 @@
 //! - **Unauthenticated** only when the configuration says so explicitly
 //!   ([`ConsoleConfig::unauthenticated_loopback`]): [`serve`] then refuses any address but
 //!   a loopback one, and the console answers only requests whose `Host` is a loopback
-//!   name or address (against DNS rebinding).
+//!   name or address (against DNS rebinding) from a peer on this machine (where the
+//!   server gives the peer's address, as [`serve`] does).
 //! - **CSRF**: every POST made with the session cookie carries a token derived from that
 //!   session (HMAC), checked in constant time before any handler runs; a POST without it,
 //!   or with a wrong one, is refused with 403. A request with `Authorization: Bearer` needs
@@ -200,9 +201,13 @@ impl ConsoleConfig {
         }))
     }
 
-    /// A console without credentials, for this machine only: answers requests for a
-    /// loopback host only, and [`serve`] refuses any other address. Anyone who can open a
-    /// connection on this machine can use it.
+    /// A console without credentials, for this machine only: it answers only requests
+    /// whose `Host` is a loopback name or address (against DNS rebinding) and, where the
+    /// server gives the peer's address (axum's `ConnectInfo`, as [`serve`] does), only
+    /// peers on this machine; [`serve`] binds only a loopback address. Anyone who can open
+    /// a connection on this machine can use it. Nesting it yourself, bind a loopback
+    /// address or serve with `into_make_service_with_connect_info::<SocketAddr>()`: a
+    /// client elsewhere can send any `Host`.
     pub fn unauthenticated_loopback() -> ConsoleConfig {
         let mut c = ConsoleConfig::with_auth(None);
         c.allow_unauthenticated_loopback = true;
@@ -348,9 +353,14 @@ pub async fn serve_on(
 ) -> Result<(), ConsoleError> {
     config.check_bind(listener.local_addr()?)?;
     let app = router(queue, config)?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    // With the peer's address, so that an unauthenticated console refuses any peer but
+    // this machine even if its listener was bound more widely.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     Ok(())
 }
 
