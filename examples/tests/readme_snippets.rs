@@ -398,3 +398,32 @@ async fn welcome_new_user(to: String, locale: Option<String>) -> Result<(), Task
         Ok(())
     }
 }
+
+/// "The web console": the router nested in an application.
+#[rustfmt::skip]
+mod console {
+    use std::error::Error;
+
+    use taskq_runtime::Queue;
+
+    async fn mount(queue: Queue) -> Result<axum::Router, Box<dyn Error>> {
+use taskq_runtime::console::{self, ConsoleConfig};
+
+// The operator's secret, 16 bytes or more: from your configuration, or a random one.
+let token = console::random_token()?;
+println!("console token: {token}");
+let mut config = ConsoleConfig::token(token);   // or ConsoleConfig::password("ops", password)
+config.read_only = false;                        // true: the pages only, every action refused
+let app = axum::Router::new()
+    .route("/", axum::routing::get(|| async { "my application" }))
+    .nest("/admin", console::router(queue.clone(), config)?);  // the console at /admin
+        Ok(app)
+    }
+
+    #[tokio::test]
+    async fn the_console_mounts() -> Result<(), Box<dyn Error>> {
+        let queue = Queue::open("memory://").await?;
+        let _app: axum::Router = mount(queue).await?;
+        Ok(())
+    }
+}

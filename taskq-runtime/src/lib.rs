@@ -44,6 +44,8 @@
 //! after they finished and failed and dead ones after 7 days, per queue as configured
 //! (see [`retention`]).
 
+#[cfg(feature = "console")]
+pub mod console;
 pub mod error;
 mod into_task_error;
 pub mod iterative;

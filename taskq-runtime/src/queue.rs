@@ -1,15 +1,15 @@
 //! [`Queue`]: the handle to start tasks and manage them (the management API: list and
 //! filter, inspect, run now, delete, retry one or every match, pause, resume, purge,
-//! configure, prune, iteration runs and their cancellation). The `taskq` command
-//! (`taskq-cli`) is a shell over these calls.
+//! configure, prune, throughput, iteration runs and their cancellation). The `taskq`
+//! command (`taskq-cli`) and the web console (feature `console`) are built on it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::StartError;
 use crate::store::{
-    self, IterationInfo, NewIteration, NewTask, PruneReport, QueueConfig, QueueInfo, Store,
-    StoreError, TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
+    self, FinishedMinute, IterationInfo, NewIteration, NewTask, PruneReport, QueueConfig,
+    QueueInfo, Store, StoreError, TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
 };
 use crate::task::{TaskDef, TaskKind};
 use crate::time::{Clock, Timestamp};
@@ -224,6 +224,35 @@ impl Queue {
     /// cancelled already).
     pub async fn cancel_iteration(&self, run: TaskId) -> Result<(), StoreError> {
         self.store.cancel_iteration(run, self.clock.now()).await
+    }
+
+    /// Tasks done, failed and dead per minute over the last `minutes` minutes, by their
+    /// finish times: exactly `minutes` entries, oldest first, each a whole UTC minute, the
+    /// last one the current minute (still filling); minutes with nothing finished count
+    /// zero. The console's throughput chart asks for 60 (the last hour). See
+    /// [`Store::finished_per_minute`] for what is counted.
+    pub async fn throughput(&self, minutes: u32) -> Result<Vec<FinishedMinute>, StoreError> {
+        let current = FinishedMinute::minute_of(self.clock.now());
+        let first = Timestamp(
+            current
+                .0
+                .saturating_sub(i64::from(minutes.saturating_sub(1)) * store::MINUTE_MS),
+        );
+        let until = Timestamp(current.0.saturating_add(store::MINUTE_MS));
+        let found = self.store.finished_per_minute(first, until).await?;
+        Ok((0..i64::from(minutes))
+            .map(|i| {
+                let minute = Timestamp(first.0.saturating_add(i * store::MINUTE_MS));
+                found
+                    .iter()
+                    .find(|m| m.minute == minute)
+                    .copied()
+                    .unwrap_or(FinishedMinute {
+                        minute,
+                        ..FinishedMinute::default()
+                    })
+            })
+            .collect())
     }
 
     /// Deletes now what retention no longer keeps (workers also do it about every minute):

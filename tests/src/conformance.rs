@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskq_runtime::store::{
-    Checkpoint, ClaimRequest, ClaimedTask, Finish, NewIteration, NewTask, Outcome, QueueConfig,
-    RunState, Store, StoreError, TaskQuery, TaskState,
+    Checkpoint, ClaimRequest, ClaimedTask, Finish, FinishedMinute, NewIteration, NewTask, Outcome,
+    QueueConfig, RunState, Store, StoreError, TaskQuery, TaskState,
 };
 use taskq_runtime::{Retention, TaskId, Timestamp};
 
@@ -2711,6 +2711,89 @@ pub async fn cancel_racing_the_hand_over_leaves_no_live_step(s: Arc<dyn Store>) 
         .is_empty());
 }
 
+/// Issue 12 (the console's throughput chart): tasks that ended done, failed or dead are
+/// counted by the minute of their finish time, in `[since, until)`, oldest minute first,
+/// minutes with none left out; live and cancelled tasks are not counted, and a task
+/// retried from dead counts where it ends again, not where it died.
+pub async fn finished_per_minute_counts_ends_by_minute(s: Arc<dyn Store>) {
+    const MIN: i64 = 60_000;
+    assert_eq!(T0.0 % MIN, 0, "T0 starts a minute");
+    ended_as(&*s, new_task("a", 1), Outcome::Done, T0).await;
+    ended_as(&*s, new_task("b", 2), Outcome::Done, at(MIN - 1)).await;
+    ended_as(&*s, new_task("c", 3), failed("fatal"), at(MIN)).await;
+    ended_as(&*s, new_task("d", 4), dead("spent"), at(2 * MIN + 5_000)).await;
+    let retried = ended_as(&*s, new_task("e", 5), dead("spent"), at(2 * MIN + 6_000)).await;
+    s.retry(retried, at(2 * MIN + 7_000)).await.expect("retry");
+    s.enqueue(vec![new_task("f", 6)], T0)
+        .await
+        .expect("a live task");
+    let run = s
+        .enqueue(
+            vec![NewTask {
+                iteration: Some(NewIteration { filter: json!({}) }),
+                ..new_task("g", 7)
+            }],
+            T0,
+        )
+        .await
+        .expect("a run")[0];
+    s.cancel_iteration(run, at(MIN + 10)).await.expect("cancel");
+
+    let minute = |m: i64, done: u64, failed: u64, dead: u64| FinishedMinute {
+        minute: at(m * MIN),
+        done,
+        failed,
+        dead,
+    };
+    let all = s
+        .finished_per_minute(T0, at(10 * MIN))
+        .await
+        .expect("per minute");
+    assert_eq!(
+        all,
+        vec![minute(0, 2, 0, 0), minute(1, 0, 1, 0), minute(2, 0, 0, 1)]
+    );
+    // `since` is inclusive and `until` exclusive, to the millisecond.
+    let window = s
+        .finished_per_minute(at(1), at(MIN))
+        .await
+        .expect("per minute");
+    assert_eq!(window, vec![minute(0, 1, 0, 0)]);
+    let window = s
+        .finished_per_minute(at(MIN - 1), at(MIN + 1))
+        .await
+        .expect("per minute");
+    assert_eq!(window, vec![minute(0, 1, 0, 0), minute(1, 0, 1, 0)]);
+    assert!(s
+        .finished_per_minute(at(3 * MIN), at(10 * MIN))
+        .await
+        .expect("per minute")
+        .is_empty());
+
+    // The retried task counts again in the minute it ends.
+    let c = s
+        .claim(&req(&["e"], 1, 30_000, at(7 * MIN)))
+        .await
+        .expect("claim");
+    assert_eq!(ids_of(&c), vec![retried]);
+    finish_one(&*s, &c[0], Outcome::Done, at(7 * MIN + 1))
+        .await
+        .expect("finish");
+    let all = s
+        .finished_per_minute(T0, at(10 * MIN))
+        .await
+        .expect("per minute");
+    assert_eq!(
+        all,
+        vec![
+            minute(0, 2, 0, 0),
+            minute(1, 0, 1, 0),
+            minute(2, 0, 0, 1),
+            minute(7, 1, 0, 0)
+        ]
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -2756,6 +2839,7 @@ macro_rules! conformance_tests {
             tasks_filter_by_a_substring_of_their_arguments,
             retry_matching_retries_every_dead_or_failed_match,
             retry_many_retries_those_it_can, concurrent_retry_many_retry_each_task_once,
+            finished_per_minute_counts_ends_by_minute,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use taskq_runtime::store::memory::MemoryStore;
 use taskq_runtime::store::{
-    Checkpoint, ClaimRequest, ClaimedTask, Finish, IterationInfo, Lease, NewTask, PruneReport,
-    QueueConfig, QueueInfo, TaskDetail, TaskInfo, TaskQuery,
+    Checkpoint, ClaimRequest, ClaimedTask, Finish, FinishedMinute, IterationInfo, Lease, NewTask,
+    PruneReport, QueueConfig, QueueInfo, TaskDetail, TaskInfo, TaskQuery,
 };
 use taskq_runtime::{Store, StoreError, TaskId, Timestamp};
 
@@ -286,5 +286,12 @@ impl Store for Faulty {
     }
     async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
         self.inner.prune(now, batch).await
+    }
+    async fn finished_per_minute(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<FinishedMinute>, StoreError> {
+        self.inner.finished_per_minute(since, until).await
     }
 }

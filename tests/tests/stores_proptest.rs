@@ -51,9 +51,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Value};
 use taskq_runtime::store::{
-    AttemptInfo, Checkpoint, ClaimRequest, ClaimedTask, Finish, IterationCursor, IterationInfo,
-    Lease, NewIteration, NewTask, Outcome, PruneReport, QueueConfig, QueueInfo, Store, StoreError,
-    TaskDetail, TaskInfo, TaskQuery, TaskState,
+    AttemptInfo, Checkpoint, ClaimRequest, ClaimedTask, Finish, FinishedMinute, IterationCursor,
+    IterationInfo, Lease, NewIteration, NewTask, Outcome, PruneReport, QueueConfig, QueueInfo,
+    Store, StoreError, TaskDetail, TaskInfo, TaskQuery, TaskState,
 };
 use taskq_runtime::{policy, Retention, TaskError, TaskId, TaskOptions, Timestamp};
 use taskq_tests::values::{sample_floats, sample_strings};
@@ -436,7 +436,7 @@ macro_rules! plain_norm {
         })*
     };
 }
-plain_norm!((), u64, Timestamp, QueueInfo, PruneReport);
+plain_norm!((), u64, Timestamp, QueueInfo, PruneReport, FinishedMinute);
 
 impl Norm for ClaimedTask {
     fn norm(self, map: &dyn Fn(i64) -> i64) -> Self {
@@ -978,6 +978,19 @@ impl World {
             "iterations",
             a.iterations(100).await,
             b.iterations(100).await,
+        )?;
+        // The console's chart: the whole history, and the minute up to now.
+        let (whole, minute) = (Timestamp(T0 - 86_400_000), Timestamp(self.now - 60_000));
+        let end = Timestamp(self.now + 1);
+        self.same(
+            "finished_per_minute (all)",
+            a.finished_per_minute(whole, end).await,
+            b.finished_per_minute(whole, end).await,
+        )?;
+        self.same(
+            "finished_per_minute (last minute)",
+            a.finished_per_minute(minute, end).await,
+            b.finished_per_minute(minute, end).await,
         )?;
         self.same(
             "iterations(2)",

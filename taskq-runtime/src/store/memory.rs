@@ -1020,6 +1020,25 @@ impl Store for MemoryStore {
     async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
         Ok(self.prune_all(now, batch))
     }
+
+    async fn finished_per_minute(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<FinishedMinute>, StoreError> {
+        let g = self.lock();
+        let mut rows = Vec::new();
+        for state in [TaskState::Done, TaskState::Failed, TaskState::Dead] {
+            // The retention index: (state, end, id), so only the window's rows are read.
+            for &(_, end, _) in g
+                .finished
+                .range((state, since, i64::MIN)..(state, until, i64::MIN))
+            {
+                rows.push((FinishedMinute::minute_of(end), state, 1));
+            }
+        }
+        Ok(FinishedMinute::tally(rows))
+    }
 }
 
 /// A task as a listing shows it: without its payload (null) unless asked, so a listing

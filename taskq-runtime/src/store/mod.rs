@@ -598,6 +598,52 @@ impl IterationInfo {
     }
 }
 
+/// How many tasks finished in one minute, by how they ended: an entry of
+/// [`Store::finished_per_minute`] (and of [`Queue::throughput`](crate::Queue::throughput),
+/// which the console's throughput chart draws).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FinishedMinute {
+    /// The minute's start: a multiple of 60,000 ms since the Unix epoch (minutes are
+    /// aligned to the epoch, so UTC minutes).
+    pub minute: Timestamp,
+    /// Tasks that ended done in it.
+    pub done: u64,
+    /// Tasks that ended failed (a fatal error) in it.
+    pub failed: u64,
+    /// Tasks that ended dead (out of attempts or age, undecodable, unknown name) in it.
+    pub dead: u64,
+}
+
+/// Milliseconds in a minute: the bucket of [`FinishedMinute`].
+pub const MINUTE_MS: i64 = 60_000;
+
+impl FinishedMinute {
+    /// The start of the minute that holds `t` (floored, also before 1970).
+    pub fn minute_of(t: Timestamp) -> Timestamp {
+        Timestamp(t.0.div_euclid(MINUTE_MS).saturating_mul(MINUTE_MS))
+    }
+
+    /// Sorts `(minute start, state, count)` rows a store read into minutes, oldest first
+    /// (states other than done, failed and dead are ignored).
+    pub(crate) fn tally(rows: impl IntoIterator<Item = (Timestamp, TaskState, u64)>) -> Vec<Self> {
+        let mut by_minute: std::collections::BTreeMap<Timestamp, FinishedMinute> =
+            std::collections::BTreeMap::new();
+        for (minute, state, n) in rows {
+            let m = by_minute.entry(minute).or_insert(FinishedMinute {
+                minute,
+                ..FinishedMinute::default()
+            });
+            match state {
+                TaskState::Done => m.done += n,
+                TaskState::Failed => m.failed += n,
+                TaskState::Dead => m.dead += n,
+                _ => {}
+            }
+        }
+        by_minute.into_values().collect()
+    }
+}
+
 /// Errors of the storage layer. Its `Debug` form is its message.
 #[derive(thiserror::Error)]
 pub enum StoreError {
@@ -967,6 +1013,19 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(retried)
     }
+    /// Tasks that ended done, failed or dead with `since <= finished_at < until`, counted by
+    /// the minute of their finish time ([`FinishedMinute::minute_of`]), oldest minute
+    /// first; minutes with none are left out. It reads the rows' finish times through the
+    /// (state, finish time) index retention uses, so it costs the rows in the window, never
+    /// the history. A task retried from dead or failed is counted again when it ends
+    /// again (its finish time is its last end); rows already pruned are not counted (the
+    /// default retention keeps a day of done tasks, so the last hour is whole unless a
+    /// queue keeps less).
+    async fn finished_per_minute(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<FinishedMinute>, StoreError>;
 }
 
 /// Opens a store from a URL: `memory://`, `sqlite://PATH` (created if missing; `sqlite::memory:`

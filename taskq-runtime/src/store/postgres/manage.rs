@@ -13,8 +13,8 @@ use super::rows::{
 };
 use super::{is_unique_violation, Param, PostgresStore};
 use crate::store::{
-    AttemptInfo, IterationInfo, QueueConfig, QueueInfo, StoreError, TaskDetail, TaskId, TaskInfo,
-    TaskQuery, TaskState,
+    AttemptInfo, FinishedMinute, IterationInfo, QueueConfig, QueueInfo, StoreError, TaskDetail,
+    TaskId, TaskInfo, TaskQuery, TaskState,
 };
 use crate::time::Timestamp;
 
@@ -598,4 +598,35 @@ impl PostgresStore {
         let r = client.query_opt(&st, &[&id.0]).await;
         Ok(c.check(r)?.map(|row| row.get(0)))
     }
+}
+
+/// Tasks that ended done, failed or dead in `[since, until)`, by minute of their end, read
+/// through the (state, finished_at) index retention uses.
+pub(super) async fn finished_per_minute(
+    s: &PostgresStore,
+    since: Timestamp,
+    until: Timestamp,
+) -> Result<Vec<FinishedMinute>, StoreError> {
+    // A floored minute (also right before 1970, where `%` is negative), grouped by state.
+    let sql = s.sql(
+        "SELECT finished_at - (((finished_at % 60000) + 60000) % 60000) AS minute, state, \
+                COUNT(*) \
+         FROM {S}.taskq_tasks \
+         WHERE state IN ('done', 'failed', 'dead') \
+           AND finished_at >= $1::int8 AND finished_at < $2::int8 \
+         GROUP BY 1, 2",
+    );
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    let r = client.query(&st, &[&since.0, &until.0]).await;
+    let mut out = Vec::new();
+    for row in c.check(r)? {
+        let minute: i64 = row.try_get(0).map_err(StoreError::backend)?;
+        let state: String = row.try_get(1).map_err(StoreError::backend)?;
+        let n: i64 = row.try_get(2).map_err(StoreError::backend)?;
+        let state: TaskState = state.parse().map_err(StoreError::Backend)?;
+        out.push((Timestamp(minute), state, n.max(0) as u64));
+    }
+    Ok(FinishedMinute::tally(out))
 }

@@ -619,4 +619,12 @@ impl Store for PostgresStore {
     async fn retry_many(&self, ids: &[TaskId], now: Timestamp) -> Result<u64, StoreError> {
         manage::retry_many(self, ids, now).await
     }
+
+    async fn finished_per_minute(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<FinishedMinute>, StoreError> {
+        manage::finished_per_minute(self, since, until).await
+    }
 }

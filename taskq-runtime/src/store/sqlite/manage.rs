@@ -15,8 +15,8 @@ use super::{Fail, R};
 use crate::retention;
 use crate::store::tombstone::{self, Deleted, Tombstone};
 use crate::store::{
-    AttemptInfo, IterationInfo, QueueConfig, QueueInfo, RunState, StoreError, TaskDetail, TaskId,
-    TaskInfo, TaskQuery, TaskState,
+    AttemptInfo, FinishedMinute, IterationInfo, QueueConfig, QueueInfo, RunState, StoreError,
+    TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
 };
 use crate::time::Timestamp;
 
@@ -518,3 +518,34 @@ pub(super) fn bury(
     }
     Ok(())
 }
+
+/// Tasks that ended done, failed or dead in `[since, until)`, by minute of their end, read
+/// through the (state, finished_at) index (one range per state).
+pub(super) fn finished_per_minute(
+    tx: &rusqlite::Transaction<'_>,
+    since: Timestamp,
+    until: Timestamp,
+) -> R<Vec<FinishedMinute>> {
+    let mut st = tx.prepare_cached(FINISHED_PER_MINUTE)?;
+    let rows = st.query_map(params![since.0, until.0], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (minute, state, n) = r?;
+        out.push((Timestamp(minute), task_state(&state)?, u64_of(n)));
+    }
+    Ok(FinishedMinute::tally(out))
+}
+
+/// The query of [`finished_per_minute`]: a floored minute (also right before 1970, where
+/// `%` is negative), grouped by state.
+const FINISHED_PER_MINUTE: &str = "\
+SELECT finished_at - (((finished_at % 60000) + 60000) % 60000) AS minute, state, COUNT(*)
+FROM taskq_tasks
+WHERE state IN ('done', 'failed', 'dead') AND finished_at >= ?1 AND finished_at < ?2
+GROUP BY minute, state";

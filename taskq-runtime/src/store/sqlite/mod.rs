@@ -582,4 +582,15 @@ impl Store for SqliteStore {
         }
         Ok(n)
     }
+
+    async fn finished_per_minute(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<FinishedMinute>, StoreError> {
+        self.call("counting finished tasks by minute", move |db| {
+            db.read(|tx| manage::finished_per_minute(tx, since, until))
+        })
+        .await
+    }
 }
