@@ -5,6 +5,15 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use taskq_runtime::{TaskId, TaskState};
 
+/// The environment variable holding the console's token (`admin`).
+pub const CONSOLE_TOKEN: &str = "TASKQ_CONSOLE_TOKEN";
+/// The environment variable holding the console's user name (`admin`, with
+/// [`CONSOLE_PASSWORD`]).
+pub const CONSOLE_USER: &str = "TASKQ_CONSOLE_USER";
+/// The environment variable holding the console's password (`admin`, with
+/// [`CONSOLE_USER`]).
+pub const CONSOLE_PASSWORD: &str = "TASKQ_CONSOLE_PASSWORD";
+
 /// The store the CLI opens when neither `--store` nor `TASKQ_STORE` says otherwise: the
 /// file the README's examples use, in the current directory.
 pub const DEFAULT_STORE: &str = "sqlite://taskq.db";
@@ -98,6 +107,28 @@ pub enum Command {
         /// The run's id.
         run: TaskId,
     },
+    /// Serves the web console until Ctrl-C or SIGTERM. Credentials come from the
+    /// environment, never the command line: TASKQ_CONSOLE_TOKEN (16 bytes or more), or
+    /// TASKQ_CONSOLE_USER and TASKQ_CONSOLE_PASSWORD (8 bytes or more). Without them it
+    /// refuses to start, unless --no-auth and a loopback --bind.
+    Admin(AdminArgs),
+}
+
+/// The options of `admin`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub bind: std::net::SocketAddr,
+    /// Pages only: every action is refused (403) and no button is shown.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Serve without credentials: allowed on a loopback address only.
+    #[arg(long)]
+    pub no_auth: bool,
+    /// Mark the session cookie `Secure` (when a TLS proxy serves the console).
+    #[arg(long)]
+    pub secure_cookie: bool,
 }
 
 /// The filters of `tasks` and `retry --all`.

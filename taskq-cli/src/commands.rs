@@ -9,7 +9,7 @@ use serde_json::json;
 use taskq_runtime::store::StoreUrl;
 use taskq_runtime::{Queue, TaskQuery, TaskState};
 
-use crate::cli::{Cli, Command, Filters, RetryArgs, TasksArgs};
+use crate::cli::{AdminArgs, Cli, Command, Filters, RetryArgs, TasksArgs};
 use crate::exit::{self, Failure};
 use crate::output::{self, AttemptJson, PruneJson, QueueJson, Report, RunJson, TaskJson};
 
@@ -18,6 +18,7 @@ use crate::output::{self, AttemptJson, PruneJson, QueueJson, Report, RunJson, Ta
 pub async fn run(cli: Cli) -> Result<Report, Failure> {
     let q = open(&cli.store, cli.connect_timeout).await?;
     match cli.command {
+        Command::Admin(args) => admin(q, args).await,
         Command::Queues => queues(&q).await,
         Command::Tasks(args) => tasks(&q, args).await,
         Command::Show { id } => show(&q, id).await,
@@ -253,4 +254,64 @@ async fn retry(q: &Queue, args: RetryArgs) -> Result<Report, Failure> {
         json!({ "action": "retry", "retried": n }),
         format!("{n} tasks are pending again"),
     ))
+}
+
+/// `admin`: the web console on `--bind`, with the credentials of the environment, until
+/// Ctrl-C or SIGTERM. A configuration the console refuses (no credentials, weak ones, no
+/// credentials off loopback) is a usage error; a failed bind is a failure.
+async fn admin(q: Queue, args: AdminArgs) -> Result<Report, Failure> {
+    use taskq_runtime::console::{self, ConsoleConfig, ConsoleError};
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let token = var(crate::cli::CONSOLE_TOKEN);
+    let user = var(crate::cli::CONSOLE_USER);
+    let password = var(crate::cli::CONSOLE_PASSWORD);
+    let mut config = match (args.no_auth, token, user, password) {
+        (true, None, None, None) => ConsoleConfig::unauthenticated_loopback(),
+        (true, ..) => {
+            return Err(Failure::new(
+                exit::USAGE,
+                "--no-auth with credentials in the environment: choose one",
+            ))
+        }
+        (false, Some(t), None, None) => ConsoleConfig::token(t),
+        (false, None, Some(u), Some(p)) => ConsoleConfig::password(u, p),
+        (false, None, None, None) => {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!(
+                    "the console needs credentials: set {} (16 bytes or more), or {} and {}; \
+                     or serve it on a loopback address without any with --no-auth",
+                    crate::cli::CONSOLE_TOKEN,
+                    crate::cli::CONSOLE_USER,
+                    crate::cli::CONSOLE_PASSWORD
+                ),
+            ))
+        }
+        _ => {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!(
+                    "set either {} alone, or both {} and {}",
+                    crate::cli::CONSOLE_TOKEN,
+                    crate::cli::CONSOLE_USER,
+                    crate::cli::CONSOLE_PASSWORD
+                ),
+            ))
+        }
+    };
+    config.read_only = args.read_only;
+    config.secure_cookie = args.secure_cookie;
+    let addr = args.bind;
+    eprintln!(
+        "taskq: console on http://{addr}/{} (Ctrl-C stops it)",
+        if config.read_only { " read-only" } else { "" }
+    );
+    match console::serve(q, config, addr).await {
+        Ok(()) => Ok(Report::new(
+            json!({ "action": "admin", "bind": addr.to_string(), "stopped": true }),
+            "console stopped".to_string(),
+        )),
+        Err(e @ ConsoleError::Io(_)) => Err(Failure::new(exit::FAILED, e.to_string())),
+        Err(e) => Err(Failure::new(exit::USAGE, e.to_string())),
+    }
 }

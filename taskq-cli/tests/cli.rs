@@ -715,3 +715,100 @@ fn destructive_commands_ask_at_a_terminal() {
     assert_eq!(queue_json(u, "email")["counts"]["dead"], 0);
     assert_eq!(queue_json(u, "email")["counts"]["failed"], 0);
 }
+
+/// One HTTP/1.1 GET on `addr`, answered with its status code and body.
+fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the console");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read the answer");
+    let code = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    (code, answer)
+}
+
+/// `taskq admin` refuses to start without credentials (exit 2, saying which variables
+/// to set) and without them off loopback; with a token from the environment it serves
+/// the console (401 without it, the queues page with it) until SIGTERM, then exits 0.
+#[test]
+fn admin_serves_the_console_with_credentials_only() {
+    let dir = temp_dir();
+    let f = fill(sqlite_url(&dir));
+    let no_creds = expect(&f.url, 2, &["admin", "--bind", "127.0.0.1:0"]);
+    assert!(
+        no_creds.stderr.contains("TASKQ_CONSOLE_TOKEN"),
+        "{no_creds:?}"
+    );
+    let open = expect(&f.url, 2, &["admin", "--no-auth", "--bind", "0.0.0.0:0"]);
+    assert!(open.stderr.contains("loopback"), "{open:?}");
+    let weak = run_in(
+        None,
+        &[("TASKQ_CONSOLE_TOKEN", "short")],
+        &["--store", &f.url, "admin", "--bind", "127.0.0.1:0"],
+    );
+    assert_eq!(weak.code, 2, "{weak:?}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let addr = format!("127.0.0.1:{port}");
+    let token = "a-console-token-of-32-characters";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taskq"))
+        .args(["--store", &f.url, "admin", "--bind", &addr])
+        .env("TASKQ_CONSOLE_TOKEN", token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start taskq admin");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("taskq admin exited early: {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "taskq admin never listened on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, _) = http_get(&addr, "/", None);
+    assert_eq!(code, 401, "a page without credentials");
+    let (code, page) = http_get(&addr, "/", Some(token));
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("email"),
+        "the queues page lists queue `email`: {page}"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "taskq admin did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "taskq admin after SIGTERM");
+}
