@@ -392,6 +392,7 @@ async fn welcome_new_user(to: String, locale: Option<String>) -> Result<(), Task
             unique_name: None,
             tombstone: std::time::Duration::ZERO,
             iteration: None,
+            trace: None,
         };
         h.store().enqueue(vec![old], now).await?;
         assert_eq!(h.drain().await?.count("done"), 1);

@@ -301,7 +301,7 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
              token = ?4, started_at = ?5,
              last_error = CASE WHEN ?6 THEN ?7 ELSE last_error END
          WHERE id = ?1
-         RETURNING task, queue, payload, attempts, enqueued_at, run_id",
+         RETURNING task, queue, payload, attempts, enqueued_at, run_id, run_at, trace",
     )?;
     let mut iteration = tx.prepare_cached(
         "SELECT cursor, processed, batches, total FROM taskq_iterations WHERE run = ?1",
@@ -315,13 +315,16 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
         } else {
             tally.moved(&c.queue, TaskState::Pending, TaskState::Running);
         }
-        let (task, queue, payload, attempts, enqueued_at, run_id): (
+        #[allow(clippy::type_complexity)]
+        let (task, queue, payload, attempts, enqueued_at, run_id, run_at, trace): (
             String,
             String,
             StoredText,
             i64,
             i64,
             Option<i64>,
+            i64,
+            Option<String>,
         ) = take.query_row(
             params![
                 c.id,
@@ -340,6 +343,8 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
                 ))
             },
         )?;
@@ -379,6 +384,8 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
             enqueued_at: Timestamp(enqueued_at),
             iteration,
             decode_error,
+            run_at: Timestamp(run_at),
+            trace,
         });
     }
     tally.write(tx)?;

@@ -130,6 +130,11 @@ CREATE INDEX IF NOT EXISTS taskq_tasks_finished_task ON taskq_tasks (state, task
     WHERE state IN ('done', 'failed', 'dead', 'cancelled');
 DROP INDEX IF EXISTS taskq_tasks_due;
 "#,
+    // 5: the trace context a task was started in (issue 12): a W3C `traceparent`, NULL
+    // when there was none; copied to continuation steps.
+    r#"
+ALTER TABLE taskq_tasks ADD COLUMN trace TEXT;
+"#,
 ];
 
 /// Brings the schema up to date inside the opening transaction, or refuses a database
