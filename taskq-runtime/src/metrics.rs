@@ -167,10 +167,30 @@ pub async fn record_queue_depth(queue: &crate::Queue) -> Result<(), StoreError> 
 }
 
 #[cfg(feature = "prometheus")]
-pub use self::prometheus::install_prometheus;
+pub use self::prometheus::{install_prometheus, scrape, PrometheusHandle};
 
 #[cfg(feature = "prometheus")]
 mod prometheus {
+    /// The handle [`install_prometheus`] returns (re-exported from
+    /// `metrics-exporter-prometheus`): [`render`](PrometheusHandle::render) gives the text
+    /// exposition; clones share one recorder.
+    pub use metrics_exporter_prometheus::PrometheusHandle;
+
+    /// What a `/metrics` route answers (the console's, or an application's own): sets the
+    /// queue-depth gauge from `queue`'s counts ([`super::record_queue_depth`], so depths
+    /// are exact at the scrape; a store error is logged at warn level and the last values
+    /// are kept), then renders every metric of the recorder in Prometheus's text format
+    /// (content type `text/plain; version=0.0.4`).
+    pub async fn scrape(handle: &PrometheusHandle, queue: &crate::Queue) -> String {
+        if let Err(e) = super::record_queue_depth(queue).await {
+            tracing::warn!(error = %e, "reading queue counts for /metrics failed; the queue-depth gauge keeps its last values");
+        }
+        handle.render()
+    }
+
+    /// How often the recorder's upkeep runs (the exporter's own default period).
+    const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
     /// Installs a Prometheus recorder as the process's global `metrics` recorder,
     /// registers every taskq metric's description ([`super::describe`]), and returns the
     /// handle whose [`render`](metrics_exporter_prometheus::PrometheusHandle::render)
@@ -178,7 +198,10 @@ mod prometheus {
     /// `text/plain; version=0.0.4`). Histograms are rendered as summaries (quantiles 0,
     /// 0.5, 0.9, 0.95, 0.99, 0.999, 1 and `_sum`/`_count`), the exporter's default.
     ///
-    /// It starts no HTTP listener. Call it once per process: a second call, or a call
+    /// It starts no HTTP listener; it starts one thread, `taskq-metrics-upkeep`, that runs
+    /// the recorder's upkeep every 5 s (draining histogram samples into their summaries,
+    /// which the exporter leaves to its caller with this way of installing it). Call it
+    /// once per process: a second call, or a call
     /// after another recorder was installed, fails with
     /// [`BuildError::FailedToSetGlobalRecorder`](metrics_exporter_prometheus::BuildError).
     /// Needs the `prometheus` cargo feature. For other settings (buckets, global labels)
@@ -190,6 +213,20 @@ mod prometheus {
     > {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
         super::describe();
+        // The recorder drains histogram samples only in its upkeep, which a recorder
+        // installed this way never runs by itself: without it, samples would pile up
+        // between rare scrapes. A thread, not a tokio task, so that it works whatever the
+        // caller's runtime; the recorder is the process's for good, and so is the thread.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("taskq-metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start the Prometheus recorder's upkeep thread; histogram samples are drained only when rendered");
+        }
         Ok(handle)
     }
 }
