@@ -392,6 +392,7 @@ async fn welcome_new_user(to: String, locale: Option<String>) -> Result<(), Task
             unique_name: None,
             tombstone: std::time::Duration::ZERO,
             iteration: None,
+            trace: None,
         };
         h.store().enqueue(vec![old], now).await?;
         assert_eq!(h.drain().await?.count("done"), 1);
@@ -424,6 +425,47 @@ let app = axum::Router::new()
     async fn the_console_mounts() -> Result<(), Box<dyn Error>> {
         let queue = Queue::open("memory://").await?;
         let _app: axum::Router = mount(queue).await?;
+        Ok(())
+    }
+}
+
+/// "Metrics and traces": the Prometheus route, served on a port and scraped once. The
+/// recorder is global: this is the only test of this binary that installs one.
+#[rustfmt::skip]
+mod metrics_route {
+
+use axum::{routing::get, Router};
+use taskq_runtime::{metrics, Queue};
+
+/// `GET /metrics` in Prometheus's text format; call once per process.
+fn metrics_routes(queue: Queue) -> Result<Router, Box<dyn std::error::Error>> {
+    let handle = metrics::install_prometheus()?; // the process's recorder
+    Ok(Router::new().route("/metrics", get(move || {
+        let (handle, queue) = (handle.clone(), queue.clone());
+        // Sets the queue-depth gauge from the store, then renders every metric.
+        async move { metrics::scrape(&handle, &queue).await }
+    })))
+}
+
+    #[tokio::test]
+    async fn the_metrics_route_serves_the_queue_depth() -> Result<(), Box<dyn std::error::Error>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let store = std::sync::Arc::new(taskq_runtime::store::memory::MemoryStore::new());
+        let queue = Queue::new(store);
+        queue.pause("scraped").await?; // a queue the gauge reports, with no task
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(listener, metrics_routes(queue)?)));
+        let mut conn = tokio::net::TcpStream::connect(addr).await?;
+        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await?;
+        server.abort();
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        assert!(
+            answer.lines().any(|l| l == "taskq_queue_depth{queue=\"scraped\",state=\"pending\"} 0"),
+            "{answer}"
+        );
         Ok(())
     }
 }

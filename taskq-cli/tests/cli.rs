@@ -104,6 +104,7 @@ fn task(name: &str, queue: &str, payload: Value, run_at: Timestamp) -> NewTask {
         unique_name: None,
         tombstone: Duration::from_secs(60),
         iteration: None,
+        trace: None,
     }
 }
 

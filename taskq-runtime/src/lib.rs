@@ -49,6 +49,7 @@ pub mod console;
 pub mod error;
 mod into_task_error;
 pub mod iterative;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod queue;
@@ -58,6 +59,7 @@ pub mod store;
 pub mod task;
 pub mod testing;
 pub mod time;
+pub mod trace;
 pub mod value;
 pub mod worker;
 

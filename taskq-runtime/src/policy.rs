@@ -357,6 +357,8 @@ mod tests {
             enqueued_at: Timestamp(0),
             iteration: None,
             decode_error: None,
+            run_at: Timestamp(0),
+            trace: None,
         }
     }
 

@@ -82,7 +82,13 @@ impl Queue {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self.store.enqueue(tasks, now).await?)
+        let names: Vec<(String, String)> = tasks
+            .iter()
+            .map(|t| (t.task.clone(), t.queue.clone()))
+            .collect();
+        let ids = self.store.enqueue(tasks, now).await?;
+        crate::metrics::started(names.iter().map(|(t, q)| (t.as_str(), q.as_str())));
+        Ok(ids)
     }
 
     /// Every queue with its counts by state, pause flag and settings.
@@ -223,7 +229,13 @@ impl Queue {
     /// [`StoreError::Conflict`] for a run that is not running (done, failed, dead, or
     /// cancelled already).
     pub async fn cancel_iteration(&self, run: TaskId) -> Result<(), StoreError> {
-        self.store.cancel_iteration(run, self.clock.now()).await
+        self.store.cancel_iteration(run, self.clock.now()).await?;
+        // Counted once per run, with the run's labels (a read of the run record; a run
+        // pruned in between is left uncounted).
+        if let Ok(Some(info)) = self.store.iteration(run).await {
+            crate::metrics::cancelled(&info.task, &info.queue);
+        }
+        Ok(())
     }
 
     /// Tasks done, failed and dead per minute over the last `minutes` minutes, by their
@@ -291,6 +303,7 @@ pub struct TaskBuilder {
     tombstone: Duration,
     queue: Option<String>,
     priority: Option<i32>,
+    trace: Option<String>,
 }
 
 impl TaskBuilder {
@@ -309,6 +322,9 @@ impl TaskBuilder {
             tombstone: DEFAULT_TOMBSTONE,
             queue: None,
             priority: None,
+            // Taken here, in the caller's span (the builder is made where the task is
+            // started): see `crate::trace`.
+            trace: crate::trace::current(),
         }
     }
 
@@ -370,11 +386,26 @@ impl TaskBuilder {
         self
     }
 
+    /// The trace context to store with the task, as a W3C `traceparent` value
+    /// (`00-{trace id}-{span id}-{flags}`, e.g. the header of the request that starts it):
+    /// each attempt's span joins that trace ([`crate::trace`]). Default: the current
+    /// span's OpenTelemetry context when the builder was made, with the `opentelemetry`
+    /// feature; none without it. At most
+    /// [`MAX_NAME_BYTES`](crate::value::MAX_NAME_BYTES), no NUL byte (else the start fails
+    /// with [`StoreError::InvalidValue`]); a value that is not a valid `traceparent` is
+    /// stored and shown but links nothing.
+    pub fn trace_parent(mut self, traceparent: impl Into<String>) -> Self {
+        self.trace = Some(traceparent.into());
+        self
+    }
+
     /// Stores the task; returns its id (for an iterative task, the run's id).
     pub async fn start(self, queue: &Queue) -> Result<TaskId, StartError> {
         let now = queue.clock.now();
         let task = self.into_new_task(now)?;
+        let (name, queue_name) = (task.task.clone(), task.queue.clone());
         let ids = queue.store.enqueue(vec![task], now).await?;
+        crate::metrics::started([(name.as_str(), queue_name.as_str())]);
         ids.into_iter().next().ok_or_else(|| {
             StartError::Store(StoreError::Backend("the store returned no id".into()))
         })
@@ -409,7 +440,10 @@ impl TaskBuilder {
         // The database's time, as every other start on PostgreSQL uses.
         let now = store.now();
         let task = self.into_new_task(now)?;
+        let (name, queue_name) = (task.task.clone(), task.queue.clone());
         let ids = store.enqueue_in(tx, vec![task], now).await?;
+        // Counted when stored in the transaction: a rollback afterwards still counts.
+        crate::metrics::started([(name.as_str(), queue_name.as_str())]);
         ids.into_iter().next().ok_or_else(|| {
             StartError::Store(StoreError::Backend("the store returned no id".into()))
         })
@@ -437,6 +471,7 @@ impl TaskBuilder {
             unique_name: self.unique_name,
             tombstone: self.tombstone,
             iteration,
+            trace: self.trace,
         })
     }
 }

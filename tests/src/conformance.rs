@@ -38,6 +38,7 @@ pub fn new_task(queue: &str, n: i64) -> NewTask {
         unique_name: None,
         tombstone: Duration::from_secs(60),
         iteration: None,
+        trace: None,
     }
 }
 
@@ -2794,6 +2795,118 @@ pub async fn finished_per_minute_counts_ends_by_minute(s: Arc<dyn Store>) {
     );
 }
 
+/// The trace context given at the start comes back with every claim of the task (its
+/// first, after a retry, after a lapsed lease) and with its run's continuation steps; a
+/// task started without one has none. Each claim also hands back the task's due time
+/// (`run_at`), from which the worker measures the start-to-run latency.
+pub async fn trace_context_and_due_time_round_trip(s: Arc<dyn Store>) {
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = NewTask {
+        trace: Some(TP.into()),
+        ..new_task("traced", 1)
+    };
+    let plain = NewTask {
+        run_at: at(5),
+        ..new_task("traced", 2)
+    };
+    let ids = s.enqueue(vec![traced, plain], T0).await.expect("enqueue");
+    let c = s
+        .claim(&req(&["traced"], 2, 1_000, at(10)))
+        .await
+        .expect("claim");
+    assert_eq!(c.len(), 2);
+    let by_id = |c: &[ClaimedTask], id: TaskId| {
+        c.iter()
+            .find(|t| t.lease.id == id)
+            .cloned()
+            .expect("claimed")
+    };
+    let (a, b) = (by_id(&c, ids[0]), by_id(&c, ids[1]));
+    assert_eq!((a.trace.as_deref(), a.run_at), (Some(TP), T0));
+    assert_eq!((b.trace.as_deref(), b.run_at), (None, at(5)));
+    finish_one(&*s, &b, Outcome::Done, at(15))
+        .await
+        .expect("done");
+    // A retry keeps the context; the due time is the retry's.
+    finish_one(
+        &*s,
+        &a,
+        Outcome::Retry {
+            error: "again".into(),
+            run_at: at(500),
+        },
+        at(20),
+    )
+    .await
+    .expect("retry");
+    let c = s
+        .claim(&req(&["traced"], 1, 1_000, at(500)))
+        .await
+        .expect("claim");
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0].lease.id, c[0].trace.as_deref(), c[0].run_at),
+        (ids[0], Some(TP), at(500))
+    );
+    // A lapsed lease hands it back with the context, and the due time of the earlier claim.
+    let c = s
+        .claim(&req(&["traced"], 1, 1_000, at(1_600)))
+        .await
+        .expect("claim");
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0].lease.id, c[0].trace.as_deref(), c[0].run_at),
+        (ids[0], Some(TP), at(500))
+    );
+    // A run's continuation step keeps its first step's context.
+    let run = s
+        .enqueue(
+            vec![NewTask {
+                trace: Some(TP.into()),
+                ..iteration_task()
+            }],
+            at(2_000),
+        )
+        .await
+        .expect("enqueue")[0];
+    let step = s
+        .claim(&req(&[], 1, 30_000, at(2_000)))
+        .await
+        .expect("claim");
+    assert_eq!(step.len(), 1);
+    assert_eq!(
+        (step[0].lease.id, step[0].trace.as_deref()),
+        (run, Some(TP))
+    );
+    finish_one(
+        &*s,
+        &step[0],
+        Outcome::Continue { run_at: at(2_100) },
+        at(2_050),
+    )
+    .await
+    .expect("continue");
+    let next = s
+        .claim(&req(&[], 1, 30_000, at(2_100)))
+        .await
+        .expect("claim");
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0].lease.id, run);
+    assert_eq!(
+        (next[0].trace.as_deref(), next[0].run_at),
+        (Some(TP), at(2_100))
+    );
+    // The context is checked like a name: no NUL byte.
+    let bad = NewTask {
+        trace: Some("00-\0".into()),
+        ..new_task("traced", 3)
+    };
+    assert!(matches!(
+        s.enqueue(vec![bad], at(3_000)).await,
+        Err(StoreError::InvalidValue(_))
+    ));
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an async expression (evaluated once per test) giving a fresh
@@ -2840,6 +2953,7 @@ macro_rules! conformance_tests {
             retry_matching_retries_every_dead_or_failed_match,
             retry_many_retries_those_it_can, concurrent_retry_many_retry_each_task_once,
             finished_per_minute_counts_ends_by_minute,
+            trace_context_and_due_time_round_trip,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -59,6 +59,7 @@ pub async fn setup(q: &Queue) -> Case {
                 iteration: Some(NewIteration {
                     filter: serde_json::json!({}),
                 }),
+                trace: None,
             }],
             now,
         )

@@ -352,6 +352,7 @@ async fn undecodable_payload_goes_dead_at_once_unknown_task_after_its_retries_an
         unique_name: None,
         tombstone: Duration::ZERO,
         iteration: None,
+        trace: None,
     };
     let ids = q
         .store()

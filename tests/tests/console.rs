@@ -148,6 +148,7 @@ fn new_task(queue: &str, payload: Value, run_at: Timestamp) -> NewTask {
         unique_name: None,
         tombstone: Duration::from_secs(60),
         iteration: None,
+        trace: None,
     }
 }
 

@@ -235,6 +235,7 @@ async fn limits_hold_across_processes(url: &str, processes: usize, workers: usiz
                 unique_name: None,
                 tombstone: Duration::from_secs(60),
                 iteration: None,
+                trace: None,
             });
         }
     }

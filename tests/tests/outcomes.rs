@@ -41,6 +41,7 @@ fn unknown_task(queue: &str) -> NewTask {
         unique_name: None,
         tombstone: Duration::ZERO,
         iteration: None,
+        trace: None,
     }
 }
 

@@ -1050,6 +1050,7 @@ fn new_task(s: &NewSpec, now: Timestamp) -> NewTask {
         unique_name: s.name.map(|i| NAMES[i].to_string()),
         tombstone: Duration::from_millis(s.tombstone_ms),
         iteration: s.iteration.clone().map(|filter| NewIteration { filter }),
+        trace: None,
     }
 }
 
@@ -1077,6 +1078,8 @@ fn panicked(h: &Held, now: Timestamp) -> Outcome {
         enqueued_at: h.enqueued_at,
         iteration: None,
         decode_error: None,
+        run_at: Timestamp(0),
+        trace: None,
     };
     let error = TaskError::retry("panicked: prop task exploded");
     policy::decide_attempt(&options(h.queue), &claimed, Err(error), false, now)

@@ -270,6 +270,7 @@ async fn a_worker_keeps_serving_after_bad_payloads() {
                 unique_name: None,
                 tombstone: Duration::ZERO,
                 iteration: None,
+                trace: None,
             }],
             now,
         )
@@ -579,6 +580,7 @@ async fn work_due_after_an_empty_claim_is_claimed_before_waiting() {
             unique_name: None,
             tombstone: Duration::ZERO,
             iteration: None,
+            trace: None,
         });
     let w = Worker::builder(store.clone())
         .queues(["arrival"])

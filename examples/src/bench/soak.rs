@@ -237,6 +237,7 @@ fn new_task_in(queue: &str, n: u64, priority: i32, run_at: Timestamp) -> NewTask
         unique_name: None,
         tombstone: Duration::ZERO,
         iteration: None,
+        trace: None,
     }
 }
 

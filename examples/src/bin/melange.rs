@@ -7,8 +7,8 @@
 //!
 //! It creates (or reuses) a SQLite database of programs and students, starts
 //! `email_all_students` for one program through its typed start helper, runs a worker with
-//! the app's state (the database and the mailer), draws a progress bar while the run goes
-//! on, and prints a summary. With `--serve ADDR` it instead shows Melange's starter
+//! the app's state (the database and the mailer), draws a progress bar (indicatif; only
+//! when stdout is a terminal) while the run goes on, and prints a summary. With `--serve ADDR` it instead shows Melange's starter
 //! pattern (`emailAllTaskStarter`, described in the repository's `docs/ORIGIN.md`): an
 //! HTTP endpoint that starts the task and redirects to a progress page, with a worker in
 //! the same process.
@@ -60,7 +60,7 @@ const USAGE: &str = "\
 usage: melange [OPTIONS]
 
 Emails every student of a program through the iterative task `email_all_students`,
-with a progress bar, then prints a summary.
+with a progress bar (on a terminal only), then prints a summary.
 
 options:
   --students N     students in the app database (default 100000); an existing database
@@ -248,24 +248,19 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .await
         .map_err(|e| e.to_string())?;
     let worker = worker.spawn();
-    // On a terminal the bar is redrawn in place every 100 ms; into a pipe or a file, one
-    // line a second.
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let mut last_line = Instant::now();
+    // The bar (indicatif) is drawn on a terminal only: into a pipe or a file the run is
+    // quiet until its summary.
+    let bar = progress_bar();
     let info = loop {
         let info = queue.iteration(run).await?;
-        let finished = info.state != RunState::Running;
-        if tty || finished || last_line.elapsed() >= Duration::from_secs(1) {
-            draw(&info, started.elapsed(), tty);
-            last_line = Instant::now();
-        }
-        if finished {
+        show(&bar, &info, started.elapsed());
+        if info.state != RunState::Running {
             break info;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    bar.finish();
     let elapsed = started.elapsed();
-    println!();
     let stats = worker.stats().clone();
     worker.shutdown().await?;
 
@@ -325,28 +320,40 @@ fn percent(f: f64) -> String {
     format!("{}%", (f * 1000.0).round() / 10.0)
 }
 
-/// Redraws the one-line progress bar (`in_place`: over the previous one, with `\r`).
-fn draw(info: &IterationInfo, elapsed: Duration, in_place: bool) {
-    use std::io::Write;
-    const WIDTH: usize = 30;
-    let pct = info.percent().unwrap_or(0.0);
-    let filled = ((pct / 100.0) * WIDTH as f64).round() as usize;
-    let bar: String = "█".repeat(filled.min(WIDTH)) + &"░".repeat(WIDTH - filled.min(WIDTH));
-    let rate = info.processed as f64 / elapsed.as_secs_f64().max(1e-3);
-    let total = info.total.map(thousands).unwrap_or_else(|| "?".into());
-    let line = format!(
-        "  [{bar}] {pct:5.1}%  {} / {total}  {} batches  {} steps  {} /s",
-        thousands(info.processed),
-        thousands(info.batches),
-        info.steps,
-        thousands(rate as u64)
-    );
-    if in_place {
-        print!("\r{line}   ");
+/// The run's progress bar: entities processed of the model's total (set once the run
+/// has counted it), entities per second, batches and steps so far, and the time left
+/// that indicatif estimates. Hidden when stdout is not a terminal.
+fn progress_bar() -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let target = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        ProgressDrawTarget::stdout()
     } else {
-        println!("{line}");
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(None, target);
+    // The template is a constant: a mistake in it is a bug of this program, shown by
+    // falling back to indicatif's default style rather than failing the run.
+    if let Ok(style) = ProgressStyle::with_template(
+        "  [{bar:30.cyan/blue}] {percent:>3}%  {human_pos} / {human_len}  {msg}  eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("█▉▊▋▌▍▎▏ "));
     }
-    let _ = std::io::stdout().flush();
+    bar
+}
+
+/// Moves the bar to where the run stands, `elapsed` after the start.
+fn show(bar: &indicatif::ProgressBar, info: &IterationInfo, elapsed: Duration) {
+    if let Some(total) = info.total {
+        bar.set_length(total);
+    }
+    bar.set_position(info.processed);
+    let rate = info.processed as f64 / elapsed.as_secs_f64().max(1e-3);
+    bar.set_message(format!(
+        "{} /s  {} batches  {} steps",
+        thousands(rate as u64),
+        thousands(info.batches),
+        info.steps
+    ));
 }
 
 /// Melange's starter pattern over HTTP: a handler starts the task and redirects to a

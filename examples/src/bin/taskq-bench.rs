@@ -695,6 +695,7 @@ async fn claim(name: &str, store: Arc<dyn Store>) -> Result<(), BoxError> {
         unique_name: None,
         tombstone: Duration::ZERO,
         iteration: None,
+        trace: None,
     };
 
     let t = Instant::now();

@@ -177,6 +177,7 @@ mod tests {
             unique_name: None,
             tombstone: std::time::Duration::ZERO,
             iteration: None,
+            trace: None,
         };
         s.enqueue(vec![t], at).await.expect("enqueue");
         let c = s

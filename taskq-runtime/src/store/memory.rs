@@ -27,6 +27,8 @@ struct Row {
     tombstone_ms: i64,
     attempts: Vec<AttemptInfo>,
     started_at: Option<Timestamp>,
+    /// The starter's trace context ([`NewTask::trace`]), kept by continuation steps.
+    trace: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -415,6 +417,7 @@ impl Store for MemoryStore {
                     tombstone_ms: t.tombstone.as_millis().min(i64::MAX as u128) as i64,
                     attempts: Vec::new(),
                     started_at: None,
+                    trace: t.trace,
                 });
                 ids.push(id);
             }
@@ -538,6 +541,8 @@ impl Store for MemoryStore {
                 iteration,
                 // Values are kept as given: nothing to decode.
                 decode_error: None,
+                run_at: row.info.run_at,
+                trace: row.trace.clone(),
             });
         }
         Ok(out)
@@ -623,11 +628,11 @@ impl Store for MemoryStore {
                         r.info.finished_at = Some(now);
                     }
                     if let Some(run_at) = tr.continue_at {
-                        next = Some((r.info.clone(), r.tombstone_ms, run_at));
+                        next = Some((r.info.clone(), r.tombstone_ms, run_at, r.trace.clone()));
                     }
                 }
                 g.index(id.0);
-                if let Some((info, tombstone_ms, run_at)) = next {
+                if let Some((info, tombstone_ms, run_at, trace)) = next {
                     g.next_id += 1;
                     let nid = TaskId(g.next_id);
                     if let Some(run) = info.run {
@@ -655,6 +660,7 @@ impl Store for MemoryStore {
                         tombstone_ms,
                         attempts: Vec::new(),
                         started_at: None,
+                        trace,
                     });
                 }
                 results.push(Ok(()));

@@ -169,6 +169,13 @@ pub struct NewTask {
     pub tombstone: Duration,
     /// Set for the first step of an iterative run: creates the run's progress record.
     pub iteration: Option<NewIteration>,
+    /// The trace context of the code that started the task: a W3C `traceparent` value
+    /// (`00-{32 hex trace id}-{16 hex span id}-{2 hex flags}`), stored with the task and
+    /// handed back by every claim of it ([`ClaimedTask::trace`]) and its continuation
+    /// steps, so each attempt's span joins the starter's trace (see [`crate::trace`]).
+    /// `None`: no trace context. At most
+    /// [`MAX_NAME_BYTES`](crate::value::MAX_NAME_BYTES), no NUL byte.
+    pub trace: Option<String>,
 }
 
 /// The iteration record created with an iterative task's first step.
@@ -226,6 +233,13 @@ pub struct ClaimedTask {
     /// the raw text as a JSON string and the cursor is `None`. Always `None` on the
     /// memory store.
     pub decode_error: Option<String>,
+    /// When the task was due: its stored `run_at` (when it was started, its delay or ETA,
+    /// or the end of a retry's backoff). A task taken back after its lease lapsed keeps
+    /// the `run_at` of its earlier claim. The worker measures the start-to-run latency
+    /// from here ([`crate::metrics::START_TO_RUN`]).
+    pub run_at: Timestamp,
+    /// The trace context stored with the task when it was started ([`NewTask::trace`]).
+    pub trace: Option<String>,
 }
 
 /// Where an iterative run stands, as a step sees it when claimed.
@@ -787,6 +801,9 @@ pub fn check_new_tasks(tasks: &[NewTask]) -> Result<(), StoreError> {
         check_name("queue name", &t.queue)?;
         if let Some(n) = &t.unique_name {
             check_name("unique name", n)?;
+        }
+        if let Some(c) = &t.trace {
+            check_name("trace context", c)?;
         }
         let payload = || format!("the payload of task #{i} (`{}`)", t.task);
         check_depth(payload, &t.payload)?;

@@ -17,6 +17,9 @@
 //! - `outcomes.rs` is the outcome writer: finished attempts go through a bounded channel
 //!   to one writer, which records them with one `Store::finish` call per batch.
 //! - `retention.rs` prunes the store about every minute ([`crate::retention`]).
+//! - `telemetry.rs` is the worker's side of [`crate::metrics`] and [`crate::trace`]: the
+//!   attempt's span (a child of the starter's trace context), claim counts and latencies,
+//!   the queue-depth gauge.
 //! - What an attempt's result does to its task is decided in [`crate::policy`], shared
 //!   with the test harness.
 
@@ -40,6 +43,7 @@ mod nudge;
 mod outcomes;
 mod retention;
 mod slots;
+mod telemetry;
 
 pub(crate) use exec::Exec;
 use leases::{InFlight, Running};
@@ -117,6 +121,7 @@ pub struct WorkerBuilder {
     name: Option<String>,
     prune: bool,
     prune_interval: Duration,
+    queue_depth_interval: Duration,
 }
 
 impl WorkerBuilder {
@@ -217,6 +222,18 @@ impl WorkerBuilder {
         self
     }
 
+    /// How often this worker sets the queue-depth gauge
+    /// ([`metrics::QUEUE_DEPTH`](crate::metrics::QUEUE_DEPTH)) from the store's counts
+    /// (one [`Store::queues`] call, which reads kept counts, not rows). Default 15 s, a
+    /// common scrape interval; `Duration::ZERO` turns it off (for instance when a
+    /// `/metrics` handler calls [`crate::metrics::record_queue_depth`] on each scrape).
+    /// The first reading is taken when the worker starts. With no metrics recorder
+    /// installed it costs only the store call.
+    pub fn queue_depth_interval(mut self, every: Duration) -> Self {
+        self.queue_depth_interval = every;
+        self
+    }
+
     /// Checks the settings and the registry: duplicate task names are refused here, and so
     /// is a binary in which no task is registered ([`WorkerError::Config`] with setting
     /// `tasks`), and a worker name or served queue holding a NUL byte (setting `name` or
@@ -285,6 +302,8 @@ impl WorkerBuilder {
             poll_interval: self.poll_interval,
             shutdown_grace: self.shutdown_grace,
             prune_interval: self.prune.then_some(self.prune_interval),
+            queue_depth_interval: (!self.queue_depth_interval.is_zero())
+                .then_some(self.queue_depth_interval),
             stats: Arc::new(WorkerStats::default()),
         })
     }
@@ -311,6 +330,8 @@ pub struct Worker {
     shutdown_grace: Duration,
     /// How often it prunes; `None`: it does not.
     prune_interval: Option<Duration>,
+    /// How often it sets the queue-depth gauge; `None`: it does not.
+    queue_depth_interval: Option<Duration>,
     stats: Arc<WorkerStats>,
 }
 
@@ -367,6 +388,7 @@ impl Worker {
             name: None,
             prune: true,
             prune_interval: crate::retention::PRUNE_INTERVAL,
+            queue_depth_interval: Duration::from_secs(15),
         }
     }
 
@@ -443,6 +465,14 @@ impl Worker {
                         exec.worker.clone(),
                     )
                 }
+            }))
+        });
+
+        let depth = self.queue_depth_interval.map(|every| {
+            let store = exec.store.clone();
+            tokio::spawn(supervised("queue-depth gauge", move || {
+                let store = store.clone();
+                async move { telemetry::queue_depth(&*store, every).await }
             }))
         });
 
@@ -565,6 +595,7 @@ impl Worker {
             self.stats
                 .claimed
                 .fetch_add(claimed.len() as u64, Ordering::Relaxed);
+            telemetry::claimed(&claimed, req.now);
             for task in claimed {
                 if slots.free() == 0 {
                     // Cannot happen (we claimed at most the free slots); release to be safe.
@@ -582,6 +613,9 @@ impl Worker {
         if let Some(p) = pruner {
             // A prune cut short is harmless: each of its batches commits alone.
             p.abort();
+        }
+        if let Some(d) = depth {
+            d.abort();
         }
         let deadline = shutdown_at.unwrap_or_else(tokio::time::Instant::now) + self.shutdown_grace;
         inflight.cancel_all();
@@ -667,21 +701,16 @@ impl Worker {
         let tx = done_tx.clone();
         let inflight2 = inflight.clone();
         let lease_time = self.lease;
-        let span = tracing::info_span!(
-            "taskq.attempt",
-            task = %task.task,
-            id = %lease.id,
-            attempt = task.attempt,
-            queue = %task.queue,
-            outcome = tracing::field::Empty
-        );
+        let span = telemetry::attempt_span(&task);
         let attempt = async move {
             // Frees the slot however this future ends: finished, or dropped because its
             // lease was lost (stopped by the lease renewal).
             let _slot = slot;
+            let began = std::time::Instant::now();
             let outcome = exec2
                 .run(&task, payload, started_at, cancel, progressed)
                 .await;
+            crate::metrics::attempt_ran(&task.task, &task.queue, began.elapsed());
             tracing::Span::current().record("outcome", outcome.label());
             if let Outcome::Retry { error, .. }
             | Outcome::Failed { error }

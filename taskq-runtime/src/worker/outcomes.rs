@@ -153,9 +153,12 @@ async fn write(
             return Err((e, true));
         }
     };
-    for ((f, _), r) in pending.iter().zip(results) {
+    for ((f, task), r) in pending.iter().zip(results) {
         match r {
-            Ok(()) => stats.count(&f.outcome),
+            Ok(()) => {
+                stats.count(&f.outcome);
+                crate::metrics::recorded(&task.task, &task.queue, &f.outcome);
+            }
             // A step stopped by a cancel: the cancel ended it already, as it should.
             Err(e @ StoreError::LeaseLost(_)) if f.outcome == Outcome::Stopped => {
                 tracing::debug!(id = %f.lease.id, error = %e, "stopped step: its run had ended")

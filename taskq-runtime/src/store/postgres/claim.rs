@@ -281,10 +281,11 @@ claimed AS (
         last_error = CASE WHEN p.old_state = 'running' THEN '{lapsed}' ELSE t.last_error END
     FROM picked p WHERE t.id = p.id
     RETURNING t.id, t.lease_token, t.task, t.queue, t.payload, t.attempts, t.enqueued_at,
-              t.run_id, t.priority, t.run_at
+              t.run_id, t.priority, t.run_at, t.trace
 )
 SELECT c.id, c.lease_token, c.task, c.queue, c.payload::text AS payload, c.attempts,
-       c.enqueued_at, c.run_id, i.cursor::text AS cursor, i.processed, i.batches, i.total
+       c.enqueued_at, c.run_id, i.cursor::text AS cursor, i.processed, i.batches, i.total,
+       c.run_at, c.trace
 FROM claimed c LEFT JOIN {{S}}.taskq_iterations i ON i.run_id = c.run_id
 ORDER BY c.priority DESC, c.run_at, c.id
 "#,

@@ -21,6 +21,7 @@ struct EnqueueArgs {
     tombstone_ms: Vec<i64>,
     run_at: Vec<i64>,
     filter: Vec<Option<String>>,
+    trace: Vec<Option<String>>,
     queues: Vec<String>,
 }
 
@@ -40,6 +41,7 @@ impl EnqueueArgs {
             tombstone_ms: Vec::with_capacity(tasks.len()),
             run_at: Vec::with_capacity(tasks.len()),
             filter: Vec::with_capacity(tasks.len()),
+            trace: Vec::with_capacity(tasks.len()),
             queues: Vec::new(),
         };
         let mut queues = HashSet::new();
@@ -61,11 +63,12 @@ impl EnqueueArgs {
             a.tombstone_ms
                 .push(t.tombstone.as_millis().min(i64::MAX as u128) as i64);
             a.run_at.push(t.run_at.0);
+            a.trace.push(t.trace);
         }
         Ok(a)
     }
 
-    fn params<'a>(&'a self, now: &'a i64) -> [Param<'a>; 9] {
+    fn params<'a>(&'a self, now: &'a i64) -> [Param<'a>; 10] {
         [
             now,
             &self.task,
@@ -76,6 +79,7 @@ impl EnqueueArgs {
             &self.tombstone_ms,
             &self.run_at,
             &self.filter,
+            &self.trace,
         ]
     }
 
@@ -160,19 +164,19 @@ impl PostgresStore {
 WITH input AS MATERIALIZED (
     SELECT nextval('{{S}}.taskq_tasks_id_seq'::regclass) AS id, u.*
     FROM unnest($2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::int8[],
-                $8::int8[], $9::text[])
+                $8::int8[], $9::text[], $10::text[])
          WITH ORDINALITY AS u(task, queue, payload, priority, unique_name, tombstone_ms,
-                              run_at, filter, ord)
+                              run_at, filter, trace, ord)
 ),
 conflict AS (
     {conflict}
 ),
 ins AS (
     INSERT INTO {{S}}.taskq_tasks (id, task, queue, state, payload, priority, unique_name,
-                                 tombstone_ms, created_at, enqueued_at, run_at, run_id)
+                                 tombstone_ms, created_at, enqueued_at, run_at, run_id, trace)
     SELECT i.id, i.task, i.queue, 'pending', i.payload::json, i.priority, i.unique_name,
            i.tombstone_ms, $1::int8, $1::int8, i.run_at,
-           CASE WHEN i.filter IS NOT NULL THEN i.id END
+           CASE WHEN i.filter IS NOT NULL THEN i.id END, i.trace
     FROM input i WHERE NOT EXISTS (SELECT 1 FROM conflict)
     ORDER BY i.ord
 ),

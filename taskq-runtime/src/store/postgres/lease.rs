@@ -210,9 +210,9 @@ WHERE i.run_id = u.run_id AND (u.run_ends IS NOT NULL OR u.continue_at IS NOT NU
 ),
 cont AS (
 INSERT INTO {{S}}.taskq_tasks (task, queue, state, payload, priority, attempts, unique_name,
-                             tombstone_ms, created_at, enqueued_at, run_at, run_id)
+                             tombstone_ms, created_at, enqueued_at, run_at, run_id, trace)
 SELECT t.task, t.queue, 'pending', t.payload, t.priority, 0, NULL, t.tombstone_ms,
-       $1::int8, $1::int8, u.continue_at, t.run_id
+       $1::int8, $1::int8, u.continue_at, t.run_id, t.trace
 FROM upd u JOIN {{S}}.taskq_tasks t ON t.id = u.id
 WHERE u.continue_at IS NOT NULL
 ORDER BY u.ord -- continuation ids follow the batch's order, as on every store

@@ -117,6 +117,7 @@
 //!             unique_name: None,
 //!             tombstone: std::time::Duration::ZERO,
 //!             iteration: None,
+//!             trace: None,
 //!         }],
 //!         now,
 //!     )

@@ -63,6 +63,8 @@ pub(super) fn claimed_from_row(r: &Row) -> Result<ClaimedTask, StoreError> {
         enqueued_at: Timestamp(r.try_get("enqueued_at").map_err(|e| pg_err(&e))?),
         iteration,
         decode_error,
+        run_at: Timestamp(r.try_get("run_at").map_err(|e| pg_err(&e))?),
+        trace: r.try_get("trace").map_err(|e| pg_err(&e))?,
     })
 }
 

@@ -169,6 +169,12 @@ CREATE TRIGGER taskq_tasks_counted_delete AFTER DELETE ON {S}.taskq_tasks
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION {S}.taskq_count_finished();
 "#,
+    // 6: the trace context a task was started in (issue 12): a W3C `traceparent`, NULL
+    // when there was none; copied to continuation steps. Adding a nullable column
+    // without a default rewrites no row.
+    r#"
+ALTER TABLE {S}.taskq_tasks ADD COLUMN IF NOT EXISTS trace text;
+"#,
 ];
 
 /// The schema version this build knows.

@@ -75,6 +75,7 @@ fn task(queue: &str, n: i64, now: Timestamp) -> NewTask {
         unique_name: None,
         tombstone: Duration::from_secs(60),
         iteration: None,
+        trace: None,
     }
 }
 

@@ -321,7 +321,7 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
          WHERE id = ?1",
     )?;
     let mut taken = tx.prepare_cached(
-        "SELECT task, queue, payload, attempts, enqueued_at, run_id FROM taskq_tasks WHERE id = ?1",
+        "SELECT task, queue, payload, attempts, enqueued_at, run_id, run_at, trace FROM taskq_tasks WHERE id = ?1",
     )?;
     let mut iteration = tx.prepare_cached(
         "SELECT cursor, processed, batches, total FROM taskq_iterations WHERE run = ?1",
@@ -335,13 +335,16 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
         } else {
             tally.moved(&c.queue, TaskState::Pending, TaskState::Running);
         }
-        let (task, queue, payload, attempts, enqueued_at, run_id): (
+        #[allow(clippy::type_complexity)]
+        let (task, queue, payload, attempts, enqueued_at, run_id, run_at, trace): (
             String,
             String,
             StoredText,
             i64,
             i64,
             Option<i64>,
+            i64,
+            Option<String>,
         ) = {
             take.execute(params![
                 c.id,
@@ -360,6 +363,8 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
                 ))
             })?
         };
@@ -399,6 +404,8 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
             enqueued_at: Timestamp(enqueued_at),
             iteration,
             decode_error,
+            run_at: Timestamp(run_at),
+            trace,
         });
     }
     tally.write(tx)?;

@@ -46,8 +46,8 @@ pub(super) fn enqueue(
     }
     let mut insert = tx.prepare_cached(
         "INSERT INTO taskq_tasks (task, queue, state, payload, priority, attempts,
-             unique_name, tombstone_ms, created_at, enqueued_at, run_at, token)
-         VALUES (?1, ?2, 'pending', ?3, ?4, 0, ?5, ?6, ?7, ?7, ?8, 0)",
+             unique_name, tombstone_ms, created_at, enqueued_at, run_at, token, trace)
+         VALUES (?1, ?2, 'pending', ?3, ?4, 0, ?5, ?6, ?7, ?7, ?8, 0, ?9)",
     )?;
     let mut ids = Vec::with_capacity(tasks.len());
     let mut tally = Tally::default();
@@ -60,7 +60,8 @@ pub(super) fn enqueue(
             t.unique_name,
             ms(t.tombstone),
             now.0,
-            t.run_at.0
+            t.run_at.0,
+            t.trace
         ])?;
         let id = tx.last_insert_rowid();
         if let Some(it) = &t.iteration {

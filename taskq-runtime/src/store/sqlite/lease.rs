@@ -204,9 +204,9 @@ fn finish_one(
     if let Some(run_at) = tr.continue_at {
         tx.prepare_cached(
             "INSERT INTO taskq_tasks (task, queue, state, payload, priority, attempts, unique_name,
-                 tombstone_ms, created_at, enqueued_at, run_at, run_id, token)
+                 tombstone_ms, created_at, enqueued_at, run_at, run_id, token, trace)
              SELECT task, queue, 'pending', payload, priority, 0, NULL,
-                 tombstone_ms, ?2, ?2, ?3, run_id, 0
+                 tombstone_ms, ?2, ?2, ?3, run_id, 0, trace
              FROM taskq_tasks WHERE id = ?1",
         )?
         .execute(params![id.0, now, run_at.0])?;

@@ -150,6 +150,11 @@ CREATE INDEX taskq_tasks_finished_queue ON taskq_tasks (state, queue, id)
 CREATE INDEX taskq_tasks_finished_task ON taskq_tasks (state, task, id)
     WHERE state NOT IN ('pending', 'running');
 "#,
+    // 6: the trace context a task was started in (issue 12): a W3C `traceparent`, NULL
+    // when there was none; copied to continuation steps.
+    r#"
+ALTER TABLE taskq_tasks ADD COLUMN trace TEXT;
+"#,
 ];
 
 /// Brings the schema up to date inside the opening transaction, or refuses a database

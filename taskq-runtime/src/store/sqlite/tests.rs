@@ -63,6 +63,7 @@ fn new_task(queue: &str, priority: i32, run_at: Timestamp) -> NewTask {
         unique_name: None,
         tombstone: Duration::from_secs(60),
         iteration: None,
+        trace: None,
     }
 }
 
@@ -102,6 +103,7 @@ async fn tombstones_only_for_names_and_migrated_from_v1() -> Result<(), StoreErr
              DROP INDEX taskq_tasks_finished; DROP INDEX taskq_iterations_finished;
              ALTER TABLE taskq_queues DROP COLUMN keep_done_ms;
              ALTER TABLE taskq_queues DROP COLUMN keep_failed_ms;
+             ALTER TABLE taskq_tasks DROP COLUMN trace;
              DELETE FROM taskq_schema WHERE version > 1;",
         )
         .map_err(StoreError::backend)?;
@@ -395,6 +397,7 @@ async fn counts_are_backfilled_by_the_migration() -> Result<(), StoreError> {
             "DROP TABLE taskq_queue_counts;
              DROP INDEX taskq_tasks_finished_queue; DROP INDEX taskq_tasks_finished_task;
              CREATE INDEX taskq_tasks_due ON taskq_tasks (state, run_at);
+             ALTER TABLE taskq_tasks DROP COLUMN trace;
              DELETE FROM taskq_schema WHERE version > 3;",
         )
         .map_err(StoreError::backend)?;
