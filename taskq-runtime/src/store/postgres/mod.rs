@@ -69,14 +69,14 @@
 //!   keeps, one statement per batch; one process prunes a store at a time (a
 //!   transaction-level advisory lock, `pg_try_advisory_xact_lock`), the others skip.
 //!
-//! # Table layout (schema version 5)
+//! # Table layout (schema version 6)
 //! Migrations are versioned in `taskq_schema(version, applied_at)` and applied under an
 //! advisory lock when a store is opened. A database whose schema is newer than this build
 //! knows is refused with [`StoreError::SchemaTooNew`].
 //!
 //! | table | columns | notes |
 //! |---|---|---|
-//! | `taskq_tasks` | `id bigserial`, `task`, `queue`, `state` (`pending` `running` `done` `failed` `dead` `cancelled`), `payload json`, `priority`, `attempts`, `unique_name`, `tombstone_ms`, `created_at`, `enqueued_at`, `run_at`, `finished_at`, `last_error`, `run_id`, `worker`, `lease_until`, `lease_token`, `started_at` | claim indexes `(priority DESC, run_at, id)` and `(queue, priority DESC, run_at, id)` of pending tasks (a claim seeks each priority's due rows, `run_at <= now`, so rows due later are never read) and `(lease_until)` of running ones (lapsed leases); a unique partial index on `unique_name` of live tasks; `run_id` index; `(state, finished_at)` of finished tasks, for pruning (version 4); `(state, id)`, `(state, queue, id)`, `(state, task, id)` of finished rows (version 5, partial, so a claim writes none of them) for listings by key |
+//! | `taskq_tasks` | `id bigserial`, `task`, `queue`, `state` (`pending` `running` `done` `failed` `dead` `cancelled`), `payload json`, `priority`, `attempts`, `unique_name`, `tombstone_ms`, `created_at`, `enqueued_at`, `run_at`, `finished_at`, `last_error`, `run_id`, `worker`, `lease_until`, `lease_token`, `started_at`, `trace` (version 6: the W3C traceparent the task was started in, or NULL) | claim indexes `(priority DESC, run_at, id)` and `(queue, priority DESC, run_at, id)` of pending tasks (a claim seeks each priority's due rows, `run_at <= now`, so rows due later are never read) and `(lease_until)` of running ones (lapsed leases); a unique partial index on `unique_name` of live tasks; `run_id` index; `(state, finished_at)` of finished tasks, for pruning (version 4); `(state, id)`, `(state, queue, id)`, `(state, task, id)` of finished rows (version 5, partial, so a claim writes none of them) for listings by key |
 //! | `taskq_attempts` | `id`, `task_id`, `attempt`, `worker`, `started_at`, `finished_at`, `outcome`, `error` | one row per finished or lapsed attempt; deleted with its task |
 //! | `taskq_queues` | `name`, `paused`, `rate`, `burst`, `max_concurrent`, `tokens`, `refilled_at`, `keep_done_ms`, `keep_failed_ms` | settings and the token bucket's state; the retention (version 4; both NULL: the defaults, `-1`: for ever, see [`crate::retention::to_columns`]) |
 //! | `taskq_iterations` | `run_id` (the first step's id), `task`, `queue`, `filter json`, `cursor json`, `processed`, `batches`, `steps`, `total`, `state`, `started_at`, `updated_at`, `finished_at`, `error` | one row per iterative run; `(state, finished_at)` of ended runs, for pruning (version 4) |

@@ -46,7 +46,7 @@
 //!
 //! # Tables
 //!
-//! Schema version 5 (versions are rows of `taskq_schema(version INTEGER)`; a database
+//! Schema version 6 (versions are rows of `taskq_schema(version INTEGER)`; a database
 //! whose highest version is newer than this build knows is refused with
 //! [`StoreError::SchemaTooNew`]). Every time is an integer of milliseconds since the Unix
 //! epoch ([`Timestamp`]); every JSON value (payload, filter, cursor) is stored as the exact
