@@ -3,6 +3,8 @@
 #
 # - Starts a throwaway PostgreSQL (installing Debian's package if missing) through
 #   .ci/postgres.sh and hands its URL to the tests in TASKQ_TEST_POSTGRES_URL.
+# - Installs Chromium and chromedriver (Debian's packages) when missing, for the console's
+#   browser test, through .ci/chromium.sh.
 # - Checks formatting and clippy, then runs every test of the workspace (unit, behaviour,
 #   conformance on every store, trybuild UI tests, crash tests, doc tests).
 set -euo pipefail
@@ -45,6 +47,10 @@ if [ -f .ci/postgres.sh ]; then
   # shellcheck source=.ci/postgres.sh
   source .ci/postgres.sh
 fi
+
+# Chromium and chromedriver for the console's browser test.
+# shellcheck source=.ci/chromium.sh
+source .ci/chromium.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
