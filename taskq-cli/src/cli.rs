@@ -129,6 +129,11 @@ pub struct AdminArgs {
     /// Mark the session cookie `Secure` (when a TLS proxy serves the console).
     #[arg(long)]
     pub secure_cookie: bool,
+    /// Also serve `GET /metrics`: the Prometheus text exposition of this process's
+    /// recorder, the queue depth read from the store at each scrape (same credentials; a
+    /// scraper sends `Authorization: Bearer TOKEN`).
+    #[arg(long)]
+    pub metrics: bool,
 }
 
 /// The filters of `tasks` and `retry --all`.

@@ -301,6 +301,15 @@ async fn admin(q: Queue, args: AdminArgs) -> Result<Report, Failure> {
     };
     config.read_only = args.read_only;
     config.secure_cookie = args.secure_cookie;
+    if args.metrics {
+        let handle = taskq_runtime::metrics::install_prometheus().map_err(|e| {
+            Failure::new(
+                exit::FAILED,
+                format!("cannot install the Prometheus recorder: {e}"),
+            )
+        })?;
+        config.metrics = Some(handle);
+    }
     let addr = args.bind;
     eprintln!(
         "taskq: console on http://{addr}/{} (Ctrl-C stops it)",

@@ -769,7 +769,7 @@ fn admin_serves_the_console_with_credentials_only() {
     let addr = format!("127.0.0.1:{port}");
     let token = "a-console-token-of-32-characters";
     let mut child = Command::new(env!("CARGO_BIN_EXE_taskq"))
-        .args(["--store", &f.url, "admin", "--bind", &addr])
+        .args(["--store", &f.url, "admin", "--bind", &addr, "--metrics"])
         .env("TASKQ_CONSOLE_TOKEN", token)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -951,3 +951,45 @@ mod postgres {
         queues_chart_and_paged_listing,
     );
 }
+
+/// `GET /metrics` serves the Prometheus exposition of the recorder the console was given
+/// (the queue depth refreshed from the store), behind the same authentication as the
+/// pages; without a recorder the route answers 404. The only test of this binary that
+/// installs the process's recorder.
+#[tokio::test]
+async fn metrics_route_needs_credentials_and_serves_the_exposition() {
+    let s = taskq_tests::memory_store().await;
+    let queue = Queue::new(s.clone());
+    queue.pause("scraped").await.expect("pause");
+    let bare = console::router(queue.clone(), ConsoleConfig::token(TOKEN)).expect("router");
+    let bearer = || {
+        Request::get("/metrics")
+            .header(header::HOST, "127.0.0.1:8080")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .expect("request")
+    };
+    assert_eq!(send(&bare, bearer()).await.status, StatusCode::NOT_FOUND);
+
+    let mut config = ConsoleConfig::token(TOKEN);
+    config.metrics = Some(taskq_runtime::metrics::install_prometheus().expect("recorder"));
+    let app = console::router(queue, config).expect("router");
+    assert_eq!(
+        send(&app, get("/metrics", None)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = send(&app, bearer()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body
+            .lines()
+            .any(|l| l == "taskq_queue_depth{queue=\"scraped\",state=\"pending\"} 0"),
+        "{}",
+        r.body
+    );
+    assert!(r
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain")));
+}

@@ -152,6 +152,13 @@ pub struct ConsoleConfig {
     /// Tasks per page on `/tasks` (the `limit` query parameter may ask for up to 500).
     /// Default 50.
     pub page_size: usize,
+    /// The Prometheus recorder whose metrics `GET /metrics` serves in the text exposition
+    /// format (queue depth refreshed from the store at each scrape, through
+    /// [`crate::metrics::scrape`]), behind the same authentication as the pages: a
+    /// scraper sends the token as `Authorization: Bearer TOKEN`. `None` (the default):
+    /// no `/metrics` route. Feature `prometheus`.
+    #[cfg(feature = "prometheus")]
+    pub metrics: Option<crate::metrics::PrometheusHandle>,
 }
 
 impl std::fmt::Debug for ConsoleConfig {
@@ -168,7 +175,7 @@ impl std::fmt::Debug for ConsoleConfig {
             .field("secure_cookie", &self.secure_cookie)
             .field("refresh", &self.refresh)
             .field("page_size", &self.page_size)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -183,6 +190,8 @@ impl ConsoleConfig {
             secure_cookie: false,
             refresh: Duration::from_secs(5),
             page_size: 50,
+            #[cfg(feature = "prometheus")]
+            metrics: None,
         }
     }
 

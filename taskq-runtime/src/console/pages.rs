@@ -21,12 +21,39 @@ const CHART_MINUTES: u32 = 60;
 const RUNS_SHOWN: usize = 50;
 
 pub(crate) fn routes() -> Router<Shared> {
-    Router::new()
+    let pages = Router::new()
         .route("/", get(queues))
         .route("/tasks", get(tasks))
         .route("/tasks/{id}", get(task))
         .route("/runs", get(runs))
-        .route("/runs/{id}", get(run))
+        .route("/runs/{id}", get(run));
+    #[cfg(feature = "prometheus")]
+    let pages = pages.route("/metrics", get(metrics_text));
+    pages
+}
+
+/// `GET /metrics`: the Prometheus text exposition of [`ConsoleConfig::metrics`]
+/// (404 when the console was given none).
+///
+/// [`ConsoleConfig::metrics`]: super::ConsoleConfig::metrics
+#[cfg(feature = "prometheus")]
+async fn metrics_text(State(c): State<Shared>) -> Response {
+    use axum::response::IntoResponse;
+    match &c.config.metrics {
+        Some(handle) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::scrape(handle, &c.queue).await,
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "no metrics: the console was given no Prometheus recorder",
+        )
+            .into_response(),
+    }
 }
 
 /// A failing store call, as a page: 404 for what is not there, 409 for a refusal, 500
