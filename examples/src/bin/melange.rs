@@ -11,7 +11,7 @@
 //! when stdout is a terminal) while the run goes on, and prints a summary. With `--serve ADDR` it instead shows Melange's starter
 //! pattern (`emailAllTaskStarter`, described in the repository's `docs/ORIGIN.md`): an
 //! HTTP endpoint that starts the task and redirects to a progress page, with a worker in
-//! the same process.
+//! the same process, and the taskq web console beside it at `/admin`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -386,6 +386,11 @@ mod web {
             .ok()
             .filter(|t| t.len() >= 16)
             .unwrap_or_else(|| (0..32).map(|_| fastrand::alphanumeric()).collect());
+        // The taskq console beside the starter, at /admin, signed in with the same token.
+        let console = taskq_runtime::console::router(
+            queue.clone(),
+            taskq_runtime::console::ConsoleConfig::token(token.clone()),
+        )?;
         let app = App {
             queue,
             db,
@@ -396,13 +401,15 @@ mod web {
             .route("/login", get(login))
             .route("/programs/{program}/email_all", post(start))
             .route("/runs/{id}", get(progress))
-            .with_state(app);
+            .with_state(app)
+            .nest("/admin", console);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let worker = worker.spawn();
         println!("serving on http://{addr}/ with a worker in this process; Ctrl-C or SIGTERM stops both gracefully");
         println!("log in: http://{addr}/login?token={token}");
+        println!("the taskq console: http://{addr}/admin (sign in with the same token)");
         axum::serve(listener, router)
             .with_graceful_shutdown(taskq_runtime::worker::shutdown_signal())
             .await?;
@@ -506,7 +513,7 @@ mod web {
                 thousands(it.processed)
             );
         }
-        body += "</ul>";
+        body += "</ul><p><a href=\"/admin\">The taskq console</a>: every queue, task and run (sign in with the same token).</p>";
         Html(page("Melange", &body, false)).into_response()
     }
 
