@@ -174,6 +174,29 @@ async fn save_screenshot(c: &Client, name: &str) -> PathBuf {
     path
 }
 
+/// Clicks the element with this id.
+async fn click(c: &Client, id: &str) {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("no #{id}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click #{id}: {e}"));
+}
+
+/// Fills the sign-in form (clearing what was typed before) and sends it.
+async fn sign_in(c: &Client, user: &str, password: &str) {
+    for (id, text) in [("user", user), ("password", password)] {
+        let field = c
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("no #{id}: {e}"));
+        field.clear().await.expect("clear");
+        field.send_keys(text).await.expect("type");
+    }
+    click(c, "sign-in-button").await;
+}
+
 async fn text_of(c: &Client, css: &str) -> String {
     match c.find(Locator::Css(css)).await {
         Ok(e) => e.text().await.expect("text"),
@@ -245,52 +268,19 @@ async fn sign_in_find_a_dead_task_retry_it_and_see_it_done() {
         .await
         .expect("the sign-in form");
     // A wrong password is refused.
-    c.find(Locator::Id("user"))
-        .await
-        .expect("user")
-        .send_keys("operator")
-        .await
-        .expect("type");
-    c.find(Locator::Id("password"))
-        .await
-        .expect("password")
-        .send_keys("wrong")
-        .await
-        .expect("type");
-    c.find(Locator::Id("sign-in-button"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
-    c.find(Locator::Id("sign-in-error"))
+    sign_in(&c, "operator", "wrong").await;
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Id("sign-in-error"))
         .await
         .expect("a refused sign-in says so");
-    // The right one.
-    c.find(Locator::Id("user"))
+    // The right one: back to the page asked for, signed in (its filters form shows).
+    sign_in(&c, "operator", "correct horse battery staple").await;
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Id("filters"))
         .await
-        .expect("user")
-        .clear()
-        .await
-        .expect("clear");
-    c.find(Locator::Id("user"))
-        .await
-        .expect("user")
-        .send_keys("operator")
-        .await
-        .expect("type");
-    c.find(Locator::Id("password"))
-        .await
-        .expect("password")
-        .send_keys("correct horse battery staple")
-        .await
-        .expect("type");
-    c.find(Locator::Id("sign-in-button"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+        .expect("signed in, on the dead tasks");
 
     // The queues page, with its chart.
     c.goto(&format!("{base}/")).await.expect("goto");
@@ -337,12 +327,7 @@ async fn sign_in_find_a_dead_task_retry_it_and_see_it_done() {
         .await
         .contains("<script>document.title='owned'</script>"));
     REPORTS_FAIL.store(false, Ordering::SeqCst);
-    c.find(Locator::Id("retry-button"))
-        .await
-        .expect("the retry button")
-        .click()
-        .await
-        .expect("click");
+    click(&c, "retry-button").await;
     // Done, as the page shows it (reloaded until then).
     let page = format!("{base}/tasks/{dead}");
     let mut seen = String::new();

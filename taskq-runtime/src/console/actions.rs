@@ -141,22 +141,7 @@ async fn run_now(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let fields = Fields::of(&body);
-    let id = match task_id(&chrome, &id) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    match c.queue.run_now(id).await {
-        Ok(()) => done(
-            &chrome,
-            &fields,
-            format!("{}/tasks/{id}", chrome.prefix),
-            "run-now",
-            None,
-            0,
-        ),
-        Err(e) => store_error(&chrome, &e),
-    }
+    on_task(&c, &chrome, &id, &body, TaskAction::RunNow).await
 }
 
 async fn retry(
@@ -165,21 +150,44 @@ async fn retry(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let fields = Fields::of(&body);
-    let id = match task_id(&chrome, &id) {
+    on_task(&c, &chrome, &id, &body, TaskAction::Retry).await
+}
+
+/// The actions on one task that need no confirmation.
+#[derive(Clone, Copy)]
+enum TaskAction {
+    RunNow,
+    Retry,
+}
+
+/// Runs a [`TaskAction`] on the task of the path, then back to the task's page (or
+/// `next`), with the notice named after it.
+async fn on_task(
+    c: &Shared,
+    chrome: &Chrome,
+    id: &str,
+    body: &Bytes,
+    action: TaskAction,
+) -> Response {
+    let fields = Fields::of(body);
+    let id = match task_id(chrome, id) {
         Ok(id) => id,
         Err(r) => return *r,
     };
-    match c.queue.retry(id).await {
+    let (did, result) = match action {
+        TaskAction::RunNow => ("run-now", c.queue.run_now(id).await),
+        TaskAction::Retry => ("retry", c.queue.retry(id).await),
+    };
+    match result {
         Ok(()) => done(
-            &chrome,
+            chrome,
             &fields,
             format!("{}/tasks/{id}", chrome.prefix),
-            "retry",
+            did,
             None,
             0,
         ),
-        Err(e) => store_error(&chrome, &e),
+        Err(e) => store_error(chrome, &e),
     }
 }
 
@@ -305,26 +313,28 @@ async fn retry_matching(State(c): State<Shared>, chrome: Chrome, body: Bytes) ->
 }
 
 async fn pause(State(c): State<Shared>, chrome: Chrome, body: Bytes) -> Response {
-    let fields = Fields::of(&body);
-    let q = match queue_name(&chrome, &fields) {
-        Ok(q) => q,
-        Err(r) => return *r,
-    };
-    match c.queue.pause(q).await {
-        Ok(()) => done(&chrome, &fields, chrome.home.clone(), "pause", None, 0),
-        Err(e) => store_error(&chrome, &e),
-    }
+    pause_or_resume(&c, &chrome, &body, true).await
 }
 
 async fn resume(State(c): State<Shared>, chrome: Chrome, body: Bytes) -> Response {
-    let fields = Fields::of(&body);
-    let q = match queue_name(&chrome, &fields) {
+    pause_or_resume(&c, &chrome, &body, false).await
+}
+
+/// Pauses (or resumes) the form's queue, then back home (or `next`).
+async fn pause_or_resume(c: &Shared, chrome: &Chrome, body: &Bytes, pause: bool) -> Response {
+    let fields = Fields::of(body);
+    let q = match queue_name(chrome, &fields) {
         Ok(q) => q,
         Err(r) => return *r,
     };
-    match c.queue.resume(q).await {
-        Ok(()) => done(&chrome, &fields, chrome.home.clone(), "resume", None, 0),
-        Err(e) => store_error(&chrome, &e),
+    let (did, result) = if pause {
+        ("pause", c.queue.pause(q).await)
+    } else {
+        ("resume", c.queue.resume(q).await)
+    };
+    match result {
+        Ok(()) => done(chrome, &fields, chrome.home.clone(), did, None, 0),
+        Err(e) => store_error(chrome, &e),
     }
 }
 
