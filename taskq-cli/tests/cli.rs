@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use taskq_runtime::store::{Checkpoint, ClaimRequest, Finish, NewIteration, NewTask, Outcome};
 use taskq_runtime::{Queue, TaskId, Timestamp};
+use taskq_tests::served::{http_get, stop_with_sigterm, wait_listening};
 
 /// What one run of the binary gave.
 #[derive(Debug)]
@@ -717,30 +718,6 @@ fn destructive_commands_ask_at_a_terminal() {
     assert_eq!(queue_json(u, "email")["counts"]["failed"], 0);
 }
 
-/// One HTTP/1.1 GET on `addr`, answered with its status code and body.
-fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the console");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let auth = bearer
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("read the answer");
-    let code = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
-    (code, answer)
-}
-
 /// `taskq admin` refuses to start without credentials (exit 2, saying which variables
 /// to set) and without them off loopback; with a token from the environment it serves
 /// the console (401 without it, the queues page with it) until SIGTERM, then exits 0.
@@ -776,40 +753,16 @@ fn admin_serves_the_console_with_credentials_only() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start taskq admin");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        if let Some(status) = child.try_wait().expect("wait") {
-            panic!("taskq admin exited early: {status}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "taskq admin never listened on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (code, _) = http_get(&addr, "/", None);
+    wait_listening(&mut child, &addr, Duration::from_secs(60));
+    let (code, _) = http_get(&addr, "/", &[]);
     assert_eq!(code, 401, "a page without credentials");
-    let (code, page) = http_get(&addr, "/", Some(token));
+    let bearer = format!("Bearer {token}");
+    let (code, page) = http_get(&addr, "/", &[("Authorization", &bearer)]);
     assert_eq!(code, 200, "{page}");
     assert!(
         page.contains("email"),
         "the queues page lists queue `email`: {page}"
     );
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "taskq admin did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = stop_with_sigterm(&mut child, Duration::from_secs(60));
     assert_eq!(status.code(), Some(0), "taskq admin after SIGTERM");
 }

@@ -8,6 +8,7 @@ pub mod faulty;
 pub mod models;
 pub mod pg_models;
 pub mod proxy;
+pub mod served;
 pub mod tasks;
 pub mod values;
 
