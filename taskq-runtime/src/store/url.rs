@@ -169,7 +169,7 @@ pub(crate) fn redact(url: &str) -> String {
 fn redacted(url: &str) -> (String, Vec<String>) {
     let mut secrets = Vec::new();
     let Some(start) = url.find("://").map(|i| i + 3) else {
-        return (url.to_string(), secrets);
+        return redacted_without_scheme(url);
     };
     if url.starts_with("sqlite://") {
         return (url.to_string(), secrets);
@@ -210,23 +210,59 @@ fn redacted(url: &str) -> (String, Vec<String>) {
             Some(colon) => {
                 let hidden = &url[colon + 1..at];
                 secrets.push(hidden.to_string());
-                secrets.extend(hidden.split('@').map(str::to_string));
-                // The driver may read the hidden part differently (a user name holding
-                // `?` starts its query early) and quote a piece of it, so each piece
-                // between delimiters is hidden too (pieces of four characters or more:
-                // shorter ones would garble the reason's words).
-                secrets.extend(
-                    hidden
-                        .split(|c| "@:?/&=#".contains(c))
-                        .filter(|p| p.chars().count() >= 4)
-                        .map(str::to_string),
-                );
+                // The driver may read the hidden part differently (it stops at the first
+                // `@`; a user name holding `?` starts its query early) and quote a piece of
+                // it, so each piece between delimiters is hidden too.
+                secrets.extend(pieces(hidden));
                 format!("{}***{}", &url[..=colon], &url[at..])
             }
             None => url,
         },
         None => url,
     };
+    secrets.retain(|s| !s.is_empty());
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    (shown, secrets)
+}
+
+/// The pieces of `hidden` between URL delimiters, to hide wherever a message quotes one:
+/// those of four characters or more (hiding shorter ones, a `p`, would garble every word
+/// of the message that holds that letter and point at the password besides).
+fn pieces(hidden: &str) -> impl Iterator<Item = String> + '_ {
+    hidden
+        .split(|c| "@:?/&=# ".contains(c))
+        .filter(|p| p.chars().count() >= 4)
+        .map(str::to_string)
+}
+
+/// [`redacted`] of a text with no `://`: not a URL the driver reads, but it may still hold
+/// a password (a slash left out, `postgres:user:pw@host/db`; a libpq `key=value` string).
+/// The value of every `key=value` word whose key names a password is hidden, and
+/// everything after the first `:`, except in the `sqlite:` and `memory:` forms (a path, or
+/// nothing).
+fn redacted_without_scheme(text: &str) -> (String, Vec<String>) {
+    let lower = text.to_ascii_lowercase();
+    if lower.starts_with("sqlite:") || lower.starts_with("memory:") {
+        return (text.to_string(), Vec::new());
+    }
+    let mut secrets = Vec::new();
+    let words: Vec<String> = text
+        .split(' ')
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) if unescape(k).to_ascii_lowercase().contains("password") => {
+                secrets.push(v.to_string());
+                format!("{k}=***")
+            }
+            _ => w.to_string(),
+        })
+        .collect();
+    let mut shown = words.join(" ");
+    if let Some(colon) = text.find(':') {
+        let hidden = &text[colon + 1..];
+        secrets.push(hidden.to_string());
+        secrets.extend(pieces(hidden));
+        shown = format!("{}:***", &text[..colon]);
+    }
     secrets.retain(|s| !s.is_empty());
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     (shown, secrets)
@@ -271,6 +307,29 @@ mod tests {
             Err(e) => format!("{e} {e:?}"),
         };
         assert!(!shown.contains("PWaAAA0AaAA0"), "{shown}");
+    }
+
+    #[test]
+    fn passwords_in_texts_that_are_not_urls_are_hidden() {
+        // Found by trying the CLI: a slash left out, a libpq string, an `@` in a password.
+        for (text, pw) in [
+            ("postgres:bob:s3cretPW@host/db", "s3cretPW"),
+            ("host=h port=99999 password=s3cretPW", "s3cretPW"),
+            ("postgres://bob:p@ss@wordX@host:99999/db", "wordX"),
+        ] {
+            let shown = match super::StoreUrl::parse(text) {
+                Ok(u) => format!("{u:?}"),
+                Err(e) => format!("{e} {e:?}"),
+            };
+            assert!(!shown.contains(pw), "{text}: {shown}");
+            assert!(shown.contains("***"), "{text}: {shown}");
+        }
+        // The `p` before the first `@` is not blanked out of every word.
+        let e = super::StoreUrl::parse("postgres://bob:p@ss@wordX@host:99999/db")
+            .expect_err("a bad port");
+        assert!(!e.to_string().contains("o***tion"), "{e}");
+        // SQLite forms keep their path.
+        assert_eq!(redact("sqlite:relative.db"), "sqlite:relative.db");
     }
 
     #[test]
