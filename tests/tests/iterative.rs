@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use taskq_runtime::store::{IterationInfo, RunState, TaskQuery};
 use taskq_runtime::testing::Harness;
 use taskq_runtime::{iterative_task, Context, Queue, Store, TaskError, TaskId, Worker};
-use taskq_tests::models::{Item, ItemDb, ItemFilter};
+use taskq_tests::models::{AllTickets, Gate, Item, ItemDb, ItemFilter, Ticket};
 
 /// A change to the table made by a batch, once.
 type Hook = Box<dyn FnOnce() + Send>;
@@ -598,4 +598,39 @@ async fn a_cancelled_run_stops() {
         q.cancel_iteration(run).await.is_err(),
         "cancelling twice is refused"
     );
+}
+
+/// Waits, in its first call, until the model's read of the next batch has started, then
+/// lets that read go on: it ends only if the step reads ahead while the function runs.
+#[iterative_task(model = Ticket, batch_size = 10, queue = "ahead")]
+async fn read_ahead_walk(ctx: Context, tickets: Vec<Ticket>) -> Result<(), TaskError> {
+    let gate = ctx.state::<Arc<Gate>>()?;
+    if gate.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+        gate.wait_entered(Duration::from_secs(60)).await;
+        gate.release.add_permits(1);
+    }
+    let _ = tickets;
+    Ok(())
+}
+
+/// The next batch is read while the task's function runs on this one (the step waits for
+/// the longer of the two, not their sum), and every entity is still walked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_batch_is_read_while_the_function_runs() {
+    // 25 tickets in batches of 10: the second read (after ticket 10) is the one held.
+    let gate = Gate::new(25, 2);
+    let h = Harness::new().state(gate.clone());
+    let q = h.queue();
+    let run = read_ahead_walk::start(&q, AllTickets).await.expect("start");
+    let report = tokio::time::timeout(Duration::from_secs(120), h.drain())
+        .await
+        .expect("the run ends")
+        .expect("drain");
+    assert_eq!(report.count("done"), 1, "{:?}", report.runs);
+    let it = q.iteration(run).await.expect("iteration");
+    assert_eq!(
+        (it.state, it.processed, it.batches),
+        (RunState::Done, 25, 3)
+    );
+    assert_eq!(gate.calls(), 3);
 }
