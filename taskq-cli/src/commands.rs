@@ -310,12 +310,18 @@ async fn admin(q: Queue, args: AdminArgs) -> Result<Report, Failure> {
         })?;
         config.metrics = Some(handle);
     }
-    let addr = args.bind;
+    // Checked and bound before saying where it listens: a refusal prints only why.
+    let refused = |e: ConsoleError| Failure::new(exit::USAGE, e.to_string());
+    config.check_bind(args.bind).map_err(refused)?;
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .map_err(|e| Failure::new(exit::FAILED, format!("cannot listen on {}: {e}", args.bind)))?;
+    let addr = listener.local_addr().unwrap_or(args.bind);
     eprintln!(
         "taskq: console on http://{addr}/{} (Ctrl-C stops it)",
         if config.read_only { " read-only" } else { "" }
     );
-    match console::serve(q, config, addr).await {
+    match console::serve_on(q, config, listener, console::shutdown_signal()).await {
         Ok(()) => Ok(Report::new(
             json!({ "action": "admin", "bind": addr.to_string(), "stopped": true }),
             "console stopped".to_string(),

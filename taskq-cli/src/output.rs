@@ -484,3 +484,43 @@ pub fn prune_text(p: &PruneJson) -> String {
     }
     s
 }
+
+/// `text` safe to print at a terminal: every control character but the line feed (ESC,
+/// carriage return, tab, DEL, the C1 controls) and every bidirectional-formatting
+/// character is written as a `\u{..}` escape, so a queue name, task name, argument or
+/// error message from the store cannot move the cursor, rewrite a line, recolour the
+/// terminal or reorder what is shown. Everything else is kept as it is.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    fn hidden(c: char) -> bool {
+        (c.is_control() && c != '\n')
+            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped() {
+        assert_eq!(printable("email\nq"), "email\nq");
+        assert_eq!(
+            printable("a\u{1b}[31mred\r\t\u{7f}\u{9b}b"),
+            "a\\u{1b}[31mred\\u{d}\\u{9}\\u{7f}\\u{9b}b"
+        );
+        assert_eq!(printable("x\u{202e}gpj.exe"), "x\\u{202e}gpj.exe");
+        assert_eq!(printable("naïve ✓"), "naïve ✓");
+    }
+}

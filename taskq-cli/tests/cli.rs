@@ -597,6 +597,75 @@ fn a_bad_store_url_is_a_usage_error_without_its_password() {
     assert!(out.stderr.contains("memory://"), "{out:?}");
 }
 
+/// A usage error clap finds (an unknown flag, a missing or bad argument) exits with 2 and,
+/// with `--json` anywhere on the line, prints the same error document as every other
+/// failure, so a script reading stdout always gets one.
+#[test]
+fn usage_errors_honour_json() {
+    for args in [
+        &["queues", "--json", "--no-such-flag"][..],
+        &["--json", "show"],
+        &["show", "not-a-number", "--json"],
+        &["tasks", "--state", "zombie", "--json"],
+        &["--json", "no-such-command"],
+    ] {
+        let out = taskq("sqlite://unused.db", args);
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        let doc = out.json();
+        assert_eq!(doc["error"]["kind"], "usage", "{args:?}: {doc}");
+        assert_eq!(doc["error"]["code"], 2, "{args:?}: {doc}");
+        let message = doc["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.is_empty() && !message.contains('\n'),
+            "{args:?}: {doc}"
+        );
+        assert!(
+            !out.stderr.is_empty(),
+            "clap's own message on stderr: {out:?}"
+        );
+    }
+    // Without --json, stdout stays empty.
+    let out = taskq("sqlite://unused.db", &["queues", "--no-such-flag"]);
+    assert_eq!((out.code, out.stdout.as_str()), (2, ""), "{out:?}");
+}
+
+/// Names and arguments from the store cannot drive the terminal: an ESC sequence, a
+/// carriage return and a right-to-left override in a queue name, task name and
+/// arguments print as escapes in tables and in `show`, and stay exact in `--json`.
+#[test]
+fn control_characters_from_the_store_print_as_escapes() {
+    let dir = temp_dir();
+    let url = sqlite_url(&dir);
+    let evil_queue = "mail\u{1b}[2J\rq\u{202e}";
+    let evil_task = "app::\u{1b}]0;pwned\u{7}x";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let id = rt.block_on(async {
+        let q = Queue::open(&url).await.expect("open the store");
+        let now = q.clock().now();
+        let t = task(evil_task, evil_queue, json!({ "note": "\u{9b}31m" }), now);
+        q.store().enqueue(vec![t], now).await.expect("enqueue")[0]
+    });
+    let id = id.to_string();
+    for args in [
+        vec!["queues"],
+        vec!["tasks", "--with-args"],
+        vec!["show", id.as_str()],
+    ] {
+        let out = expect(&url, 0, &args);
+        for bad in ['\u{1b}', '\r', '\u{202e}', '\u{7}', '\u{9b}'] {
+            assert!(
+                !out.stdout.contains(bad),
+                "{args:?} printed {bad:?}: {out:?}"
+            );
+        }
+        assert!(out.stdout.contains("\\u{1b}"), "{args:?}: {out:?}");
+    }
+    assert_eq!(queue_json(&url, evil_queue)["counts"]["pending"], 1);
+}
+
 /// A database that cannot be reached exits with 4, within the connect timeout: refused,
 /// silent (an address that does not answer), or an SQLite file that is not there (not
 /// created).
@@ -738,6 +807,12 @@ fn admin_serves_the_console_with_credentials_only() {
         &["--store", &f.url, "admin", "--bind", "127.0.0.1:0"],
     );
     assert_eq!(weak.code, 2, "{weak:?}");
+    for refused in [&no_creds, &open, &weak] {
+        assert!(
+            !refused.stderr.contains("console on"),
+            "a refused console never says where it listens: {refused:?}"
+        );
+    }
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

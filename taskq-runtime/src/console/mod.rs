@@ -373,8 +373,10 @@ pub async fn serve_on(
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM on Unix (what `docker stop`, systemd and Kubernetes send).
-async fn shutdown_signal() {
+/// Completes on Ctrl-C, or SIGTERM on Unix (what `docker stop`, systemd and Kubernetes
+/// send): the `shutdown` that [`serve`] gives [`serve_on`], for a caller that binds its
+/// own listener (to report the bound address before serving, say).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         // An error means no signal handler could be installed: then only SIGTERM stops.
         if tokio::signal::ctrl_c().await.is_err() {
