@@ -775,6 +775,17 @@ async fn each_action_changes_the_store(s: Arc<dyn Store>) {
         StatusCode::SEE_OTHER
     );
     assert_eq!(paused("later").await, Some(false));
+    // A queue the store does not know is not created by a crafted form: 404, no queue.
+    for path in ["/queues/pause", "/queues/resume", "/queues/purge"] {
+        let r = c.post(path, "queue=no-such-queue&confirm=yes").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.body);
+        assert!(r.body.contains("No queue named"), "{path}: {}", r.body);
+        assert_eq!(
+            paused("no-such-queue").await,
+            None,
+            "{path} created the queue"
+        );
+    }
 
     // Purge: a confirmation page, then the pending tasks are gone.
     let r = c.post("/queues/purge", "queue=later").await;
@@ -912,8 +923,17 @@ async fn queues_chart_and_paged_listing(s: Arc<dyn Store>) {
         2,
         "dead and failed rows have a retry button"
     );
-    let wrong = c.get("/tasks?state=zombie").await.body;
-    assert!(wrong.contains("unknown task state"), "{wrong}");
+    // A filter that does not parse answers 400 and lists nothing (an unfiltered list
+    // under the banner would read as the filtered one).
+    let wrong = c.get("/tasks?state=zombie").await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST, "{}", wrong.body);
+    assert!(wrong.body.contains("unknown task state"), "{}", wrong.body);
+    assert_eq!(
+        wrong.body.matches(r#"class="task-row"#).count(),
+        0,
+        "{}",
+        wrong.body
+    );
 }
 
 macro_rules! console_cases {

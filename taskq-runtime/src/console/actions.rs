@@ -124,14 +124,32 @@ fn task_id(chrome: &Chrome, id: &str) -> Result<TaskId, Box<Response>> {
 }
 
 /// The queue a queue action names (the `queue` field).
-fn queue_name<'a>(chrome: &Chrome, fields: &'a Fields) -> Result<&'a str, Box<Response>> {
-    match fields.get("queue") {
-        "" => Err(Box::new(error_page(
+/// The form's queue, which must be one the store knows (has tasks or settings): the
+/// console's buttons only name listed queues, and a pause, resume or purge of a name that
+/// is not one answers 404 rather than creating a queue (as the CLI does).
+async fn queue_name<'a>(
+    c: &Shared,
+    chrome: &Chrome,
+    fields: &'a Fields,
+) -> Result<&'a str, Box<Response>> {
+    let q = match fields.get("queue") {
+        "" => {
+            return Err(Box::new(error_page(
+                chrome,
+                StatusCode::BAD_REQUEST,
+                "The form names no queue.",
+            )))
+        }
+        q => q,
+    };
+    match c.queue.queues().await {
+        Ok(known) if known.iter().any(|k| k.name == q) => Ok(q),
+        Ok(_) => Err(Box::new(error_page(
             chrome,
-            StatusCode::BAD_REQUEST,
-            "The form names no queue.",
+            StatusCode::NOT_FOUND,
+            &format!("No queue named `{q}`."),
         ))),
-        q => Ok(q),
+        Err(e) => Err(Box::new(store_error(chrome, &e))),
     }
 }
 
@@ -323,7 +341,7 @@ async fn resume(State(c): State<Shared>, chrome: Chrome, body: Bytes) -> Respons
 /// Pauses (or resumes) the form's queue, then back home (or `next`).
 async fn pause_or_resume(c: &Shared, chrome: &Chrome, body: &Bytes, pause: bool) -> Response {
     let fields = Fields::of(body);
-    let q = match queue_name(chrome, &fields) {
+    let q = match queue_name(c, chrome, &fields).await {
         Ok(q) => q,
         Err(r) => return *r,
     };
@@ -340,7 +358,7 @@ async fn pause_or_resume(c: &Shared, chrome: &Chrome, body: &Bytes, pause: bool)
 
 async fn purge(State(c): State<Shared>, chrome: Chrome, body: Bytes) -> Response {
     let fields = Fields::of(&body);
-    let q = match queue_name(&chrome, &fields) {
+    let q = match queue_name(&c, &chrome, &fields).await {
         Ok(q) => q,
         Err(r) => return *r,
     };

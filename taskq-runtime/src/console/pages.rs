@@ -109,8 +109,17 @@ async fn tasks(
     };
     let filter = &page.filter;
     let query = filter.query(page.before, page.limit);
-    let (list, queues) = match tokio::try_join!(console.queue.list(&query), console.queue.queues())
-    {
+    // A filter that does not parse lists nothing (answer 400): an unfiltered list under
+    // the problem's banner would read as the filtered one.
+    let bad_filter = !problem.is_empty();
+    let listed = async {
+        if bad_filter {
+            Ok(Vec::new())
+        } else {
+            console.queue.list(&query).await
+        }
+    };
+    let (list, queues) = match tokio::try_join!(listed, console.queue.queues()) {
         Ok(r) => r,
         Err(e) => return store_error(&chrome, &e),
     };
@@ -144,7 +153,7 @@ async fn tasks(
         }
         _ => None,
     };
-    render(&TasksPage {
+    let mut resp = render(&TasksPage {
         tasks: list.iter().map(TaskRow::of).collect(),
         queues: names,
         states: TaskState::ALL
@@ -160,7 +169,11 @@ async fn tasks(
         retry_offered: filter.state.is_none_or(super::templates::retryable),
         problem,
         chrome,
-    })
+    });
+    if bad_filter {
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    resp
 }
 
 /// `/tasks/{id}`: one task with its arguments and attempts.
