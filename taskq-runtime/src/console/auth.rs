@@ -158,16 +158,21 @@ pub(crate) fn logout_routes() -> Router<Shared> {
     Router::new().route("/logout", post(logout))
 }
 
-/// The session cookie of a request, if any.
+/// The session cookie of a request, if any. The header is split as bytes: another
+/// site's cookie on the same host holding bytes that are not UTF-8 (browsers send them
+/// as they were set) must not hide ours.
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|c| {
+            let c = c.trim_ascii();
+            let eq = c.iter().position(|b| *b == b'=')?;
+            Some((&c[..eq], &c[eq + 1..]))
+        })
+        .find(|(name, _)| *name == COOKIE.as_bytes())
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
 }
 
 /// The `Set-Cookie` header of a session (or, for `None`, of its removal).
@@ -427,6 +432,25 @@ mod tests {
 
     fn keys(auth: ConsoleConfig) -> Keys {
         Keys::new(&auth).expect("keys")
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_beside_cookies_that_are_not_utf8() {
+        let mut h = HeaderMap::new();
+        let raw = [
+            b"other=\xff\xfe; taskq_console=abc.def ; x=1".as_slice(),
+            b"taskq_consolex=no",
+        ];
+        for v in raw {
+            h.append(
+                header::COOKIE,
+                HeaderValue::from_bytes(v).expect("a header value"),
+            );
+        }
+        assert_eq!(session_cookie(&h), Some("abc.def"));
+        let mut only_other = HeaderMap::new();
+        only_other.insert(header::COOKIE, HeaderValue::from_static("a=1;b"));
+        assert_eq!(session_cookie(&only_other), None);
     }
 
     #[test]
