@@ -266,3 +266,76 @@ async fn a_task_that_ignores_the_cancel_is_stopped_after_the_grace() {
     );
     w.shutdown().await.expect("shutdown");
 }
+
+/// `Queue::cancel` of a continuation step's id (not the run's) cancels its run, as
+/// `cancel_iteration` does; the store itself refuses a step with `Conflict`.
+#[tokio::test]
+async fn cancelling_a_step_cancels_its_run() {
+    use taskq_runtime::store::{ClaimRequest, Finish, NewIteration, NewTask, Outcome, RunState};
+    let store = taskq_tests::memory_store().await;
+    let q = Queue::new(store.clone());
+    let now = q.clock().now();
+    let run = store
+        .enqueue(
+            vec![NewTask {
+                task: "cancel::walk".into(),
+                queue: "steps".into(),
+                payload: serde_json::json!({ "filter": {}, "args": {} }),
+                priority: 0,
+                run_at: now,
+                unique_name: None,
+                tombstone: Duration::from_secs(60),
+                iteration: Some(NewIteration {
+                    filter: serde_json::json!({}),
+                }),
+                trace: None,
+            }],
+            now,
+        )
+        .await
+        .expect("enqueue")[0];
+    let claim = ClaimRequest {
+        queues: vec!["steps".into()],
+        worker: "w".into(),
+        limit: 1,
+        lease: Duration::from_secs(60),
+        now,
+    };
+    let c = store.claim(&claim).await.expect("claim");
+    let r = store
+        .finish(
+            vec![Finish {
+                lease: c[0].lease,
+                outcome: Outcome::Continue { run_at: now },
+                started_at: now,
+            }],
+            "w",
+            now,
+        )
+        .await
+        .expect("finish");
+    assert!(r.iter().all(Result::is_ok));
+    let step = store.claim(&claim).await.expect("claim")[0].lease.id;
+    assert_ne!(step, run);
+    assert!(matches!(
+        store.cancel(step, now).await,
+        Err(taskq_runtime::StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        q.cancel(step).await.expect("cancel"),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        q.iteration(run).await.expect("run").state,
+        RunState::Cancelled
+    );
+    assert_eq!(
+        q.task(step)
+            .await
+            .expect("task")
+            .expect("exists")
+            .info
+            .state,
+        TaskState::Cancelled
+    );
+}
