@@ -1,5 +1,5 @@
 //! [`Queue`]: the handle to start tasks and manage them (the management API: list and
-//! filter, inspect, run now, delete, retry one or every match, pause, resume, purge,
+//! filter, inspect, run now, cancel, delete, retry one or every match, pause, resume, purge,
 //! configure, prune, throughput, iteration runs and their cancellation). The `taskq`
 //! command (`taskq-cli`) and the web console (feature `console`) are built on it.
 

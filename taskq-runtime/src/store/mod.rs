@@ -105,7 +105,8 @@ pub enum TaskState {
     Failed,
     /// Out of attempts and age, or undecodable, or of an unknown task name.
     Dead,
-    /// Cancelled by a person (an iteration run that was cancelled, for instance).
+    /// Cancelled by a person ([`Queue::cancel`](crate::Queue::cancel): a pending task, a running one
+    /// through its worker, or an iteration run), or a step of a run that had ended.
     Cancelled,
 }
 
