@@ -147,6 +147,16 @@ queue.configure("email", QueueConfig { rate: Some(10.0), burst: Some(20), max_co
         Ok(())
     }
 
+    async fn cancel_it(queue: Queue, id: TaskId) -> Result<(), Box<dyn Error>> {
+use taskq_runtime::CancelOutcome;
+
+match queue.cancel(id).await? {
+    CancelOutcome::Cancelled => println!("task {id} will not run"),             // it was pending
+    CancelOutcome::Requested => println!("task {id}'s worker tells it to stop"), // it was running
+}
+        Ok(())
+    }
+
     async fn retention(queue: Queue) -> Result<(), Box<dyn Error>> {
 use std::time::Duration;
 use taskq_runtime::{QueueConfig, Retention, TaskState};
@@ -181,6 +191,9 @@ println!("pruned {} done and {} dead tasks", pruned.count(TaskState::Done), prun
         retention(queue.clone()).await?;
         let audit = queue.queues().await?.into_iter().find(|q| q.name == "audit");
         assert_eq!(audit.and_then(|q| q.config.retention), Some(taskq_runtime::Retention::OFF));
+        let pending = send_email::start(&queue, "yan@example.org".into(), "Bye".into()).await?;
+        cancel_it(queue.clone(), pending).await?;
+        assert_eq!(queue.task(pending).await?.map(|d| d.info.state), Some(taskq_runtime::TaskState::Cancelled));
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ pub const CONSOLE_PASSWORD: &str = "TASKQ_CONSOLE_PASSWORD";
 pub const DEFAULT_STORE: &str = "sqlite://taskq.db";
 
 /// Manage the tasks of a taskq store: list, inspect, run, retry, delete, pause, resume,
-/// purge, prune, and follow or cancel iteration runs.
+/// purge, prune, cancel tasks, and follow or cancel iteration runs.
 ///
 /// Exit codes: 0 done; 1 the operation failed (the task is not in a state it applies to,
 /// the confirmation was declined, a store error); 2 usage (a bad argument or store URL, or
@@ -102,10 +102,13 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// Cancels a running iteration run and its live step.
+    /// Cancels a task: a pending one ends cancelled now; a running one is told through
+    /// its worker (`ctx.is_cancelled()`), stopped after the worker's cancel grace, and
+    /// ends cancelled, never retried. An iteration run's id cancels the run and its live
+    /// step. A finished task (done, failed, dead, cancelled) exits with 1.
     Cancel {
-        /// The run's id.
-        run: TaskId,
+        /// The task's id, or an iteration run's id.
+        id: TaskId,
     },
     /// Serves the web console until Ctrl-C or SIGTERM. Credentials come from the
     /// environment, never the command line: TASKQ_CONSOLE_TOKEN (16 bytes or more), or

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskq_runtime::store::StoreUrl;
-use taskq_runtime::{Queue, TaskQuery, TaskState};
+use taskq_runtime::{CancelOutcome, Queue, TaskQuery, TaskState};
 
 use crate::cli::{AdminArgs, Cli, Command, Filters, RetryArgs, TasksArgs};
 use crate::exit::{self, Failure};
@@ -80,11 +80,17 @@ pub async fn run(cli: Cli) -> Result<Report, Failure> {
             let text = output::runs_table(&runs);
             Ok(Report::new(json!({ "runs": runs }), text))
         }
-        Command::Cancel { run } => {
-            q.cancel_iteration(run).await?;
+        Command::Cancel { id } => {
+            let outcome = q.cancel(id).await?;
+            let text = match outcome {
+                CancelOutcome::Cancelled => format!("task {id} cancelled"),
+                CancelOutcome::Requested => format!(
+                    "task {id} is running: cancel requested (its worker tells it, stops it after its cancel grace, and it ends cancelled)"
+                ),
+            };
             Ok(Report::new(
-                json!({ "action": "cancel", "run": run.0 }),
-                format!("run {run} cancelled"),
+                json!({ "action": "cancel", "id": id.0, "outcome": outcome }),
+                text,
             ))
         }
     }

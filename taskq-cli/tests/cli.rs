@@ -460,10 +460,27 @@ fn every_command(url: String) {
         "{human}"
     );
     let c = expect(u, 0, &["cancel", &id(f.run), "--json"]).json();
-    assert_eq!(c, json!({ "action": "cancel", "run": f.run.0 }));
+    assert_eq!(
+        c,
+        json!({ "action": "cancel", "id": f.run.0, "outcome": "cancelled" })
+    );
     let one = expect(u, 0, &["runs", &id(f.run), "--json"]).json();
     assert_eq!(one["run"]["state"], "cancelled");
     expect(u, 1, &["cancel", &id(f.run)]);
+    // A pending task: cancelled now (a running one is the library's and the worker's
+    // tests).
+    let c = expect(u, 0, &["cancel", &id(f.report), "--json"]).json();
+    assert_eq!(
+        c,
+        json!({ "action": "cancel", "id": f.report.0, "outcome": "cancelled" })
+    );
+    let shown = expect(u, 0, &["show", &id(f.report), "--json"]).json();
+    assert_eq!(shown["task"]["state"], "cancelled");
+    let human = expect(u, 1, &["cancel", &id(f.report)]);
+    assert!(
+        human.stderr.contains("only a pending or running task"),
+        "{human:?}"
+    );
 
     // purge
     let out = expect(u, 2, &["purge", "email"]);
@@ -532,7 +549,7 @@ fn exit_codes(url: String) {
     // Not in a state the operation applies to.
     expect(u, 1, &["run", &id(f.done)]);
     expect(u, 1, &["retry", &id(f.later)]);
-    expect(u, 3, &["cancel", &id(f.done)]);
+    expect(u, 1, &["cancel", &id(f.done)]);
     expect(u, 0, &["cancel", &id(f.run)]);
     expect(u, 1, &["cancel", &id(f.run)]);
     let err = expect(u, 1, &["retry", &id(f.report), "--json"]).json();

@@ -69,8 +69,8 @@ pub use queue::{Queue, TaskBuilder};
 pub use registry::Registry;
 pub use retention::Retention;
 pub use store::{
-    AttemptInfo, IterationInfo, PruneReport, QueueConfig, QueueInfo, RunState, Store, StoreError,
-    TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
+    AttemptInfo, CancelOutcome, IterationInfo, PruneReport, QueueConfig, QueueInfo, RunState,
+    Store, StoreError, TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
 };
 pub use task::{Context, TaskOptions};
 pub use taskq_macros::{iterative_task, task};

@@ -15,7 +15,7 @@
 //! | [`taskq_tasks_failed_total`](FAILED) | counter | `task`, `queue` | attempts | attempts recorded failed: a fatal error, never retried |
 //! | [`taskq_tasks_retried_total`](RETRIED) | counter | `task`, `queue` | attempts | attempts recorded with a retry after a backoff |
 //! | [`taskq_tasks_dead_total`](DEAD) | counter | `task`, `queue` | attempts | attempts that sent their task to dead (the retry policy spent, or a row that does not decode) |
-//! | [`taskq_tasks_cancelled_total`](CANCELLED) | counter | `task`, `queue` | tasks | iterative runs cancelled by [`Queue::cancel_iteration`](crate::Queue::cancel_iteration) (one per run), and steps recorded as stopped because their run had ended |
+//! | [`taskq_tasks_cancelled_total`](CANCELLED) | counter | `task`, `queue` | tasks | tasks cancelled by [`Queue::cancel`](crate::Queue::cancel) (pending or running: counted once when the cancel is stored, since it decides the task's end) and iterative runs cancelled by it or [`Queue::cancel_iteration`](crate::Queue::cancel_iteration) (one per run), and steps recorded as stopped because their run had ended |
 //! | [`taskq_attempt_duration_seconds`](ATTEMPT_DURATION) | histogram | `task`, `queue` | seconds | how long each attempt ran, from the start of the attempt to its outcome (deadlines, panics and shutdown releases included) |
 //! | [`taskq_start_to_run_seconds`](START_TO_RUN) | histogram | `task`, `queue` | seconds | from when a claimed task became due (its `run_at`: the start, its delay or ETA, or a retry's backoff) to its claim |
 //! | [`taskq_queue_depth`](QUEUE_DEPTH) | gauge | `queue`, `state` | tasks | tasks in each queue and state (`pending`, `running`, `done`, `failed`, `dead`, `cancelled`), as [`Queue::queues`](crate::Queue::queues) counts them |
@@ -52,8 +52,8 @@ pub const FAILED: &str = "taskq_tasks_failed_total";
 pub const RETRIED: &str = "taskq_tasks_retried_total";
 /// Counter: attempts that sent their task to dead. Labels `task`, `queue`.
 pub const DEAD: &str = "taskq_tasks_dead_total";
-/// Counter: runs cancelled and steps stopped because their run had ended. Labels `task`,
-/// `queue`.
+/// Counter: tasks and runs cancelled by the management API, and steps stopped because
+/// their run had ended. Labels `task`, `queue`.
 pub const CANCELLED: &str = "taskq_tasks_cancelled_total";
 /// Histogram, seconds: each attempt's duration. Labels `task`, `queue`.
 pub const ATTEMPT_DURATION: &str = "taskq_attempt_duration_seconds";
@@ -75,7 +75,7 @@ pub const ALL: [(&str, &str); 10] = [
     (DEAD, "Attempts that sent their task to dead."),
     (
         CANCELLED,
-        "Iterative runs cancelled, and steps stopped because their run had ended.",
+        "Tasks and iterative runs cancelled, and steps stopped because their run had ended.",
     ),
     (
         ATTEMPT_DURATION,
@@ -137,7 +137,7 @@ pub(crate) fn recorded(task: &str, queue: &str, outcome: &Outcome) {
     counter(name, task, queue, 1);
 }
 
-/// Counts one run cancelled by the management API.
+/// Counts one task or run cancelled by the management API.
 pub(crate) fn cancelled(task: &str, queue: &str) {
     counter(CANCELLED, task, queue, 1);
 }

@@ -32,6 +32,15 @@
 //!   ([`STOPPED`]): the step ends cancelled, no continuation is stored, nothing is retried.
 //!   A store records any outcome of a step whose run has ended this way, so no step of an
 //!   ended run is retried or continued whatever its worker reports.
+//! - A person's cancel ([`Store::cancel`](crate::store::Store::cancel)): a pending task ends
+//!   cancelled at once ([`CANCELLED_PENDING`]). A running one is marked: whatever its
+//!   attempt then ends with (`Ok`, any error, a panic, the hard deadline, being stopped
+//!   after the cancel grace, a release at shutdown), the store records the attempt as
+//!   cancelled ([`Outcome::transition_cancelled`], [`CANCELLED`]), never a retry; and if its
+//!   worker dies, the claim that finds its lease lapsed ends it cancelled instead of running
+//!   it again ([`CANCEL_LAPSED`]). The cancel decides once it is stored: an attempt recorded
+//!   before it (done, or pending again for a retry) is not touched by it; a retry's pending
+//!   task is then cancelled as a pending one.
 //! - Every error text is made storable by [`storable_text`] before any store sees it.
 
 use crate::error::TaskError;
@@ -51,6 +60,25 @@ pub const LEASE_LAPSED: (&str, &str) = (
 pub const STOPPED: (&str, &str) = (
     "stopped",
     "stopped: its iteration run had ended (cancelled, or finished by another step), so the step did not call the task's function again and is not retried",
+);
+
+/// The attempt label and error text of an attempt that ended after a person cancelled its
+/// task ([`Outcome::transition_cancelled`]): the task ends cancelled, never retried. The
+/// error goes on with what the attempt itself returned.
+pub const CANCELLED: (&str, &str) = (
+    "cancelled",
+    "cancelled on request while it ran; not retried",
+);
+
+/// The `last_error` a pending task gets when a person cancels it before it ran.
+pub const CANCELLED_PENDING: &str = "cancelled on request before it ran";
+
+/// The attempt label and error text a claim records when it finds the lapsed lease of a
+/// task a person cancelled while it ran (its worker died or stalled before it stopped): the
+/// task ends cancelled with this error instead of being claimed again.
+pub const CANCEL_LAPSED: (&str, &str) = (
+    "lease lapsed",
+    "cancelled on request while it ran; its worker's lease then lapsed (it died or stalled), so it was not run again",
 );
 
 /// The attempt count a checkpoint leaves on an iterative step: attempts count the tries at
@@ -155,6 +183,54 @@ impl Outcome {
         }
     }
 
+    /// What a store records for this outcome of an attempt whose task a person cancelled
+    /// while it ran ([`Store::cancel`](crate::store::Store::cancel)): whatever the attempt
+    /// returned, the task ends cancelled (never retried, released or continued), the
+    /// attempt counts and is labelled [`CANCELLED`]`.0`, and its error is
+    /// [`CANCELLED`]`.1` followed by what the attempt returned. Only the error depends on
+    /// the outcome (the PostgreSQL store writes the rest as constants).
+    pub fn transition_cancelled(&self, now: Timestamp) -> Transition {
+        let _ = now;
+        let returned = match self {
+            Outcome::Done | Outcome::Continue { .. } => "the attempt returned Ok".to_string(),
+            Outcome::Release => "the worker released it at shutdown".to_string(),
+            Outcome::Stopped => "the attempt stopped".to_string(),
+            Outcome::Failed { error } | Outcome::Retry { error, .. } | Outcome::Dead { error } => {
+                format!("the attempt returned: {error}")
+            }
+        };
+        Transition {
+            state: TaskState::Cancelled,
+            label: CANCELLED.0,
+            error: Some(storable_text(&format!("{} ({returned})", CANCELLED.1))),
+            run_at: None,
+            counts: true,
+            finished: true,
+            run_ends: None,
+            continue_at: None,
+        }
+    }
+
+    /// What a store records for this outcome of a held attempt: [`Outcome::Stopped`]'s
+    /// transition for a step whose run has ended (`run_ended`, see
+    /// [`Outcome::transition_for_step`]), else [`Outcome::transition_cancelled`] when a
+    /// person cancelled the task while it ran (`cancel_requested`), else this outcome's own
+    /// [`Outcome::transition`].
+    pub fn transition_held(
+        &self,
+        run_ended: bool,
+        cancel_requested: bool,
+        now: Timestamp,
+    ) -> Transition {
+        if run_ended {
+            Outcome::Stopped.transition(now)
+        } else if cancel_requested {
+            self.transition_cancelled(now)
+        } else {
+            self.transition(now)
+        }
+    }
+
     /// The label of the attempt record: `done`, `failed`, `retry`, `dead`, `released`,
     /// `continued` or `stopped`.
     pub fn label(&self) -> &'static str {
@@ -249,6 +325,18 @@ pub(crate) fn before_run(
         });
     }
     None
+}
+
+/// The outcome the worker records for an attempt it stopped because its task was cancelled
+/// ([`Store::cancel`](crate::store::Store::cancel)) and it did not return within the cancel
+/// `grace`. The store records it, like any outcome of a cancelled task, as cancelled
+/// ([`Outcome::transition_cancelled`]); fatal all the same, so it is never retried.
+pub(crate) fn stopped_after_cancel(grace: std::time::Duration) -> Outcome {
+    Outcome::Failed {
+        error: format!(
+            "stopped: it did not return within the worker's cancel grace of {grace:?} after it was told (ctx.is_cancelled())"
+        ),
+    }
 }
 
 /// The outcome of an attempt whose stored row (payload, filter or cursor) could not be
@@ -446,6 +534,46 @@ mod tests {
             assert_eq!(o.transition_for_step(true, now), stopped, "{o:?}");
             assert_eq!(o.transition_for_step(false, now), o.transition(now));
         }
+    }
+
+    #[test]
+    fn a_cancelled_attempt_ends_cancelled_whatever_it_returned() {
+        let now = Timestamp(1_000);
+        let outcomes = [
+            Outcome::Done,
+            Outcome::Retry {
+                error: "flaky".into(),
+                run_at: Timestamp(9_000),
+            },
+            Outcome::Failed { error: "f".into() },
+            Outcome::Dead { error: "d".into() },
+            Outcome::Release,
+        ];
+        for o in outcomes {
+            let t = o.transition_held(false, true, now);
+            assert_eq!(
+                (t.state, t.label, t.counts, t.finished, t.wakes()),
+                (TaskState::Cancelled, CANCELLED.0, true, true, false),
+                "{o:?}"
+            );
+            assert_eq!((t.run_at, t.run_ends, t.continue_at), (None, None, None));
+            assert!(t
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(CANCELLED.1)));
+            // A step of an ended run stays stopped; without a cancel, the outcome decides.
+            assert_eq!(
+                o.transition_held(true, true, now),
+                Outcome::Stopped.transition(now)
+            );
+            assert_eq!(o.transition_held(false, false, now), o.transition(now));
+        }
+        let t = Outcome::Retry {
+            error: "flaky".into(),
+            run_at: now,
+        }
+        .transition_cancelled(now);
+        assert!(t.error.as_deref().is_some_and(|e| e.contains("flaky")));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! [`Queue`]: the handle to start tasks and manage them (the management API: list and
-//! filter, inspect, run now, delete, retry one or every match, pause, resume, purge,
+//! filter, inspect, run now, cancel, delete, retry one or every match, pause, resume, purge,
 //! configure, prune, throughput, iteration runs and their cancellation). The `taskq`
 //! command (`taskq-cli`) and the web console (feature `console`) are built on it.
 
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::error::StartError;
 use crate::store::{
-    self, FinishedMinute, IterationInfo, NewIteration, NewTask, PruneReport, QueueConfig,
-    QueueInfo, Store, StoreError, TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
+    self, CancelOutcome, FinishedMinute, IterationInfo, NewIteration, NewTask, PruneReport,
+    QueueConfig, QueueInfo, Store, StoreError, TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
 };
 use crate::task::{TaskDef, TaskKind};
 use crate::time::{Clock, Timestamp};
@@ -236,6 +236,65 @@ impl Queue {
             crate::metrics::cancelled(&info.task, &info.queue);
         }
         Ok(())
+    }
+
+    /// Cancels a task: pending, running, or an iterative run.
+    ///
+    /// - A pending task ends `cancelled` at once and never runs:
+    ///   [`CancelOutcome::Cancelled`].
+    /// - A running task is marked, atomically: [`CancelOutcome::Requested`]. Its worker
+    ///   learns of it at its next lease renewal (every quarter of the lease: within 7.5 s
+    ///   with the default 30 s lease), or at once where the store can say so (memory, and
+    ///   SQLite within the process that cancels; PostgreSQL from any process, through
+    ///   `NOTIFY`), and sets `ctx.is_cancelled()`. A task that does not return within the
+    ///   worker's cancel grace ([`WorkerBuilder::cancel_grace`](crate::WorkerBuilder::cancel_grace),
+    ///   default 10 s) is stopped. Whatever the attempt then ends with (`Ok`, an error, a
+    ///   panic, being stopped), it is recorded with its outcome in the error and the task
+    ///   ends `cancelled`, never retried. If its worker died, the task ends `cancelled` when
+    ///   its lease lapses, without running again. An attempt recorded before the cancel
+    ///   keeps its outcome: a task that finished first is refused (below); one pending
+    ///   again for a retry is cancelled as pending.
+    /// - An iterative run's id, or the id of any step of it: the run is cancelled as
+    ///   [`Queue::cancel_iteration`] does ([`CancelOutcome::Cancelled`]).
+    ///
+    /// Counted once in [`taskq_tasks_cancelled_total`](crate::metrics::CANCELLED) when it
+    /// succeeds (the cancel decides the task's end from then on).
+    ///
+    /// Errors: [`StoreError::NotFound`] for an unknown id; [`StoreError::Conflict`] for a
+    /// task that has finished (done, failed, dead or cancelled) or a run that is not
+    /// running.
+    pub async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, StoreError> {
+        match self.store.cancel(id, self.clock.now()).await {
+            Ok(outcome) => {
+                // Labels for the counter: a read (a task pruned in between is left
+                // uncounted, as for runs).
+                if let Ok(Some(d)) = self.store.task(id).await {
+                    crate::metrics::cancelled(&d.info.task, &d.info.queue);
+                }
+                Ok(outcome)
+            }
+            Err(e @ (StoreError::NotFound(_) | StoreError::Conflict(_))) => {
+                // An iteration run's id (its first step's, which may have been pruned
+                // while the run goes on), or a step of a run: the run.
+                let run = match self.store.iteration(id).await? {
+                    Some(_) => Some(id),
+                    None => match &e {
+                        StoreError::Conflict(_) => {
+                            self.store.task(id).await?.and_then(|d| d.info.run)
+                        }
+                        _ => None,
+                    },
+                };
+                match run {
+                    Some(run) => {
+                        self.cancel_iteration(run).await?;
+                        Ok(CancelOutcome::Cancelled)
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Tasks done, failed and dead per minute over the last `minutes` minutes, by their

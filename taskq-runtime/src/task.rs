@@ -281,7 +281,11 @@ impl Context {
         self.inner.clock.now() >= self.inner.deadline
     }
 
-    /// Whether the worker asked this task to stop early (shutdown, or its lease was lost).
+    /// Whether the worker asked this task to stop early: a person cancelled it
+    /// ([`Queue::cancel`](crate::Queue::cancel); the task is stopped after the worker's
+    /// [`cancel_grace`](crate::WorkerBuilder::cancel_grace), 10 s by default, and ends
+    /// cancelled whatever it returns), the worker is shutting down, or its lease could not
+    /// be renewed. Check it between units of work and return.
     pub fn is_cancelled(&self) -> bool {
         self.inner.cancelled.is_set()
     }

@@ -15,8 +15,10 @@ use taskq_runtime::store::{
 };
 use taskq_runtime::{Retention, TaskId, Timestamp};
 
+mod cancel;
 mod operations;
 mod scale;
+pub use cancel::*;
 pub use operations::*;
 pub use scale::*;
 
@@ -2954,6 +2956,11 @@ macro_rules! conformance_tests {
             retry_many_retries_those_it_can, concurrent_retry_many_retry_each_task_once,
             finished_per_minute_counts_ends_by_minute,
             trace_context_and_due_time_round_trip,
+            cancelling_a_pending_task_ends_it_cancelled,
+            cancelling_a_running_task_cancels_its_attempt_whatever_it_returns,
+            a_cancelled_task_whose_worker_died_ends_cancelled,
+            cancel_racing_a_finish_is_one_or_the_other,
+            wait_for_cancel_wakes_on_a_cancel,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -162,6 +162,22 @@ impl Store for Faulty {
         }
         self.inner.heartbeat(l, w, until).await
     }
+    // The worker renews through `renew`: the same faults, then the inner store's answer
+    // (its cancels included).
+    async fn renew(
+        &self,
+        l: &[Lease],
+        w: &str,
+        until: Timestamp,
+    ) -> Result<taskq_runtime::store::Renewal, StoreError> {
+        if self.faults.hang_heartbeat.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if take_one(&self.faults.panic_heartbeats) {
+            panic!("injected: heartbeat panics");
+        }
+        self.inner.renew(l, w, until).await
+    }
     async fn finish(
         &self,
         f: Vec<Finish>,
@@ -283,6 +299,16 @@ impl Store for Faulty {
     }
     async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError> {
         self.inner.cancel_iteration(run, now).await
+    }
+    async fn cancel(
+        &self,
+        id: TaskId,
+        now: Timestamp,
+    ) -> Result<taskq_runtime::CancelOutcome, StoreError> {
+        self.inner.cancel(id, now).await
+    }
+    async fn wait_for_cancel(&self) {
+        self.inner.wait_for_cancel().await
     }
     async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
         self.inner.prune(now, batch).await

@@ -936,6 +936,98 @@ async fn queues_chart_and_paged_listing(s: Arc<dyn Store>) {
     );
 }
 
+/// Issue 13: the task page's Cancel button, for pending and running tasks (a POST with the
+/// CSRF token, after a confirmation): a pending task ends cancelled; a running one shows
+/// "cancel requested" until its worker stops it. Hidden, and refused, in read-only mode;
+/// absent on a finished task.
+async fn cancel_button_cancels_pending_and_running_tasks(s: Arc<dyn Store>) {
+    let c = Console::signed_in(s.clone()).await;
+    let now = Timestamp::now();
+    let later = now.add(Duration::from_secs(3600));
+    let pending = s
+        .enqueue(vec![new_task("cancel-later", json!({}), later)], now)
+        .await
+        .expect("enqueue")[0];
+    let page = c.get(&format!("/tasks/{pending}")).await.body;
+    assert!(page.contains(r#"id="cancel-button""#), "{page}");
+    let r = c.post(&format!("/tasks/{pending}/cancel"), "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.body.contains(&format!("Cancel task {pending}?")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        c.state(pending).await,
+        Some(TaskState::Pending),
+        "not before the confirmation"
+    );
+    let r = c
+        .post(
+            &format!("/tasks/{pending}/cancel"),
+            &format!("confirm=yes&next=/tasks/{pending}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location(), format!("/tasks/{pending}?did=cancel-task"));
+    assert_eq!(c.state(pending).await, Some(TaskState::Cancelled));
+    let page = c.get(r.location()).await.body;
+    assert!(page.contains("The task is cancelled."), "{page}");
+    assert!(!page.contains(r#"id="cancel-button""#), "{page}");
+
+    // Running: the cancel is requested, and shown.
+    let running = s
+        .enqueue(vec![new_task("cancel-running", json!({}), now)], now)
+        .await
+        .expect("enqueue")[0];
+    let claimed = s
+        .claim(&ClaimRequest {
+            queues: vec!["cancel-running".into()],
+            worker: "w".into(),
+            limit: 1,
+            lease: Duration::from_secs(600),
+            now,
+        })
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let page = c.get(&format!("/tasks/{running}")).await.body;
+    assert!(page.contains(r#"id="cancel-button""#), "{page}");
+    assert!(!page.contains(r#"id="cancel-requested""#), "{page}");
+    let r = c
+        .post(
+            &format!("/tasks/{running}/cancel"),
+            &format!("confirm=yes&next=/tasks/{running}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(
+        r.location(),
+        format!("/tasks/{running}?did=cancel-requested")
+    );
+    assert_eq!(c.state(running).await, Some(TaskState::Running));
+    let page = c.get(r.location()).await.body;
+    assert!(page.contains(r#"id="cancel-requested""#), "{page}");
+    assert!(page.contains("The cancel is requested"), "{page}");
+
+    // A finished task: no button, and the action is refused.
+    let r = c
+        .post(&format!("/tasks/{pending}/cancel"), "confirm=yes")
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+
+    // Read-only: no button, the action refused.
+    let mut config = ConsoleConfig::token(TOKEN);
+    config.read_only = true;
+    let ro = Console::new(s.clone(), config).await;
+    let page = ro.get(&format!("/tasks/{running}")).await.body;
+    assert!(!page.contains(r#"id="cancel-button""#), "{page}");
+    let r = ro
+        .post(&format!("/tasks/{running}/cancel"), "confirm=yes")
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
 macro_rules! console_cases {
     ($store:path; $($case:ident),* $(,)?) => {
         $(
@@ -955,6 +1047,7 @@ mod memory {
         serve_on_a_socket_until_shutdown,
         no_request_starts_a_task, values_from_tasks_are_escaped, each_action_changes_the_store,
         read_only_refuses_actions, queues_chart_and_paged_listing,
+        cancel_button_cancels_pending_and_running_tasks,
     );
 }
 
@@ -962,13 +1055,14 @@ mod sqlite {
     console_cases!(taskq_tests::sqlite_store;
         actions_need_the_csrf_token, values_from_tasks_are_escaped, each_action_changes_the_store,
         read_only_refuses_actions, queues_chart_and_paged_listing,
+        cancel_button_cancels_pending_and_running_tasks,
     );
 }
 
 mod postgres {
     console_cases!(taskq_tests::postgres_store;
         values_from_tasks_are_escaped, each_action_changes_the_store,
-        queues_chart_and_paged_listing,
+        queues_chart_and_paged_listing, cancel_button_cancels_pending_and_running_tasks,
     );
 }
 

@@ -1,5 +1,5 @@
 //! The metrics a worker emits (`taskq_runtime::metrics`): exact counts and labels of
-//! started, claimed, done, retried, failed and dead tasks, the histograms' sample counts
+//! started, claimed, done, retried, failed, dead and cancelled tasks, the histograms' sample counts
 //! and the queue-depth gauge, through a recording recorder.
 //!
 //! The recorder is the process's global one, so this binary holds one test.
@@ -46,6 +46,12 @@ async fn doomed() -> Result<(), TaskError> {
 #[task(queue = "metered")]
 async fn refused() -> Result<(), TaskError> {
     Err(TaskError::fatal("bad input"))
+}
+
+/// Started after the worker stopped, and cancelled while pending.
+#[task(queue = "metered")]
+async fn cancelled_early() -> Result<(), TaskError> {
+    Ok(())
 }
 
 fn name(task: &str) -> String {
@@ -170,6 +176,10 @@ async fn a_worker_emits_exact_counts_labels_and_samples() {
 
     // Shutting down waits for the outcome writer: every outcome is counted by then.
     w.shutdown().await.expect("shutdown");
+    // A cancel is counted once, by `Queue::cancel` (a second one is refused, uncounted).
+    let id = cancelled_early::start(&q).await.expect("start");
+    q.cancel(id).await.expect("cancel");
+    assert!(q.cancel(id).await.is_err());
     seen.take(&snapshotter);
 
     let count = |metric: &str, task: &str| {
@@ -184,6 +194,7 @@ async fn a_worker_emits_exact_counts_labels_and_samples() {
         ("flaky", [1, 2, 1, 1, 0, 0]),
         ("doomed", [1, 2, 0, 1, 0, 1]),
         ("refused", [1, 1, 0, 0, 1, 0]),
+        ("cancelled_early", [1, 0, 0, 0, 0, 0]),
     ];
     for (task, want) in expected {
         let got = [
@@ -199,7 +210,8 @@ async fn a_worker_emits_exact_counts_labels_and_samples() {
             got, want,
             "{task}: started, claimed, done, retried, failed, dead"
         );
-        assert_eq!(count(m::CANCELLED, task), 0, "{task}");
+        let cancelled = u64::from(task == "cancelled_early");
+        assert_eq!(count(m::CANCELLED, task), cancelled, "{task}");
         let samples = |metric: &str| {
             seen.samples
                 .get(&(metric.to_string(), task_labels(task)))

@@ -1,7 +1,7 @@
 //! The actions (POST forms, each past [`super::auth::gate`]'s CSRF and read-only checks):
-//! run now, retry and delete a task; retry the ticked tasks or every dead or failed task
-//! matching a filter; pause, resume and purge a queue; cancel an iterative run. Delete,
-//! purge, cancel and retry-all first answer with a confirmation page, and act when the
+//! run now, retry, cancel and delete a task; retry the ticked tasks or every dead or failed
+//! task matching a filter; pause, resume and purge a queue; cancel an iterative run.
+//! Delete, purge, both cancels and retry-all first answer with a confirmation page, and act when the
 //! form comes back with `confirm=yes`. Each action then redirects (303) to the page it
 //! came from (`next`, a path of this console) with a notice.
 //!
@@ -26,6 +26,7 @@ pub(crate) fn routes() -> Router<Shared> {
         .route("/tasks/{id}/run-now", post(run_now))
         .route("/tasks/{id}/retry", post(retry))
         .route("/tasks/{id}/delete", post(delete))
+        .route("/tasks/{id}/cancel", post(cancel_task))
         .route("/tasks/retry", post(retry_selected))
         .route("/tasks/retry-matching", post(retry_matching))
         .route("/queues/pause", post(pause))
@@ -242,6 +243,43 @@ async fn delete(
             };
             let fields = Fields(vec![("next".into(), back.to_string())]);
             done(&chrome, &fields, list, "delete", None, 0)
+        }
+        Err(e) => store_error(&chrome, &e),
+    }
+}
+
+/// Cancels a pending or running task ([`Queue::cancel`](crate::Queue::cancel)), after a
+/// confirmation, then back to its page with `did=cancel-task` (cancelled) or
+/// `did=cancel-requested` (running: its worker stops it).
+async fn cancel_task(
+    State(c): State<Shared>,
+    chrome: Chrome,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let fields = Fields::of(&body);
+    let id = match task_id(&chrome, &id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let page = format!("{}/tasks/{id}", chrome.prefix);
+    if !fields.confirmed() {
+        return confirm(
+            &chrome,
+            &fields,
+            format!("Cancel task {id}? A pending task will not run; a running one is told to stop, stopped after its worker's cancel grace, and not retried."),
+            format!("{}/tasks/{id}/cancel", chrome.prefix),
+            "Cancel the task",
+            page,
+        );
+    }
+    match c.queue.cancel(id).await {
+        Ok(outcome) => {
+            let did = match outcome {
+                crate::store::CancelOutcome::Cancelled => "cancel-task",
+                crate::store::CancelOutcome::Requested => "cancel-requested",
+            };
+            done(&chrome, &fields, page, did, None, 0)
         }
         Err(e) => store_error(&chrome, &e),
     }

@@ -169,6 +169,10 @@ fn notice_of(query: &str) -> String {
         ("resume", _) => "The queue is resumed.".to_string(),
         ("purge", Some(n)) => format!("Purged {} (every pending task of the queue).", tasks(n)),
         ("cancel", _) => "The run is cancelled.".to_string(),
+        ("cancel-task", _) => "The task is cancelled.".to_string(),
+        ("cancel-requested", _) => {
+            "The cancel is requested: the task's worker tells it to stop, stops it after its cancel grace, and it ends cancelled.".to_string()
+        }
         _ => String::new(),
     };
     if skipped > 0 && !s.is_empty() {
@@ -439,6 +443,10 @@ pub(crate) struct TaskPage {
     pub(crate) attempts: Vec<AttemptRow>,
     pub(crate) retryable: bool,
     pub(crate) runnable: bool,
+    /// Pending or running: the page offers Cancel.
+    pub(crate) cancellable: bool,
+    /// Running with a cancel requested (`TaskInfo::cancel_requested`).
+    pub(crate) cancel_requested: bool,
 }
 
 impl TaskPage {
@@ -467,6 +475,8 @@ impl TaskPage {
             attempts: d.attempts.iter().map(AttemptRow::of).collect(),
             retryable: retryable(t.state),
             runnable: t.state == TaskState::Pending,
+            cancellable: t.state.is_live(),
+            cancel_requested: t.state == TaskState::Running && t.cancel_requested,
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use super::admission::{self, Admission, Bucket};
 use super::tombstone::{self, Deleted, Tombstone};
 use super::*;
-use crate::policy::{ATTEMPTS_AFTER_CHECKPOINT, LEASE_LAPSED};
+use crate::policy::{ATTEMPTS_AFTER_CHECKPOINT, CANCELLED_PENDING, CANCEL_LAPSED, LEASE_LAPSED};
 
 mod retention;
 
@@ -126,6 +126,8 @@ fn slot(state: TaskState) -> usize {
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Wakes [`Store::wait_for_cancel`] when a running task is cancelled.
+    cancels: Notify,
 }
 
 impl MemoryStore {
@@ -409,6 +411,7 @@ impl Store for MemoryStore {
                         run,
                         worker: None,
                         lease_until: None,
+                        cancel_requested: false,
                     },
                     token: 0,
                     // Saturated as every store does: a window beyond `i64::MAX` ms (such
@@ -435,6 +438,8 @@ impl Store for MemoryStore {
         // out of allowance), merged in claim order, each queue up to its allowance
         // (concurrency and token bucket). Only these queues' due rows are read.
         let mut picks: Vec<i64> = Vec::new();
+        // Lapsed leases of tasks a person cancelled while they ran: ended, not taken.
+        let mut cancelled: Vec<i64> = Vec::new();
         {
             let mut names: Vec<String> = if req.queues.is_empty() {
                 g.lanes.keys().cloned().collect()
@@ -455,9 +460,12 @@ impl Store for MemoryStore {
                     .leased
                     .range(..=(now, i64::MAX))
                     .filter_map(|(_, id)| {
-                        g.tasks
-                            .get(id)
-                            .map(|r| (Reverse(r.info.priority), r.info.run_at, *id))
+                        let r = g.tasks.get(id)?;
+                        if r.info.cancel_requested {
+                            cancelled.push(*id);
+                            return None;
+                        }
+                        Some((Reverse(r.info.priority), r.info.run_at, *id))
                     })
                     .collect();
                 lapsed.sort_unstable();
@@ -488,6 +496,25 @@ impl Store for MemoryStore {
                     g.buckets.insert(queue, b);
                 }
             }
+        }
+        for id in cancelled {
+            g.unindex(id);
+            if let Some(row) = g.tasks.get_mut(&id) {
+                row.attempts.push(AttemptInfo {
+                    attempt: row.info.attempts,
+                    worker: row.info.worker.clone().unwrap_or_default(),
+                    started_at: row.started_at.unwrap_or(now),
+                    finished_at: now,
+                    outcome: CANCEL_LAPSED.0.into(),
+                    error: Some(CANCEL_LAPSED.1.into()),
+                });
+                row.info.last_error = Some(CANCEL_LAPSED.1.into());
+                row.info.state = TaskState::Cancelled;
+                row.info.finished_at = Some(now);
+                row.info.worker = None;
+                row.info.lease_until = None;
+            }
+            g.index(id);
         }
         let mut out = Vec::with_capacity(picks.len());
         for id in picks {
@@ -571,6 +598,30 @@ impl Store for MemoryStore {
         Ok(lost)
     }
 
+    async fn renew(
+        &self,
+        leases: &[Lease],
+        worker: &str,
+        until: Timestamp,
+    ) -> Result<Renewal, StoreError> {
+        let lost = self.heartbeat(leases, worker, until).await?;
+        let g = self.lock();
+        let cancel_requested = leases
+            .iter()
+            .filter(|l| !lost.contains(&l.id))
+            .filter(|l| {
+                g.tasks
+                    .get(&l.id.0)
+                    .is_some_and(|r| r.info.cancel_requested)
+            })
+            .map(|l| l.id)
+            .collect();
+        Ok(Renewal {
+            lost,
+            cancel_requested,
+        })
+    }
+
     async fn finish(
         &self,
         finished: Vec<Finish>,
@@ -588,11 +639,13 @@ impl Store for MemoryStore {
                     results.push(Err(StoreError::LeaseLost(id)));
                     continue;
                 }
-                let (run, attempt) = {
+                let (run, attempt, cancel_requested) = {
                     let r = &g.tasks[&id.0];
-                    (r.info.run, r.info.attempts)
+                    (r.info.run, r.info.attempts, r.info.cancel_requested)
                 };
-                let tr = f.outcome.transition_for_step(g.run_ended(run), now);
+                let tr = f
+                    .outcome
+                    .transition_held(g.run_ended(run), cancel_requested, now);
                 if let Some(state) = tr.run_ends {
                     g.end_run(run, state, tr.error.clone(), now);
                 }
@@ -654,6 +707,7 @@ impl Store for MemoryStore {
                             last_error: None,
                             worker: None,
                             lease_until: None,
+                            cancel_requested: false,
                             ..info
                         },
                         token: 0,
@@ -1023,6 +1077,53 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
+
+    async fn cancel(&self, id: TaskId, now: Timestamp) -> Result<CancelOutcome, StoreError> {
+        let outcome = {
+            let mut g = self.lock();
+            let r = g
+                .tasks
+                .get(&id.0)
+                .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+            if let Some(run) = r.info.run {
+                return Err(StoreError::Conflict(format!(
+                    "task {id} is a step of iteration run {run}: cancel the run"
+                )));
+            }
+            match r.info.state {
+                TaskState::Pending => {
+                    g.unindex(id.0);
+                    if let Some(r) = g.tasks.get_mut(&id.0) {
+                        r.info.state = TaskState::Cancelled;
+                        r.info.finished_at = Some(now);
+                        r.info.last_error = Some(CANCELLED_PENDING.into());
+                    }
+                    g.index(id.0);
+                    CancelOutcome::Cancelled
+                }
+                TaskState::Running => {
+                    if let Some(r) = g.tasks.get_mut(&id.0) {
+                        r.info.cancel_requested = true;
+                    }
+                    CancelOutcome::Requested
+                }
+                state => {
+                    return Err(StoreError::Conflict(format!(
+                        "task {id} is {state}, only a pending or running task can be cancelled"
+                    )))
+                }
+            }
+        };
+        if outcome == CancelOutcome::Requested {
+            self.cancels.notify_waiters();
+        }
+        Ok(outcome)
+    }
+
+    async fn wait_for_cancel(&self) {
+        self.cancels.notified().await
+    }
+
     async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
         Ok(self.prune_all(now, batch))
     }
@@ -1070,5 +1171,6 @@ fn listed(info: &TaskInfo, with_payload: bool) -> TaskInfo {
         run: info.run,
         worker: info.worker.clone(),
         lease_until: info.lease_until,
+        cancel_requested: info.cancel_requested,
     }
 }

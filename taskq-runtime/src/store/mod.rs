@@ -30,6 +30,13 @@
 //!   step of it at once, so once it returns no step of the run is live and none can be
 //!   stored.
 //!
+//! - [`Store::cancel`] ends a pending task cancelled at once and marks a running one
+//!   (`cancel_requested`); the mark is reported by [`Store::renew`], turns any outcome
+//!   [`Store::finish`] records for that attempt into a cancel
+//!   ([`Outcome::transition_held`]), and makes the claim that finds its lease lapsed end
+//!   the task cancelled ([`policy::CANCEL_LAPSED`](crate::policy::CANCEL_LAPSED)) instead
+//!   of taking it.
+//!
 //! # Values
 //!
 //! Payloads, filters and cursors are JSON values that every backend hands back
@@ -98,7 +105,8 @@ pub enum TaskState {
     Failed,
     /// Out of attempts and age, or undecodable, or of an unknown task name.
     Dead,
-    /// Cancelled by a person (an iteration run that was cancelled, for instance).
+    /// Cancelled by a person ([`Queue::cancel`](crate::Queue::cancel): a pending task, a running one
+    /// through its worker, or an iteration run), or a step of a run that had ended.
     Cancelled,
 }
 
@@ -496,6 +504,35 @@ pub struct TaskInfo {
     pub worker: Option<String>,
     /// Until when that worker's lease holds.
     pub lease_until: Option<Timestamp>,
+    /// Whether a person cancelled the task while it ran ([`Store::cancel`]): its worker is
+    /// told and stops it, and it ends cancelled. Stays set on the cancelled task.
+    #[serde(default)]
+    pub cancel_requested: bool,
+}
+
+/// What [`Store::cancel`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CancelOutcome {
+    /// The task was pending: it is cancelled now and will not run.
+    Cancelled,
+    /// The task was running: the cancel is stored; its worker is told
+    /// (`ctx.is_cancelled()`) at its next lease renewal (sooner where the store can notify,
+    /// [`Store::wait_for_cancel`]), stops it after its cancel grace, and the task ends
+    /// cancelled whatever the attempt returns. Also the answer to a second cancel of a task
+    /// that is still running.
+    Requested,
+}
+
+/// What [`Store::renew`] answers: the leases it could not extend and, among those it did,
+/// the tasks a person cancelled while they ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Renewal {
+    /// Ids whose lease was lost (nothing was extended for them).
+    pub lost: Vec<TaskId>,
+    /// Ids whose lease was extended and whose task has a cancel requested
+    /// ([`TaskInfo::cancel_requested`]): the worker tells them to stop.
+    pub cancel_requested: Vec<TaskId>,
 }
 
 /// One attempt of a task.
@@ -906,6 +943,23 @@ pub trait Store: Send + Sync + 'static {
         until: Timestamp,
     ) -> Result<Vec<TaskId>, StoreError>;
 
+    /// [`Store::heartbeat`] that also says which of the renewed tasks a person cancelled
+    /// while they ran ([`Store::cancel`]), in the same call: what the worker's lease
+    /// renewal calls. The default calls [`Store::heartbeat`] and reports no cancel (a
+    /// store that keeps cancels must override it; a store that wraps another should
+    /// forward it).
+    async fn renew(
+        &self,
+        leases: &[Lease],
+        worker: &str,
+        until: Timestamp,
+    ) -> Result<Renewal, StoreError> {
+        Ok(Renewal {
+            lost: self.heartbeat(leases, worker, until).await?,
+            cancel_requested: Vec::new(),
+        })
+    }
+
     /// Records finished attempts, each atomically with its state change (and, for an
     /// iterative step, with its run's state). Returns one entry per input: `Ok` if applied,
     /// `Err(LeaseLost)` if that lease was no longer held (nothing changed for it). Entries
@@ -913,6 +967,8 @@ pub trait Store: Send + Sync + 'static {
     /// [`Outcome::Continue`] entries are stored (and get their ids) in the batch's order.
     /// A held step whose run is no longer running is recorded as [`Outcome::Stopped`]
     /// whatever its outcome ([`Outcome::transition_for_step`]): no continuation, no retry.
+    /// A held task a person cancelled while it ran ([`Store::cancel`]) is recorded as
+    /// cancelled whatever its outcome ([`Outcome::transition_cancelled`]).
     async fn finish(
         &self,
         finished: Vec<Finish>,
@@ -998,6 +1054,35 @@ pub trait Store: Send + Sync + 'static {
     /// refused. Once this returns, no step of the run is live and none can be stored.
     /// `NotFound` for an unknown run, `Conflict` for one that is not running.
     async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Cancels a task that is not a step of an iterative run, atomically with reading its
+    /// state:
+    /// - pending: it ends cancelled now (`finished_at = now`, `last_error` is
+    ///   [`policy::CANCELLED_PENDING`](crate::policy::CANCELLED_PENDING)), no attempt is
+    ///   recorded; [`CancelOutcome::Cancelled`];
+    /// - running: it is marked (`cancel_requested`, reported by [`Store::renew`], and waking
+    ///   [`Store::wait_for_cancel`]); its attempt's outcome is then recorded as cancelled
+    ///   whatever it is, and a claim that finds its lease lapsed ends it cancelled instead
+    ///   of taking it; [`CancelOutcome::Requested`] (also for a second cancel).
+    ///
+    /// An attempt whose outcome was recorded before the cancel keeps it: a task already
+    /// done is refused, one pending again for a retry is cancelled as pending.
+    ///
+    /// Errors: [`StoreError::NotFound`] for an unknown id; [`StoreError::Conflict`] for a
+    /// finished task (done, failed, dead or cancelled) and for a step of an iterative run
+    /// (cancel its run with [`Store::cancel_iteration`]:
+    /// [`Queue::cancel`](crate::Queue::cancel) does that).
+    async fn cancel(&self, id: TaskId, now: Timestamp) -> Result<CancelOutcome, StoreError>;
+
+    /// Waits until a cancel of a running task may have been requested in this store
+    /// ([`Store::cancel`]), or forever: the worker then renews its leases at once, and so
+    /// learns of the cancel before its next scheduled renewal. Memory and SQLite wake on
+    /// cancels made through the same store value (SQLite: in this process; other
+    /// processes learn at their next renewal), PostgreSQL on a `NOTIFY taskq_cancel` from
+    /// any process. The default never completes.
+    async fn wait_for_cancel(&self) {
+        std::future::pending::<()>().await
+    }
 
     /// Deletes what retention no longer keeps at `now` ([`crate::retention`]): finished
     /// tasks past their queue's retention, with their attempts (a named one leaves a

@@ -16,6 +16,13 @@
 //! - A finished attempt keeps its lease renewed until the outcome writer has recorded its
 //!   outcome (or given up on it): an outcome waiting behind a slow store must not let the
 //!   lease lapse and the task run again elsewhere.
+//! - A task a person cancelled ([`Store::cancel`](crate::store::Store::cancel)) is
+//!   reported by a renewal ([`Store::renew`](crate::store::Store::renew)); the store can
+//!   also wake the heartbeat to renew at once ([`Store::wait_for_cancel`](crate::store::Store::wait_for_cancel)).
+//!   The task is told (`ctx.is_cancelled()`) and its lease still renewed; if it has not
+//!   returned after the cancel grace, it is stopped and its attempt recorded with
+//!   [`policy::stopped_after_cancel`] (the store records any outcome of a cancelled task
+//!   as cancelled, never a retry).
 //! - A task claimed with less than half its lease left (a claim that answered slowly) asks
 //!   for a renewal at once instead of waiting for the next quarter.
 
@@ -57,6 +64,9 @@ pub(super) struct Running {
     /// The attempt has ended and its outcome waits to be recorded: its lease is still
     /// renewed, but there is nothing left to tell, stop or release.
     pub finishing: bool,
+    /// When this worker learnt that a person cancelled the task: it is stopped a cancel
+    /// grace later if it has not returned.
+    pub cancel_requested_at: Option<Instant>,
 }
 
 impl Running {
@@ -77,6 +87,9 @@ pub(super) struct InFlight {
     tasks: Arc<Mutex<Tasks>>,
     /// Wakes the heartbeat to renew at once (a task arrived with little of its lease left).
     urgent: Arc<tokio::sync::Notify>,
+    /// Wakes the heartbeat to plan its next check again: a renewal told a task of its
+    /// cancel, to be stopped when its grace ends.
+    replan: Arc<tokio::sync::Notify>,
 }
 
 /// The in-flight map.
@@ -179,6 +192,13 @@ impl InFlight {
         running.iter().filter_map(|id| g.remove(id)).collect()
     }
 
+    /// Whether the execution under `lease` was told of a cancel of its task.
+    pub fn cancel_requested(&self, lease: Lease) -> bool {
+        self.lock()
+            .get(&lease.id)
+            .is_some_and(|r| r.lease == lease && r.cancel_requested_at.is_some())
+    }
+
     /// Takes out the execution under `lease` (not a newer one of the same task), if it is
     /// still there.
     fn take(&self, lease: Lease) -> Option<Running> {
@@ -249,6 +269,47 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// Stops the execution under `lease`, told of its task's cancel a `grace` ago and still
+    /// running, and hands its outcome ([`policy::stopped_after_cancel`]) to the outcome
+    /// writer, if the worker still has one. Its lease stays renewed until the outcome is
+    /// recorded (as cancelled: the store decides that from the task's mark).
+    fn stop_cancelled(
+        &self,
+        lease: Lease,
+        done: &mpsc::WeakSender<Pending>,
+        grace: Duration,
+        lease_len: Duration,
+    ) {
+        let Some(mut r) = self.take(lease) else {
+            return;
+        };
+        if r.finishing {
+            // It returned meanwhile: its own outcome is on its way.
+            self.lock().insert(lease.id, r);
+            return;
+        }
+        if let Some(a) = r.abort.take() {
+            a.abort();
+        }
+        tracing::info!(id = %lease.id, task = %r.claimed.task, "the task was cancelled and did not return within the cancel grace of {grace:?}; stopping it");
+        let Some(tx) = done.upgrade() else { return };
+        let finish = Finish {
+            lease,
+            outcome: policy::stopped_after_cancel(grace),
+            started_at: r.started_at,
+        };
+        // Kept in flight (ended) so that its lease is renewed until the writer records it.
+        r.finishing = true;
+        r.renew_until = Instant::now() + lease_len * 3;
+        let claimed = r.claimed.clone();
+        self.lock().insert(lease.id, r);
+        tokio::spawn(async move {
+            let _ = tx.send((finish, claimed)).await;
+        });
+    }
+}
+
 /// Renews the leases of every running task, tells and stops those whose lease cannot be
 /// held. Runs until the worker stops; see the [module docs](self).
 ///
@@ -261,6 +322,7 @@ pub(super) async fn heartbeat(
     exec: Exec,
     inflight: InFlight,
     lease: Duration,
+    cancel_grace: Duration,
     done: mpsc::WeakSender<Pending>,
 ) {
     let tick = (lease / 8).max(Duration::from_millis(4));
@@ -270,9 +332,19 @@ pub(super) async fn heartbeat(
     // An urgent renewal asked for while one was still running is done after it.
     let mut want_urgent = false;
     loop {
+        // A cancelled task is stopped when its grace ends, not at the next tick after.
+        let wake_at = inflight
+            .lock()
+            .values()
+            .filter(|r| !r.finishing)
+            .filter_map(|r| r.cancel_requested_at.map(|at| at + cancel_grace))
+            .fold(Instant::now() + tick, |a, b| a.min(b));
         let urgent = tokio::select! {
-            _ = tokio::time::sleep(tick) => false,
+            _ = tokio::time::sleep_until(wake_at) => false,
             _ = inflight.urgent.notified() => true,
+            // A cancel was stored: renew now to learn which task it is about.
+            _ = exec.store.wait_for_cancel() => true,
+            _ = inflight.replan.notified() => false,
         };
         let now = Instant::now();
         // Stop what can no longer be held (two ticks before it lapses), tell what may soon
@@ -280,9 +352,15 @@ pub(super) async fn heartbeat(
         let mut to_stop = Vec::new();
         let mut blocked = Vec::new();
         let mut unrecorded = Vec::new();
+        let mut cancelled = Vec::new();
         for r in inflight.lock().values() {
             let left = r.held_until.saturating_duration_since(now);
-            if left <= lease / 4 {
+            if !r.finishing
+                && r.cancel_requested_at
+                    .is_some_and(|at| now.saturating_duration_since(at) >= cancel_grace)
+            {
+                cancelled.push(r.lease);
+            } else if left <= lease / 4 {
                 to_stop.push(r.lease);
             } else if now >= r.renew_until {
                 if r.finishing {
@@ -305,6 +383,9 @@ pub(super) async fn heartbeat(
         }
         for l in blocked {
             inflight.give_up_blocked(l, &exec, &done, lease);
+        }
+        for l in cancelled {
+            inflight.stop_cancelled(l, &done, cancel_grace, lease);
         }
         want_urgent |= urgent;
         if (!want_urgent && now.duration_since(last_renewal) < renew_every)
@@ -338,10 +419,24 @@ async fn renew(
 ) {
     let started = Instant::now();
     let until = exec.clock.now().add(lease);
-    let call = exec.store.heartbeat(&leases, &exec.worker, until);
+    let call = exec.store.renew(&leases, &exec.worker, until);
     match tokio::time::timeout(bound, call).await {
-        Ok(Ok(lost)) => {
-            let lost: std::collections::HashSet<TaskId> = lost.into_iter().collect();
+        Ok(Ok(renewal)) => {
+            for id in &renewal.cancel_requested {
+                if let Some(r) = inflight.lock().get_mut(id) {
+                    if leases.contains(&r.lease) && r.cancel_requested_at.is_none() && !r.finishing
+                    {
+                        tracing::info!(id = %id, task = %r.claimed.task, "the task was cancelled; telling it (ctx.is_cancelled())");
+                        r.cancel_requested_at = Some(Instant::now());
+                        r.cancel.set();
+                    }
+                }
+            }
+            if !renewal.cancel_requested.is_empty() {
+                // After the marks are set, so the heartbeat plans with them.
+                inflight.replan.notify_one();
+            }
+            let lost: std::collections::HashSet<TaskId> = renewal.lost.into_iter().collect();
             for l in &leases {
                 if lost.contains(&l.id) {
                     inflight.stop(*l, "its lease was lost (another worker holds the task now, or it was deleted or cancelled)");

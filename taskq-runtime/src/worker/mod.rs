@@ -86,6 +86,10 @@ pub struct WorkerStats {
     pub dead: AtomicU64,
     /// Tasks released at shutdown.
     pub released: AtomicU64,
+    /// Attempts of tasks a person cancelled while they ran, as this worker knew when it
+    /// recorded them (told by a lease renewal; the store records them cancelled whatever
+    /// they returned). Not counted in the other counters.
+    pub cancelled: AtomicU64,
     /// Iterative steps recorded as stopped: their run had ended (see
     /// [`Outcome::Stopped`]). A step of a run cancelled while it ran is not counted here:
     /// its outcome is refused, the cancel having ended the step already.
@@ -117,6 +121,7 @@ pub struct WorkerBuilder {
     poll_interval: Duration,
     shutdown_grace: Duration,
     deadline_grace: Duration,
+    cancel_grace: Duration,
     clock: Clock,
     name: Option<String>,
     prune: bool,
@@ -182,6 +187,17 @@ impl WorkerBuilder {
     /// Default 5 s.
     pub fn deadline_grace(mut self, d: Duration) -> Self {
         self.deadline_grace = d;
+        self
+    }
+
+    /// How long a task a person cancelled ([`Queue::cancel`](crate::Queue::cancel)) may go
+    /// on after this worker has told it (`ctx.is_cancelled()`) before it is stopped (its
+    /// future dropped, as at the hard deadline). Either way the task ends cancelled, its
+    /// attempt recorded. Default 10 s ([`DEFAULT_CANCEL_GRACE`]); `Duration::ZERO` stops
+    /// it at the first check after the worker learns of the cancel (checks run every
+    /// eighth of the lease).
+    pub fn cancel_grace(mut self, d: Duration) -> Self {
+        self.cancel_grace = d;
         self
     }
 
@@ -301,6 +317,7 @@ impl WorkerBuilder {
             lease: self.lease,
             poll_interval: self.poll_interval,
             shutdown_grace: self.shutdown_grace,
+            cancel_grace: self.cancel_grace,
             prune_interval: self.prune.then_some(self.prune_interval),
             queue_depth_interval: (!self.queue_depth_interval.is_zero())
                 .then_some(self.queue_depth_interval),
@@ -328,6 +345,8 @@ pub struct Worker {
     lease: Duration,
     poll_interval: Duration,
     shutdown_grace: Duration,
+    /// How long a cancelled task may run on after it was told.
+    cancel_grace: Duration,
     /// How often it prunes; `None`: it does not.
     prune_interval: Option<Duration>,
     /// How often it sets the queue-depth gauge; `None`: it does not.
@@ -384,6 +403,7 @@ impl Worker {
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(25),
             deadline_grace: Duration::from_secs(5),
+            cancel_grace: DEFAULT_CANCEL_GRACE,
             clock: Clock::system(),
             name: None,
             prune: true,
@@ -451,8 +471,9 @@ impl Worker {
         ));
         let heartbeat = tokio::spawn(supervised("lease renewal", {
             let (exec, inflight, lease) = (exec.clone(), inflight.clone(), self.lease);
+            let grace = self.cancel_grace;
             let done = done_tx.downgrade();
-            move || leases::heartbeat(exec.clone(), inflight.clone(), lease, done.clone())
+            move || leases::heartbeat(exec.clone(), inflight.clone(), lease, grace, done.clone())
         }));
         let pruner = self.prune_interval.map(|interval| {
             tokio::spawn(supervised("pruning", {
@@ -696,6 +717,7 @@ impl Worker {
             renew_until: tokio::time::Instant::now() + timeout + exec.deadline_grace + self.lease,
             progressed: progressed.clone(),
             finishing: false,
+            cancel_requested_at: None,
         };
         let exec2 = exec.clone();
         let tx = done_tx.clone();
@@ -827,6 +849,10 @@ const NUDGE_MAX: Duration = Duration::from_millis(100);
 /// doubles the time a due task waits for a slot), and never longer than this. A worker
 /// with every slot free claims at once.
 const GATHER_MAX: Duration = Duration::from_millis(10);
+
+/// How long a cancelled task may go on after its worker told it, by default
+/// ([`WorkerBuilder::cancel_grace`]).
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 
 /// The shortest idle wait between claims while due tasks are held back by a queue's rate
 /// or concurrency limit.

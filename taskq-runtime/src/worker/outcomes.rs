@@ -79,7 +79,7 @@ async fn finisher(
     // One buffer for the life of the writer: a batch costs no allocation of its own.
     let mut batch: Vec<Pending> = Vec::new();
     while rx.recv_many(&mut batch, FINISH_BATCH).await > 0 {
-        record(exec, &batch, stats, give_up_after).await;
+        record(exec, inflight, &batch, stats, give_up_after).await;
         inflight.remove_all(batch.iter().map(|(f, _)| f.lease));
         batch.clear();
     }
@@ -89,14 +89,20 @@ async fn finisher(
 pub(super) const FINISH_BATCH: usize = 512;
 
 /// Writes one batch of outcomes; see [`finisher`].
-async fn record(exec: &Exec, batch: &[Pending], stats: &WorkerStats, give_up_after: Duration) {
+async fn record(
+    exec: &Exec,
+    inflight: &InFlight,
+    batch: &[Pending],
+    stats: &WorkerStats,
+    give_up_after: Duration,
+) {
     let give_up_at = tokio::time::Instant::now() + give_up_after;
     let bound = give_up_after / 4;
     let mut backoff = Duration::from_millis(50);
     // Copied only when a write fails and what is left must be retried.
     let mut pending = std::borrow::Cow::Borrowed(batch);
     loop {
-        let (error, hung) = match write(exec, &pending, stats, bound).await {
+        let (error, hung) = match write(exec, inflight, &pending, stats, bound).await {
             Ok(()) => return,
             Err(e) => e,
         };
@@ -106,7 +112,7 @@ async fn record(exec: &Exec, batch: &[Pending], stats: &WorkerStats, give_up_aft
             // One outcome may be what the store refuses: write each alone, keep the failures.
             let mut failed = Vec::new();
             for p in pending.iter() {
-                if write(exec, std::slice::from_ref(p), stats, bound)
+                if write(exec, inflight, std::slice::from_ref(p), stats, bound)
                     .await
                     .is_err()
                 {
@@ -137,6 +143,7 @@ async fn record(exec: &Exec, batch: &[Pending], stats: &WorkerStats, give_up_aft
 /// error and whether the call timed out.
 async fn write(
     exec: &Exec,
+    inflight: &InFlight,
     pending: &[Pending],
     stats: &WorkerStats,
     bound: Duration,
@@ -155,6 +162,13 @@ async fn write(
     };
     for ((f, task), r) in pending.iter().zip(results) {
         match r {
+            // The cancel was counted when it was stored (`Queue::cancel`): the store recorded
+            // this attempt as cancelled, not as its outcome says.
+            Ok(()) if inflight.cancel_requested(f.lease) => {
+                stats
+                    .cancelled
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             Ok(()) => {
                 stats.count(&f.outcome);
                 crate::metrics::recorded(&task.task, &task.queue, &f.outcome);

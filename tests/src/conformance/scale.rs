@@ -106,8 +106,8 @@ async fn assert_counts_exact(s: &dyn Store, configured: &BTreeSet<String>, step:
 
 /// `queues()` counts equal a full count of the tasks (read through `list_tasks`) after
 /// every step of random operations: starts (named, delayed, iterative), claims, every
-/// outcome, lapsed leases, heartbeats, checkpoints, delete, purge, retry, run now, cancel,
-/// pause and resume, retention settings and prunes (on virtual time, days apart). Three
+/// outcome, lapsed leases, heartbeats, checkpoints, delete, purge, retry, run now, cancel
+/// (of a task and of a run), pause and resume, retention settings and prunes (on virtual time, days apart). Three
 /// fixed seeds, so a failure replays.
 pub async fn queue_counts_equal_a_full_count(s: Arc<dyn Store>) {
     const QUEUES: [&str; 3] = ["a", "b", "c"];
@@ -217,8 +217,14 @@ pub async fn queue_counts_equal_a_full_count(s: Arc<dyn Store>) {
                         None => Ok(()),
                     },
                 },
-                10 => match rng.below(3) {
+                10 => match rng.below(4) {
                     0 => s.purge(queue, now).await.map(|_| ()),
+                    // Cancel a task (pending: cancelled now; running: marked, ended by
+                    // its finish or by the claim that finds its lease lapsed).
+                    1 => match rng.pick(&ids).copied() {
+                        Some(id) => s.cancel(id, now).await.map(|_| ()),
+                        None => Ok(()),
+                    },
                     _ => match rng.pick(&ids).copied() {
                         Some(id) => s.cancel_iteration(id, now).await,
                         None => Ok(()),

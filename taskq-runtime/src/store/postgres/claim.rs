@@ -187,7 +187,7 @@ due AS (
 expired AS (
     SELECT {COLUMNS}
     FROM {{S}}.taskq_tasks t
-    WHERE t.state = 'running' AND t.lease_until <= $1::int8
+    WHERE t.state = 'running' AND t.lease_until <= $1::int8 AND NOT t.cancel_requested
       {qf} {guard}
     ORDER BY t.priority DESC, t.run_at, t.id
     LIMIT $4::int8
@@ -233,6 +233,7 @@ capped_expired AS (
     SELECT x.* FROM caps c CROSS JOIN LATERAL (
         SELECT {COLUMNS} FROM {{S}}.taskq_tasks t
         WHERE t.state = 'running' AND t.queue = c.name AND t.lease_until <= $1::int8
+          AND NOT t.cancel_requested
         ORDER BY t.priority DESC, t.run_at, t.id
         LIMIT LEAST(c.cap, $4::int8)
         FOR UPDATE OF t SKIP LOCKED) x
@@ -268,6 +269,27 @@ picked AS (
     ORDER BY x.priority DESC, x.run_at, x.id
     LIMIT $4::int8
 ),
+-- Lapsed leases of tasks a person cancelled while they ran (of any queue; few, through
+-- the lease index): ended cancelled here, never taken (the policy's `CANCEL_LAPSED`).
+cancel_lapsed AS (
+    SELECT t.id, t.attempts, t.worker, t.started_at FROM {{S}}.taskq_tasks t
+    WHERE t.state = 'running' AND t.lease_until <= $1::int8 AND t.cancel_requested
+    FOR UPDATE OF t SKIP LOCKED
+),
+cancel_attempts AS (
+    INSERT INTO {{S}}.taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
+    SELECT k.id, k.attempts, COALESCE(k.worker, ''), COALESCE(k.started_at, $1::int8),
+           $1::int8, '{cancel_label}', '{cancel_error}'
+    FROM cancel_lapsed k
+),
+cancel_ended AS (
+    UPDATE {{S}}.taskq_tasks t
+    SET state = 'cancelled', finished_at = $1::int8, worker = NULL, lease_until = NULL,
+        last_error = '{cancel_error}'
+    FROM cancel_lapsed k WHERE t.id = k.id
+    RETURNING t.queue, t.state
+),
+{cancel_counted},
 lapsed AS (
     INSERT INTO {{S}}.taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
     SELECT p.id, p.old_attempts, COALESCE(p.old_worker, ''), COALESCE(p.old_started, $1::int8),
@@ -290,6 +312,15 @@ FROM claimed c LEFT JOIN {{S}}.taskq_iterations i ON i.run_id = c.run_id
 ORDER BY c.priority DESC, c.run_at, c.id
 "#,
             lapsed = LAPSED.replace('\'', "''"),
+            cancel_label = crate::policy::CANCEL_LAPSED.0.replace('\'', "''"),
+            cancel_error = crate::policy::CANCEL_LAPSED.1.replace('\'', "''"),
+            cancel_counted = super::counts::counted(
+                "cancel_counted",
+                "cancel_ended",
+                "queue",
+                "state",
+                '+'
+            ),
         ))
     }
 

@@ -10,7 +10,7 @@ use super::counts::counted;
 use super::rows::to_json_text;
 use super::{Param, PostgresStore};
 use crate::store::{
-    check_checkpoint, Checkpoint, Finish, Lease, Outcome, StoreError, TaskId, MAX_COUNT,
+    check_checkpoint, Checkpoint, Finish, Lease, Outcome, Renewal, StoreError, TaskId, MAX_COUNT,
 };
 use crate::time::Timestamp;
 
@@ -29,6 +29,9 @@ struct FinishColumns {
     run_ends: Vec<Option<String>>,
     continue_ats: Vec<Option<i64>>,
     started: Vec<i64>,
+    /// The error each attempt records if its task was cancelled while it ran
+    /// ([`Outcome::transition_cancelled`]; the rest of that transition is constant).
+    cancel_errors: Vec<Option<String>>,
 }
 
 impl FinishColumns {
@@ -46,16 +49,20 @@ impl FinishColumns {
             .push(tr.run_ends.map(|s| s.as_str().to_string()));
         self.continue_ats.push(tr.continue_at.map(|t| t.0));
         self.started.push(f.started_at.0);
+        self.cancel_errors
+            .push(f.outcome.transition_cancelled(now).error);
     }
 
     /// `$1` is the time of the call, `$2` the worker, `$3..$13` the columns, `$14..$16`
-    /// the state, label and error of [`Outcome::Stopped`].
+    /// the state, label and error of [`Outcome::Stopped`], `$17..$18` the state and label
+    /// of a cancelled attempt ([`Outcome::transition_cancelled`]), `$19` its errors.
     fn params<'a>(
         &'a self,
         now: &'a i64,
         worker: &'a &'a str,
         stopped: &'a (String, String, Option<String>),
-    ) -> [Param<'a>; 16] {
+        cancelled: &'a (String, String),
+    ) -> [Param<'a>; 19] {
         [
             now,
             worker,
@@ -73,19 +80,22 @@ impl FinishColumns {
             &stopped.0,
             &stopped.1,
             &stopped.2,
+            &cancelled.0,
+            &cancelled.1,
+            &self.cancel_errors,
         ]
     }
 }
 
-/// Extends the leases still held to `until`; returns the ids whose lease was lost.
-pub(super) async fn heartbeat(
+/// Extends the leases still held to `until`; returns the ids whose lease was lost and
+/// those of the renewed tasks that have a cancel requested.
+pub(super) async fn renew(
     s: &PostgresStore,
     leases: &[Lease],
-    _worker: &str,
     until: Timestamp,
-) -> Result<Vec<TaskId>, StoreError> {
+) -> Result<Renewal, StoreError> {
     if leases.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Renewal::default());
     }
     let ids: Vec<i64> = leases.iter().map(|l| l.id.0).collect();
     let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
@@ -96,7 +106,7 @@ pub(super) async fn heartbeat(
          FROM unnest($2::int8[], $3::int8[]) AS l(id, token) \
          WHERE t.id = l.id AND t.lease_token = l.token \
            AND CASE WHEN t.state = 'running' THEN true END \
-         RETURNING t.id, t.lease_token",
+         RETURNING t.id, t.lease_token, t.cancel_requested",
     );
     let mut c = s.pool.get().await?;
     let st = c.prep(&sql).await?;
@@ -104,12 +114,21 @@ pub(super) async fn heartbeat(
     let r = client.query(&st, &[&until.0, &ids, &tokens]).await;
     // Told apart by lease, not by task: a stale lease of a task listed beside its
     // current one is lost though the task's row was extended.
-    let kept: HashSet<(i64, i64)> = c.check(r)?.iter().map(|r| (r.get(0), r.get(1))).collect();
-    Ok(leases
+    let rows = c.check(r)?;
+    let kept: HashSet<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let cancel_requested = rows
         .iter()
-        .filter(|l| !kept.contains(&(l.id.0, l.token)))
-        .map(|l| l.id)
-        .collect())
+        .filter(|r| r.get::<_, bool>(2))
+        .map(|r| TaskId(r.get(0)))
+        .collect();
+    Ok(Renewal {
+        lost: leases
+            .iter()
+            .filter(|l| !kept.contains(&(l.id.0, l.token)))
+            .map(|l| l.id)
+            .collect(),
+        cancel_requested,
+    })
 }
 
 /// Records finished attempts: one result per input, `LeaseLost` for a lease no longer
@@ -145,13 +164,14 @@ pub(super) async fn finish(
         r#"
 WITH f0 AS (
 SELECT * FROM unnest($3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::int8[],
-                     $9::bool[], $10::bool[], $11::text[], $12::int8[], $13::int8[])
+                     $9::bool[], $10::bool[], $11::text[], $12::int8[], $13::int8[],
+                     $19::text[])
     WITH ORDINALITY
     AS f0(id, token, state, label, error, run_at, counts, finished, run_ends, continue_at,
-          started_at, ord)
+          started_at, cancel_error, ord)
 ),
 f AS (
-SELECT f0.id, f0.token, f0.ord, f0.started_at,
+SELECT f0.id, f0.token, f0.ord, f0.started_at, f0.cancel_error,
        CASE WHEN e.ended THEN $14::text ELSE f0.state END AS state,
        CASE WHEN e.ended THEN $15::text ELSE f0.label END AS label,
        CASE WHEN e.ended THEN $16::text ELSE f0.error END AS error,
@@ -170,14 +190,20 @@ FROM f0 CROSS JOIN LATERAL (
 ) e
 ),
 upd AS (
+-- A task cancelled while it ran (`t.cancel_requested`, read from the row as this update
+-- finds it, so a cancel committed meanwhile is seen) is recorded as cancelled whatever
+-- its outcome (`Outcome::transition_cancelled`: `$17`, `$18`, the errors of `$19`).
 UPDATE {{S}}.taskq_tasks t SET
-    state = f.state,
+    state = CASE WHEN t.cancel_requested THEN $17::text ELSE f.state END,
     worker = NULL,
     lease_until = NULL,
-    last_error = COALESCE(f.error, t.last_error),
-    run_at = COALESCE(f.run_at, t.run_at),
-    attempts = CASE WHEN f.counts THEN t.attempts ELSE GREATEST(t.attempts - 1, 0) END,
-    finished_at = CASE WHEN f.finished THEN $1::int8 ELSE t.finished_at END
+    last_error = COALESCE(CASE WHEN t.cancel_requested THEN f.cancel_error ELSE f.error END,
+                          t.last_error),
+    run_at = CASE WHEN t.cancel_requested THEN t.run_at ELSE COALESCE(f.run_at, t.run_at) END,
+    attempts = CASE WHEN f.counts OR t.cancel_requested THEN t.attempts
+                    ELSE GREATEST(t.attempts - 1, 0) END,
+    finished_at = CASE WHEN f.finished OR t.cancel_requested THEN $1::int8
+                       ELSE t.finished_at END
 FROM f
 -- The state is tested inside a CASE (NULL, so no row, unless running) so that it does
 -- not match the condition of the partial lease index: with `t.state = 'running'` the
@@ -186,9 +212,15 @@ FROM f
 -- every row that ran (auto_explain: 15-25 ms finishes; 30,100 rows read for 100).
 -- Each row is now found by primary key.
 WHERE t.id = f.id AND t.lease_token = f.token AND CASE WHEN t.state = 'running' THEN true END
-RETURNING t.id, f.token, t.queue, t.run_id, f.label, f.error, f.started_at, f.run_ends,
-          f.continue_at, f.state, f.ord,
-          CASE WHEN f.counts THEN t.attempts ELSE t.attempts + 1 END AS attempt
+RETURNING t.id, f.token, t.queue, t.run_id,
+          CASE WHEN t.cancel_requested THEN $18::text ELSE f.label END AS label,
+          CASE WHEN t.cancel_requested THEN f.cancel_error ELSE f.error END AS error,
+          f.started_at,
+          CASE WHEN t.cancel_requested THEN NULL ELSE f.run_ends END AS run_ends,
+          CASE WHEN t.cancel_requested THEN NULL ELSE f.continue_at END AS continue_at,
+          t.state, f.ord,
+          CASE WHEN f.counts OR t.cancel_requested THEN t.attempts ELSE t.attempts + 1 END
+              AS attempt
 ),
 att AS (
 INSERT INTO {{S}}.taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
@@ -232,13 +264,18 @@ WHERE u.state = 'pending' OR u.continue_at IS NOT NULL
         stopped.label.to_string(),
         stopped.error,
     );
+    let cancelled = Outcome::Done.transition_cancelled(now);
+    let cancelled = (
+        cancelled.state.as_str().to_string(),
+        cancelled.label.to_string(),
+    );
     let mut c = s.pool.get().await?;
     let lock = c.prep(&s.lock_runs_of_tasks_sql()).await?;
     let st = c.prep(&sql).await?;
     let r = PostgresStore::after_locks(
         &mut c,
         (&lock, &[&cols.ids]),
-        (&st, &cols.params(&now.0, &worker, &stopped)),
+        (&st, &cols.params(&now.0, &worker, &stopped, &cancelled)),
     )
     .await?;
     let applied: HashSet<(i64, i64)> = c.check(r)?.iter().map(|r| (r.get(0), r.get(1))).collect();

@@ -13,8 +13,8 @@ use super::rows::{
 };
 use super::{is_unique_violation, Param, PostgresStore};
 use crate::store::{
-    AttemptInfo, FinishedMinute, IterationInfo, QueueConfig, QueueInfo, StoreError, TaskDetail,
-    TaskId, TaskInfo, TaskQuery, TaskState,
+    AttemptInfo, CancelOutcome, FinishedMinute, IterationInfo, QueueConfig, QueueInfo, StoreError,
+    TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
 };
 use crate::time::Timestamp;
 
@@ -581,6 +581,66 @@ pub(super) async fn cancel_iteration(
             Err(StoreError::Conflict(format!(
                 "run {run} is {state}, only a running run can be cancelled"
             )))
+        }
+    }
+}
+
+/// Cancels a task that is not a step (see [`Store::cancel`](crate::store::Store::cancel)),
+/// in one statement: a pending task ends cancelled, a running one is marked and
+/// [`CANCEL_CHANNEL`](super::CANCEL_CHANNEL) is notified at its commit. The row's state is
+/// read by the update itself, so a finish or claim committed meanwhile is seen (a task
+/// pending again for a retry is cancelled as pending).
+pub(super) async fn cancel(
+    s: &PostgresStore,
+    id: TaskId,
+    now: Timestamp,
+) -> Result<CancelOutcome, StoreError> {
+    let sql = s.sql(&format!(
+        "WITH t AS (UPDATE {{S}}.taskq_tasks t SET \
+                 state = CASE WHEN t.state = 'pending' THEN 'cancelled' ELSE t.state END, \
+                 finished_at = CASE WHEN t.state = 'pending' THEN $2::int8 \
+                                    ELSE t.finished_at END, \
+                 last_error = CASE WHEN t.state = 'pending' THEN $3::text \
+                                   ELSE t.last_error END, \
+                 cancel_requested = t.cancel_requested OR t.state = 'running' \
+             WHERE t.id = $1::int8 AND t.state IN ('pending', 'running') \
+               AND t.run_id IS NULL \
+             RETURNING t.id, t.queue, t.state), \
+              {counted} \
+         SELECT t.state, n.n FROM t \
+         LEFT JOIN LATERAL (SELECT pg_notify('{channel}', t.id::text) AS n \
+                            WHERE t.state = 'running') n ON true",
+        counted = counted("counted", "t", "queue", "state", '+'),
+        channel = super::CANCEL_CHANNEL,
+    ));
+    let mut c = s.pool.get().await?;
+    let st = c.prep(&sql).await?;
+    let client = c.client()?;
+    let r = client
+        .query_opt(&st, &[&id.0, &now.0, &crate::policy::CANCELLED_PENDING])
+        .await;
+    if let Some(row) = c.check(r)? {
+        let state: String = row.get(0);
+        return Ok(match state.as_str() {
+            "running" => CancelOutcome::Requested,
+            _ => CancelOutcome::Cancelled,
+        });
+    }
+    let why_sql = s.sql("SELECT state, run_id FROM {S}.taskq_tasks WHERE id = $1::int8");
+    let st = c.prep(&why_sql).await?;
+    let client = c.client()?;
+    let r = client.query_opt(&st, &[&id.0]).await;
+    match c.check(r)? {
+        None => Err(StoreError::NotFound(format!("task {id}"))),
+        Some(row) => {
+            let state: String = row.get(0);
+            let run: Option<i64> = row.get(1);
+            Err(StoreError::Conflict(match run {
+                Some(run) => format!("task {id} is a step of iteration run {run}: cancel the run"),
+                None => {
+                    format!("task {id} is {state}, only a pending or running task can be cancelled")
+                }
+            }))
         }
     }
 }

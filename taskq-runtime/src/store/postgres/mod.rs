@@ -171,6 +171,11 @@ use url::{check_schema_name, parse_url};
 /// The notification channel every store listens on.
 pub const CHANNEL: &str = "taskq_new";
 
+/// The channel [`Store::cancel`] notifies when it marks a running task (the payload is its
+/// id): every store listens on it too and wakes [`Store::wait_for_cancel`], so workers
+/// renew their leases at once and learn of the cancel.
+pub const CANCEL_CHANNEL: &str = "taskq_cancel";
+
 type Param<'a> = &'a (dyn ToSql + Sync);
 
 /// Maps a driver error to [`StoreError::Backend`] with the server's message and code.
@@ -210,6 +215,8 @@ pub struct PostgresStore {
     /// The quoted schema, ready to prefix table names.
     s: String,
     wake: broadcast::Sender<Arc<str>>,
+    /// Woken by every notification on [`CANCEL_CHANNEL`] (and after a reconnection).
+    cancels: Arc<tokio::sync::Notify>,
     listener: tokio::task::JoinHandle<()>,
     /// The database clock, as this process estimates it: what decides every time.
     clock: Arc<DbClock>,
@@ -241,6 +248,7 @@ impl Drop for PostgresStore {
 async fn listen_forever(
     config: Config,
     wake: broadcast::Sender<Arc<str>>,
+    cancels: Arc<tokio::sync::Notify>,
     ready: watch::Sender<bool>,
     db_clock: Arc<DbClock>,
 ) {
@@ -249,11 +257,15 @@ async fn listen_forever(
         match config.connect(tokio_postgres::NoTls).await {
             Ok((client, mut connection)) => {
                 let fwd = wake.clone();
+                let fwd_cancels = cancels.clone();
                 let mut driver = tokio::spawn(async move {
                     let mut messages =
                         futures::stream::poll_fn(move |cx| connection.poll_message(cx));
                     while let Some(m) = messages.next().await {
                         match m {
+                            Ok(AsyncMessage::Notification(n)) if n.channel() == CANCEL_CHANNEL => {
+                                fwd_cancels.notify_waiters();
+                            }
                             Ok(AsyncMessage::Notification(n)) => {
                                 let _ = fwd.send(Arc::from(n.payload()));
                             }
@@ -265,11 +277,15 @@ async fn listen_forever(
                         }
                     }
                 });
-                match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                match client
+                    .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {CANCEL_CHANNEL}"))
+                    .await
+                {
                     Ok(()) => {
                         backoff = Duration::from_millis(50);
                         let _ = ready.send(true);
                         let _ = wake.send(Arc::from(""));
+                        cancels.notify_waiters();
                         loop {
                             if let Err(e) = db_clock.read(&client).await {
                                 tracing::warn!(error = %e, "taskq: cannot read the PostgreSQL clock; the last estimate stays in use");
@@ -336,10 +352,12 @@ impl PostgresStore {
             read?;
         }
         let (wake, _) = broadcast::channel(1024);
+        let cancels = Arc::new(tokio::sync::Notify::new());
         let (ready_tx, mut ready_rx) = watch::channel(false);
         let listener = tokio::spawn(listen_forever(
             config,
             wake.clone(),
+            cancels.clone(),
             ready_tx,
             db_clock.clone(),
         ));
@@ -350,6 +368,7 @@ impl PostgresStore {
             schema_name,
             s,
             wake,
+            cancels,
             listener,
             clock: db_clock,
             limited_hint: std::sync::Mutex::new(HashSet::new()),
@@ -511,7 +530,16 @@ impl Store for PostgresStore {
         _worker: &str,
         until: Timestamp,
     ) -> Result<Vec<TaskId>, StoreError> {
-        lease::heartbeat(self, leases, _worker, until).await
+        Ok(lease::renew(self, leases, until).await?.lost)
+    }
+
+    async fn renew(
+        &self,
+        leases: &[Lease],
+        _worker: &str,
+        until: Timestamp,
+    ) -> Result<Renewal, StoreError> {
+        lease::renew(self, leases, until).await
     }
 
     async fn finish(
@@ -613,6 +641,15 @@ impl Store for PostgresStore {
     async fn cancel_iteration(&self, run: TaskId, now: Timestamp) -> Result<(), StoreError> {
         manage::cancel_iteration(self, run, now).await
     }
+
+    async fn cancel(&self, id: TaskId, now: Timestamp) -> Result<CancelOutcome, StoreError> {
+        manage::cancel(self, id, now).await
+    }
+
+    async fn wait_for_cancel(&self) {
+        self.cancels.notified().await
+    }
+
     async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
         self.prune_all(now, batch).await
     }

@@ -74,13 +74,14 @@ pub(super) fn to_json_text(v: &serde_json::Value) -> Result<String, StoreError> 
 }
 
 pub(super) const TASK_COLUMNS: &str = "id, task, queue, state, payload::text AS payload, priority, attempts, \
-     unique_name, created_at, enqueued_at, run_at, finished_at, last_error, run_id, worker, lease_until";
+     unique_name, created_at, enqueued_at, run_at, finished_at, last_error, run_id, worker, lease_until, \
+     cancel_requested";
 
 /// [`TASK_COLUMNS`] with `NULL` for the payload: a listing reads payloads only when asked.
 pub(super) const TASK_COLUMNS_NO_PAYLOAD: &str =
     "id, task, queue, state, NULL::text AS payload, priority, \
      attempts, unique_name, created_at, enqueued_at, run_at, finished_at, last_error, run_id, \
-     worker, lease_until";
+     worker, lease_until, cancel_requested";
 
 pub(super) fn task_from_row(r: &Row) -> Result<TaskInfo, StoreError> {
     let e = |e: tokio_postgres::Error| pg_err(&e);
@@ -115,6 +116,7 @@ pub(super) fn task_from_row(r: &Row) -> Result<TaskInfo, StoreError> {
             .try_get::<_, Option<i64>>("lease_until")
             .map_err(e)?
             .map(Timestamp),
+        cancel_requested: r.try_get("cancel_requested").map_err(e)?,
     })
 }
 

@@ -175,6 +175,13 @@ CREATE TRIGGER taskq_tasks_counted_delete AFTER DELETE ON {S}.taskq_tasks
     r#"
 ALTER TABLE {S}.taskq_tasks ADD COLUMN IF NOT EXISTS trace text;
 "#,
+    // 7: cancelling a running task (issue 13): set by `Store::cancel` on a running row;
+    // reported by the heartbeat, turns the attempt's outcome into a cancel, and makes a
+    // claim that finds the lease lapsed end the task cancelled. A constant default
+    // rewrites no row (PostgreSQL 11+).
+    r#"
+ALTER TABLE {S}.taskq_tasks ADD COLUMN IF NOT EXISTS cancel_requested boolean NOT NULL DEFAULT false;
+"#,
 ];
 
 /// The schema version this build knows.

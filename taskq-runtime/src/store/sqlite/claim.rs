@@ -37,6 +37,8 @@ struct Candidate {
     priority: i64,
     run_at: i64,
     running: bool,
+    /// A lapsed lease of a task a person cancelled while it ran: ended, not taken.
+    cancel: bool,
 }
 
 /// Every queue's settings and bucket, by name.
@@ -168,6 +170,7 @@ fn due_pending(
                 priority: r.get(1)?,
                 run_at: r.get(2)?,
                 running: false,
+                cancel: false,
             })
         })?;
         for c in rows {
@@ -205,11 +208,13 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
         // prefers the index that gives the order; the `IS NULL` half is a seek of its own
         // (a claim always sets the lease, but a row without one still counts as lapsed).
         let mut lapsed = tx.prepare_cached(
-            "SELECT id, priority, run_at FROM (
-                 SELECT id, priority, run_at FROM taskq_tasks INDEXED BY taskq_tasks_lease
+            "SELECT id, priority, run_at, cancel_requested FROM (
+                 SELECT id, priority, run_at, cancel_requested FROM taskq_tasks
+                 INDEXED BY taskq_tasks_lease
                  WHERE state = 'running' AND queue = ?1 AND lease_until IS NULL
                  UNION ALL
-                 SELECT id, priority, run_at FROM taskq_tasks INDEXED BY taskq_tasks_lease
+                 SELECT id, priority, run_at, cancel_requested FROM taskq_tasks
+                 INDEXED BY taskq_tasks_lease
                  WHERE state = 'running' AND queue = ?1 AND lease_until <= ?2)
              ORDER BY priority DESC, run_at, id LIMIT ?3",
         )?;
@@ -234,12 +239,36 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
                     priority: r.get(1)?,
                     run_at: r.get(2)?,
                     running: true,
+                    cancel: r.get(3)?,
                 })
             })?;
             for c in rows {
                 cands.push(c?);
             }
         }
+    }
+    // Lapsed leases of cancelled tasks end cancelled here (the policy's `CANCEL_LAPSED`),
+    // in this claim's transaction, instead of being taken.
+    if cands.iter().any(|c| c.cancel) {
+        let mut tally = Tally::default();
+        let mut record = tx.prepare_cached(
+            "INSERT INTO taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
+             SELECT id, attempts, COALESCE(worker, ''), COALESCE(started_at, ?2), ?2, ?3, ?4
+             FROM taskq_tasks WHERE id = ?1",
+        )?;
+        let mut end = tx.prepare_cached(
+            "UPDATE taskq_tasks SET state = 'cancelled', finished_at = ?2, worker = NULL,
+                 lease_until = NULL, last_error = ?3
+             WHERE id = ?1",
+        )?;
+        let (label, error) = crate::policy::CANCEL_LAPSED;
+        for c in cands.iter().filter(|c| c.cancel) {
+            record.execute(params![c.id, now, label, error])?;
+            end.execute(params![c.id, now, error])?;
+            tally.moved(&c.queue, TaskState::Running, TaskState::Cancelled);
+        }
+        tally.write(tx)?;
+        cands.retain(|c| !c.cancel);
     }
     cands.sort_by(|a, b| {
         b.priority

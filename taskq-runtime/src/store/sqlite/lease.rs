@@ -7,7 +7,9 @@ use rusqlite::{params, OptionalExtension};
 use super::counts::Tally;
 use super::rows::{run_state, to_json};
 use super::R;
-use crate::store::{Checkpoint, Finish, Lease, RunState, StoreError, TaskId, TaskState, MAX_COUNT};
+use crate::store::{
+    Checkpoint, Finish, Lease, Renewal, RunState, StoreError, TaskId, TaskState, MAX_COUNT,
+};
 use crate::time::Timestamp;
 
 /// Extends the leases still held to `until`; returns the ids whose lease was lost.
@@ -27,6 +29,30 @@ pub(super) fn heartbeat(
         }
     }
     Ok(lost)
+}
+
+/// [`heartbeat`], and which of the renewed tasks have a cancel requested.
+pub(super) fn renew(
+    tx: &rusqlite::Transaction<'_>,
+    leases: &[Lease],
+    until: Timestamp,
+) -> R<Renewal> {
+    let lost = heartbeat(tx, leases, until)?;
+    let mut requested =
+        tx.prepare_cached("SELECT cancel_requested FROM taskq_tasks WHERE id = ?1 AND token = ?2")?;
+    let mut cancel_requested = Vec::new();
+    for l in leases.iter().filter(|l| !lost.contains(&l.id)) {
+        let flag: Option<bool> = requested
+            .query_row(params![l.id.0, l.token], |r| r.get(0))
+            .optional()?;
+        if flag == Some(true) {
+            cancel_requested.push(l.id);
+        }
+    }
+    Ok(Renewal {
+        lost,
+        cancel_requested,
+    })
 }
 
 /// Records finished attempts: one result per input (`LeaseLost` for a lease no longer
@@ -133,13 +159,15 @@ struct Held {
     attempts: i64,
     /// Its queue.
     queue: String,
+    /// Whether a person cancelled it while it ran.
+    cancel_requested: bool,
 }
 
 /// The task when `(id, token)` holds a running task.
 fn held(tx: &rusqlite::Transaction<'_>, lease: Lease) -> R<Option<Held>> {
     Ok(tx
         .prepare_cached(
-            "SELECT run_id, attempts, queue FROM taskq_tasks
+            "SELECT run_id, attempts, queue, cancel_requested FROM taskq_tasks
              WHERE id = ?1 AND token = ?2 AND state = 'running'",
         )?
         .query_row(params![lease.id.0, lease.token], |r| {
@@ -147,6 +175,7 @@ fn held(tx: &rusqlite::Transaction<'_>, lease: Lease) -> R<Option<Held>> {
                 run: r.get(0)?,
                 attempts: r.get(1)?,
                 queue: r.get(2)?,
+                cancel_requested: r.get(3)?,
             })
         })
         .optional()?)
@@ -166,6 +195,7 @@ fn finish_one(
         run,
         attempts: attempt,
         queue,
+        cancel_requested,
     }) = held(tx, f.lease)?
     else {
         return Ok(None);
@@ -173,7 +203,7 @@ fn finish_one(
     // In this write transaction (`BEGIN IMMEDIATE`), so no cancel comes in between.
     let tr = f
         .outcome
-        .transition_for_step(run_ended(tx, run)?, Timestamp(now));
+        .transition_held(run_ended(tx, run)?, cancel_requested, Timestamp(now));
     if let Some(state) = tr.run_ends {
         end_run(tx, run, state, tr.error.as_deref(), Timestamp(now))?;
     }

@@ -15,8 +15,8 @@ use super::{Fail, R};
 use crate::retention;
 use crate::store::tombstone::{self, Deleted, Tombstone};
 use crate::store::{
-    AttemptInfo, FinishedMinute, IterationInfo, QueueConfig, QueueInfo, RunState, StoreError,
-    TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
+    AttemptInfo, CancelOutcome, FinishedMinute, IterationInfo, QueueConfig, QueueInfo, RunState,
+    StoreError, TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
 };
 use crate::time::Timestamp;
 
@@ -549,3 +549,45 @@ SELECT finished_at - (((finished_at % 60000) + 60000) % 60000) AS minute, state,
 FROM taskq_tasks
 WHERE state IN ('done', 'failed', 'dead') AND finished_at >= ?1 AND finished_at < ?2
 GROUP BY minute, state";
+
+/// Cancels a task that is not a step (see [`Store::cancel`](crate::store::Store::cancel)):
+/// a pending one ends cancelled, a running one is marked; in one write transaction.
+pub(super) fn cancel(
+    tx: &rusqlite::Transaction<'_>,
+    id: TaskId,
+    now: Timestamp,
+) -> R<CancelOutcome> {
+    let row: Option<(String, String, Option<i64>)> = tx
+        .prepare_cached("SELECT state, queue, run_id FROM taskq_tasks WHERE id = ?1")?
+        .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let (state, queue, run) = row.ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+    if let Some(run) = run {
+        return Err(StoreError::Conflict(format!(
+            "task {id} is a step of iteration run {run}: cancel the run"
+        ))
+        .into());
+    }
+    match task_state(&state)? {
+        TaskState::Pending => {
+            tx.prepare_cached(
+                "UPDATE taskq_tasks SET state = 'cancelled', finished_at = ?2, last_error = ?3
+                 WHERE id = ?1",
+            )?
+            .execute(params![id.0, now.0, crate::policy::CANCELLED_PENDING])?;
+            let mut tally = Tally::default();
+            tally.moved(&queue, TaskState::Pending, TaskState::Cancelled);
+            tally.write(tx)?;
+            Ok(CancelOutcome::Cancelled)
+        }
+        TaskState::Running => {
+            tx.prepare_cached("UPDATE taskq_tasks SET cancel_requested = 1 WHERE id = ?1")?
+                .execute([id.0])?;
+            Ok(CancelOutcome::Requested)
+        }
+        state => Err(StoreError::Conflict(format!(
+            "task {id} is {state}, only a pending or running task can be cancelled"
+        ))
+        .into()),
+    }
+}

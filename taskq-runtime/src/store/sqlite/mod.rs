@@ -202,6 +202,8 @@ pub struct SqliteStore {
     path: Arc<str>,
     db: Arc<Mutex<Db>>,
     notify: Notify,
+    /// Wakes [`Store::wait_for_cancel`] when this store value cancels a running task.
+    cancels: Notify,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -229,6 +231,7 @@ impl SqliteStore {
             path: Arc::from(path),
             db: Arc::new(Mutex::new(db)),
             notify: Notify::new(),
+            cancels: Notify::new(),
         })
     }
 
@@ -414,6 +417,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn renew(
+        &self,
+        leases: &[Lease],
+        _worker: &str,
+        until: Timestamp,
+    ) -> Result<Renewal, StoreError> {
+        if leases.is_empty() {
+            return Ok(Renewal::default());
+        }
+        let leases = leases.to_vec();
+        self.call("heartbeat", move |db| {
+            db.write(false, |tx| lease::renew(tx, &leases, until))
+        })
+        .await
+    }
+
     async fn finish(
         &self,
         finished: Vec<Finish>,
@@ -563,6 +582,23 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn cancel(&self, id: TaskId, now: Timestamp) -> Result<CancelOutcome, StoreError> {
+        let outcome = self
+            .call("cancelling a task", move |db| {
+                db.write(true, |tx| manage::cancel(tx, id, now))
+            })
+            .await?;
+        if outcome == CancelOutcome::Requested {
+            self.cancels.notify_waiters();
+        }
+        Ok(outcome)
+    }
+
+    async fn wait_for_cancel(&self) {
+        self.cancels.notified().await
+    }
+
     async fn prune(&self, now: Timestamp, batch: usize) -> Result<PruneReport, StoreError> {
         self.prune_all(now, batch).await
     }

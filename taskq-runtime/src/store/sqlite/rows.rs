@@ -88,7 +88,8 @@ impl StoredText {
 /// The `taskq_tasks` columns [`RawTask::read`] reads, in its order.
 pub(super) const TASK_COLUMNS: &str =
     "id, task, queue, state, payload, priority, attempts, unique_name, \
-     created_at, enqueued_at, run_at, finished_at, last_error, run_id, worker, lease_until";
+     created_at, enqueued_at, run_at, finished_at, last_error, run_id, worker, lease_until, \
+     cancel_requested";
 
 /// [`TASK_COLUMNS`], or the same with `NULL` for the payload: a listing reads payloads
 /// only when asked for them.
@@ -97,7 +98,8 @@ pub(super) fn task_columns(with_payload: bool) -> &'static str {
         true => TASK_COLUMNS,
         false => {
             "id, task, queue, state, NULL AS payload, priority, attempts, unique_name, \
-             created_at, enqueued_at, run_at, finished_at, last_error, run_id, worker, lease_until"
+             created_at, enqueued_at, run_at, finished_at, last_error, run_id, worker, lease_until, \
+             cancel_requested"
         }
     }
 }
@@ -162,6 +164,7 @@ pub(super) struct RawTask {
     run_id: Option<i64>,
     worker: Option<String>,
     lease_until: Option<i64>,
+    cancel_requested: bool,
 }
 
 impl RawTask {
@@ -184,6 +187,7 @@ impl RawTask {
             run_id: r.get(13)?,
             worker: r.get(14)?,
             lease_until: r.get(15)?,
+            cancel_requested: r.get(16)?,
         })
     }
 
@@ -215,6 +219,7 @@ impl RawTask {
             run: self.run_id.map(TaskId),
             worker: self.worker,
             lease_until: self.lease_until.map(Timestamp),
+            cancel_requested: self.cancel_requested,
         })
     }
 }

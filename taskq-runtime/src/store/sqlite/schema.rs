@@ -155,6 +155,12 @@ CREATE INDEX taskq_tasks_finished_task ON taskq_tasks (state, task, id)
     r#"
 ALTER TABLE taskq_tasks ADD COLUMN trace TEXT;
 "#,
+    // 7: cancelling a running task (issue 13): set by `Store::cancel` on a running row;
+    // reported by the heartbeat, turns the attempt's outcome into a cancel, and makes a
+    // claim that finds the lease lapsed end the task cancelled. 0 or 1.
+    r#"
+ALTER TABLE taskq_tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Brings the schema up to date inside the opening transaction, or refuses a database
