@@ -17,8 +17,10 @@ use taskq_runtime::{Retention, TaskId, Timestamp};
 
 mod operations;
 mod scale;
+mod unique;
 pub use operations::*;
 pub use scale::*;
+pub use unique::*;
 
 /// A fixed starting time for every case.
 pub const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -2954,6 +2956,9 @@ macro_rules! conformance_tests {
             retry_many_retries_those_it_can, concurrent_retry_many_retry_each_task_once,
             finished_per_minute_counts_ends_by_minute,
             trace_context_and_due_time_round_trip,
+            unique_args_refuse_a_live_duplicate, unique_key_is_free_again_after_its_period,
+            replace_updates_a_pending_tasks_arguments_and_due_time, start_many_keeps_keys_unique,
+            concurrent_starts_of_one_key_insert_one,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
