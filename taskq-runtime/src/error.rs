@@ -195,7 +195,7 @@ pub enum StartError {
     /// The builder's uniqueness options do not fit together or with the task: a name and
     /// a unique key on one task, an argument of `unique_by` that the task does not take,
     /// `unique_for` or replace without a unique key, replace on an iterative task or in
-    /// `start_many`, a name that starts with [`KEY_PREFIX`](crate::unique::KEY_PREFIX).
+    /// `start_many` or `start_in`, a name that starts with [`KEY_PREFIX`](crate::unique::KEY_PREFIX).
     #[error("task `{task}`: {reason}")]
     Unique {
         /// The task.
