@@ -198,6 +198,52 @@ println!("pruned {} done and {} dead tasks", pruned.count(TaskState::Done), prun
     }
 }
 
+/// "Unique tasks".
+#[rustfmt::skip]
+mod unique_tasks {
+    use std::error::Error;
+    use std::time::Duration;
+
+    use taskq_runtime::{task, Queue, StartError, TaskError};
+
+    async fn unique_tasks(queue: Queue) -> Result<(), Box<dyn Error>> {
+// One reminder per address while one is pending or running, and for an hour after it ended.
+#[task(unique = ["to"], unique_for = "1h")]
+async fn remind(to: String, text: String) -> Result<(), TaskError> {
+    println!("to {to}: {text}");
+    Ok(())
+}
+
+// Debounce: a start while one is pending replaces its arguments and due time.
+#[task(unique = "args", on_conflict = "replace")]
+async fn reindex(table: String) -> Result<(), TaskError> {
+    println!("reindexing {table}");
+    Ok(())
+}
+
+remind::start(&queue, "ada@example.org".into(), "hi".into()).await?;
+match remind::start(&queue, "ada@example.org".into(), "hi again".into()).await {
+    Err(StartError::Duplicate { existing, .. }) => println!("already there: {existing:?}"),
+    other => println!("started: {:?}", other?),
+}
+let started = reindex::builder("users".into()).delay(Duration::from_secs(30)).submit(&queue).await?;
+println!("{} task {}", if started.replaced() { "replaced" } else { "inserted" }, started.id());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_is_refused_and_a_pending_one_replaced() -> Result<(), Box<dyn Error>> {
+        let queue = Queue::open("memory://").await?;
+        // The second reminder is refused; one reminder and one reindex are stored.
+        unique_tasks(queue.clone()).await?;
+        let all = queue.list(&taskq_runtime::TaskQuery::default()).await?;
+        assert_eq!(all.len(), 2, "{all:?}");
+        // Run again, the first reminder is refused too (`?` passes it on).
+        assert!(unique_tasks(queue.clone()).await.is_err());
+        Ok(())
+    }
+}
+
 /// "Run a worker".
 #[rustfmt::skip]
 mod worker {

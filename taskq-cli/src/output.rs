@@ -103,7 +103,8 @@ pub struct TaskJson {
     pub priority: i32,
     /// Attempts made since it was last put in the queue.
     pub attempts: u32,
-    /// Its de-duplication name, if any.
+    /// Its de-duplication name, if any: a name given by hand, or the unique key of a task
+    /// unique by its arguments (`args-sha256:` and 64 hex digits, `taskq_runtime::unique`).
     pub unique_name: Option<String>,
     /// When it was first stored.
     pub created_at: String,
@@ -396,7 +397,18 @@ pub fn task_text(d: &TaskDetail) -> String {
         ("state", t.state.to_string()),
         ("priority", t.priority.to_string()),
         ("attempts", t.attempts.to_string()),
-        ("unique name", or_dash(t.unique_name.clone())),
+        // A unique key of the arguments (`taskq_runtime::unique`) or a name given by hand.
+        (
+            if t.unique_name
+                .as_deref()
+                .is_some_and(taskq_runtime::unique::is_key)
+            {
+                "unique key"
+            } else {
+                "unique name"
+            },
+            or_dash(t.unique_name.clone()),
+        ),
         ("created at", t.created_at.clone()),
         ("enqueued at", t.enqueued_at.clone()),
         ("run at", t.run_at.clone()),

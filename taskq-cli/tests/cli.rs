@@ -109,6 +109,17 @@ fn task(name: &str, queue: &str, payload: Value, run_at: Timestamp) -> NewTask {
     }
 }
 
+/// The unique key of the fixture's `app::report` task, unique by all its arguments.
+fn report_key() -> String {
+    taskq_runtime::unique::key(
+        "app::report",
+        "reports",
+        &json!({ "month": "2026-11" }),
+        &taskq_runtime::UniqueArgs::All,
+    )
+    .expect("a key")
+}
+
 /// Stores, through the library, queue `email` with a dead, a failed, a done and a
 /// pending task due in an hour; queue `reports` with a pending task; and an iteration
 /// run on queue `iter` half done (5 of 10), its step pending.
@@ -132,6 +143,14 @@ fn fill(url: String) -> Fixture {
         walk.iteration = Some(NewIteration {
             filter: json!({ "program": "gsoc" }),
         });
+        // Unique by its arguments (`taskq_runtime::unique`): `show` prints its key.
+        let mut report = task(
+            "app::report",
+            "reports",
+            json!({ "month": "2026-11" }),
+            hour,
+        );
+        report.unique_name = Some(report_key());
         let ids = s
             .enqueue(
                 vec![
@@ -139,12 +158,7 @@ fn fill(url: String) -> Fixture {
                     mail("bob@example.org", now),
                     mail("cy@example.org", hour),
                     mail("dee@example.org", now),
-                    task(
-                        "app::report",
-                        "reports",
-                        json!({ "month": "2026-11" }),
-                        hour,
-                    ),
+                    report,
                     walk,
                 ],
                 now,
@@ -375,6 +389,12 @@ fn every_command(url: String) {
         human.contains("test-worker") && human.contains("smtp down"),
         "{human}"
     );
+    let report = expect(u, 0, &["show", &id(f.report)]).stdout;
+    assert!(
+        report.contains("unique key") && report.contains(&report_key()),
+        "the unique key of a task unique by its arguments: {report}"
+    );
+    assert!(!human.contains("unique key"), "{human}");
 
     // run now
     let ran = expect(u, 0, &["run", &id(f.later), "--json"]).json();

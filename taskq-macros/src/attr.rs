@@ -37,6 +37,9 @@ impl Kind {
             "max_doublings",
             "age_limit",
             "priority",
+            "unique",
+            "unique_for",
+            "on_conflict",
             "crate",
         ];
         const ITERATIVE: &[&str] = &[
@@ -66,6 +69,14 @@ pub struct Dur {
     pub lit: LitStr,
 }
 
+/// `unique = "args"` or `unique = ["to", "kind"]`.
+pub enum Unique {
+    /// Every argument (`"args"`).
+    All,
+    /// These arguments, each as written (checked against the function in `valid`).
+    Only(Vec<LitStr>),
+}
+
 /// The keys of one attribute, each `None` when not written (the default applies).
 #[derive(Default)]
 pub struct TaskArgs {
@@ -81,6 +92,10 @@ pub struct TaskArgs {
     pub krate: Option<Path>,
     pub model: Option<Type>,
     pub batch_size: Option<usize>,
+    pub unique: Option<Unique>,
+    pub unique_for: Option<Dur>,
+    /// `on_conflict = "replace"` (true) or `"refuse"` (false), as written.
+    pub on_conflict: Option<(bool, LitStr)>,
 }
 
 pub const DEFAULT_QUEUE: &str = "default";
@@ -152,6 +167,9 @@ fn set_key(args: &mut TaskArgs, key: &str, expr: &Expr, errors: &mut Errors) {
         "min_backoff" => duration(key, expr, false).map(|d| args.min_backoff = Some(d)),
         "max_backoff" => duration(key, expr, false).map(|d| args.max_backoff = Some(d)),
         "age_limit" => duration(key, expr, true).map(|d| args.age_limit = Some(d)),
+        "unique_for" => duration(key, expr, false).map(|d| args.unique_for = Some(d)),
+        "unique" => unique(expr).map(|u| args.unique = Some(u)),
+        "on_conflict" => on_conflict(expr).map(|c| args.on_conflict = Some(c)),
         _ => unreachable!("every key of Kind::keys is handled"),
     };
     if let Err(e) = result {
@@ -171,6 +189,10 @@ fn unknown_key(meta: &ParseNestedMeta, key: &str, kind: Kind) -> syn::Error {
         msg.push_str(&format!(
             "\n`{key}` belongs to `#[iterative_task(model = M, ...)]`, for a task that walks through every entity of a model"
         ));
+    } else if kind == Kind::Iterative && matches!(key, "unique" | "unique_for" | "on_conflict") {
+        msg.push_str(&format!(
+            "\n`{key}` belongs to `#[task]`; an iterative run is made unique at its start: `builder(..).unique_args()` or `.name(..)`"
+        ));
     } else if let Some(hint) = did_you_mean(key) {
         msg.push_str(&format!("\nhelp: did you mean `{hint}`?"));
     }
@@ -187,6 +209,8 @@ fn did_you_mean(key: &str) -> Option<&'static str> {
         "queue_name" => "queue",
         "task_name" => "name",
         "batch" | "chunk_size" => "batch_size",
+        "unique_period" | "unique_within" | "period" => "unique_for",
+        "replace" | "debounce" => "on_conflict",
         _ => return None,
     })
 }
@@ -213,6 +237,9 @@ fn example(key: &str) -> &'static str {
         "min_backoff" => "\"1s\"",
         "max_backoff" => "\"1h\"",
         "age_limit" => "\"7d\"",
+        "unique" => "\"args\"",
+        "unique_for" => "\"1h\"",
+        "on_conflict" => "\"replace\"",
         "model" => "Student",
         "crate" => "::taskq_runtime",
         _ => "...",
@@ -273,6 +300,84 @@ fn string(key: &str, expr: &Expr) -> syn::Result<LitStr> {
                 example(key)
             ),
         )),
+    }
+}
+
+const UNIQUE_HINT: &str = "write `unique = \"args\"` (every argument) or `unique = [\"to\", \"kind\"]` (the named arguments)";
+
+/// `unique = "args"` or `unique = ["a", "b"]`: a non-empty list of distinct string
+/// literals (whether each names an argument is checked in `valid`).
+fn unique(expr: &Expr) -> syn::Result<Unique> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) if s.value() == "args" => Ok(Unique::All),
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Err(syn::Error::new(
+            s.span(),
+            format!(
+                "`unique = \"{}\"` is not a uniqueness: {UNIQUE_HINT}",
+                s.value()
+            ),
+        )),
+        Expr::Array(a) => {
+            if a.elems.is_empty() {
+                return Err(syn::Error::new_spanned(
+                    a,
+                    format!("`unique` names no argument: {UNIQUE_HINT}"),
+                ));
+            }
+            let mut names: Vec<LitStr> = Vec::new();
+            let mut errors: Option<syn::Error> = None;
+            let mut push = |e: syn::Error| match &mut errors {
+                Some(all) => all.combine(e),
+                None => errors = Some(e),
+            };
+            for e in &a.elems {
+                match e {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Str(s), ..
+                    }) => {
+                        if names.iter().any(|n| n.value() == s.value()) {
+                            push(syn::Error::new(
+                                s.span(),
+                                format!("`{}` is listed twice in `unique`; keep one", s.value()),
+                            ));
+                        } else {
+                            names.push(s.clone());
+                        }
+                    }
+                    other => push(syn::Error::new_spanned(
+                        other,
+                        "expected an argument's name as a string literal, e.g. `\"to\"`",
+                    )),
+                }
+            }
+            match errors {
+                Some(e) => Err(e),
+                None => Ok(Unique::Only(names)),
+            }
+        }
+        other => Err(syn::Error::new_spanned(other, UNIQUE_HINT)),
+    }
+}
+
+/// `on_conflict = "replace"` or `"refuse"`.
+fn on_conflict(expr: &Expr) -> syn::Result<(bool, LitStr)> {
+    let hint = "write `on_conflict = \"replace\"` (a start whose key a pending task holds replaces its arguments and due time) or `on_conflict = \"refuse\"` (the default)";
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => match s.value().as_str() {
+            "replace" => Ok((true, s.clone())),
+            "refuse" => Ok((false, s.clone())),
+            other => Err(syn::Error::new(
+                s.span(),
+                format!("unknown `on_conflict = \"{other}\"`: {hint}"),
+            )),
+        },
+        other => Err(syn::Error::new_spanned(other, hint)),
     }
 }
 

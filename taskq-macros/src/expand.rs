@@ -395,11 +395,12 @@ impl<'a> Generator<'a> {
             #(let __taskq_payload = #encoders::encode_arg(&#idents, __taskq_payload, #keys);)*
             __taskq_payload.finish()
         }};
+        let unique = self.unique_calls();
         let (filter_param, filter_arg, new_builder, what) = match self.kind {
             Kind::Plain => (
                 quote!(),
                 quote!(),
-                quote!(#p::TaskBuilder::new(&__TASKQ_DEF, #encode)),
+                quote!(#p::TaskBuilder::new(&__TASKQ_DEF, #encode) #unique),
                 "the task",
             ),
             Kind::Iterative => {
@@ -420,9 +421,25 @@ impl<'a> Generator<'a> {
                 )
             }
         };
-        let start_doc = format!(
-            "Starts {what} `{fn_name}` on its default queue with these arguments, due now; returns its id.\n\nFor a delay, a de-duplication name, another queue or priority, use `builder`."
-        );
+        let replace = matches!(self.args.on_conflict, Some((true, _)));
+        let start_doc = if replace {
+            format!(
+                "Starts {what} `{fn_name}` on its default queue with these arguments, due now, or replaces the arguments and due time of the pending one with the same unique key (`on_conflict = \"replace\"`); returns which, with the id. A running or recently finished one with that key refuses it with `StartError::Duplicate`.\n\nFor a delay, another queue or priority, use `builder`."
+            )
+        } else if self.args.unique.is_some() {
+            format!(
+                "Starts {what} `{fn_name}` on its default queue with these arguments, due now; returns its id, or `StartError::Duplicate` with the id of the task holding the same unique key.\n\nFor a delay, another queue or priority, use `builder`."
+            )
+        } else {
+            format!(
+                "Starts {what} `{fn_name}` on its default queue with these arguments, due now; returns its id.\n\nFor a delay, a de-duplication name, another queue or priority, use `builder`."
+            )
+        };
+        let (started, submit) = if replace {
+            (quote!(#p::Started), quote!(submit))
+        } else {
+            (quote!(#p::TaskId), quote!(start))
+        };
         let builder_doc = format!(
             "A builder that starts {what} `{fn_name}` with these arguments and options (delay, eta, de-duplication name, queue, priority) once `.start(&queue)` is awaited."
         );
@@ -436,8 +453,8 @@ impl<'a> Generator<'a> {
                 #queue: &#p::Queue,
                 #filter_param
                 #(#idents: #tys),*
-            ) -> ::core::result::Result<#p::TaskId, #p::StartError> {
-                Self::#builder(#filter_arg #(#idents),*).start(#queue).await
+            ) -> ::core::result::Result<#started, #p::StartError> {
+                Self::#builder(#filter_arg #(#idents),*).#submit(#queue).await
             }
 
             #[doc = #builder_doc]
@@ -446,6 +463,31 @@ impl<'a> Generator<'a> {
                 #new_builder
             }
         }
+    }
+}
+
+impl Generator<'_> {
+    /// The builder calls of `unique`, `unique_for` and `on_conflict` (nothing without
+    /// `unique`: `valid` refused the other two alone).
+    fn unique_calls(&self) -> TokenStream {
+        let p = &self.p;
+        let a = self.args;
+        let Some(unique) = &a.unique else {
+            return quote!();
+        };
+        let by = match unique {
+            attr::Unique::All => quote!(.unique_args()),
+            attr::Unique::Only(names) => quote!(.unique_by([#(#names),*])),
+        };
+        let period = a.unique_for.as_ref().map(|d| {
+            let ms = d.millis;
+            quote!(.unique_for(#p::Duration::from_millis(#ms)))
+        });
+        let mode = match &a.on_conflict {
+            Some((true, _)) => quote!(.on_conflict(#p::OnConflict::Replace)),
+            _ => quote!(),
+        };
+        quote!(#by #period #mode)
     }
 }
 

@@ -72,6 +72,63 @@ pub fn check_args(args: &TaskArgs, kind: Kind, errors: &mut Errors) {
     }
 }
 
+/// `unique_for` and `on_conflict` need `unique`.
+fn check_unique_keys(args: &TaskArgs, errors: &mut Errors) {
+    if args.unique.is_some() {
+        return;
+    }
+    if let Some(d) = &args.unique_for {
+        errors.push(err(
+            d.lit.span(),
+            "`unique_for` needs `unique`: add `unique = \"args\"` (or `unique = [\"arg\", ..]`) to say what makes two starts the same",
+        ));
+    }
+    if let Some((_, lit)) = &args.on_conflict {
+        errors.push(err(
+            lit.span(),
+            "`on_conflict` needs `unique`: add `unique = \"args\"` (or `unique = [\"arg\", ..]`) to say what makes two starts the same",
+        ));
+    }
+}
+
+/// Each name of `unique = [..]` is one of the function's stored arguments.
+fn check_unique_names(task: &TaskFn, args: &TaskArgs, errors: &mut Errors) {
+    let Some(attr::Unique::Only(names)) = &args.unique else {
+        return;
+    };
+    let have: Vec<String> = task
+        .args()
+        .iter()
+        .filter(|p| !p.is_context)
+        .filter_map(|p| p.ident)
+        .map(|i| syn::ext::IdentExt::unraw(i).to_string())
+        .collect();
+    for n in names {
+        if have.contains(&n.value()) {
+            continue;
+        }
+        let list = if have.is_empty() {
+            "it takes none; use `unique = \"args\"` for one task at a time".to_string()
+        } else {
+            format!(
+                "its arguments are: {}",
+                have.iter()
+                    .map(|h| format!("`{h}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        errors.push(err(
+            n.span(),
+            format!(
+                "`{}` is not an argument of `{}`, so it cannot make the task unique; {list}",
+                n.value(),
+                task.ident()
+            ),
+        ));
+    }
+}
+
 /// Checks the function's signature.
 pub fn check_fn(task: &TaskFn, args: &TaskArgs, kind: Kind, errors: &mut Errors) {
     let sig = &task.func.sig;
@@ -135,6 +192,8 @@ pub fn check_fn(task: &TaskFn, args: &TaskArgs, kind: Kind, errors: &mut Errors)
         check_arg_type(p.ty, errors);
     }
     check_output(task, errors);
+    check_unique_keys(args, errors);
+    check_unique_names(task, args, errors);
     if kind == Kind::Iterative {
         check_batch_param(task, args, errors);
     }

@@ -177,12 +177,45 @@ pub enum StartError {
         /// `` `point.y` is +infinity ``), how deep it nests, or serde's message.
         reason: String,
     },
+    /// A task with the same unique key ([`crate::unique`]) holds it: one pending or
+    /// running, or finished (or deleted) within its `unique_for` period. Nothing was
+    /// stored or changed.
+    #[error("task `{task}` is unique by its arguments and its key `{key}` is taken{}", held_by(.existing))]
+    Duplicate {
+        /// The task refused.
+        task: String,
+        /// Its unique key (`args-sha256:` and 64 hex digits), as the console shows it.
+        key: String,
+        /// The task holding the key, as found just after the refusal: `None` when only a
+        /// deleted task's tombstone holds it, when the holder is a repeat within the same
+        /// [`Queue::start_many`](crate::Queue::start_many) call, or when it ended and was
+        /// pruned in between.
+        existing: Option<crate::store::TaskId>,
+    },
+    /// The builder's uniqueness options do not fit together or with the task: a name and
+    /// a unique key on one task, an argument of `unique_by` that the task does not take,
+    /// `unique_for` or replace without a unique key, replace on an iterative task or in
+    /// `start_many` or `start_in`, a name that starts with [`KEY_PREFIX`](crate::unique::KEY_PREFIX).
+    #[error("task `{task}`: {reason}")]
+    Unique {
+        /// The task.
+        task: String,
+        /// What does not fit.
+        reason: String,
+    },
     /// The store refused: a unique name already taken
     /// ([`StoreError::AlreadyExists`](crate::store::StoreError::AlreadyExists)), a name with
     /// a NUL byte or a value too deep for it
     /// ([`StoreError::InvalidValue`](crate::store::StoreError::InvalidValue)), a backend error.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+}
+
+/// ` by task N` when the holder of a refused key is known.
+fn held_by(existing: &Option<crate::store::TaskId>) -> String {
+    existing
+        .map(|id| format!(" by task {id}"))
+        .unwrap_or_default()
 }
 
 /// Why a stored payload could not be turned back into the task's arguments.

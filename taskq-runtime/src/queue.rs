@@ -13,6 +13,7 @@ use crate::store::{
 };
 use crate::task::{TaskDef, TaskKind};
 use crate::time::{Clock, Timestamp};
+use crate::unique::{self, OnConflict, Started, UniqueArgs};
 
 /// How many tasks [`Queue::retry_matching`] reads per batch.
 pub const RETRY_BATCH: usize = 100;
@@ -69,7 +70,15 @@ impl Queue {
         &self.clock
     }
 
-    /// Starts many tasks in one call (one transaction): all are stored or none.
+    /// Starts many tasks in one call (one transaction): all are stored or none; returns
+    /// their ids in the builders' order.
+    ///
+    /// Unique keys ([`crate::unique`]) hold inside the batch as against the store: a key
+    /// that a stored task holds, or that an earlier builder of the same call has, refuses
+    /// the whole call with [`StartError::Duplicate`] for the first such builder, and
+    /// nothing is stored. A builder in replace mode ([`OnConflict::Replace`]) is refused
+    /// with [`StartError::Unique`] before anything is stored: replacing is one task's
+    /// [`TaskBuilder::start`].
     pub async fn start_many(
         &self,
         builders: impl IntoIterator<Item = TaskBuilder>,
@@ -77,6 +86,12 @@ impl Queue {
         let now = self.clock.now();
         let mut tasks = Vec::new();
         for b in builders {
+            if b.on_conflict == OnConflict::Replace {
+                return Err(StartError::Unique {
+                    task: b.def.name.to_string(),
+                    reason: "`start_many` cannot replace a pending task (on_conflict replace); start it with `start`".into(),
+                });
+            }
             tasks.push(b.into_new_task(now)?);
         }
         if tasks.is_empty() {
@@ -86,9 +101,42 @@ impl Queue {
             .iter()
             .map(|t| (t.task.clone(), t.queue.clone()))
             .collect();
-        let ids = self.store.enqueue(tasks, now).await?;
+        let keys: Vec<Option<String>> = tasks.iter().map(|t| t.unique_name.clone()).collect();
+        let ids = match self.store.enqueue(tasks, now).await {
+            Ok(ids) => ids,
+            Err(StoreError::AlreadyExists(n)) => {
+                // The task refused is the first one with that key.
+                let task = keys
+                    .iter()
+                    .position(|k| k.as_deref() == Some(n.as_str()))
+                    .and_then(|i| names.get(i))
+                    .map(|(t, _)| t.clone())
+                    .unwrap_or_default();
+                return Err(self.refused(task, n).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
         crate::metrics::started(names.iter().map(|(t, q)| (t.as_str(), q.as_str())));
         Ok(ids)
+    }
+
+    /// The error of a start refused because its unique name `name` is taken: for a unique
+    /// key, [`StartError::Duplicate`] with the holder the store has now; for a name given
+    /// with [`TaskBuilder::name`], [`StoreError::AlreadyExists`] as ever.
+    async fn refused(&self, task: String, name: String) -> StartError {
+        if !name.starts_with(unique::KEY_PREFIX) {
+            return StartError::Store(StoreError::AlreadyExists(name));
+        }
+        // Best effort: the refusal stands even if this read fails.
+        let existing = match self.store.unique_holder(&name, self.clock.now()).await {
+            Ok(Some((id, _))) => Some(id),
+            _ => None,
+        };
+        StartError::Duplicate {
+            task,
+            key: name,
+            existing,
+        }
     }
 
     /// Every queue with its counts by state, pause flag and settings.
@@ -360,6 +408,9 @@ pub struct TaskBuilder {
     when: When,
     unique_name: Option<String>,
     tombstone: Duration,
+    unique: Option<UniqueArgs>,
+    unique_for: Option<Duration>,
+    on_conflict: OnConflict,
     queue: Option<String>,
     priority: Option<i32>,
     trace: Option<String>,
@@ -379,6 +430,9 @@ impl TaskBuilder {
             when: When::Now,
             unique_name: None,
             tombstone: DEFAULT_TOMBSTONE,
+            unique: None,
+            unique_for: None,
+            on_conflict: OnConflict::Refuse,
             queue: None,
             priority: None,
             // Taken here, in the caller's span (the builder is made where the task is
@@ -422,6 +476,8 @@ impl TaskBuilder {
     /// A de-duplication name: starting it again while the task is live, or within the
     /// tombstone window after it finished or was deleted or purged (1 hour unless
     /// [`TaskBuilder::tombstone`] says otherwise), returns an "already exists" error.
+    /// A name may not start with [`KEY_PREFIX`](unique::KEY_PREFIX) (`args-sha256:`), which
+    /// marks the keys of [`TaskBuilder::unique_args`]; nor go with a unique key.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.unique_name = Some(name.into());
         self
@@ -430,6 +486,44 @@ impl TaskBuilder {
     /// How long the name stays taken after the task finished, or was deleted or purged.
     pub fn tombstone(mut self, window: Duration) -> Self {
         self.tombstone = window;
+        self
+    }
+
+    /// Unique by all its arguments: refused while a task of the same task name, queue and
+    /// arguments is pending or running, or ended within [`TaskBuilder::unique_for`]
+    /// (default zero). See [`crate::unique`] for the key and the rules. Not with
+    /// [`TaskBuilder::name`] (the start fails with [`StartError::Unique`]).
+    pub fn unique_args(mut self) -> Self {
+        self.unique = Some(UniqueArgs::All);
+        self
+    }
+
+    /// Unique by the named arguments only (in any order), as [`TaskBuilder::unique_args`]
+    /// is by all. A name that is not one of the task's arguments fails the start with
+    /// [`StartError::Unique`] (the macro's `unique = [..]` checks it at compile time).
+    pub fn unique_by<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.unique = Some(UniqueArgs::Only(args.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// How long a finished task keeps its unique key taken, counted from its end
+    /// (milliseconds are kept; default [`DEFAULT_UNIQUE_FOR`](unique::DEFAULT_UNIQUE_FOR),
+    /// zero: only while pending or running). Needs [`TaskBuilder::unique_args`] or
+    /// [`TaskBuilder::unique_by`], else the start fails with [`StartError::Unique`].
+    pub fn unique_for(mut self, period: Duration) -> Self {
+        self.unique_for = Some(period);
+        self
+    }
+
+    /// What a start whose unique key is taken does: refuse (the default), or replace the
+    /// arguments and due time of the pending task holding it ([`OnConflict::Replace`];
+    /// [`TaskBuilder::submit`] tells which happened). Needs a unique key.
+    pub fn on_conflict(mut self, mode: OnConflict) -> Self {
+        self.on_conflict = mode;
         self
     }
 
@@ -458,16 +552,63 @@ impl TaskBuilder {
         self
     }
 
-    /// Stores the task; returns its id (for an iterative task, the run's id).
+    /// Stores the task; returns its id (for an iterative task, the run's id), or, when a
+    /// pending task was replaced ([`OnConflict::Replace`]), that task's id. A unique key
+    /// that is taken fails with [`StartError::Duplicate`] ([`crate::unique`]).
     pub async fn start(self, queue: &Queue) -> Result<TaskId, StartError> {
+        self.submit(queue).await.map(Started::id)
+    }
+
+    /// Stores the task as [`TaskBuilder::start`] does, and says whether it was inserted
+    /// or replaced a pending one ([`OnConflict::Replace`]).
+    ///
+    /// Replace: the pending task holding the key takes the new arguments and due time
+    /// (one atomic update); if none is pending, the task is inserted; if the insert finds
+    /// the key taken (by a running or recently finished task), the start is refused with
+    /// [`StartError::Duplicate`]. A start racing another's insert of the same key tries
+    /// the update again (up to three rounds), so two concurrent replacing starts leave
+    /// one pending task.
+    pub async fn submit(self, queue: &Queue) -> Result<Started, StartError> {
         let now = queue.clock.now();
+        let replace = self.on_conflict == OnConflict::Replace;
         let task = self.into_new_task(now)?;
         let (name, queue_name) = (task.task.clone(), task.queue.clone());
-        let ids = queue.store.enqueue(vec![task], now).await?;
-        crate::metrics::started([(name.as_str(), queue_name.as_str())]);
-        ids.into_iter().next().ok_or_else(|| {
-            StartError::Store(StoreError::Backend("the store returned no id".into()))
-        })
+        let key = task.unique_name.clone();
+        if let (true, Some(key)) = (replace, key.as_deref()) {
+            store::check_new_tasks(std::slice::from_ref(&task))?;
+            for _ in 0..3 {
+                if let Some(id) = queue
+                    .store
+                    .replace_pending(key, &task.payload, task.run_at)
+                    .await?
+                {
+                    return Ok(Started::Replaced(id));
+                }
+                match queue.store.enqueue(vec![task.clone()], now).await {
+                    Ok(ids) => {
+                        crate::metrics::started([(name.as_str(), queue_name.as_str())]);
+                        return first_id(ids).map(Started::Inserted);
+                    }
+                    Err(StoreError::AlreadyExists(_)) => {
+                        match queue.store.unique_holder(key, now).await? {
+                            // Inserted by a concurrent start: replace it in the next round.
+                            Some((_, TaskState::Pending)) => continue,
+                            _ => break,
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Err(queue.refused(name, key.to_string()).await);
+        }
+        match queue.store.enqueue(vec![task], now).await {
+            Ok(ids) => {
+                crate::metrics::started([(name.as_str(), queue_name.as_str())]);
+                first_id(ids).map(Started::Inserted)
+            }
+            Err(StoreError::AlreadyExists(n)) => Err(queue.refused(name, n).await),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Starts the task inside the application's own PostgreSQL transaction: it exists if
@@ -498,9 +639,29 @@ impl TaskBuilder {
     ) -> Result<TaskId, StartError> {
         // The database's time, as every other start on PostgreSQL uses.
         let now = store.now();
+        if self.on_conflict == OnConflict::Replace {
+            return Err(StartError::Unique {
+                task: self.def.name.to_string(),
+                reason: "`start_in` cannot replace a pending task (on_conflict replace); start it with `start`".into(),
+            });
+        }
         let task = self.into_new_task(now)?;
         let (name, queue_name) = (task.task.clone(), task.queue.clone());
-        let ids = store.enqueue_in(tx, vec![task], now).await?;
+        let ids = match store.enqueue_in(tx, vec![task], now).await {
+            Ok(ids) => ids,
+            Err(StoreError::AlreadyExists(n)) if n.starts_with(unique::KEY_PREFIX) => {
+                let existing = match crate::store::Store::unique_holder(store, &n, now).await {
+                    Ok(Some((id, _))) => Some(id),
+                    _ => None,
+                };
+                return Err(StartError::Duplicate {
+                    task: name,
+                    key: n,
+                    existing,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         // Counted when stored in the transaction: a rollback afterwards still counts.
         crate::metrics::started([(name.as_str(), queue_name.as_str())]);
         ids.into_iter().next().ok_or_else(|| {
@@ -510,6 +671,56 @@ impl TaskBuilder {
 
     pub(crate) fn into_new_task(self, now: Timestamp) -> Result<NewTask, StartError> {
         let payload = self.payload?;
+        let task = self.def.name;
+        let fail = |reason: &str| {
+            Err(StartError::Unique {
+                task: task.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        let queue = self.queue.unwrap_or_else(|| self.def.queue.to_string());
+        let (unique_name, tombstone) = match (&self.unique, self.unique_name) {
+            (Some(_), Some(_)) => {
+                return fail("a task has a de-duplication name or a unique key, not both")
+            }
+            (Some(u), None) => {
+                if self.on_conflict == OnConflict::Replace
+                    && matches!(self.def.kind, TaskKind::Iterative { .. })
+                {
+                    return fail("an iterative task cannot replace a pending one (on_conflict replace): its filter is fixed when the run starts");
+                }
+                // An iterative run's payload is `{"filter": .., "args": {..}}`: all of it
+                // for `unique_args`, its arguments for `unique_by`.
+                let keyed = match (u, self.def.kind, payload.get("args")) {
+                    (UniqueArgs::Only(_), TaskKind::Iterative { .. }, Some(args)) => args,
+                    _ => &payload,
+                };
+                let key =
+                    unique::key(task, &queue, keyed, u).map_err(|reason| StartError::Unique {
+                        task: task.to_string(),
+                        reason: format!("cannot make its unique key: {reason}"),
+                    })?;
+                (
+                    Some(key),
+                    self.unique_for.unwrap_or(unique::DEFAULT_UNIQUE_FOR),
+                )
+            }
+            (None, name) => {
+                if self.unique_for.is_some() || self.on_conflict == OnConflict::Replace {
+                    return fail("`unique_for` and `on_conflict` need a unique key: call `unique_args` or `unique_by`");
+                }
+                if name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(unique::KEY_PREFIX))
+                {
+                    return fail(&format!(
+                        "a de-duplication name cannot start with `{}`, which marks unique keys",
+                        unique::KEY_PREFIX
+                    ));
+                }
+                (name, self.tombstone)
+            }
+        };
         let run_at = match self.when {
             When::Now => now,
             When::After(d) => now.add(d),
@@ -522,15 +733,22 @@ impl TaskBuilder {
             TaskKind::Plain => None,
         };
         Ok(NewTask {
-            task: self.def.name.to_string(),
-            queue: self.queue.unwrap_or_else(|| self.def.queue.to_string()),
+            task: task.to_string(),
+            queue,
             payload,
             priority: self.priority.unwrap_or(self.def.options.priority),
             run_at,
-            unique_name: self.unique_name,
-            tombstone: self.tombstone,
+            unique_name,
+            tombstone,
             iteration,
             trace: self.trace,
         })
     }
+}
+
+/// The one id of a one-task enqueue.
+fn first_id(ids: Vec<TaskId>) -> Result<TaskId, StartError> {
+    ids.into_iter()
+        .next()
+        .ok_or_else(|| StartError::Store(StoreError::Backend("the store returned no id".into())))
 }

@@ -19,8 +19,10 @@ mod cancel;
 mod operations;
 mod scale;
 pub use cancel::*;
+mod unique;
 pub use operations::*;
 pub use scale::*;
+pub use unique::*;
 
 /// A fixed starting time for every case.
 pub const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -2961,6 +2963,9 @@ macro_rules! conformance_tests {
             a_cancelled_task_whose_worker_died_ends_cancelled,
             cancel_racing_a_finish_is_one_or_the_other,
             wait_for_cancel_wakes_on_a_cancel,
+            unique_args_refuse_a_live_duplicate, unique_key_is_free_again_after_its_period,
+            replace_updates_a_pending_tasks_arguments_and_due_time, start_many_keeps_keys_unique,
+            concurrent_starts_of_one_key_insert_one,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -112,6 +112,21 @@ impl Store for Faulty {
     async fn enqueue(&self, t: Vec<NewTask>, now: Timestamp) -> Result<Vec<TaskId>, StoreError> {
         self.inner.enqueue(t, now).await
     }
+    async fn unique_holder(
+        &self,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Option<(TaskId, taskq_runtime::store::TaskState)>, StoreError> {
+        self.inner.unique_holder(name, now).await
+    }
+    async fn replace_pending(
+        &self,
+        name: &str,
+        payload: &serde_json::Value,
+        run_at: Timestamp,
+    ) -> Result<Option<TaskId>, StoreError> {
+        self.inner.replace_pending(name, payload, run_at).await
+    }
     async fn claim(&self, r: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError> {
         self.faults.claims.fetch_add(1, Ordering::SeqCst);
         if self.faults.hang_claims.load(Ordering::SeqCst) {

@@ -645,6 +645,34 @@ async fn values_from_tasks_are_escaped(s: Arc<dyn Store>) {
     );
 }
 
+/// A task unique by its arguments shows its unique key on its page; a named one its name.
+async fn task_page_shows_the_unique_key(s: Arc<dyn Store>) {
+    let payload = json!({ "to": "ada" });
+    let key = taskq_runtime::unique::key("t", "q", &payload, &taskq_runtime::UniqueArgs::All)
+        .expect("a key");
+    let mut keyed = new_task("q", payload, Timestamp(0));
+    keyed.unique_name = Some(key.clone());
+    let mut named = new_task("q", json!({}), Timestamp(0));
+    named.unique_name = Some("by-hand".into());
+    let ids = s
+        .enqueue(vec![keyed, named], Timestamp(0))
+        .await
+        .expect("enqueue");
+    let c = Console::signed_in(s).await;
+    let page = c.get(&format!("/tasks/{}", ids[0])).await.body;
+    assert!(
+        page.contains("<dt>Unique key</dt>")
+            && page.contains(&key)
+            && page.contains(r#"id="unique-key""#),
+        "{page}"
+    );
+    let page = c.get(&format!("/tasks/{}", ids[1])).await.body;
+    assert!(
+        page.contains("<dt>Unique name</dt>") && !page.contains("Unique key"),
+        "{page}"
+    );
+}
+
 /// Each action changes the store: run now, retry (one, ticked, all matching), delete
 /// (after its confirmation), pause, resume, purge (after its confirmation), cancel a run.
 async fn each_action_changes_the_store(s: Arc<dyn Store>) {
@@ -1048,6 +1076,7 @@ mod memory {
         no_request_starts_a_task, values_from_tasks_are_escaped, each_action_changes_the_store,
         read_only_refuses_actions, queues_chart_and_paged_listing,
         cancel_button_cancels_pending_and_running_tasks,
+        task_page_shows_the_unique_key,
     );
 }
 

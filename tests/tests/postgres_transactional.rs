@@ -3,7 +3,7 @@
 use taskq_runtime::store::postgres::PostgresStore;
 use taskq_runtime::store::TaskQuery;
 use taskq_runtime::tokio_postgres::{self, NoTls};
-use taskq_runtime::{task, Queue, TaskError};
+use taskq_runtime::{task, OnConflict, Queue, StartError, TaskError};
 
 #[task(queue = "welcome")]
 async fn welcome(email: String) -> Result<(), TaskError> {
@@ -82,5 +82,32 @@ async fn a_rolled_back_transaction_leaves_no_task_and_a_committed_one_does() {
         .start_in(&store, &tx)
         .await;
     assert!(again.is_err(), "{again:?}");
+    tx.rollback().await.expect("rollback");
+
+    // A unique key (`taskq_runtime::unique`) too: refused as a `Duplicate` naming the
+    // committed holder; replace is refused inside a transaction.
+    let held = welcome::builder("bob@example.org".into())
+        .unique_args()
+        .start(&queue)
+        .await
+        .expect("a keyed start");
+    let tx = client.transaction().await.expect("begin");
+    let again = welcome::builder("bob@example.org".into())
+        .unique_args()
+        .start_in(&store, &tx)
+        .await;
+    assert!(
+        matches!(again, Err(StartError::Duplicate { existing: Some(id), .. }) if id == held),
+        "{again:?}"
+    );
+    let replace = welcome::builder("bob@example.org".into())
+        .unique_args()
+        .on_conflict(OnConflict::Replace)
+        .start_in(&store, &tx)
+        .await;
+    assert!(
+        matches!(replace, Err(StartError::Unique { .. })),
+        "{replace:?}"
+    );
     tx.rollback().await.expect("rollback");
 }

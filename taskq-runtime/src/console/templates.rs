@@ -430,6 +430,8 @@ pub(crate) struct TaskPage {
     pub(crate) priority: i32,
     pub(crate) attempts_made: u32,
     pub(crate) unique_name: String,
+    /// Whether `unique_name` is a unique key of its arguments ([`crate::unique`]).
+    pub(crate) unique_key: bool,
     pub(crate) created_at: String,
     pub(crate) enqueued_at: String,
     pub(crate) run_at: String,
@@ -462,6 +464,7 @@ impl TaskPage {
             priority: t.priority,
             attempts_made: t.attempts,
             unique_name: t.unique_name.clone().unwrap_or_default(),
+            unique_key: t.unique_name.as_deref().is_some_and(crate::unique::is_key),
             created_at: when(t.created_at),
             enqueued_at: when(t.enqueued_at),
             run_at: when(t.run_at),

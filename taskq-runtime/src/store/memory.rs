@@ -1146,6 +1146,59 @@ impl Store for MemoryStore {
         }
         Ok(FinishedMinute::tally(rows))
     }
+
+    async fn unique_holder(
+        &self,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Option<(TaskId, TaskState)>, StoreError> {
+        let g = self.lock();
+        Ok(g.names
+            .get(name)
+            .into_iter()
+            .flat_map(|ids| ids.iter().rev())
+            .filter_map(|id| g.tasks.get(id))
+            .find(|r| {
+                r.info.state.is_live()
+                    || r.info
+                        .finished_at
+                        .is_some_and(|f| f.0.saturating_add(r.tombstone_ms) > now.0)
+            })
+            .map(|r| (r.info.id, r.info.state)))
+    }
+
+    async fn replace_pending(
+        &self,
+        name: &str,
+        payload: &serde_json::Value,
+        run_at: Timestamp,
+    ) -> Result<Option<TaskId>, StoreError> {
+        check_replacement(name, payload)?;
+        let replaced = {
+            let mut g = self.lock();
+            let pending = g.names.get(name).and_then(|ids| {
+                ids.iter().copied().find(|id| {
+                    g.tasks
+                        .get(id)
+                        .is_some_and(|r| r.info.state == TaskState::Pending && r.info.run.is_none())
+                })
+            });
+            if let Some(id) = pending {
+                // Out of the claim structures and back, as its due time changes.
+                g.unindex(id);
+                if let Some(r) = g.tasks.get_mut(&id) {
+                    r.info.payload = payload.clone();
+                    r.info.run_at = run_at;
+                }
+                g.index(id);
+            }
+            pending.map(TaskId)
+        };
+        if replaced.is_some() {
+            self.notify.notify_waiters();
+        }
+        Ok(replaced)
+    }
 }
 
 /// A task as a listing shows it: without its payload (null) unless asked, so a listing

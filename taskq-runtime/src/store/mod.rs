@@ -862,6 +862,15 @@ pub fn check_queue_name(queue: &str) -> Result<(), StoreError> {
     check_name("queue name", queue)
 }
 
+/// The check every backend's [`Store::replace_pending`] makes, as [`check_new_tasks`]
+/// does for a new task's unique name and payload ([`StoreError::InvalidValue`]).
+pub fn check_replacement(name: &str, payload: &serde_json::Value) -> Result<(), StoreError> {
+    check_name("unique name", name)?;
+    let what = || format!("the payload replacing that of `{name}`");
+    check_depth(what, payload)?;
+    check_size(what, payload, true)
+}
+
 /// The check every backend's [`Store::checkpoint`] makes before storing a cursor: nested
 /// at most [`MAX_DEPTH`](crate::value::MAX_DEPTH) levels and at most
 /// [`MAX_PAYLOAD_BYTES`](crate::value::MAX_PAYLOAD_BYTES) of JSON, or
@@ -1128,6 +1137,31 @@ pub trait Store: Send + Sync + 'static {
         since: Timestamp,
         until: Timestamp,
     ) -> Result<Vec<FinishedMinute>, StoreError>;
+
+    /// The newest task (highest id) whose de-duplication name is `name` and that holds
+    /// it at `now` by itself: pending or running, or finished with `finished_at` plus its
+    /// tombstone window after `now`. `None` when no stored task does (a deleted task's
+    /// tombstone, or a live iterative run whose named first step has ended, may still hold
+    /// the name). Used to name the holder of a refused unique key ([`crate::unique`]).
+    async fn unique_holder(
+        &self,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Option<(TaskId, TaskState)>, StoreError>;
+
+    /// Sets the payload and due time (`run_at`) of the pending task whose de-duplication
+    /// name is `name` (not a step of an iterative run) and returns its id, atomically: a
+    /// task claimed meanwhile is not changed (`None`), as is a name no pending task has.
+    /// Id, priority, attempts and `enqueued_at` stay. Workers waiting for work are woken
+    /// (the due time may have come closer). The payload is checked as
+    /// [`Store::enqueue`] checks one ([`check_new_tasks`]). Replace mode of
+    /// [`crate::unique`].
+    async fn replace_pending(
+        &self,
+        name: &str,
+        payload: &serde_json::Value,
+        run_at: Timestamp,
+    ) -> Result<Option<TaskId>, StoreError>;
 }
 
 /// Opens a store from a URL: `memory://`, `sqlite://PATH` (created if missing; `sqlite::memory:`

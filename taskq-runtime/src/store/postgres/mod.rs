@@ -160,6 +160,7 @@ mod rows;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod unique;
 mod url;
 
 use clock::DbClock;
@@ -664,5 +665,22 @@ impl Store for PostgresStore {
         until: Timestamp,
     ) -> Result<Vec<FinishedMinute>, StoreError> {
         manage::finished_per_minute(self, since, until).await
+    }
+
+    async fn unique_holder(
+        &self,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Option<(TaskId, TaskState)>, StoreError> {
+        unique::holder(self, name, now).await
+    }
+
+    async fn replace_pending(
+        &self,
+        name: &str,
+        payload: &serde_json::Value,
+        run_at: Timestamp,
+    ) -> Result<Option<TaskId>, StoreError> {
+        unique::replace_pending(self, name, payload, run_at).await
     }
 }

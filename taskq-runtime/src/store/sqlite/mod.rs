@@ -123,6 +123,7 @@ mod rows;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod unique;
 
 pub use schema::SCHEMA_VERSION;
 
@@ -628,5 +629,38 @@ impl Store for SqliteStore {
             db.read(|tx| manage::finished_per_minute(tx, since, until))
         })
         .await
+    }
+
+    async fn unique_holder(
+        &self,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Option<(TaskId, TaskState)>, StoreError> {
+        let name = name.to_string();
+        self.call("reading a unique key's holder", move |db| {
+            db.read(|tx| unique::holder(tx, &name, now))
+        })
+        .await
+    }
+
+    async fn replace_pending(
+        &self,
+        name: &str,
+        payload: &serde_json::Value,
+        run_at: Timestamp,
+    ) -> Result<Option<TaskId>, StoreError> {
+        crate::store::check_replacement(name, payload)?;
+        let (name, payload) = (name.to_string(), payload.clone());
+        let id = self
+            .call("replacing a pending task", move |db| {
+                db.write(true, |tx| {
+                    unique::replace_pending(tx, &name, &payload, run_at)
+                })
+            })
+            .await?;
+        if id.is_some() {
+            self.notify.notify_waiters();
+        }
+        Ok(id)
     }
 }
