@@ -76,7 +76,7 @@ pub use store::{
 pub use task::{Context, TaskOptions};
 pub use taskq_macros::{iterative_task, task};
 pub use time::{Clock, Timestamp};
-pub use unique::{OnConflict, Started, UniqueArgs};
+pub use unique::{Admission, OnConflict, Started, UniqueArgs};
 pub use worker::{Worker, WorkerBuilder, WorkerError};
 
 /// The PostgreSQL driver taskq uses, for starting tasks inside your own transaction
@@ -99,7 +99,7 @@ pub mod __private {
         plain_future, ArgsDecoder, ArgsEncoder, BoxFuture, Completion, Context, TaskDef, TaskKind,
         TaskOptions,
     };
-    pub use crate::unique::{OnConflict, Started, UniqueArgs};
+    pub use crate::unique::{Admission, OnConflict, Started, UniqueArgs};
     pub use ::core;
     pub use ::inventory;
     pub use ::serde;

@@ -13,7 +13,7 @@ use crate::store::{
 };
 use crate::task::{TaskDef, TaskKind};
 use crate::time::{Clock, Timestamp};
-use crate::unique::{self, OnConflict, Started, UniqueArgs};
+use crate::unique::{self, Admission, OnConflict, Started, UniqueArgs};
 
 /// How many tasks [`Queue::retry_matching`] reads per batch.
 pub const RETRY_BATCH: usize = 100;
@@ -118,6 +118,97 @@ impl Queue {
         };
         crate::metrics::started(names.iter().map(|(t, q)| (t.as_str(), q.as_str())));
         Ok(ids)
+    }
+
+    /// Starts many tasks, skipping those whose unique key (or name) is taken: by a stored
+    /// task or tombstone, or by an earlier builder of the same call. Returns one
+    /// [`Admission`] per builder, in order: [`Admission::Started`] with the id of each
+    /// task stored, [`Admission::Duplicate`] for each skipped. The tasks started are
+    /// stored in one transaction, all or none (a store error stores none).
+    ///
+    /// Repeats within the call are found before the store is asked. Each key found taken
+    /// in the store costs one more transaction (the refused one stores nothing, and the
+    /// rest are stored again without that builder), so a call with `k` taken keys makes
+    /// `k + 1` transactions. Refused before anything is stored, as in
+    /// [`Queue::start_many`]: a builder in replace mode, and a builder whose arguments or
+    /// key cannot be made.
+    pub async fn start_many_skip_duplicates(
+        &self,
+        builders: impl IntoIterator<Item = TaskBuilder>,
+    ) -> Result<Vec<Admission>, StartError> {
+        let now = self.clock.now();
+        let mut tasks = Vec::new();
+        for b in builders {
+            if b.on_conflict == OnConflict::Replace {
+                return Err(StartError::Unique {
+                    task: b.def.name.to_string(),
+                    reason: "`start_many_skip_duplicates` cannot replace a pending task (on_conflict replace); start it with `start`".into(),
+                });
+            }
+            tasks.push(b.into_new_task(now)?);
+        }
+        let mut out: Vec<Option<Admission>> = vec![None; tasks.len()];
+        // A key repeated in the call: the first builder with it keeps it.
+        let mut first_with: std::collections::HashMap<&str, usize> = Default::default();
+        let mut left: Vec<usize> = Vec::new();
+        for (i, t) in tasks.iter().enumerate() {
+            match t.unique_name.as_deref() {
+                Some(k) if first_with.contains_key(k) => {}
+                Some(k) => {
+                    first_with.insert(k, i);
+                    left.push(i);
+                }
+                None => left.push(i),
+            }
+        }
+        while !left.is_empty() {
+            let batch = left.iter().map(|&i| tasks[i].clone()).collect();
+            match self.store.enqueue(batch, now).await {
+                Ok(ids) => {
+                    for (&i, id) in left.iter().zip(ids) {
+                        out[i] = Some(Admission::Started(id));
+                    }
+                    crate::metrics::started(
+                        left.iter()
+                            .map(|&i| (tasks[i].task.as_str(), tasks[i].queue.as_str())),
+                    );
+                    break;
+                }
+                Err(StoreError::AlreadyExists(name)) => {
+                    let Some(pos) = left
+                        .iter()
+                        .position(|&i| tasks[i].unique_name.as_deref() == Some(name.as_str()))
+                    else {
+                        // Not a name of this call: nothing to skip, so the error stands.
+                        return Err(StoreError::AlreadyExists(name).into());
+                    };
+                    let i = left.remove(pos);
+                    let existing = match self.store.unique_holder(&name, self.clock.now()).await {
+                        Ok(Some((id, _))) => Some(id),
+                        _ => None,
+                    };
+                    out[i] = Some(Admission::Duplicate {
+                        key: name,
+                        existing,
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Repeats within the call: held by what their first builder became.
+        for (i, t) in tasks.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            let key = t.unique_name.clone().unwrap_or_default();
+            let existing = first_with.get(key.as_str()).and_then(|&f| match &out[f] {
+                Some(Admission::Started(id)) => Some(*id),
+                Some(Admission::Duplicate { existing, .. }) => *existing,
+                None => None,
+            });
+            out[i] = Some(Admission::Duplicate { key, existing });
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     /// The error of a start refused because its unique name `name` is taken: for a unique

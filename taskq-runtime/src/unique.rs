@@ -144,6 +144,36 @@ impl Started {
     }
 }
 
+/// What [`Queue::start_many_skip_duplicates`](crate::Queue::start_many_skip_duplicates)
+/// did with one builder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// The task was stored, with this id.
+    Started(TaskId),
+    /// Its unique key (or name) was taken, by a stored task or tombstone, or by an earlier
+    /// builder of the same call; nothing was stored for it.
+    Duplicate {
+        /// The key (`args-sha256:...`) or the name given with
+        /// [`TaskBuilder::name`](crate::TaskBuilder::name).
+        key: String,
+        /// The task holding it: for a stored holder, the newest stored task with it, read
+        /// just after the refusal (informational, not atomic with it; `None` when only a
+        /// tombstone holds it); for a repeat within the call, the task the first builder
+        /// with the key started.
+        existing: Option<TaskId>,
+    },
+}
+
+impl Admission {
+    /// The id of the task stored for this builder, if one was.
+    pub fn started(&self) -> Option<TaskId> {
+        match self {
+            Admission::Started(id) => Some(*id),
+            Admission::Duplicate { .. } => None,
+        }
+    }
+}
+
 /// The unique key of a task named `task` on `queue` with the arguments `payload` (the
 /// JSON object of its arguments, as stored). Fails with a message naming an argument of
 /// [`UniqueArgs::Only`] that `payload` lacks.

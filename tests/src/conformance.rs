@@ -2965,7 +2965,7 @@ macro_rules! conformance_tests {
             wait_for_cancel_wakes_on_a_cancel,
             unique_args_refuse_a_live_duplicate, unique_key_is_free_again_after_its_period,
             replace_updates_a_pending_tasks_arguments_and_due_time, start_many_keeps_keys_unique,
-            concurrent_starts_of_one_key_insert_one,
+            concurrent_starts_of_one_key_insert_one, start_many_skip_duplicates_starts_the_rest,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskq_runtime::store::{Outcome, Store, TaskQuery, TaskState};
-use taskq_runtime::{task, Clock, OnConflict, Queue, StartError, Started, TaskError, TaskId};
+use taskq_runtime::{
+    task, Admission, Clock, OnConflict, Queue, StartError, Started, TaskError, TaskId,
+};
 
 use super::{at, finish_one, req, T0};
 
@@ -265,6 +267,60 @@ pub async fn start_many_keeps_keys_unique(s: Arc<dyn Store>) {
     let r = q.start_many([save_draft::builder(1, "x".into())]).await;
     assert!(matches!(r, Err(StartError::Unique { .. })), "{r:?}");
     assert_eq!(all_tasks(&*s).await.len(), 2);
+}
+
+/// `start_many_skip_duplicates` stores every builder whose key is free and reports each
+/// skipped one with its holder: a key held in the store, a repeat within the call, and a
+/// task without a key beside them; one admission per builder, in order.
+pub async fn start_many_skip_duplicates_starts_the_rest(s: Arc<dyn Store>) {
+    let q = queue(&s);
+    let held = remind::start(&q, "ada".into(), "first".into())
+        .await
+        .expect("ada");
+    let out = q
+        .start_many_skip_duplicates([
+            remind::builder("ada".into(), "again".into()),
+            remind::builder("bob".into(), "1".into()),
+            reindex::builder("users".into(), true),
+            remind::builder("bob".into(), "2".into()),
+            remind::builder("cy".into(), "1".into()),
+        ])
+        .await
+        .expect("start");
+    assert_eq!(out.len(), 5, "{out:?}");
+    match &out[0] {
+        Admission::Duplicate { key, existing } => {
+            assert!(key.starts_with("args-sha256:"), "{key}");
+            assert_eq!(*existing, Some(held));
+        }
+        other => panic!("ada is held in the store: {other:?}"),
+    }
+    let bob = out[1].started().expect("bob is started");
+    assert!(out[2].started().is_some(), "{out:?}");
+    assert!(
+        matches!(&out[3], Admission::Duplicate { existing, .. } if *existing == Some(bob)),
+        "the second bob repeats the first: {out:?}"
+    );
+    let cy = out[4].started().expect("cy is started");
+    let stored = all_tasks(&*s).await;
+    assert_eq!(stored.len(), 4, "ada, bob, users and cy: {stored:?}");
+    for id in [held, bob, cy] {
+        assert!(stored.iter().any(|t| t.id == id), "{id} stored");
+    }
+    // All free: the same as start_many; a replace-mode builder is refused before anything.
+    let all = q
+        .start_many_skip_duplicates([remind::builder("dee".into(), "1".into())])
+        .await
+        .expect("dee");
+    assert!(all[0].started().is_some());
+    let r = q
+        .start_many_skip_duplicates([
+            remind::builder("eve".into(), "1".into()),
+            save_draft::builder(1, "x".into()),
+        ])
+        .await;
+    assert!(matches!(r, Err(StartError::Unique { .. })), "{r:?}");
+    assert_eq!(all_tasks(&*s).await.len(), 5, "eve was not stored");
 }
 
 /// Many concurrent starts of one key store exactly one task: the others are refused
