@@ -17,8 +17,10 @@ use taskq_runtime::{Retention, TaskId, Timestamp};
 
 mod operations;
 mod scale;
+mod schedules;
 pub use operations::*;
 pub use scale::*;
+pub use schedules::*;
 
 /// A fixed starting time for every case.
 pub const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -2954,6 +2956,7 @@ macro_rules! conformance_tests {
             retry_many_retries_those_it_can, concurrent_retry_many_retry_each_task_once,
             finished_per_minute_counts_ends_by_minute,
             trace_context_and_due_time_round_trip,
+            schedules_are_kept_updated_paused_and_removed, racing_fires_of_one_tick_fire_it_once,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -19,6 +19,7 @@ use super::*;
 use crate::policy::{ATTEMPTS_AFTER_CHECKPOINT, LEASE_LAPSED};
 
 mod retention;
+mod schedules;
 
 #[derive(Debug, Clone)]
 struct Row {
@@ -126,6 +127,9 @@ fn slot(state: TaskState) -> usize {
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Schedules by name (`memory/schedules.rs`), apart from `inner`: a fire holds this
+    /// lock across its enqueue, which takes `inner`.
+    schedules: tokio::sync::Mutex<BTreeMap<String, ScheduleInfo>>,
 }
 
 impl MemoryStore {
@@ -1044,6 +1048,39 @@ impl Store for MemoryStore {
             }
         }
         Ok(FinishedMinute::tally(rows))
+    }
+
+    async fn upsert_schedules(
+        &self,
+        schedules: Vec<NewSchedule>,
+        known_tasks: Option<Vec<String>>,
+    ) -> Result<(), StoreError> {
+        self.upsert_schedules_mem(schedules, known_tasks).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleInfo>, StoreError> {
+        Ok(self.schedules_mem().await)
+    }
+
+    async fn fire_schedule(
+        &self,
+        fire: Fire,
+        now: Timestamp,
+    ) -> Result<Option<Vec<TaskId>>, StoreError> {
+        self.fire_schedule_mem(fire, now).await
+    }
+
+    async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        next_tick: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.set_schedule_paused_mem(name, paused, next_tick).await
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<(), StoreError> {
+        self.remove_schedule_mem(name).await
     }
 }
 
