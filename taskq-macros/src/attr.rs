@@ -205,6 +205,9 @@ fn did_you_mean(key: &str) -> Option<&'static str> {
         "queue_name" => "queue",
         "task_name" => "name",
         "batch" | "chunk_size" => "batch_size",
+        "schedule" | "crontab" | "every" => "cron",
+        "tz" | "time_zone" | "zone" => "timezone",
+        "catchup" | "missed" | "misfire" => "catch_up",
         _ => return None,
     })
 }
