@@ -11,7 +11,7 @@
 //! Every worker looks at the schedules about once a second, and at each schedule's next
 //! tick. For a due one (`next_tick <= now`, on the store's clock: on PostgreSQL the
 //! database's), it asks [`plan`] what to start, then hands the store one
-//! [`Fire`](crate::store::Fire): in one transaction the store moves `next_tick` on only if
+//! [`Fire`]: in one transaction the store moves `next_tick` on only if
 //! it still holds the value this worker read (a compare-and-set), and stores the tasks
 //! with it. Two workers that read the same due tick both try; one moves `next_tick` and
 //! stores the tasks, the other's compare fails and it stores nothing. A worker only fires

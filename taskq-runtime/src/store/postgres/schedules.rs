@@ -16,6 +16,21 @@ fn schedule_err(e: tokio_postgres::Error) -> StoreError {
     pg_err(&e)
 }
 
+/// The columns of an upsert, one array each (`unnest`).
+#[derive(Default)]
+struct UpsertArrays {
+    name: Vec<String>,
+    task: Vec<String>,
+    queue: Vec<String>,
+    priority: Vec<i32>,
+    payload: Vec<String>,
+    cron: Vec<String>,
+    timezone: Vec<String>,
+    catch_up: Vec<String>,
+    declared: Vec<bool>,
+    next_tick: Vec<i64>,
+}
+
 pub(super) async fn upsert(
     s: &PostgresStore,
     mut schedules: Vec<NewSchedule>,
@@ -30,23 +45,21 @@ pub(super) async fn upsert(
     let mut seen = std::collections::HashSet::new();
     schedules.retain(|n| seen.insert(n.name.clone()));
     schedules.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut cols: (Vec<String>, Vec<String>, Vec<String>, Vec<i32>, Vec<String>) =
-        Default::default();
-    let mut more: (Vec<String>, Vec<String>, Vec<String>, Vec<bool>, Vec<i64>) = Default::default();
+    let mut a = UpsertArrays::default();
     for n in schedules {
-        cols.0.push(n.name);
-        cols.1.push(n.task);
-        cols.2.push(n.queue);
-        cols.3.push(n.priority);
-        cols.4.push(super::rows::to_json_text(&n.payload)?);
-        more.0.push(n.cron);
-        more.1.push(n.timezone);
-        more.2.push(n.catch_up.as_str().to_string());
-        more.3.push(n.declared);
-        more.4.push(n.next_tick.0);
+        a.name.push(n.name);
+        a.task.push(n.task);
+        a.queue.push(n.queue);
+        a.priority.push(n.priority);
+        a.payload.push(super::rows::to_json_text(&n.payload)?);
+        a.cron.push(n.cron);
+        a.timezone.push(n.timezone);
+        a.catch_up.push(n.catch_up.as_str().to_string());
+        a.declared.push(n.declared);
+        a.next_tick.push(n.next_tick.0);
     }
     let mut c = s.pool.get().await?;
-    if !cols.0.is_empty() {
+    if !a.name.is_empty() {
         let st = c
             .prep(&s.sql(
                 "INSERT INTO {S}.taskq_schedules AS s (name, task, queue, priority, payload, cron,
@@ -72,8 +85,16 @@ pub(super) async fn upsert(
             .execute(
                 &st,
                 &[
-                    &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &more.0, &more.1, &more.2,
-                    &more.3, &more.4,
+                    &a.name,
+                    &a.task,
+                    &a.queue,
+                    &a.priority,
+                    &a.payload,
+                    &a.cron,
+                    &a.timezone,
+                    &a.catch_up,
+                    &a.declared,
+                    &a.next_tick,
                 ],
             )
             .await;
