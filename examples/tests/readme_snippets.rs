@@ -317,6 +317,48 @@ async fn welcome_mail_is_sent() -> Result<(), Box<dyn std::error::Error>> {
 }
 }
 
+/// "Periodic tasks": a declared schedule and one registered at run time, on virtual time.
+#[rustfmt::skip]
+mod periodic {
+use std::time::Duration;
+use taskq_runtime::{task, testing::Harness, CatchUp, TaskError};
+
+/// Every night at 03:00 in Paris: one run per night, however many workers run.
+#[task(cron = "0 3 * * *", timezone = "Europe/Paris")]
+async fn nightly_cleanup() -> Result<(), TaskError> {
+    Ok(())
+}
+
+#[task(queue = "reports")]
+async fn team_report(team: String) -> Result<(), TaskError> {
+    println!("report for {team}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn schedules_tick_on_virtual_time() -> Result<(), Box<dyn std::error::Error>> {
+    let h = Harness::new();
+    let queue = h.queue();
+    // With arguments, registered at run time: Mondays at 08:00 in New York.
+    team_report::schedule("sales-report", "0 8 * * MON", "sales".into())
+        .timezone("America/New_York")
+        .catch_up(CatchUp::Skip)                  // default: CatchUp::Last
+        .register(&queue)
+        .await?;
+    let report = h.run_for(Duration::from_secs(14 * 86_400)).await?; // two weeks, no sleeping
+    let runs = |name: &str| report.runs.iter().filter(|r| r.task == name).count();
+    assert_eq!((runs(nightly_cleanup::NAME), runs(team_report::NAME)), (14, 2));
+
+    for s in queue.schedules().await? {           // next and last tick, paused, task missing
+        println!("{} `{}` {}: next {}, last {:?}", s.name, s.cron, s.timezone, s.next_tick, s.last_tick);
+    }
+    queue.run_schedule_now("sales-report").await?;  // a task now; the next tick does not move
+    queue.pause_schedule("sales-report").await?;
+    queue.resume_schedule("sales-report").await?;   // from the next tick: the paused ones are not run
+    Ok(())
+}
+}
+
 /// "Start a task inside your own transaction". Compiled, not run: it needs a PostgreSQL
 /// server and a `users` table (the PostgreSQL store's own tests run `start_in`).
 #[rustfmt::skip]

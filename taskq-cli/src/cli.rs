@@ -19,12 +19,13 @@ pub const CONSOLE_PASSWORD: &str = "TASKQ_CONSOLE_PASSWORD";
 pub const DEFAULT_STORE: &str = "sqlite://taskq.db";
 
 /// Manage the tasks of a taskq store: list, inspect, run, retry, delete, pause, resume,
-/// purge, prune, cancel tasks, and follow or cancel iteration runs.
+/// purge, prune, cancel tasks, follow or cancel iteration runs, and list, run, pause or
+/// resume periodic tasks' schedules.
 ///
 /// Exit codes: 0 done; 1 the operation failed (the task is not in a state it applies to,
 /// the confirmation was declined, a store error); 2 usage (a bad argument or store URL, or
-/// a destructive command without --yes in a non-interactive run); 3 not found (task, run
-/// or queue); 4 the store cannot be opened (unreachable database, missing SQLite file,
+/// a destructive command without --yes in a non-interactive run); 3 not found (task, run,
+/// queue or schedule); 4 the store cannot be opened (unreachable database, missing SQLite file,
 /// connect timeout, schema too new).
 #[derive(Debug, Parser)]
 #[command(name = "taskq", version, about, long_about)]
@@ -110,11 +111,41 @@ pub enum Command {
         /// The task's id, or an iteration run's id.
         id: TaskId,
     },
+    /// Periodic tasks: every schedule with its cron expression, time zone, next and last
+    /// run, and whether it is paused or its task is missing.
+    Schedules,
+    /// Acts on one schedule: run its task now, pause it or resume it.
+    Schedule {
+        /// What to do.
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
     /// Serves the web console until Ctrl-C or SIGTERM. Credentials come from the
     /// environment, never the command line: TASKQ_CONSOLE_TOKEN (16 bytes or more), or
     /// TASKQ_CONSOLE_USER and TASKQ_CONSOLE_PASSWORD (8 bytes or more). Without them it
     /// refuses to start, unless --no-auth and a loopback --bind.
     Admin(AdminArgs),
+}
+
+/// `taskq schedule ...`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleAction {
+    /// Starts the schedule's task now, with its arguments; the next run does not move.
+    Run {
+        /// The schedule's name (a declared task's is the task's name).
+        name: String,
+    },
+    /// Stops its ticks from firing.
+    Pause {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Lets its ticks fire again, from the first after now (ticks missed while paused
+    /// are not run).
+    Resume {
+        /// The schedule's name.
+        name: String,
+    },
 }
 
 /// The options of `admin`.

@@ -80,6 +80,8 @@ pub async fn run(cli: Cli) -> Result<Report, Failure> {
             let text = output::runs_table(&runs);
             Ok(Report::new(json!({ "runs": runs }), text))
         }
+        Command::Schedules => crate::schedules::list(&q).await,
+        Command::Schedule { action } => crate::schedules::act(&q, action).await,
         Command::Cancel { id } => {
             let outcome = q.cancel(id).await?;
             let text = match outcome {

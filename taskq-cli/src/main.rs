@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod exit;
 mod output;
+mod schedules;
 
 use std::process::ExitCode;
 

@@ -271,7 +271,7 @@ impl From<&PruneReport> for PruneJson {
 }
 
 /// A table with aligned columns and no border, as `kubectl` and `docker` print.
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING);
     if !header.is_empty() {
@@ -282,7 +282,7 @@ fn table(header: &[&str]) -> Table {
 
 /// The table's text without the cell padding at both ends of each line (columns stay
 /// aligned; no line ends in spaces).
-fn render(t: &Table) -> String {
+pub(crate) fn render(t: &Table) -> String {
     t.lines()
         .map(|l| {
             let l = l.trim_end();
@@ -303,7 +303,7 @@ fn short(s: &str, max: usize) -> String {
     out
 }
 
-fn or_dash<T: ToString>(v: Option<T>) -> String {
+pub(crate) fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 

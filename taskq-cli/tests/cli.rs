@@ -590,6 +590,62 @@ fn exit_codes(url: String) {
     );
 }
 
+/// `taskq schedules` and `taskq schedule run|pause|resume NAME`, with `--json`.
+fn schedule_commands(url: String) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let q = Queue::open(&url).await.expect("open");
+        taskq_runtime::Schedule::new("nightly-report", "0 3 * * *", "app::report")
+            .timezone("Europe/Paris")
+            .args(json!({ "team": "sales" }))
+            .register(&q)
+            .await
+            .expect("register");
+    });
+    let list = expect(&url, 0, &["schedules", "--json"]).json();
+    let s = &list["schedules"][0];
+    assert_eq!(s["name"], "nightly-report");
+    assert_eq!(s["cron"], "0 3 * * *");
+    assert_eq!(s["timezone"], "Europe/Paris");
+    assert_eq!(s["catch_up"], "last");
+    assert_eq!(s["paused"], false);
+    assert_eq!(s["last_run"], Value::Null);
+    assert_eq!(s["args"], json!({ "team": "sales" }));
+    let next = s["next_run"].as_str().expect("next run").to_string();
+    assert!(next.ends_with(":00:00.000Z"), "{next}");
+    let human = expect(&url, 0, &["schedules"]).stdout;
+    assert!(
+        human.contains("nightly-report") && human.contains("active"),
+        "{human}"
+    );
+
+    let ran = expect(&url, 0, &["schedule", "run", "nightly-report", "--json"]).json();
+    let id = ran["id"].as_i64().expect("the task's id");
+    let shown = expect(&url, 0, &["show", &id.to_string(), "--json"]).json();
+    assert_eq!(shown["task"]["args"], json!({ "team": "sales" }), "{shown}");
+    let after = expect(&url, 0, &["schedules", "--json"]).json();
+    assert_eq!(
+        after["schedules"][0]["next_run"],
+        next.as_str(),
+        "run now moves nothing"
+    );
+
+    expect(&url, 0, &["schedule", "pause", "nightly-report"]);
+    let paused = expect(&url, 0, &["schedules", "--json"]).json();
+    assert_eq!(paused["schedules"][0]["paused"], true);
+    assert!(expect(&url, 0, &["schedules"]).stdout.contains("paused"));
+    let resumed = expect(&url, 0, &["schedule", "resume", "nightly-report", "--json"]).json();
+    assert_eq!(resumed["paused"], false);
+    expect(&url, 3, &["schedule", "pause", "no-such-schedule"]);
+    expect(&url, 3, &["schedule", "run", "no-such-schedule", "--json"]);
+}
+
+#[test]
+fn schedule_commands_on_sqlite() {
+    let dir = temp_dir();
+    schedule_commands(sqlite_url(&dir));
+}
+
 #[test]
 fn every_command_on_sqlite() {
     let dir = temp_dir();

@@ -40,6 +40,9 @@ impl Kind {
             "unique",
             "unique_for",
             "on_conflict",
+            "cron",
+            "timezone",
+            "catch_up",
             "crate",
         ];
         const ITERATIVE: &[&str] = &[
@@ -96,6 +99,12 @@ pub struct TaskArgs {
     pub unique_for: Option<Dur>,
     /// `on_conflict = "replace"` (true) or `"refuse"` (false), as written.
     pub on_conflict: Option<(bool, LitStr)>,
+    /// `cron = "0 3 * * *"`, checked by the parser the runtime uses.
+    pub cron: Option<LitStr>,
+    /// `timezone = "Europe/Paris"`, an IANA name.
+    pub timezone: Option<LitStr>,
+    /// `catch_up = "skip"` or `"last"`.
+    pub catch_up: Option<LitStr>,
 }
 
 pub const DEFAULT_QUEUE: &str = "default";
@@ -170,6 +179,15 @@ fn set_key(args: &mut TaskArgs, key: &str, expr: &Expr, errors: &mut Errors) {
         "unique_for" => duration(key, expr, false).map(|d| args.unique_for = Some(d)),
         "unique" => unique(expr).map(|u| args.unique = Some(u)),
         "on_conflict" => on_conflict(expr).map(|c| args.on_conflict = Some(c)),
+        "cron" => string(key, expr)
+            .and_then(check_cron)
+            .map(|s| args.cron = Some(s)),
+        "timezone" => string(key, expr)
+            .and_then(check_timezone)
+            .map(|s| args.timezone = Some(s)),
+        "catch_up" => string(key, expr)
+            .and_then(check_catch_up)
+            .map(|s| args.catch_up = Some(s)),
         _ => unreachable!("every key of Kind::keys is handled"),
     };
     if let Err(e) = result {
@@ -211,6 +229,9 @@ fn did_you_mean(key: &str) -> Option<&'static str> {
         "batch" | "chunk_size" => "batch_size",
         "unique_period" | "unique_within" | "period" => "unique_for",
         "replace" | "debounce" => "on_conflict",
+        "schedule" | "crontab" | "every" => "cron",
+        "tz" | "time_zone" | "zone" => "timezone",
+        "catchup" | "missed" | "misfire" => "catch_up",
         _ => return None,
     })
 }
@@ -242,7 +263,54 @@ fn example(key: &str) -> &'static str {
         "on_conflict" => "\"replace\"",
         "model" => "Student",
         "crate" => "::taskq_runtime",
+        "cron" => "\"0 3 * * *\"",
+        "timezone" => "\"Europe/Paris\"",
+        "catch_up" => "\"last\"",
         _ => "...",
+    }
+}
+
+/// Parses a cron expression as the runtime's `Cron::parse` does (croner, seconds
+/// optional, no year field), so one that compiles also parses when the worker starts.
+fn check_cron(lit: LitStr) -> syn::Result<LitStr> {
+    let parsed = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(&lit.value());
+    match parsed {
+        Ok(_) => Ok(lit),
+        Err(e) => Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "invalid cron expression `{}`: {e}\nwrite five fields (minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\"), or six with seconds first (\"*/10 * * * * *\")",
+                lit.value()
+            ),
+        )),
+    }
+}
+
+/// An IANA time zone name that chrono-tz (the runtime's) knows.
+fn check_timezone(lit: LitStr) -> syn::Result<LitStr> {
+    match lit.value().parse::<chrono_tz::Tz>() {
+        Ok(_) => Ok(lit),
+        Err(_) => Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "unknown time zone `{}`: write an IANA name such as \"UTC\", \"Europe/Paris\" or \"America/New_York\" (the default is UTC)",
+                lit.value()
+            ),
+        )),
+    }
+}
+
+fn check_catch_up(lit: LitStr) -> syn::Result<LitStr> {
+    match lit.value().as_str() {
+        "skip" | "last" => Ok(lit),
+        other => Err(syn::Error::new(
+            lit.span(),
+            format!("unknown catch-up policy `{other}`: write `catch_up = \"last\"` (the default: after missed ticks, run once for the last one) or `catch_up = \"skip\"` (drop missed ticks)"),
+        )),
     }
 }
 

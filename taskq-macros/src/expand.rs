@@ -213,6 +213,26 @@ impl<'a> Generator<'a> {
                 quote!(#p::TaskKind::Iterative { batch_size: #n })
             }
         };
+        let cron = match &a.cron {
+            Some(expr) => {
+                let tz = a
+                    .timezone
+                    .as_ref()
+                    .map_or_else(|| "UTC".to_string(), |t| t.value());
+                let catch_up = match a.catch_up.as_ref().map(|c| c.value()).as_deref() {
+                    Some("skip") => quote!(#p::CatchUp::Skip),
+                    _ => quote!(#p::CatchUp::Last),
+                };
+                quote! {
+                    ::core::option::Option::Some(#p::CronDecl {
+                        expression: #expr,
+                        timezone: #tz,
+                        catch_up: #catch_up,
+                    })
+                }
+            }
+            None => quote!(::core::option::Option::None),
+        };
         // `line!()` at the function's name, so duplicate-name errors point at it.
         let line = quote_spanned!(self.task.ident().span()=> ::core::line!());
         let ident = self.task.ident();
@@ -233,6 +253,7 @@ impl<'a> Generator<'a> {
                 file: ::core::file!(),
                 line: #line,
                 handler: __taskq_handler,
+                cron: #cron,
             }
         }
     }
@@ -446,7 +467,29 @@ impl<'a> Generator<'a> {
         // Named at the function's name, so rustc's "function defined here" points at it.
         let start = Ident::new("start", self.task.ident().span());
         let builder = Ident::new("builder", self.task.ident().span());
+        let schedule = match self.kind {
+            Kind::Plain => {
+                let schedule_doc = format!(
+                    "A schedule named `name` that starts `{fn_name}` with these arguments on every tick of the cron `expression` (UTC and catch-up `last` unless `.timezone(..)` and `.catch_up(..)` say otherwise), once `.register(&queue)` is awaited: see `taskq_runtime::schedule`."
+                );
+                let sched = Ident::new("schedule", self.task.ident().span());
+                quote! {
+                    #[doc = #schedule_doc]
+                    #[allow(dead_code, clippy::too_many_arguments)]
+                    pub fn #sched(
+                        __taskq_schedule_name: impl ::core::convert::Into<::std::string::String>,
+                        __taskq_expression: impl ::core::convert::Into<::std::string::String>,
+                        #(#idents: #tys),*
+                    ) -> #p::Schedule {
+                        #p::Schedule::for_task(&__TASKQ_DEF, __taskq_schedule_name, __taskq_expression, #encode)
+                    }
+                }
+            }
+            Kind::Iterative => quote!(),
+        };
         quote! {
+            #schedule
+
             #[doc = #start_doc]
             #[allow(dead_code, clippy::too_many_arguments)]
             pub async fn #start(

@@ -99,7 +99,9 @@ use crate::attr::Kind;
 /// - `NAME: &str`, the registered name;
 /// - `start(&queue, args..) -> Result<TaskId, StartError>`, which stores the task, due now;
 /// - `builder(args..) -> TaskBuilder`, to add a delay or eta, a de-duplication name,
-///   another queue or priority before `.start(&queue)`.
+///   another queue or priority before `.start(&queue)`;
+/// - for a `#[task]`, `schedule(name, cron, args..) -> Schedule`, a periodic schedule of
+///   the task with these arguments, stored by `.register(&queue)`.
 ///
 /// So `send_email::start(..)`, `send_email::builder(..)` and `send_email::NAME` work
 /// wherever the function `send_email` is in scope (`use app::tasks::send_email;` brings
@@ -122,7 +124,14 @@ use crate::attr::Kind;
 /// | `max_doublings` | integer: how many times the backoff doubles before it grows linearly | `16` |
 /// | `age_limit` | duration: how long after being enqueued a failing task keeps being retried (it goes dead once both this and `max_attempts` are spent) | none: `max_attempts` alone decides |
 /// | `priority` | integer (`i32`): higher runs first among due tasks | `0` |
+/// | `cron` | string: a cron expression (five fields, or six with seconds first); makes it a periodic task, each tick started once by the workers (`taskq_runtime::schedule`). Only on a task without arguments (a `Context` is allowed); checked at compile time | none: not periodic |
+/// | `timezone` | string: the IANA time zone `cron` is read in (with `cron` only) | `"UTC"` |
+/// | `catch_up` | `"last"` (run once for the last tick missed while no worker ran) or `"skip"` (drop missed ticks), with `cron` only | `"last"` |
 /// | `crate` | path to the runtime crate, for a renamed dependency: `crate = tq` | `::taskq_runtime` |
+///
+/// A plain task also gets `schedule(name, cron, args..) -> Schedule`, to register a
+/// periodic schedule with arguments at run time (`.timezone(..)`, `.catch_up(..)`,
+/// `.register(&queue)`).
 ///
 /// Every mistake (an unknown or repeated key, a bad value, a borrowed argument, a missing
 /// `async`, ...) is a compile error at the mistake, all of them reported in one compile.

@@ -4,6 +4,7 @@
 
 use proc_macro2::Span;
 use quote::ToTokens;
+use syn::ext::IdentExt;
 use syn::visit::Visit;
 use syn::{Pat, Type};
 
@@ -43,6 +44,16 @@ pub fn check_args(args: &TaskArgs, kind: Kind, errors: &mut Errors) {
             Span::call_site(),
             "`#[iterative_task]` needs the model it walks through: write `#[iterative_task(model = Student)]`, naming a type that implements `taskq_runtime::Model`",
         ));
+    }
+    if args.cron.is_none() {
+        for (key, lit) in [("timezone", &args.timezone), ("catch_up", &args.catch_up)] {
+            if let Some(lit) = lit {
+                errors.push(err(
+                    lit.span(),
+                    format!("`{key}` applies only to a periodic task: add `cron = \"0 3 * * *\"` (its schedule), or remove `{key}`"),
+                ));
+            }
+        }
     }
     let min = args
         .min_backoff
@@ -194,6 +205,14 @@ pub fn check_fn(task: &TaskFn, args: &TaskArgs, kind: Kind, errors: &mut Errors)
     check_output(task, errors);
     check_unique_keys(args, errors);
     check_unique_names(task, args, errors);
+    if let Some(cron) = &args.cron {
+        if task.args().iter().any(|p| !p.is_context) {
+            errors.push(err(
+                cron.span(),
+                format!("a task with `cron` takes no arguments but `Context`: each tick starts it with none; remove the arguments, or drop `cron` and register a schedule with arguments at run time: `{}::schedule(\"a name\", \"{}\", args..).register(&queue)`", task.ident().unraw(), cron.value()),
+            ));
+        }
+    }
     if kind == Kind::Iterative {
         check_batch_param(task, args, errors);
     }

@@ -55,6 +55,7 @@ pub mod policy;
 pub mod queue;
 pub mod registry;
 pub mod retention;
+pub mod schedule;
 pub mod store;
 pub mod task;
 pub mod testing;
@@ -69,9 +70,10 @@ pub use model::Model;
 pub use queue::{Queue, TaskBuilder};
 pub use registry::Registry;
 pub use retention::Retention;
+pub use schedule::{CatchUp, Schedule, ScheduleError};
 pub use store::{
     AttemptInfo, CancelOutcome, IterationInfo, PruneReport, QueueConfig, QueueInfo, RunState,
-    Store, StoreError, TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
+    ScheduleInfo, Store, StoreError, TaskDetail, TaskId, TaskInfo, TaskQuery, TaskState,
 };
 pub use task::{Context, TaskOptions};
 pub use taskq_macros::{iterative_task, task};
@@ -94,6 +96,7 @@ pub mod __private {
     pub use crate::iterative::{batch_future, iterative_handler, BatchFuture, ModelOf};
     pub use crate::model::Model;
     pub use crate::queue::{Queue, TaskBuilder};
+    pub use crate::schedule::{CatchUp, CronDecl, Schedule};
     pub use crate::store::TaskId;
     pub use crate::task::{
         plain_future, ArgsDecoder, ArgsEncoder, BoxFuture, Completion, Context, TaskDef, TaskKind,

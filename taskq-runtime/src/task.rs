@@ -148,6 +148,9 @@ pub struct TaskDef {
     pub line: u32,
     /// The generated entry point.
     pub handler: Handler,
+    /// Its schedule, for a task declared with `#[task(cron = "...")]`: registered under
+    /// the task's name when a worker starts ([`crate::schedule`]).
+    pub cron: Option<crate::schedule::CronDecl>,
 }
 
 inventory::collect!(TaskDef);

@@ -245,6 +245,57 @@ impl Harness {
         self.drive(true).await
     }
 
+    /// Moves virtual time to `until`, firing periodic tasks on the way
+    /// ([`crate::schedule`]) as workers do, and running every task due on the way: at
+    /// each tick and each due time in turn, the due schedules fire, then the due tasks
+    /// run. The schedules of the tasks declared with `cron` are registered first (as a
+    /// worker does when it starts). A time earlier than now only runs what is due now.
+    /// Returns every attempt run; stops with [`HarnessError::TooManyRuns`] after
+    /// [`Harness::max_runs`] attempts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskq_runtime::{task, testing::Harness, TaskError};
+    ///
+    /// #[task(cron = "0 3 * * *", timezone = "Europe/Paris")]
+    /// async fn nightly_report() -> Result<(), TaskError> { Ok(()) }
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let h = Harness::new();
+    /// let report = h.run_for(Duration::from_secs(7 * 86_400)).await?; // a week, at once
+    /// assert_eq!(report.runs.iter().filter(|r| r.task == nightly_report::NAME).count(), 7);
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_until(&self, until: Timestamp) -> Result<DrainReport, HarnessError> {
+        let registry = Registry::collect()?;
+        crate::schedule::register_declared(&*self.store, &registry, self.clock.now()).await?;
+        let mut report = DrainReport::default();
+        loop {
+            let now = self.clock.now();
+            let pass = crate::schedule::fire_due(&*self.store, &registry, now).await?;
+            let ran = self.drive(false).await?;
+            report.runs.extend(ran.runs);
+            if report.runs.len() > self.max_runs {
+                return Err(HarnessError::TooManyRuns(self.max_runs));
+            }
+            let due = self.store.next_due(&[]).await?.filter(|t| *t > now);
+            let next = match (pass.next.filter(|t| *t > now), due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match next {
+                Some(t) if t <= until => self.clock.advance_to(t),
+                _ if now < until => self.clock.advance_to(until),
+                _ => return Ok(report),
+            }
+        }
+    }
+
+    /// [`Harness::run_until`] `d` from now.
+    pub async fn run_for(&self, d: Duration) -> Result<DrainReport, HarnessError> {
+        self.run_until(self.clock.now().add(d)).await
+    }
+
     async fn drive(&self, move_time: bool) -> Result<DrainReport, HarnessError> {
         let exec = Exec {
             store: self.store.clone(),

@@ -18,10 +18,12 @@ use taskq_runtime::{Retention, TaskId, Timestamp};
 mod cancel;
 mod operations;
 mod scale;
+mod schedules;
 mod unique;
 pub use cancel::*;
 pub use operations::*;
 pub use scale::*;
+pub use schedules::*;
 pub use unique::*;
 
 /// A fixed starting time for every case.
@@ -2966,6 +2968,7 @@ macro_rules! conformance_tests {
             unique_args_refuse_a_live_duplicate, unique_key_is_free_again_after_its_period,
             replace_updates_a_pending_tasks_arguments_and_due_time, start_many_keeps_keys_unique,
             concurrent_starts_of_one_key_insert_one, start_many_skip_duplicates_starts_the_rest,
+            schedules_are_kept_updated_paused_and_removed, racing_fires_of_one_tick_fire_it_once,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

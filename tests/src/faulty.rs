@@ -335,4 +335,34 @@ impl Store for Faulty {
     ) -> Result<Vec<FinishedMinute>, StoreError> {
         self.inner.finished_per_minute(since, until).await
     }
+    async fn upsert_schedules(
+        &self,
+        schedules: Vec<taskq_runtime::store::NewSchedule>,
+        known_tasks: Option<Vec<String>>,
+    ) -> Result<(), StoreError> {
+        self.inner.upsert_schedules(schedules, known_tasks).await
+    }
+    async fn schedules(&self) -> Result<Vec<taskq_runtime::ScheduleInfo>, StoreError> {
+        self.inner.schedules().await
+    }
+    async fn fire_schedule(
+        &self,
+        fire: taskq_runtime::store::Fire,
+        now: Timestamp,
+    ) -> Result<Option<Vec<TaskId>>, StoreError> {
+        self.inner.fire_schedule(fire, now).await
+    }
+    async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        next_tick: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .set_schedule_paused(name, paused, next_tick)
+            .await
+    }
+    async fn remove_schedule(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.remove_schedule(name).await
+    }
 }

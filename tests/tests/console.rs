@@ -1056,6 +1056,119 @@ async fn cancel_button_cancels_pending_and_running_tasks(s: Arc<dyn Store>) {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
+/// The schedules page lists each schedule with its next run, escaped; run now, pause and
+/// resume are POST forms with the CSRF token, hidden and refused in read-only mode.
+async fn schedules_page_and_actions(s: Arc<dyn Store>) {
+    let c = Console::signed_in(s.clone()).await;
+    let name = format!("nightly {SCRIPT}");
+    taskq_runtime::Schedule::new(name.clone(), "0 3 * * *", "console::report")
+        .timezone("Europe/Paris")
+        .args(json!({ "team": "sales" }))
+        .register(&c.queue)
+        .await
+        .expect("register");
+    let page = c.get("/schedules").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains(r#"href="/schedules""#),
+        "linked from the nav"
+    );
+    assert!(!page.body.contains("<script>alert"), "{}", page.body);
+    assert_eq!(page.body.matches(r#"class="schedule-row""#).count(), 1);
+    assert!(page.body.contains("Europe/Paris") && page.body.contains("schedule-run-button"));
+    let next = c.queue.schedules().await.expect("schedules")[0].next_tick;
+    let shown = next.to_string().replacen('T', " ", 1);
+    assert!(
+        page.body.contains(&shown[..19]),
+        "next run {shown}: {}",
+        page.body
+    );
+    let enc: String = form_urlencoded_name(&name);
+
+    // Without the CSRF token: refused, nothing started.
+    let r = send(
+        &c.app,
+        post(
+            "/schedules/run-now",
+            Some(&c.cookie),
+            &format!("schedule={enc}"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(s
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect("list")
+        .is_empty());
+
+    let r = c
+        .post(
+            "/schedules/run-now",
+            &format!("schedule={enc}&next=/schedules"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location(), "/schedules?did=schedule-run");
+    let started = s
+        .list_tasks(&TaskQuery {
+            with_payload: true,
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].payload, json!({ "team": "sales" }));
+    assert_eq!(
+        c.queue.schedules().await.expect("schedules")[0].next_tick,
+        next,
+        "run now moves nothing"
+    );
+
+    let r = c.post("/schedules/pause", &format!("schedule={enc}")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert!(c.queue.schedules().await.expect("schedules")[0].paused);
+    let page = c.get("/schedules?did=schedule-pause").await.body;
+    assert!(page.contains("schedule-resume-button") && page.contains("The schedule is paused."));
+    let r = c
+        .post("/schedules/resume", &format!("schedule={enc}"))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert!(!c.queue.schedules().await.expect("schedules")[0].paused);
+    let r = c.post("/schedules/pause", "schedule=no-such").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    let mut config = ConsoleConfig::token(TOKEN);
+    config.read_only = true;
+    let ro = Console::new(s.clone(), config).await;
+    let page = ro.get("/schedules").await.body;
+    assert!(
+        page.contains(r#"class="schedule-row""#) && !page.contains("schedule-run-button"),
+        "{page}"
+    );
+    let r = ro
+        .post("/schedules/run-now", &format!("schedule={enc}"))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.list_tasks(&TaskQuery::default())
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+}
+
+/// `name` percent-encoded for a form body.
+fn form_urlencoded_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 macro_rules! console_cases {
     ($store:path; $($case:ident),* $(,)?) => {
         $(
@@ -1074,7 +1187,7 @@ mod memory {
         unauthenticated_mode_is_loopback_only_and_keeps_csrf, nested_router_links_under_its_path,
         serve_on_a_socket_until_shutdown,
         no_request_starts_a_task, values_from_tasks_are_escaped, each_action_changes_the_store,
-        read_only_refuses_actions, queues_chart_and_paged_listing,
+        read_only_refuses_actions, queues_chart_and_paged_listing, schedules_page_and_actions,
         cancel_button_cancels_pending_and_running_tasks,
         task_page_shows_the_unique_key,
     );
@@ -1083,7 +1196,7 @@ mod memory {
 mod sqlite {
     console_cases!(taskq_tests::sqlite_store;
         actions_need_the_csrf_token, values_from_tasks_are_escaped, each_action_changes_the_store,
-        read_only_refuses_actions, queues_chart_and_paged_listing,
+        read_only_refuses_actions, queues_chart_and_paged_listing, schedules_page_and_actions,
         cancel_button_cancels_pending_and_running_tasks,
     );
 }

@@ -5,7 +5,8 @@
 //! form comes back with `confirm=yes`. Each action then redirects (303) to the page it
 //! came from (`next`, a path of this console) with a notice.
 //!
-//! There is no action that starts a task: a retry puts back a task that exists, with its
+//! There is no action here that starts a task (a schedule's run now, in `schedules.rs`,
+//! starts its stored task with its stored arguments): a retry puts back a task that exists, with its
 //! own arguments.
 
 use axum::body::Bytes;

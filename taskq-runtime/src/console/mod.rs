@@ -27,6 +27,9 @@
 //!   worker, outcome, error).
 //! - `/runs`: iterative runs with a progress bar, entities per second (the average since
 //!   the run started) and the estimated time left.
+//! - `/schedules`: periodic tasks' schedules ([`crate::schedule`]) with their cron
+//!   expression, time zone, next and last run, last task, and whether each is paused or
+//!   its task missing; buttons to run one now, pause or resume it.
 //!
 //! Pages refresh themselves every [`ConsoleConfig::refresh`] through a small script served
 //! by the console (`/assets/console.js`), which pauses while a person reads: while the
@@ -35,10 +38,12 @@
 //!
 //! # Actions
 //! POST forms: run now, delete, retry (one, the ticked ones, every dead or failed task
-//! matching the filter), pause, resume, purge a queue, cancel an iterative run. Delete,
-//! purge, cancel and retry-all first show a confirmation page. No request can start a
-//! task: the console only acts on tasks that exist (a retry puts back a dead or failed
-//! task with its own arguments).
+//! matching the filter), pause, resume, purge a queue, cancel an iterative run, run a
+//! schedule's task now, pause or resume a schedule. Delete,
+//! purge, cancel and retry-all first show a confirmation page. No request chooses a task
+//! or its arguments: the console acts on tasks that exist (a retry puts back a dead or
+//! failed task with its own arguments), and a schedule's "run now" starts the stored
+//! schedule's task with the schedule's stored arguments.
 //!
 //! # Security model
 //! - **Authentication** on every page and action, configured by the operator
@@ -85,6 +90,7 @@ pub(crate) mod csrf;
 mod filters;
 mod headers;
 mod pages;
+mod schedules;
 mod templates;
 
 /// How people (and scripts) prove they may use the console.
@@ -324,6 +330,7 @@ pub fn router(queue: Queue, config: ConsoleConfig) -> Result<Router, ConsoleErro
     let app = Router::new()
         .merge(pages::routes())
         .merge(actions::routes())
+        .merge(schedules::routes())
         .merge(auth::logout_routes())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),

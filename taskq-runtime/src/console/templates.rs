@@ -40,7 +40,7 @@ pub(crate) struct Chrome {
     pub(crate) signed_in: bool,
     /// Live refresh every this many seconds (0: off).
     pub(crate) refresh: u64,
-    /// The current section of the navigation: `queues`, `tasks` or `runs` (`sign-in`: none
+    /// The current section of the navigation: `queues`, `tasks`, `runs` or `schedules` (`sign-in`: none
     /// shown).
     pub(crate) nav: &'static str,
     /// A message about the action just done (from the redirect's query), or empty.
@@ -173,6 +173,9 @@ fn notice_of(query: &str) -> String {
         ("cancel-requested", _) => {
             "The cancel is requested: the task's worker tells it to stop, stops it after its cancel grace, and it ends cancelled.".to_string()
         }
+        ("schedule-run", _) => "The schedule's task was started now.".to_string(),
+        ("schedule-pause", _) => "The schedule is paused.".to_string(),
+        ("schedule-resume", _) => "The schedule is resumed from its next tick.".to_string(),
         _ => String::new(),
     };
     if skipped > 0 && !s.is_empty() {

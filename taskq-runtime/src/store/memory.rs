@@ -19,6 +19,7 @@ use super::*;
 use crate::policy::{ATTEMPTS_AFTER_CHECKPOINT, CANCELLED_PENDING, CANCEL_LAPSED, LEASE_LAPSED};
 
 mod retention;
+mod schedules;
 
 #[derive(Debug, Clone)]
 struct Row {
@@ -128,6 +129,9 @@ pub struct MemoryStore {
     notify: Notify,
     /// Wakes [`Store::wait_for_cancel`] when a running task is cancelled.
     cancels: Notify,
+    /// Schedules by name (`memory/schedules.rs`), apart from `inner`: a fire holds this
+    /// lock across its enqueue, which takes `inner`.
+    schedules: tokio::sync::Mutex<BTreeMap<String, ScheduleInfo>>,
 }
 
 impl MemoryStore {
@@ -1198,6 +1202,39 @@ impl Store for MemoryStore {
             self.notify.notify_waiters();
         }
         Ok(replaced)
+    }
+
+    async fn upsert_schedules(
+        &self,
+        schedules: Vec<NewSchedule>,
+        known_tasks: Option<Vec<String>>,
+    ) -> Result<(), StoreError> {
+        self.upsert_schedules_mem(schedules, known_tasks).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleInfo>, StoreError> {
+        Ok(self.schedules_mem().await)
+    }
+
+    async fn fire_schedule(
+        &self,
+        fire: Fire,
+        now: Timestamp,
+    ) -> Result<Option<Vec<TaskId>>, StoreError> {
+        self.fire_schedule_mem(fire, now).await
+    }
+
+    async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        next_tick: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.set_schedule_paused_mem(name, paused, next_tick).await
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<(), StoreError> {
+        self.remove_schedule_mem(name).await
     }
 }
 

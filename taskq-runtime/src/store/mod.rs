@@ -62,10 +62,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::{Clock, Timestamp};
 
+pub use schedule::{Fire, NewSchedule, ScheduleInfo};
+
 pub mod admission;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod schedule;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod tombstone;
@@ -758,6 +761,11 @@ impl StoreError {
 /// [`MAX_NAME_BYTES`](crate::value::MAX_NAME_BYTES), so no store accepts either (the same
 /// error everywhere).
 fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
+    check_name_pub(what, name)
+}
+
+/// [`check_name`] for the other modules of `store` (schedules).
+pub(crate) fn check_name_pub(what: &str, name: &str) -> Result<(), StoreError> {
     let max = crate::value::MAX_NAME_BYTES;
     if name.len() > max {
         let mut head = 40;
@@ -1162,6 +1170,48 @@ pub trait Store: Send + Sync + 'static {
         payload: &serde_json::Value,
         run_at: Timestamp,
     ) -> Result<Option<TaskId>, StoreError>;
+
+    // ---- periodic tasks (`crate::schedule`) ------------------------------------------
+
+    /// Creates or updates schedules, all or none, in one transaction. A new one is stored
+    /// unpaused with `next_tick` and no last tick; an existing one takes the new task,
+    /// queue, priority, arguments, policy and origin, keeps its pause, its last tick and
+    /// last task, and takes the new expression, time zone and `next_tick` only when the
+    /// expression or the time zone changed. With `known_tasks` (what a starting worker
+    /// knows), every schedule's `task_missing` is set to whether its task is absent from
+    /// the list. Names and arguments are checked first ([`StoreError::InvalidValue`]).
+    async fn upsert_schedules(
+        &self,
+        schedules: Vec<NewSchedule>,
+        known_tasks: Option<Vec<String>>,
+    ) -> Result<(), StoreError>;
+
+    /// Every schedule, by name.
+    async fn schedules(&self) -> Result<Vec<ScheduleInfo>, StoreError>;
+
+    /// Fires a schedule: if it exists, is not paused and its next tick is still
+    /// `fire.expected`, sets its next tick to `fire.next_tick` (and, when given, its last
+    /// tick and last task) and stores `fire.tasks` as [`Store::enqueue`] does, in one
+    /// transaction, and returns their ids; otherwise changes nothing and returns `None`
+    /// (another worker fired that tick first). So each tick fires once however many
+    /// workers race for it.
+    async fn fire_schedule(
+        &self,
+        fire: Fire,
+        now: Timestamp,
+    ) -> Result<Option<Vec<TaskId>>, StoreError>;
+
+    /// Pauses a schedule, or resumes it with its next tick set to `next_tick` (required
+    /// to resume: the ticks of the pause are not fired). `NotFound` for an unknown name.
+    async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        next_tick: Option<Timestamp>,
+    ) -> Result<(), StoreError>;
+
+    /// Removes a schedule (the tasks it started stay). `NotFound` for an unknown name.
+    async fn remove_schedule(&self, name: &str) -> Result<(), StoreError>;
 }
 
 /// Opens a store from a URL: `memory://`, `sqlite://PATH` (created if missing; `sqlite::memory:`

@@ -17,6 +17,7 @@
 //! - `outcomes.rs` is the outcome writer: finished attempts go through a bounded channel
 //!   to one writer, which records them with one `Store::finish` call per batch.
 //! - `retention.rs` prunes the store about every minute ([`crate::retention`]).
+//! - `schedules.rs` registers declared schedules and fires due ticks ([`crate::schedule`]).
 //! - `telemetry.rs` is the worker's side of [`crate::metrics`] and [`crate::trace`]: the
 //!   attempt's span (a child of the starter's trace context), claim counts and latencies,
 //!   the queue-depth gauge.
@@ -42,6 +43,7 @@ mod leases;
 mod nudge;
 mod outcomes;
 mod retention;
+mod schedules;
 mod slots;
 mod telemetry;
 
@@ -127,6 +129,7 @@ pub struct WorkerBuilder {
     prune: bool,
     prune_interval: Duration,
     queue_depth_interval: Duration,
+    schedules: bool,
 }
 
 impl WorkerBuilder {
@@ -250,6 +253,15 @@ impl WorkerBuilder {
         self
     }
 
+    /// Whether this worker fires periodic tasks ([`crate::schedule`]): registers the
+    /// schedules of the tasks declared with `cron` when it starts, and fires the due
+    /// ticks of every schedule whose task it knows. Default on; any number of workers may
+    /// (each tick fires once). Off: it neither registers nor fires (others still do).
+    pub fn schedules(mut self, on: bool) -> Self {
+        self.schedules = on;
+        self
+    }
+
     /// Checks the settings and the registry: duplicate task names are refused here, and so
     /// is a binary in which no task is registered ([`WorkerError::Config`] with setting
     /// `tasks`), and a worker name or served queue holding a NUL byte (setting `name` or
@@ -321,6 +333,7 @@ impl WorkerBuilder {
             prune_interval: self.prune.then_some(self.prune_interval),
             queue_depth_interval: (!self.queue_depth_interval.is_zero())
                 .then_some(self.queue_depth_interval),
+            schedules: self.schedules,
             stats: Arc::new(WorkerStats::default()),
         })
     }
@@ -351,6 +364,8 @@ pub struct Worker {
     prune_interval: Option<Duration>,
     /// How often it sets the queue-depth gauge; `None`: it does not.
     queue_depth_interval: Option<Duration>,
+    /// Whether it registers and fires schedules.
+    schedules: bool,
     stats: Arc<WorkerStats>,
 }
 
@@ -409,6 +424,7 @@ impl Worker {
             prune: true,
             prune_interval: crate::retention::PRUNE_INTERVAL,
             queue_depth_interval: Duration::from_secs(15),
+            schedules: true,
         }
     }
 
@@ -486,6 +502,13 @@ impl Worker {
                         exec.worker.clone(),
                     )
                 }
+            }))
+        });
+
+        let ticker = self.schedules.then(|| {
+            let exec = exec.clone();
+            tokio::spawn(supervised("schedules", move || {
+                schedules::run(exec.clone())
             }))
         });
 
@@ -637,6 +660,10 @@ impl Worker {
         }
         if let Some(d) = depth {
             d.abort();
+        }
+        if let Some(t) = ticker {
+            // A fire cut short rolls back whole: the tick is fired by the next worker.
+            t.abort();
         }
         let deadline = shutdown_at.unwrap_or_else(tokio::time::Instant::now) + self.shutdown_grace;
         inflight.cancel_all();

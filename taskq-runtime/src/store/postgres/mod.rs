@@ -157,6 +157,7 @@ mod manage;
 mod pool;
 mod retention;
 mod rows;
+mod schedules;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -682,5 +683,38 @@ impl Store for PostgresStore {
         run_at: Timestamp,
     ) -> Result<Option<TaskId>, StoreError> {
         unique::replace_pending(self, name, payload, run_at).await
+    }
+
+    async fn upsert_schedules(
+        &self,
+        schedules: Vec<NewSchedule>,
+        known_tasks: Option<Vec<String>>,
+    ) -> Result<(), StoreError> {
+        schedules::upsert(self, schedules, known_tasks).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleInfo>, StoreError> {
+        schedules::list(self).await
+    }
+
+    async fn fire_schedule(
+        &self,
+        fire: Fire,
+        now: Timestamp,
+    ) -> Result<Option<Vec<TaskId>>, StoreError> {
+        schedules::fire(self, fire, now).await
+    }
+
+    async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        next_tick: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        schedules::set_paused(self, name, paused, next_tick).await
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<(), StoreError> {
+        schedules::remove(self, name).await
     }
 }

@@ -182,6 +182,26 @@ ALTER TABLE {S}.taskq_tasks ADD COLUMN IF NOT EXISTS trace text;
     r#"
 ALTER TABLE {S}.taskq_tasks ADD COLUMN IF NOT EXISTS cancel_requested boolean NOT NULL DEFAULT false;
 "#,
+    // 7: periodic tasks (issue 13): one row per schedule; `next_tick` is the
+    // compare-and-set of a fire (`postgres/schedules.rs`).
+    r#"
+CREATE TABLE IF NOT EXISTS {S}.taskq_schedules (
+    name         text    PRIMARY KEY,
+    task         text    NOT NULL,
+    queue        text    NOT NULL,
+    priority     int4    NOT NULL DEFAULT 0,
+    payload      json    NOT NULL,
+    cron         text    NOT NULL,
+    timezone     text    NOT NULL,
+    catch_up     text    NOT NULL,
+    paused       boolean NOT NULL DEFAULT false,
+    declared     boolean NOT NULL DEFAULT false,
+    task_missing boolean NOT NULL DEFAULT false,
+    next_tick    int8    NOT NULL,
+    last_tick    int8,
+    last_task    int8
+);
+"#,
 ];
 
 /// The schema version this build knows.

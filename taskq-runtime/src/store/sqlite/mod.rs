@@ -120,6 +120,7 @@ mod lease;
 mod manage;
 mod retention;
 mod rows;
+mod schedules;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -643,6 +644,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn upsert_schedules(
+        &self,
+        schedules: Vec<NewSchedule>,
+        known_tasks: Option<Vec<String>>,
+    ) -> Result<(), StoreError> {
+        for s in &schedules {
+            schedule::check_new_schedule(s)?;
+        }
+        self.call("registering schedules", move |db| {
+            db.write(true, |tx| {
+                schedules::upsert(tx, &schedules, known_tasks.as_deref())
+            })
+        })
+        .await
+    }
+
     async fn replace_pending(
         &self,
         name: &str,
@@ -662,5 +679,50 @@ impl Store for SqliteStore {
             self.notify.notify_waiters();
         }
         Ok(id)
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleInfo>, StoreError> {
+        self.call("listing schedules", |db| db.read(schedules::list))
+            .await
+    }
+
+    async fn fire_schedule(
+        &self,
+        fire: Fire,
+        now: Timestamp,
+    ) -> Result<Option<Vec<TaskId>>, StoreError> {
+        check_new_tasks(&fire.tasks)?;
+        let fired = self
+            .call("firing a schedule", move |db| {
+                db.write(true, |tx| schedules::fire(tx, &fire, now))
+            })
+            .await?;
+        if fired.as_ref().is_some_and(|ids| !ids.is_empty()) {
+            self.notify.notify_waiters();
+        }
+        Ok(fired)
+    }
+
+    async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        next_tick: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call("pausing or resuming a schedule", move |db| {
+            db.write(true, |tx| {
+                schedules::set_paused(tx, &name, paused, next_tick)
+            })
+        })
+        .await
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call("removing a schedule", move |db| {
+            db.write(true, |tx| schedules::remove(tx, &name))
+        })
+        .await
     }
 }

@@ -161,6 +161,26 @@ ALTER TABLE taskq_tasks ADD COLUMN trace TEXT;
     r#"
 ALTER TABLE taskq_tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 7: periodic tasks (issue 13): one row per schedule; `next_tick` is the
+    // compare-and-set of a fire (`sqlite/schedules.rs`).
+    r#"
+CREATE TABLE taskq_schedules (
+    name         TEXT    PRIMARY KEY,
+    task         TEXT    NOT NULL,
+    queue        TEXT    NOT NULL,
+    priority     INTEGER NOT NULL DEFAULT 0,
+    payload      TEXT    NOT NULL,
+    cron         TEXT    NOT NULL,
+    timezone     TEXT    NOT NULL,
+    catch_up     TEXT    NOT NULL,
+    paused       INTEGER NOT NULL DEFAULT 0,
+    declared     INTEGER NOT NULL DEFAULT 0,
+    task_missing INTEGER NOT NULL DEFAULT 0,
+    next_tick    INTEGER NOT NULL,
+    last_tick    INTEGER,
+    last_task    INTEGER
+);
+"#,
 ];
 
 /// Brings the schema up to date inside the opening transaction, or refuses a database

@@ -1,0 +1,324 @@
+//! Periodic tasks on virtual time (the harness): ticks in a time zone, daylight-saving
+//! changes, catch-up after downtime under each policy, and the management calls.
+//! What the stores keep and the race of two fires are conformance cases
+//! (`tests/src/conformance/schedules.rs`); real processes racing real ticks are in
+//! `cron_across_workers.rs`.
+
+use std::time::Duration;
+
+use taskq_runtime::testing::Harness;
+use taskq_runtime::{task, CatchUp, Schedule, TaskError, TaskQuery, Timestamp};
+
+/// Declared: every day at noon in Paris. Every harness of this file registers it, so the
+/// tests count runs by task.
+#[task(cron = "0 12 * * *", timezone = "Europe/Paris")]
+async fn noon_in_paris() -> Result<(), TaskError> {
+    Ok(())
+}
+
+/// Started by the schedules the tests register at run time.
+#[task]
+async fn tick() -> Result<(), TaskError> {
+    Ok(())
+}
+
+/// A task with an argument, scheduled with the typed builder.
+#[task]
+async fn report(team: String) -> Result<(), TaskError> {
+    if team.is_empty() {
+        return Err(TaskError::fatal("no team"));
+    }
+    Ok(())
+}
+
+fn ts(s: &str) -> Timestamp {
+    let t: Vec<i64> = s
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().expect("a number"))
+        .collect();
+    // Days from the civil date (Howard Hinnant's algorithm), UTC.
+    let (y, m, d) = (t[0], t[1], t[2]);
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Timestamp(((days * 24 + t[3]) * 60 + t[4]) * 60_000 + t.get(5).copied().unwrap_or(0) * 1000)
+}
+
+/// The due times (ticks) of the tasks of `task` in the harness's store, oldest first.
+async fn ticks_of(h: &Harness, task: &str) -> Vec<Timestamp> {
+    let mut v: Vec<_> = h
+        .queue()
+        .list(&TaskQuery {
+            task: Some(task.into()),
+            limit: 10_000,
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.run_at)
+        .collect();
+    v.sort();
+    v
+}
+
+fn harness_at(t: &str) -> Harness {
+    let h = Harness::new();
+    h.clock().advance_to(ts(t));
+    h
+}
+
+#[tokio::test]
+async fn a_declared_task_ticks_daily_in_its_time_zone() {
+    let h = harness_at("2027-01-10T00:00:00Z");
+    let report = h
+        .run_for(Duration::from_secs(3 * 86_400))
+        .await
+        .expect("run");
+    let runs: Vec<_> = report
+        .runs
+        .iter()
+        .filter(|r| r.task == noon_in_paris::NAME)
+        .map(|r| (r.at, r.outcome))
+        .collect();
+    // Noon in Paris is 11:00 UTC in winter; each run happens at its tick.
+    assert_eq!(
+        runs,
+        vec![
+            (ts("2027-01-10T11:00:00Z"), "done"),
+            (ts("2027-01-11T11:00:00Z"), "done"),
+            (ts("2027-01-12T11:00:00Z"), "done"),
+        ]
+    );
+    let s = h.queue().schedules().await.expect("schedules");
+    let s = s
+        .iter()
+        .find(|s| s.name == noon_in_paris::NAME)
+        .expect("the declared schedule is named after its task");
+    assert!(s.declared && !s.paused && !s.task_missing);
+    assert_eq!(s.last_tick, Some(ts("2027-01-12T11:00:00Z")));
+    assert_eq!(s.next_tick, ts("2027-01-13T11:00:00Z"));
+}
+
+/// A daily 02:30 in Europe/Paris fires exactly once on the spring-forward day (02:30
+/// does not exist: it fires at 03:00 local, the first instant after the gap) and once on
+/// the fall-back day (02:30 happens twice: it fires at the first).
+#[tokio::test]
+async fn a_daily_0230_paris_tick_fires_once_on_each_daylight_saving_day() {
+    let h = harness_at("2027-03-26T12:00:00Z");
+    Schedule::new("dst", "30 2 * * *", tick::NAME)
+        .timezone("Europe/Paris")
+        .register(&h.queue())
+        .await
+        .expect("register");
+    h.run_until(ts("2027-03-31T00:00:00Z"))
+        .await
+        .expect("spring");
+    assert_eq!(
+        ticks_of(&h, tick::NAME).await,
+        vec![
+            ts("2027-03-27T01:30:00Z"), // 02:30 CET
+            ts("2027-03-28T01:00:00Z"), // the gap: 03:00 CEST
+            ts("2027-03-29T00:30:00Z"), // 02:30 CEST
+            ts("2027-03-30T00:30:00Z"),
+        ]
+    );
+
+    let h = harness_at("2027-10-29T12:00:00Z");
+    Schedule::new("dst", "30 2 * * *", tick::NAME)
+        .timezone("Europe/Paris")
+        .register(&h.queue())
+        .await
+        .expect("register");
+    h.run_until(ts("2027-11-02T00:00:00Z"))
+        .await
+        .expect("autumn");
+    assert_eq!(
+        ticks_of(&h, tick::NAME).await,
+        vec![
+            ts("2027-10-30T00:30:00Z"), // 02:30 CEST
+            ts("2027-10-31T00:30:00Z"), // the first 02:30 of the day (CEST), not the second
+            ts("2027-11-01T01:30:00Z"), // 02:30 CET
+        ]
+    );
+}
+
+/// An interval keeps its pace on real time through both changes: every 30 minutes,
+/// never a gap nor a double.
+#[tokio::test]
+async fn an_interval_keeps_its_pace_through_daylight_saving_changes() {
+    for (from, to) in [
+        ("2027-03-27T22:00:00Z", "2027-03-28T04:00:00Z"),
+        ("2027-10-30T22:00:00Z", "2027-10-31T04:00:00Z"),
+    ] {
+        let h = harness_at(from);
+        Schedule::new("half-hourly", "*/30 * * * *", tick::NAME)
+            .timezone("Europe/Paris")
+            .register(&h.queue())
+            .await
+            .expect("register");
+        h.run_until(ts(to)).await.expect("run");
+        let ticks = ticks_of(&h, tick::NAME).await;
+        assert_eq!(ticks.len(), 12, "{from}: {ticks:?}");
+        for w in ticks.windows(2) {
+            assert_eq!(w[1].0 - w[0].0, 30 * 60_000, "{from}: {ticks:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn missed_ticks_follow_the_catch_up_policy() {
+    let h = harness_at("2027-01-10T12:00:00Z");
+    let q = h.queue();
+    for (name, policy) in [("skip", CatchUp::Skip), ("last", CatchUp::Last)] {
+        Schedule::new(name, "0 3 * * *", tick::NAME)
+            .catch_up(policy)
+            .queue(name)
+            .register(&q)
+            .await
+            .expect("register");
+    }
+    // No worker for three days: the ticks of the 11th, 12th and 13th are missed.
+    h.clock().advance_to(ts("2027-01-13T12:00:00Z"));
+    h.run_for(Duration::from_secs(1)).await.expect("restart");
+    let by_queue = |queue: &'static str| {
+        let q = q.clone();
+        async move {
+            let mut v: Vec<_> = q
+                .list(&TaskQuery {
+                    queue: Some(queue.into()),
+                    limit: 100,
+                    ..TaskQuery::default()
+                })
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|t| t.run_at)
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    assert_eq!(by_queue("skip").await, vec![], "skip drops missed ticks");
+    assert_eq!(
+        by_queue("last").await,
+        vec![ts("2027-01-13T03:00:00Z")],
+        "last runs the last missed tick once"
+    );
+    // Back on time: each schedule fires each later tick once, nothing twice.
+    h.run_until(ts("2027-01-15T12:00:00Z")).await.expect("run");
+    assert_eq!(
+        by_queue("skip").await,
+        vec![ts("2027-01-14T03:00:00Z"), ts("2027-01-15T03:00:00Z")]
+    );
+    assert_eq!(
+        by_queue("last").await,
+        vec![
+            ts("2027-01-13T03:00:00Z"),
+            ts("2027-01-14T03:00:00Z"),
+            ts("2027-01-15T03:00:00Z")
+        ]
+    );
+
+    // Every second, down ten minutes: only the ticks of the last 30 s (on time) fire,
+    // whatever the policy; no flood of the 570 missed ones.
+    let h = harness_at("2027-01-10T12:00:00Z");
+    Schedule::new("often", "* * * * * *", tick::NAME)
+        .catch_up(CatchUp::Last)
+        .register(&h.queue())
+        .await
+        .expect("register");
+    h.clock().advance_to(ts("2027-01-10T12:10:00Z"));
+    h.run_for(Duration::ZERO).await.expect("restart");
+    let ticks = ticks_of(&h, tick::NAME).await;
+    assert_eq!(ticks.len(), 31, "the ticks 12:09:30 to 12:10:00");
+    assert_eq!(ticks.first(), Some(&ts("2027-01-10T12:09:30Z")));
+    assert_eq!(ticks.last(), Some(&ts("2027-01-10T12:10:00Z")));
+}
+
+#[tokio::test]
+async fn run_now_pause_resume_change_and_remove() {
+    let h = harness_at("2027-01-10T12:00:00Z");
+    let q = h.queue();
+    report::schedule("sales", "0 3 * * *", "sales".into())
+        .timezone("America/New_York")
+        .register(&q)
+        .await
+        .expect("register");
+    let find = || async {
+        q.schedules()
+            .await
+            .expect("schedules")
+            .into_iter()
+            .find(|s| s.name == "sales")
+            .expect("listed")
+    };
+    let s = find().await;
+    assert_eq!(s.payload, serde_json::json!({ "team": "sales" }));
+    assert_eq!(s.next_tick, ts("2027-01-11T08:00:00Z"), "03:00 in New York");
+
+    // Run now: a task now, with the schedule's arguments; the schedule does not move.
+    let id = q.run_schedule_now("sales").await.expect("run now");
+    let task = q.task(id).await.expect("task").expect("exists");
+    assert_eq!(task.info.run_at, ts("2027-01-10T12:00:00Z"));
+    assert_eq!(task.info.payload, serde_json::json!({ "team": "sales" }));
+    assert_eq!(find().await.next_tick, ts("2027-01-11T08:00:00Z"));
+
+    // Paused for two days: nothing fires, and resuming does not fire the ticks missed.
+    q.pause_schedule("sales").await.expect("pause");
+    h.run_until(ts("2027-01-12T12:00:00Z")).await.expect("run");
+    assert_eq!(
+        ticks_of(&h, report::NAME).await.len(),
+        1,
+        "only the run now"
+    );
+    q.resume_schedule("sales").await.expect("resume");
+    let s = find().await;
+    assert!(!s.paused);
+    assert_eq!(s.next_tick, ts("2027-01-13T08:00:00Z"));
+    h.run_until(ts("2027-01-13T12:00:00Z")).await.expect("run");
+    assert_eq!(
+        ticks_of(&h, report::NAME).await,
+        vec![ts("2027-01-10T12:00:00Z"), ts("2027-01-13T08:00:00Z")]
+    );
+    assert_eq!(find().await.last_tick, Some(ts("2027-01-13T08:00:00Z")));
+
+    // A new expression takes effect at once; the same one keeps the next tick.
+    report::schedule("sales", "0 * * * *", "sales".into())
+        .register(&q)
+        .await
+        .expect("change");
+    assert_eq!(find().await.next_tick, ts("2027-01-13T13:00:00Z"));
+
+    q.remove_schedule("sales").await.expect("remove");
+    assert!(q
+        .schedules()
+        .await
+        .expect("schedules")
+        .iter()
+        .all(|s| s.name != "sales"));
+    assert!(q.run_schedule_now("sales").await.is_err());
+
+    let bad = Schedule::new("bad", "0 3 * *", tick::NAME)
+        .register(&q)
+        .await;
+    assert!(
+        bad.as_ref()
+            .is_err_and(|e| e.to_string().contains("invalid cron expression `0 3 * *`")),
+        "{bad:?}"
+    );
+    let bad = Schedule::new("bad", "0 3 * * *", tick::NAME)
+        .timezone("Paris")
+        .register(&q)
+        .await;
+    assert!(
+        bad.as_ref()
+            .is_err_and(|e| e.to_string().contains("unknown time zone `Paris`")),
+        "{bad:?}"
+    );
+}
