@@ -16,9 +16,11 @@ use taskq_runtime::store::{
 use taskq_runtime::{Retention, TaskId, Timestamp};
 
 mod cancel;
+mod cancel_edges;
 mod operations;
 mod scale;
 pub use cancel::*;
+pub use cancel_edges::*;
 pub use operations::*;
 pub use scale::*;
 
@@ -2961,6 +2963,9 @@ macro_rules! conformance_tests {
             a_cancelled_task_whose_worker_died_ends_cancelled,
             cancel_racing_a_finish_is_one_or_the_other,
             wait_for_cancel_wakes_on_a_cancel,
+            a_second_cancel_of_a_running_task_says_it_was_already_requested,
+            a_cancelled_task_whose_worker_died_ends_even_in_a_paused_queue,
+            a_cancelled_task_is_final_until_deleted_or_pruned,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
