@@ -153,6 +153,7 @@ use taskq_runtime::CancelOutcome;
 match queue.cancel(id).await? {
     CancelOutcome::Cancelled => println!("task {id} will not run"),             // it was pending
     CancelOutcome::Requested => println!("task {id}'s worker tells it to stop"), // it was running
+    CancelOutcome::AlreadyRequested => println!("task {id} was being stopped already"),
 }
         Ok(())
     }

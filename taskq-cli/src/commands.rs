@@ -89,6 +89,9 @@ pub async fn run(cli: Cli) -> Result<Report, Failure> {
                 CancelOutcome::Requested => format!(
                     "task {id} is running: cancel requested (its worker tells it, stops it after its cancel grace, and it ends cancelled)"
                 ),
+                CancelOutcome::AlreadyRequested => format!(
+                    "task {id} is running and its cancel was requested already: nothing changed"
+                ),
             };
             Ok(Report::new(
                 json!({ "action": "cancel", "id": id.0, "outcome": outcome }),

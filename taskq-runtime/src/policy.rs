@@ -37,8 +37,9 @@
 //!   attempt then ends with (`Ok`, any error, a panic, the hard deadline, being stopped
 //!   after the cancel grace, a release at shutdown), the store records the attempt as
 //!   cancelled ([`Outcome::transition_cancelled`], [`CANCELLED`]), never a retry; and if its
-//!   worker dies, the claim that finds its lease lapsed ends it cancelled instead of running
-//!   it again ([`CANCEL_LAPSED`]). The cancel decides once it is stored: an attempt recorded
+//!   worker dies, any claim that finds its lease lapsed ends it cancelled instead of running
+//!   it again, whatever its queue (paused, or not the claim's: nothing runs), and a cancel
+//!   that finds the lease lapsed already does the same at once ([`CANCEL_LAPSED`]). The cancel decides once it is stored: an attempt recorded
 //!   before it (done, or pending again for a retry) is not touched by it; a retry's pending
 //!   task is then cancelled as a pending one.
 //! - Every error text is made storable by [`storable_text`] before any store sees it.

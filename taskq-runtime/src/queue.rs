@@ -381,7 +381,8 @@ impl Queue {
     ///
     /// - A pending task ends `cancelled` at once and never runs:
     ///   [`CancelOutcome::Cancelled`].
-    /// - A running task is marked, atomically: [`CancelOutcome::Requested`]. Its worker
+    /// - A running task is marked, atomically: [`CancelOutcome::Requested`]
+    ///   ([`CancelOutcome::AlreadyRequested`] when it was marked before). Its worker
     ///   learns of it at its next lease renewal (every quarter of the lease: within 7.5 s
     ///   with the default 30 s lease), or at once where the store can say so (memory, and
     ///   SQLite within the process that cancels; PostgreSQL from any process, through
@@ -390,14 +391,16 @@ impl Queue {
     ///   default 10 s) is stopped. Whatever the attempt then ends with (`Ok`, an error, a
     ///   panic, being stopped), it is recorded with its outcome in the error and the task
     ///   ends `cancelled`, never retried. If its worker died, the task ends `cancelled` when
-    ///   its lease lapses, without running again. An attempt recorded before the cancel
+    ///   its lease lapses (at the next claim, of any queue), or at once if its lease had
+    ///   lapsed before the cancel ([`CancelOutcome::Cancelled`]), without running again. An attempt recorded before the cancel
     ///   keeps its outcome: a task that finished first is refused (below); one pending
     ///   again for a retry is cancelled as pending.
     /// - An iterative run's id, or the id of any step of it: the run is cancelled as
     ///   [`Queue::cancel_iteration`] does ([`CancelOutcome::Cancelled`]).
     ///
     /// Counted once in [`taskq_tasks_cancelled_total`](crate::metrics::CANCELLED) when it
-    /// succeeds (the cancel decides the task's end from then on).
+    /// succeeds (the cancel decides the task's end from then on); a repeated cancel
+    /// ([`CancelOutcome::AlreadyRequested`]) is not counted again.
     ///
     /// Errors: [`StoreError::NotFound`] for an unknown id; [`StoreError::Conflict`] for a
     /// task that has finished (done, failed, dead or cancelled) or a run that is not
@@ -406,7 +409,10 @@ impl Queue {
         match self.store.cancel(id, self.clock.now()).await {
             Ok(outcome) => {
                 // Labels for the counter: a read (a task pruned in between is left
-                // uncounted, as for runs).
+                // uncounted, as for runs). A repeated cancel changed nothing: not counted.
+                if outcome == CancelOutcome::AlreadyRequested {
+                    return Ok(outcome);
+                }
                 if let Ok(Some(d)) = self.store.task(id).await {
                     crate::metrics::cancelled(&d.info.task, &d.info.queue);
                 }

@@ -16,11 +16,13 @@ use taskq_runtime::store::{
 use taskq_runtime::{Retention, TaskId, Timestamp};
 
 mod cancel;
+mod cancel_edges;
 mod operations;
 mod scale;
 mod schedules;
 mod unique;
 pub use cancel::*;
+pub use cancel_edges::*;
 pub use operations::*;
 pub use scale::*;
 pub use schedules::*;
@@ -2965,6 +2967,9 @@ macro_rules! conformance_tests {
             a_cancelled_task_whose_worker_died_ends_cancelled,
             cancel_racing_a_finish_is_one_or_the_other,
             wait_for_cancel_wakes_on_a_cancel,
+            a_second_cancel_of_a_running_task_says_it_was_already_requested,
+            a_cancelled_task_whose_worker_died_ends_even_in_a_paused_queue,
+            a_cancelled_task_is_final_until_deleted_or_pruned,
             unique_args_refuse_a_live_duplicate, unique_key_is_free_again_after_its_period,
             replace_updates_a_pending_tasks_arguments_and_due_time, start_many_keeps_keys_unique,
             concurrent_starts_of_one_key_insert_one, start_many_skip_duplicates_starts_the_rest,

@@ -339,3 +339,65 @@ async fn cancelling_a_step_cancels_its_run() {
         TaskState::Cancelled
     );
 }
+
+/// Ignores the cancel and the shutdown: sleeps an hour.
+#[task(queue = "cancel-shutdown", max_attempts = 5)]
+async fn ignores_cancel_and_shutdown(ctx: Context) -> Result<(), TaskError> {
+    STARTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(ctx.queue().to_string());
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    Ok(())
+}
+
+/// A graceful shutdown right after a cancel, before the cancel grace ends: the worker
+/// releases the task (pending again, for an ordinary task), but a cancelled one ends
+/// cancelled, its attempt recorded, and no later worker runs it again (SQLite file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_right_after_a_cancel_ends_the_task_cancelled() {
+    let store = taskq_tests::sqlite_store().await;
+    let q = Queue::new(store.clone());
+    let queue = "cancel-shutdown";
+    let id = ignores_cancel_and_shutdown::builder()
+        .start(&q)
+        .await
+        .expect("start");
+    let worker = |store: Arc<dyn Store>| {
+        Worker::builder(store)
+            .queues([queue])
+            .cancel_grace(Duration::from_secs(600))
+            .shutdown_grace(Duration::from_millis(500))
+            .poll_interval(Duration::from_millis(50))
+            .build()
+            .expect("worker")
+            .spawn()
+    };
+    let w = worker(store.clone());
+    wait_until("the task runs", Duration::from_secs(60), || async {
+        started(queue)
+    })
+    .await;
+    assert_eq!(
+        q.cancel(id).await.expect("cancel"),
+        CancelOutcome::Requested
+    );
+    w.shutdown().await.expect("shutdown");
+    let d = q.task(id).await.expect("task").expect("exists");
+    assert_eq!(d.info.state, TaskState::Cancelled, "{d:?}");
+    assert_eq!(d.attempts.len(), 1, "{:?}", d.attempts);
+    assert_eq!(d.attempts[0].outcome, CANCELLED.0);
+    let error = d.attempts[0].error.clone().unwrap_or_default();
+    assert!(error.contains("released it at shutdown"), "{error}");
+    // A new worker on the queue finds nothing to run.
+    let w = worker(store);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.shutdown().await.expect("shutdown");
+    let runs = STARTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|q| *q == queue)
+        .count();
+    assert_eq!(runs, 1);
+}

@@ -54,6 +54,12 @@ async fn cancelled_early() -> Result<(), TaskError> {
     Ok(())
 }
 
+/// Started after the worker stopped, claimed by hand, and cancelled twice while running.
+#[task(queue = "metered")]
+async fn cancelled_running() -> Result<(), TaskError> {
+    Ok(())
+}
+
 fn name(task: &str) -> String {
     format!("{}::{task}", module_path!())
 }
@@ -124,7 +130,7 @@ async fn a_worker_emits_exact_counts_labels_and_samples() {
     ids.push(refused::start(&q).await.expect("start"));
     assert_eq!(ids.len(), TASKS);
 
-    let w = Worker::builder(store)
+    let w = Worker::builder(store.clone())
         .queues([QUEUE])
         .queue_depth_interval(Duration::from_millis(20))
         .build()
@@ -180,6 +186,26 @@ async fn a_worker_emits_exact_counts_labels_and_samples() {
     let id = cancelled_early::start(&q).await.expect("start");
     q.cancel(id).await.expect("cancel");
     assert!(q.cancel(id).await.is_err());
+    // A running task cancelled twice: counted once (the second cancel changes nothing).
+    let id = cancelled_running::start(&q).await.expect("start");
+    let claimed = store
+        .claim(&taskq_runtime::store::ClaimRequest {
+            queues: vec![QUEUE.into()],
+            worker: "by hand".into(),
+            limit: 1,
+            lease: Duration::from_secs(600),
+            now: taskq_runtime::Timestamp::now(),
+        })
+        .await
+        .expect("claim");
+    assert_eq!(claimed.iter().map(|c| c.lease.id).collect::<Vec<_>>(), [id]);
+    for _ in 0..2 {
+        assert!(matches!(
+            q.cancel(id).await.expect("cancel"),
+            taskq_runtime::CancelOutcome::Requested
+                | taskq_runtime::CancelOutcome::AlreadyRequested
+        ));
+    }
     seen.take(&snapshotter);
 
     let count = |metric: &str, task: &str| {
@@ -195,6 +221,7 @@ async fn a_worker_emits_exact_counts_labels_and_samples() {
         ("doomed", [1, 2, 0, 1, 0, 1]),
         ("refused", [1, 1, 0, 0, 1, 0]),
         ("cancelled_early", [1, 0, 0, 0, 0, 0]),
+        ("cancelled_running", [1, 0, 0, 0, 0, 0]),
     ];
     for (task, want) in expected {
         let got = [
@@ -210,7 +237,7 @@ async fn a_worker_emits_exact_counts_labels_and_samples() {
             got, want,
             "{task}: started, claimed, done, retried, failed, dead"
         );
-        let cancelled = u64::from(task == "cancelled_early");
+        let cancelled = u64::from(task.starts_with("cancelled_"));
         assert_eq!(count(m::CANCELLED, task), cancelled, "{task}");
         let samples = |metric: &str| {
             seen.samples

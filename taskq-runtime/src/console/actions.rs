@@ -278,7 +278,8 @@ async fn cancel_task(
         Ok(outcome) => {
             let did = match outcome {
                 crate::store::CancelOutcome::Cancelled => "cancel-task",
-                crate::store::CancelOutcome::Requested => "cancel-requested",
+                crate::store::CancelOutcome::Requested
+                | crate::store::CancelOutcome::AlreadyRequested => "cancel-requested",
             };
             done(&chrome, &fields, page, did, None, 0)
         }

@@ -157,6 +157,29 @@ impl Inner {
     // and `index(id)`, and every row is indexed while it exists (`insert_row`,
     // `remove_row`).
 
+    /// Ends running task `id`, cancelled by a person, whose lease lapsed (its worker died
+    /// or stalled): cancelled, the lapse recorded ([`CANCEL_LAPSED`]).
+    fn end_cancel_lapsed(&mut self, id: i64, now: Timestamp) {
+        self.unindex(id);
+        if let Some(row) = self.tasks.get_mut(&id) {
+            row.attempts.push(AttemptInfo {
+                attempt: row.info.attempts,
+                worker: row.info.worker.clone().unwrap_or_default(),
+                started_at: row.started_at.unwrap_or(now),
+                finished_at: now,
+                outcome: CANCEL_LAPSED.0.into(),
+                error: Some(CANCEL_LAPSED.1.into()),
+            });
+            row.info.last_error = Some(CANCEL_LAPSED.1.into());
+            row.info.state = TaskState::Cancelled;
+            row.info.finished_at = Some(now);
+            row.info.worker = None;
+            row.info.lease_until = None;
+            row.info.cancel_requested = true;
+        }
+        self.index(id);
+    }
+
     fn unindex(&mut self, id: i64) {
         let Some(r) = self.tasks.get(&id) else { return };
         let (st, q) = (slot(r.info.state), &r.info.queue);
@@ -442,8 +465,18 @@ impl Store for MemoryStore {
         // out of allowance), merged in claim order, each queue up to its allowance
         // (concurrency and token bucket). Only these queues' due rows are read.
         let mut picks: Vec<i64> = Vec::new();
-        // Lapsed leases of tasks a person cancelled while they ran: ended, not taken.
-        let mut cancelled: Vec<i64> = Vec::new();
+        // Lapsed leases of tasks a person cancelled while they ran, in every queue (paused
+        // or not asked for: nothing runs, the cancel decided their end): ended, not taken.
+        let cancelled: Vec<i64> = g
+            .lanes
+            .values()
+            .flat_map(|lane| lane.leased.range(..=(now, i64::MAX)))
+            .map(|(_, id)| *id)
+            .filter(|id| g.tasks.get(id).is_some_and(|r| r.info.cancel_requested))
+            .collect();
+        for id in cancelled {
+            g.end_cancel_lapsed(id, now);
+        }
         {
             let mut names: Vec<String> = if req.queues.is_empty() {
                 g.lanes.keys().cloned().collect()
@@ -464,12 +497,9 @@ impl Store for MemoryStore {
                     .leased
                     .range(..=(now, i64::MAX))
                     .filter_map(|(_, id)| {
-                        let r = g.tasks.get(id)?;
-                        if r.info.cancel_requested {
-                            cancelled.push(*id);
-                            return None;
-                        }
-                        Some((Reverse(r.info.priority), r.info.run_at, *id))
+                        g.tasks
+                            .get(id)
+                            .map(|r| (Reverse(r.info.priority), r.info.run_at, *id))
                     })
                     .collect();
                 lapsed.sort_unstable();
@@ -500,25 +530,6 @@ impl Store for MemoryStore {
                     g.buckets.insert(queue, b);
                 }
             }
-        }
-        for id in cancelled {
-            g.unindex(id);
-            if let Some(row) = g.tasks.get_mut(&id) {
-                row.attempts.push(AttemptInfo {
-                    attempt: row.info.attempts,
-                    worker: row.info.worker.clone().unwrap_or_default(),
-                    started_at: row.started_at.unwrap_or(now),
-                    finished_at: now,
-                    outcome: CANCEL_LAPSED.0.into(),
-                    error: Some(CANCEL_LAPSED.1.into()),
-                });
-                row.info.last_error = Some(CANCEL_LAPSED.1.into());
-                row.info.state = TaskState::Cancelled;
-                row.info.finished_at = Some(now);
-                row.info.worker = None;
-                row.info.lease_until = None;
-            }
-            g.index(id);
         }
         let mut out = Vec::with_capacity(picks.len());
         for id in picks {
@@ -1105,6 +1116,12 @@ impl Store for MemoryStore {
                     g.index(id.0);
                     CancelOutcome::Cancelled
                 }
+                // Its worker is gone (the lease lapsed): nothing is left to tell.
+                TaskState::Running if r.info.lease_until.is_none_or(|t| t <= now) => {
+                    g.end_cancel_lapsed(id.0, now);
+                    CancelOutcome::Cancelled
+                }
+                TaskState::Running if r.info.cancel_requested => CancelOutcome::AlreadyRequested,
                 TaskState::Running => {
                     if let Some(r) = g.tasks.get_mut(&id.0) {
                         r.info.cancel_requested = true;

@@ -517,14 +517,18 @@ pub struct TaskInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CancelOutcome {
-    /// The task was pending: it is cancelled now and will not run.
+    /// The task was pending, or running with its lease lapsed (its worker is gone): it is
+    /// cancelled now and will not run.
     Cancelled,
     /// The task was running: the cancel is stored; its worker is told
     /// (`ctx.is_cancelled()`) at its next lease renewal (sooner where the store can notify,
     /// [`Store::wait_for_cancel`]), stops it after its cancel grace, and the task ends
-    /// cancelled whatever the attempt returns. Also the answer to a second cancel of a task
-    /// that is still running.
+    /// cancelled whatever the attempt returns.
     Requested,
+    /// The task is running and its cancel was requested before: nothing changed (a second
+    /// cancel, counted once in the metrics). `already_requested` in JSON.
+    #[serde(rename = "already_requested")]
+    AlreadyRequested,
 }
 
 /// What [`Store::renew`] answers: the leases it could not extend and, among those it did,
@@ -1079,8 +1083,13 @@ pub trait Store: Send + Sync + 'static {
     ///   recorded; [`CancelOutcome::Cancelled`];
     /// - running: it is marked (`cancel_requested`, reported by [`Store::renew`], and waking
     ///   [`Store::wait_for_cancel`]); its attempt's outcome is then recorded as cancelled
-    ///   whatever it is, and a claim that finds its lease lapsed ends it cancelled instead
-    ///   of taking it; [`CancelOutcome::Requested`] (also for a second cancel).
+    ///   whatever it is, and any claim that finds its lease lapsed (whatever the claim's
+    ///   queues, paused ones included) ends it cancelled instead of taking it;
+    ///   [`CancelOutcome::Requested`] ([`CancelOutcome::AlreadyRequested`] for a second
+    ///   cancel: nothing changes);
+    /// - running with its lease lapsed at `now` (its worker died or stalled): it ends
+    ///   cancelled now, the lapse recorded as its attempt
+    ///   ([`policy::CANCEL_LAPSED`](crate::policy::CANCEL_LAPSED)); [`CancelOutcome::Cancelled`].
     ///
     /// An attempt whose outcome was recorded before the cancel keeps it: a task already
     /// done is refused, one pending again for a retry is cancelled as pending.

@@ -12,7 +12,7 @@ use taskq_runtime::{CancelOutcome, TaskId, Timestamp};
 use super::{at, finish_one, iteration_task, new_task, race_rounds, req, state_of};
 
 /// The counts `queues()` keeps for `queue`, against a count of the listed tasks.
-async fn counts_agree(s: &dyn Store, queue: &str) {
+pub(super) async fn counts_agree(s: &dyn Store, queue: &str) {
     let q = s.queues().await.expect("queues");
     let info = q.iter().find(|i| i.name == queue).expect("the queue");
     for state in TaskState::ALL {
@@ -121,7 +121,7 @@ pub async fn cancelling_a_running_task_cancels_its_attempt_whatever_it_returns(s
         );
         assert_eq!(
             s.cancel(id, at(3)).await.expect("a second cancel"),
-            CancelOutcome::Requested
+            CancelOutcome::AlreadyRequested
         );
         let d = s.task(id).await.expect("task").expect("exists");
         assert_eq!(d.info.state, TaskState::Running);
@@ -269,6 +269,9 @@ pub async fn cancel_racing_a_finish_is_one_or_the_other(s: Arc<dyn Store>) {
                 );
                 assert_eq!(d.info.state, TaskState::Done, "round {round}");
                 assert_eq!(labels, ["done"], "round {round}");
+            }
+            Ok(CancelOutcome::AlreadyRequested) => {
+                panic!("round {round}: a first cancel cannot find the task marked")
             }
             Err(e) => panic!("round {round}: the cancel failed: {e}"),
         }

@@ -586,43 +586,74 @@ pub(super) async fn cancel_iteration(
 }
 
 /// Cancels a task that is not a step (see [`Store::cancel`](crate::store::Store::cancel)),
-/// in one statement: a pending task ends cancelled, a running one is marked and
-/// [`CANCEL_CHANNEL`](super::CANCEL_CHANNEL) is notified at its commit. The row's state is
-/// read by the update itself, so a finish or claim committed meanwhile is seen (a task
-/// pending again for a retry is cancelled as pending).
+/// in one statement: a pending task, or a running one whose lease lapsed, ends cancelled;
+/// a running one is marked and [`CANCEL_CHANNEL`](super::CANCEL_CHANNEL) is notified at
+/// its commit (not again for a second cancel). The row is read locked, so a finish or
+/// claim committed meanwhile is seen (a task pending again for a retry is cancelled as
+/// pending).
 pub(super) async fn cancel(
     s: &PostgresStore,
     id: TaskId,
     now: Timestamp,
 ) -> Result<CancelOutcome, StoreError> {
+    // `o` locks the row and reads it as it is now (a finish or claim committed meanwhile is
+    // seen): whether it was marked before (a second cancel changes nothing) and whether
+    // its lease has lapsed (its worker is gone: ended now, the lapse recorded in `att`, as
+    // a claim would).
     let sql = s.sql(&format!(
-        "WITH t AS (UPDATE {{S}}.taskq_tasks t SET \
-                 state = CASE WHEN t.state = 'pending' THEN 'cancelled' ELSE t.state END, \
-                 finished_at = CASE WHEN t.state = 'pending' THEN $2::int8 \
+        "WITH o AS (SELECT t.id, t.state, t.cancel_requested AS was, t.attempts, t.worker, \
+                     t.started_at, \
+                     t.state = 'running' AND COALESCE(t.lease_until <= $2::int8, true) AS lapsed \
+                 FROM {{S}}.taskq_tasks t \
+                 WHERE t.id = $1::int8 AND t.state IN ('pending', 'running') \
+                   AND t.run_id IS NULL \
+                 FOR UPDATE), \
+              t AS (UPDATE {{S}}.taskq_tasks t SET \
+                 state = CASE WHEN o.state = 'pending' OR o.lapsed THEN 'cancelled' \
+                              ELSE t.state END, \
+                 finished_at = CASE WHEN o.state = 'pending' OR o.lapsed THEN $2::int8 \
                                     ELSE t.finished_at END, \
-                 last_error = CASE WHEN t.state = 'pending' THEN $3::text \
-                                   ELSE t.last_error END, \
-                 cancel_requested = t.cancel_requested OR t.state = 'running' \
-             WHERE t.id = $1::int8 AND t.state IN ('pending', 'running') \
-               AND t.run_id IS NULL \
-             RETURNING t.id, t.queue, t.state), \
+                 last_error = CASE WHEN o.state = 'pending' THEN $3::text \
+                                   WHEN o.lapsed THEN $4::text ELSE t.last_error END, \
+                 worker = CASE WHEN o.lapsed THEN NULL ELSE t.worker END, \
+                 lease_until = CASE WHEN o.lapsed THEN NULL ELSE t.lease_until END, \
+                 cancel_requested = t.cancel_requested OR o.state = 'running' \
+             FROM o WHERE t.id = o.id \
+             RETURNING t.id, t.queue, t.state, o.was), \
+              att AS (INSERT INTO {{S}}.taskq_attempts \
+                 (task_id, attempt, worker, started_at, finished_at, outcome, error) \
+                 SELECT o.id, o.attempts, COALESCE(o.worker, ''), \
+                        COALESCE(o.started_at, $2::int8), $2::int8, $5::text, $4::text \
+                 FROM o WHERE o.lapsed), \
               {counted} \
-         SELECT t.state, n.n FROM t \
+         SELECT t.state, t.was, n.n FROM t \
          LEFT JOIN LATERAL (SELECT pg_notify('{channel}', t.id::text) AS n \
-                            WHERE t.state = 'running') n ON true",
+                            WHERE t.state = 'running' AND NOT t.was) n ON true",
         counted = counted("counted", "t", "queue", "state", '+'),
         channel = super::CANCEL_CHANNEL,
     ));
     let mut c = s.pool.get().await?;
     let st = c.prep(&sql).await?;
     let client = c.client()?;
+    let (label, error) = crate::policy::CANCEL_LAPSED;
     let r = client
-        .query_opt(&st, &[&id.0, &now.0, &crate::policy::CANCELLED_PENDING])
+        .query_opt(
+            &st,
+            &[
+                &id.0,
+                &now.0,
+                &crate::policy::CANCELLED_PENDING,
+                &error,
+                &label,
+            ],
+        )
         .await;
     if let Some(row) = c.check(r)? {
         let state: String = row.get(0);
-        return Ok(match state.as_str() {
-            "running" => CancelOutcome::Requested,
+        let was: bool = row.get(1);
+        return Ok(match (state.as_str(), was) {
+            ("running", false) => CancelOutcome::Requested,
+            ("running", true) => CancelOutcome::AlreadyRequested,
             _ => CancelOutcome::Cancelled,
         });
     }

@@ -37,8 +37,6 @@ struct Candidate {
     priority: i64,
     run_at: i64,
     running: bool,
-    /// A lapsed lease of a task a person cancelled while it ran: ended, not taken.
-    cancel: bool,
 }
 
 /// Every queue's settings and bucket, by name.
@@ -83,9 +81,14 @@ fn claim_queues(tx: &rusqlite::Transaction<'_>, asked: &[String]) -> R<Vec<Strin
             .cloned()
             .collect());
     }
-    // Distinct queues of live tasks, walking the claim index one queue at a time.
+    queues_of(tx, &["pending", "running"])
+}
+
+/// The distinct queues of the tasks in `states`, walking the claim index one queue at a
+/// time.
+fn queues_of(tx: &rusqlite::Transaction<'_>, states: &[&str]) -> R<Vec<String>> {
     let mut out = Vec::new();
-    for state in ["pending", "running"] {
+    for state in states {
         let mut st = tx.prepare_cached(
             "SELECT queue FROM taskq_tasks WHERE state = ?1 AND queue > ?2 ORDER BY queue LIMIT 1",
         )?;
@@ -96,10 +99,10 @@ fn claim_queues(tx: &rusqlite::Transaction<'_>, asked: &[String]) -> R<Vec<Strin
                 tx.prepare_cached(
                     "SELECT queue FROM taskq_tasks WHERE state = ?1 ORDER BY queue LIMIT 1",
                 )?
-                .query_row([state], |r| r.get(0))
+                .query_row([*state], |r| r.get(0))
                 .optional()?
             } else {
-                st.query_row(params![state, last], |r| r.get(0))
+                st.query_row(params![*state, last], |r| r.get(0))
                     .optional()?
             };
             first = false;
@@ -170,7 +173,6 @@ fn due_pending(
                 priority: r.get(1)?,
                 run_at: r.get(2)?,
                 running: false,
-                cancel: false,
             })
         })?;
         for c in rows {
@@ -193,6 +195,7 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
     if limit == 0 {
         return Ok(Vec::new());
     }
+    end_cancel_lapsed(tx, now)?;
     let mut queues = load_queues(tx)?;
     let names = claim_queues(tx, &req.queues)?;
 
@@ -208,13 +211,11 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
         // prefers the index that gives the order; the `IS NULL` half is a seek of its own
         // (a claim always sets the lease, but a row without one still counts as lapsed).
         let mut lapsed = tx.prepare_cached(
-            "SELECT id, priority, run_at, cancel_requested FROM (
-                 SELECT id, priority, run_at, cancel_requested FROM taskq_tasks
-                 INDEXED BY taskq_tasks_lease
+            "SELECT id, priority, run_at FROM (
+                 SELECT id, priority, run_at FROM taskq_tasks INDEXED BY taskq_tasks_lease
                  WHERE state = 'running' AND queue = ?1 AND lease_until IS NULL
                  UNION ALL
-                 SELECT id, priority, run_at, cancel_requested FROM taskq_tasks
-                 INDEXED BY taskq_tasks_lease
+                 SELECT id, priority, run_at FROM taskq_tasks INDEXED BY taskq_tasks_lease
                  WHERE state = 'running' AND queue = ?1 AND lease_until <= ?2)
              ORDER BY priority DESC, run_at, id LIMIT ?3",
         )?;
@@ -239,36 +240,12 @@ pub(super) fn claim(tx: &rusqlite::Transaction<'_>, req: &ClaimRequest) -> R<Vec
                     priority: r.get(1)?,
                     run_at: r.get(2)?,
                     running: true,
-                    cancel: r.get(3)?,
                 })
             })?;
             for c in rows {
                 cands.push(c?);
             }
         }
-    }
-    // Lapsed leases of cancelled tasks end cancelled here (the policy's `CANCEL_LAPSED`),
-    // in this claim's transaction, instead of being taken.
-    if cands.iter().any(|c| c.cancel) {
-        let mut tally = Tally::default();
-        let mut record = tx.prepare_cached(
-            "INSERT INTO taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
-             SELECT id, attempts, COALESCE(worker, ''), COALESCE(started_at, ?2), ?2, ?3, ?4
-             FROM taskq_tasks WHERE id = ?1",
-        )?;
-        let mut end = tx.prepare_cached(
-            "UPDATE taskq_tasks SET state = 'cancelled', finished_at = ?2, worker = NULL,
-                 lease_until = NULL, last_error = ?3
-             WHERE id = ?1",
-        )?;
-        let (label, error) = crate::policy::CANCEL_LAPSED;
-        for c in cands.iter().filter(|c| c.cancel) {
-            record.execute(params![c.id, now, label, error])?;
-            end.execute(params![c.id, now, error])?;
-            tally.moved(&c.queue, TaskState::Running, TaskState::Cancelled);
-        }
-        tally.write(tx)?;
-        cands.retain(|c| !c.cancel);
     }
     cands.sort_by(|a, b| {
         b.priority
@@ -470,4 +447,55 @@ pub(super) fn next_due(tx: &rusqlite::Transaction<'_>, queues: &[String]) -> R<O
         best = best.into_iter().chain(l).min();
     }
     Ok(best.map(Timestamp))
+}
+
+/// Ends the running tasks a person cancelled whose lease lapsed (their worker died or
+/// stalled), in every queue, paused or not, whether this claim covers it or not: the
+/// cancel decided their end and nothing runs (the policy's `CANCEL_LAPSED`). One seek of
+/// the lease index per queue with running tasks, reading only lapsed rows.
+fn end_cancel_lapsed(tx: &rusqlite::Transaction<'_>, now: i64) -> R<()> {
+    let mut lapsed = tx.prepare_cached(
+        "SELECT id FROM taskq_tasks INDEXED BY taskq_tasks_lease
+         WHERE state = 'running' AND queue = ?1 AND lease_until IS NULL AND cancel_requested
+         UNION ALL
+         SELECT id FROM taskq_tasks INDEXED BY taskq_tasks_lease
+         WHERE state = 'running' AND queue = ?1 AND lease_until <= ?2 AND cancel_requested",
+    )?;
+    let mut tally = Tally::default();
+    for queue in queues_of(tx, &["running"])? {
+        let ids: Vec<i64> = lapsed
+            .query_map(params![queue, now], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for id in ids {
+            end_cancelled_running(tx, id, &queue, now, &mut tally)?;
+        }
+    }
+    tally.write(tx)
+}
+
+/// Ends running task `id` of `queue`, cancelled by a person, whose lease lapsed:
+/// cancelled, the lapse recorded as its attempt ([`CANCEL_LAPSED`](crate::policy::CANCEL_LAPSED)).
+/// The caller writes `tally`.
+pub(super) fn end_cancelled_running(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    queue: &str,
+    now: i64,
+    tally: &mut Tally,
+) -> R<()> {
+    let (label, error) = crate::policy::CANCEL_LAPSED;
+    tx.prepare_cached(
+        "INSERT INTO taskq_attempts (task_id, attempt, worker, started_at, finished_at, outcome, error)
+         SELECT id, attempts, COALESCE(worker, ''), COALESCE(started_at, ?2), ?2, ?3, ?4
+         FROM taskq_tasks WHERE id = ?1",
+    )?
+    .execute(params![id, now, label, error])?;
+    tx.prepare_cached(
+        "UPDATE taskq_tasks SET state = 'cancelled', finished_at = ?2, worker = NULL,
+             lease_until = NULL, last_error = ?3, cancel_requested = 1
+         WHERE id = ?1",
+    )?
+    .execute(params![id, now, error])?;
+    tally.moved(queue, TaskState::Running, TaskState::Cancelled);
+    Ok(())
 }

@@ -557,11 +557,18 @@ pub(super) fn cancel(
     id: TaskId,
     now: Timestamp,
 ) -> R<CancelOutcome> {
-    let row: Option<(String, String, Option<i64>)> = tx
-        .prepare_cached("SELECT state, queue, run_id FROM taskq_tasks WHERE id = ?1")?
-        .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    type Row = (String, String, Option<i64>, bool, Option<i64>);
+    let row: Option<Row> = tx
+        .prepare_cached(
+            "SELECT state, queue, run_id, cancel_requested, lease_until FROM taskq_tasks
+             WHERE id = ?1",
+        )?
+        .query_row([id.0], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()?;
-    let (state, queue, run) = row.ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+    let (state, queue, run, requested, lease_until) =
+        row.ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
     if let Some(run) = run {
         return Err(StoreError::Conflict(format!(
             "task {id} is a step of iteration run {run}: cancel the run"
@@ -580,6 +587,14 @@ pub(super) fn cancel(
             tally.write(tx)?;
             Ok(CancelOutcome::Cancelled)
         }
+        // Its worker is gone (the lease lapsed): nothing is left to tell.
+        TaskState::Running if lease_until.is_none_or(|t| t <= now.0) => {
+            let mut tally = Tally::default();
+            super::claim::end_cancelled_running(tx, id.0, &queue, now.0, &mut tally)?;
+            tally.write(tx)?;
+            Ok(CancelOutcome::Cancelled)
+        }
+        TaskState::Running if requested => Ok(CancelOutcome::AlreadyRequested),
         TaskState::Running => {
             tx.prepare_cached("UPDATE taskq_tasks SET cancel_requested = 1 WHERE id = ?1")?
                 .execute([id.0])?;
