@@ -495,6 +495,7 @@ async fn version_1_jsonb_columns_migrate_to_json() {
     let types: Vec<String> = c
         .query(
             "SELECT data_type FROM information_schema.columns WHERE table_schema = $1
+             AND table_name IN ('taskq_tasks', 'taskq_iterations')
              AND column_name IN ('payload', 'filter', 'cursor') ORDER BY table_name, column_name",
             &[&schema],
         )

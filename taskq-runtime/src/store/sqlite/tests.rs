@@ -104,6 +104,7 @@ async fn tombstones_only_for_names_and_migrated_from_v1() -> Result<(), StoreErr
              ALTER TABLE taskq_queues DROP COLUMN keep_done_ms;
              ALTER TABLE taskq_queues DROP COLUMN keep_failed_ms;
              ALTER TABLE taskq_tasks DROP COLUMN trace;
+             DROP TABLE taskq_schedules;
              DELETE FROM taskq_schema WHERE version > 1;",
         )
         .map_err(StoreError::backend)?;
@@ -398,6 +399,7 @@ async fn counts_are_backfilled_by_the_migration() -> Result<(), StoreError> {
              DROP INDEX taskq_tasks_finished_queue; DROP INDEX taskq_tasks_finished_task;
              CREATE INDEX taskq_tasks_due ON taskq_tasks (state, run_at);
              ALTER TABLE taskq_tasks DROP COLUMN trace;
+             DROP TABLE taskq_schedules;
              DELETE FROM taskq_schema WHERE version > 3;",
         )
         .map_err(StoreError::backend)?;
