@@ -550,7 +550,17 @@ pub(crate) async fn fire_due(
                     },
                     now,
                 )
-                .await?;
+                .await;
+            let fired = match fired {
+                Ok(f) => f,
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    // One schedule the store refuses (a value it cannot hold) must not
+                    // keep the others from firing: logged, and tried again next pass.
+                    tracing::warn!(schedule = %s.name, error = %e, "taskq: the store refused a schedule's fire");
+                    continue;
+                }
+            };
             next = Some(next_tick);
             if let Some(ids) = fired {
                 if p.dropped > 0 {

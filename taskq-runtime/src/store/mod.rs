@@ -1182,13 +1182,13 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- periodic tasks (`crate::schedule`) ------------------------------------------
 
-    /// Creates or updates schedules, all or none, in one transaction. A new one is stored
+    /// Creates or updates schedules, all or none. A new one is stored
     /// unpaused with `next_tick` and no last tick; an existing one takes the new task,
     /// queue, priority, arguments, policy and origin, keeps its pause, its last tick and
     /// last task, and takes the new expression, time zone and `next_tick` only when the
     /// expression or the time zone changed. With `known_tasks` (what a starting worker
-    /// knows), every schedule's `task_missing` is set to whether its task is absent from
-    /// the list. Names and arguments are checked first ([`StoreError::InvalidValue`]).
+    /// knows), every schedule's `task_missing` is then set to whether its task is absent
+    /// from the list (a write of its own on PostgreSQL). Names and arguments are checked first ([`StoreError::InvalidValue`]).
     async fn upsert_schedules(
         &self,
         schedules: Vec<NewSchedule>,
