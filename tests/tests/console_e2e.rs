@@ -3,8 +3,9 @@
 //! front of a SQLite file while a worker runs.
 //!
 //! A person signs in with user and password, opens the dead tasks, opens the dead one, asks
-//! to retry it, and sees it done. On the way the browser saves screenshots of the queues
-//! page and of an iterative run in progress under `target/console-screenshots/`.
+//! to retry it, and sees it done; then on the Schedules page runs a schedule's task now
+//! and pauses the schedule. On the way the browser saves screenshots of the queues page,
+//! of an iterative run in progress and of the schedules under `target/console-screenshots/`.
 //!
 //! Needs Chromium and chromedriver (Debian's `chromium` and `chromium-driver`; the test
 //! command installs them through `.ci/chromium.sh`). `TASKQ_TEST_CHROMEDRIVER` names the
@@ -21,7 +22,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde::{Deserialize, Serialize};
 use taskq_runtime::console::{self, ConsoleConfig};
-use taskq_runtime::{iterative_task, task, Model, Queue, TaskError, TaskState, Worker};
+use taskq_runtime::{iterative_task, task, Model, Queue, TaskError, TaskQuery, TaskState, Worker};
 use taskq_tests::wait_until;
 
 /// Whether `send_report` fails (for good) at its next attempt.
@@ -346,6 +347,56 @@ async fn sign_in_find_a_dead_task_retry_it_and_see_it_done() {
     );
     assert_ne!(c.title().await.expect("title"), "owned");
 
+    // A schedule: its row on the Schedules page, Run now starts its task (with its stored
+    // arguments) at once, Pause pauses it.
+    send_report::schedule("monthly-report", "0 9 1 * *", "2026-12".into())
+        .timezone("Europe/Paris")
+        .register(&queue)
+        .await
+        .expect("register the schedule");
+    c.goto(&format!("{base}/schedules")).await.expect("goto");
+    let row = r#"tr[data-schedule="monthly-report"]"#;
+    assert!(text_of(&c, row).await.contains("Europe/Paris"));
+    let schedules_png = save_screenshot(&c, "schedules.png").await;
+    c.find(Locator::Css(&format!("{row} button.schedule-run-button")))
+        .await
+        .expect("the Run now button")
+        .click()
+        .await
+        .expect("click");
+    wait_until(
+        "the schedule's task to run",
+        Duration::from_secs(30),
+        || async {
+            let done = TaskQuery {
+                task: Some(send_report::NAME.into()),
+                state: Some(TaskState::Done),
+                args_contains: Some("2026-12".into()),
+                ..TaskQuery::default()
+            };
+            queue.list(&done).await.is_ok_and(|l| l.len() == 1)
+        },
+    )
+    .await;
+    c.goto(&format!("{base}/schedules")).await.expect("goto");
+    c.find(Locator::Css(&format!("{row} button.schedule-pause-button")))
+        .await
+        .expect("the Pause button")
+        .click()
+        .await
+        .expect("click");
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(&format!("{row}.schedule-paused")))
+        .await
+        .expect("the row shows the schedule paused");
+    assert!(queue
+        .schedules()
+        .await
+        .expect("schedules")
+        .iter()
+        .any(|s| s.name == "monthly-report" && s.paused));
+
     c.close().await.expect("close the browser");
     let _ = stop.send(());
     server
@@ -356,8 +407,9 @@ async fn sign_in_find_a_dead_task_retry_it_and_see_it_done() {
     let _ = queue.cancel_iteration(run).await;
     worker.shutdown().await.expect("shutdown");
     eprintln!(
-        "screenshots: {} and {}",
+        "screenshots: {}, {} and {}",
         queues_png.display(),
-        run_png.display()
+        run_png.display(),
+        schedules_png.display()
     );
 }
