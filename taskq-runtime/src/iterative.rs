@@ -3,7 +3,6 @@
 //! slice; then hand over to a continuation step. The run is done when the model returns
 //! nothing after the cursor (a short batch is not the end).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::error::{DecodeError, TaskError};
@@ -138,18 +137,15 @@ fn refused(e: StoreError) -> Result<Completion, TaskError> {
 /// Every call of the user's function comes right after the store confirmed that the step
 /// still holds its lease and its run is running: before the first batch by
 /// [`Store::confirm`](crate::store::Store::confirm), before each later one by the
-/// checkpoint of the batch before it. So once a cancel has returned, the function is not
-/// called again for the run; the batch in flight at the cancel finishes, and its
-/// checkpoint is refused.
+/// checkpoint of the batch before it, which is therefore written after the next batch is
+/// read. So once a cancel has returned, the function is not called again for the run; the
+/// batch in flight at the cancel finishes, and its checkpoint is refused.
 ///
-/// The next batch is read ahead, while the function runs on this one and this one's
-/// checkpoint is written (the cursor of the next read is this batch's last key, known
-/// before the call): a step waits for the longer of the read and the call plus its
-/// checkpoint, not their sum, and holds at most two batches. When the read ends after the
-/// checkpoint began, a [`Store::confirm`](crate::store::Store::confirm) follows it, so
-/// the last word before a call is always the store's. A read-ahead is only a read; it is
-/// dropped unused when the step hands over (its time slice is used, or it was told to
-/// stop during the call) or its checkpoint is refused.
+/// The next batch is read ahead, while the function runs on this one (the cursor of the
+/// next read is this batch's last key, known before the call): a step waits for the
+/// longer of the read and the call, then the checkpoint, and holds at most two batches.
+/// A read-ahead is only a read; it is dropped unused when the step hands over (its time
+/// slice is used, or it was told to stop during the call).
 #[allow(clippy::too_many_arguments)]
 async fn run_step<M: Model, A: Send + 'static>(
     ctx: Context,
@@ -210,30 +206,19 @@ async fn run_step<M: Model, A: Send + 'static>(
             total: if first { total } else { None },
         };
         first = false;
-        // Read ahead unless the step is handing over already; the call and then this
-        // batch's checkpoint run meanwhile.
+        // Read ahead unless the step is handing over already, while the function runs.
+        // The checkpoint waits for both: it fails once the run has ended, so written
+        // after the read it stays the last word before the next call.
         let read_ahead = !(ctx.inner.clock.now() >= slice_end || ctx.is_cancelled());
-        let read_finished = AtomicBool::new(false);
-        let (done, next) = tokio::join!(
-            async {
-                call(ctx.clone(), batch, a).await?;
-                // A checkpoint begun after the read-ahead ended is the last word before
-                // the next call; otherwise a confirm after the read is.
-                let last_word = !read_ahead || read_finished.load(Ordering::SeqCst);
-                let written = store.checkpoint(lease, cp, ctx.inner.clock.now()).await;
-                Ok::<_, TaskError>((written, last_word))
-            },
-            async {
-                if !read_ahead {
-                    return None;
-                }
-                let read = M::batch(source, &filter, Some(&last_key), batch_size).await;
-                read_finished.store(true, Ordering::SeqCst);
-                Some(read)
+        let (called, next) = tokio::join!(call(ctx.clone(), batch, a), async {
+            if read_ahead {
+                Some(M::batch(source, &filter, Some(&last_key), batch_size).await)
+            } else {
+                None
             }
-        );
-        let (written, last_word) = done?;
-        match written {
+        });
+        called?;
+        match store.checkpoint(lease, cp, ctx.inner.clock.now()).await {
             Ok(()) => ctx.inner.progressed.set(),
             Err(e) => return refused(e),
         }
@@ -241,11 +226,6 @@ async fn run_step<M: Model, A: Send + 'static>(
         match next {
             Some(next) if !hand_over => batch = next?,
             _ => return Ok(Completion::Continue),
-        }
-        if !last_word && !batch.is_empty() {
-            if let Err(e) = store.confirm(lease).await {
-                return refused(e);
-            }
         }
         if batch.is_empty() {
             return Ok(Completion::Done);
