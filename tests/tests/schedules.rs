@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use taskq_runtime::schedule::Cron;
 use taskq_runtime::testing::Harness;
 use taskq_runtime::{task, CatchUp, Schedule, TaskError, TaskQuery, Timestamp};
 
@@ -320,5 +321,95 @@ async fn run_now_pause_resume_change_and_remove() {
         bad.as_ref()
             .is_err_and(|e| e.to_string().contains("unknown time zone `Paris`")),
         "{bad:?}"
+    );
+}
+
+/// The ticks of `expression` in `zone` after `from` and before `to`, as the tick policy
+/// computes them (the harness's clock cannot go back to the years these zones changed
+/// at midnight: São Paulo has had no daylight saving since 2019).
+fn daily_ticks(expression: &str, zone: &str, from: &str, to: &str) -> Vec<Timestamp> {
+    let cron = Cron::parse(expression, zone).expect("parses");
+    let mut out = Vec::new();
+    let mut t = ts(from);
+    while let Some(next) = cron.next_after(t).filter(|n| *n < ts(to)) {
+        assert!(out.len() < 10, "a runaway: {out:?}");
+        out.push(next);
+        t = next;
+    }
+    out
+}
+
+/// Daylight-saving changes at midnight: a daily midnight fires once on each day, at the
+/// first instant after a gap (00:00 does not exist) and at the first of two midnights.
+#[test]
+fn a_daily_midnight_fires_once_when_the_change_is_at_midnight() {
+    // São Paulo, 2018-11-04: 00:00 -03 became 01:00 -02.
+    assert_eq!(
+        daily_ticks(
+            "0 0 * * *",
+            "America/Sao_Paulo",
+            "2018-11-02T12:00:00Z",
+            "2018-11-05T12:00:00Z"
+        ),
+        vec![
+            ts("2018-11-03T03:00:00Z"),
+            ts("2018-11-04T03:00:00Z"), // 01:00 -02, the first instant of the day
+            ts("2018-11-05T02:00:00Z"),
+        ]
+    );
+    // São Paulo, 2019-02-17: 00:00 -02 became 23:00 -03 on the 16th (23:00 twice).
+    assert_eq!(
+        daily_ticks(
+            "0 0 * * *",
+            "America/Sao_Paulo",
+            "2019-02-15T12:00:00Z",
+            "2019-02-18T12:00:00Z"
+        ),
+        vec![
+            ts("2019-02-16T02:00:00Z"),
+            ts("2019-02-17T03:00:00Z"),
+            ts("2019-02-18T03:00:00Z"),
+        ]
+    );
+    assert_eq!(
+        daily_ticks(
+            "0 23 * * *",
+            "America/Sao_Paulo",
+            "2019-02-15T12:00:00Z",
+            "2019-02-18T12:00:00Z"
+        ),
+        vec![
+            ts("2019-02-16T01:00:00Z"),
+            ts("2019-02-17T01:00:00Z"), // the first 23:00 (-02), not the second
+            ts("2019-02-18T02:00:00Z"),
+        ]
+    );
+    // Havana, 2023-03-12: 00:00 CST became 01:00 CDT.
+    assert_eq!(
+        daily_ticks(
+            "0 0 * * *",
+            "America/Havana",
+            "2023-03-10T12:00:00Z",
+            "2023-03-13T12:00:00Z"
+        ),
+        vec![
+            ts("2023-03-11T05:00:00Z"),
+            ts("2023-03-12T05:00:00Z"), // 01:00 CDT
+            ts("2023-03-13T04:00:00Z"),
+        ]
+    );
+    // Havana, 2023-11-05: 01:00 CDT became 00:00 CST: midnight happened twice.
+    assert_eq!(
+        daily_ticks(
+            "0 0 * * *",
+            "America/Havana",
+            "2023-11-03T12:00:00Z",
+            "2023-11-06T12:00:00Z"
+        ),
+        vec![
+            ts("2023-11-04T04:00:00Z"),
+            ts("2023-11-05T04:00:00Z"), // the first midnight (CDT), not the second
+            ts("2023-11-06T05:00:00Z"),
+        ]
     );
 }
