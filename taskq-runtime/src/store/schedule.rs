@@ -86,7 +86,10 @@ pub struct Fire {
     pub tasks: Vec<NewTask>,
 }
 
-/// Checks a schedule's names as every store's do their task and queue names.
+/// Checks a schedule's names as every store's do their task and queue names, and its
+/// arguments as [`check_new_tasks`](super::check_new_tasks) does a payload (nested at most
+/// [`MAX_DEPTH`](crate::value::MAX_DEPTH) levels, at most
+/// [`MAX_PAYLOAD_BYTES`](crate::value::MAX_PAYLOAD_BYTES) of JSON).
 pub(crate) fn check_new_schedule(s: &NewSchedule) -> Result<(), StoreError> {
     check_name("schedule name", &s.name)?;
     check_name("task name", &s.task)?;
@@ -99,5 +102,9 @@ pub(crate) fn check_new_schedule(s: &NewSchedule) -> Result<(), StoreError> {
             s.name, s.payload
         )));
     }
-    Ok(())
+    // As a task's payload at enqueue: else every tick's enqueue would refuse them, and a
+    // database store could not read the row back (serde_json's nesting limit).
+    let what = || format!("the arguments of schedule `{}`", s.name);
+    super::check_depth(what, &s.payload)?;
+    super::check_size(what, &s.payload, false)
 }
