@@ -413,3 +413,55 @@ fn a_daily_midnight_fires_once_when_the_change_is_at_midnight() {
         ]
     );
 }
+
+/// A declared schedule whose task no longer declares `cron` (the key was removed from
+/// `#[task]`) is removed when a worker that knows the task starts: every worker knows
+/// the task, so it would otherwise fire for ever. A run-time schedule of that task stays.
+#[tokio::test]
+async fn a_declared_schedule_whose_task_lost_its_cron_is_removed_at_start() {
+    use taskq_runtime::store::NewSchedule;
+    let h = harness_at("2027-01-10T00:30:00Z");
+    let q = h.queue();
+    // What a worker of the previous version (`#[task(cron = "0 * * * *")] async fn tick`)
+    // registered.
+    q.store()
+        .upsert_schedules(
+            vec![NewSchedule {
+                name: tick::NAME.into(),
+                task: tick::NAME.into(),
+                queue: "default".into(),
+                priority: 0,
+                payload: serde_json::json!({}),
+                cron: "0 * * * *".into(),
+                timezone: "UTC".into(),
+                catch_up: CatchUp::Last,
+                declared: true,
+                next_tick: ts("2027-01-10T01:00:00Z"),
+            }],
+            None,
+        )
+        .await
+        .expect("the old declared schedule");
+    Schedule::new("hourly-at-run-time", "30 * * * *", tick::NAME)
+        .register(&q)
+        .await
+        .expect("register");
+    h.run_until(ts("2027-01-10T03:15:00Z")).await.expect("run");
+    assert_eq!(
+        ticks_of(&h, tick::NAME).await,
+        vec![ts("2027-01-10T01:30:00Z"), ts("2027-01-10T02:30:00Z")],
+        "only the run-time schedule fires"
+    );
+    let names: Vec<String> = q
+        .schedules()
+        .await
+        .expect("schedules")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert!(!names.contains(&tick::NAME.to_string()), "{names:?}");
+    assert!(
+        names.contains(&"hourly-at-run-time".to_string()),
+        "{names:?}"
+    );
+}
