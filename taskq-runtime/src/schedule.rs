@@ -454,6 +454,12 @@ pub(crate) fn declared(registry: &Registry, now: Timestamp) -> Vec<NewSchedule> 
             }
         };
         let Some(next_tick) = cron.next_after(now) else {
+            // The macro refuses an expression that never fires; only another parser could.
+            tracing::error!(
+                task = def.name,
+                cron = decl.expression,
+                "taskq: the cron schedule of this task never fires; it is not registered"
+            );
             continue;
         };
         out.push(NewSchedule {
