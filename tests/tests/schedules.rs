@@ -465,3 +465,21 @@ async fn a_declared_schedule_whose_task_lost_its_cron_is_removed_at_start() {
         "{names:?}"
     );
 }
+
+/// An expression no date matches (February 30th) is refused at registration, with its
+/// reason, and nothing is stored.
+#[tokio::test]
+async fn an_expression_that_never_fires_is_refused() {
+    let h = harness_at("2027-01-10T00:00:00Z");
+    let q = h.queue();
+    let e = Schedule::new("feb-30", "0 0 30 2 *", tick::NAME)
+        .register(&q)
+        .await;
+    assert!(
+        e.as_ref()
+            .is_err_and(|e| e.to_string() == "the cron expression `0 0 30 2 *` never fires"),
+        "{e:?}"
+    );
+    let s = q.schedules().await.expect("schedules");
+    assert!(s.iter().all(|s| s.name != "feb-30"), "{s:?}");
+}
