@@ -86,12 +86,19 @@ pub struct Fire {
     pub tasks: Vec<NewTask>,
 }
 
-/// Checks a schedule's names as every store's do their task and queue names, and its
+/// Checks a schedule's names as every store's do their task and queue names (and that
+/// its own name is not empty), and its
 /// arguments as [`check_new_tasks`](super::check_new_tasks) does a payload (nested at most
 /// [`MAX_DEPTH`](crate::value::MAX_DEPTH) levels, at most
 /// [`MAX_PAYLOAD_BYTES`](crate::value::MAX_PAYLOAD_BYTES) of JSON).
 pub(crate) fn check_new_schedule(s: &NewSchedule) -> Result<(), StoreError> {
     check_name("schedule name", &s.name)?;
+    if s.name.is_empty() {
+        // The CLI and the console name a schedule to act on it; "" names none.
+        return Err(StoreError::InvalidValue(
+            "a schedule name must not be empty".into(),
+        ));
+    }
     check_name("task name", &s.task)?;
     check_name("queue name", &s.queue)?;
     check_name("cron expression", &s.cron)?;

@@ -286,3 +286,16 @@ pub async fn schedule_arguments_too_deep_or_too_large_are_refused_at_registratio
         .collect();
     assert!(names.is_empty(), "nothing stored: {names:?}");
 }
+
+/// A schedule needs a name: an empty one is refused with `InvalidValue` (the CLI and the
+/// console could not name it to run, pause or resume it).
+pub async fn an_empty_schedule_name_is_refused(s: Arc<dyn Store>) {
+    let refused = s
+        .upsert_schedules(vec![schedule("", "0 3 * * *", at(1_000))], None)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidValue(_))),
+        "{refused:?}"
+    );
+    assert!(s.schedules().await.expect("list").is_empty());
+}
