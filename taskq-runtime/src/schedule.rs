@@ -572,7 +572,16 @@ pub(crate) async fn fire_due(
                     },
                     now,
                 )
-                .await?;
+                .await;
+            // One schedule the store refuses to fire (a row edited by hand, a store
+            // error) must not stop the others: it is logged and tried at the next pass.
+            let fired = match fired {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(schedule = %s.name, error = %e, "taskq: firing this schedule failed; trying again at the next pass");
+                    continue;
+                }
+            };
             next = Some(next_tick);
             if let Some(ids) = fired {
                 if p.dropped > 0 {

@@ -483,3 +483,38 @@ async fn an_expression_that_never_fires_is_refused() {
     let s = q.schedules().await.expect("schedules");
     assert!(s.iter().all(|s| s.name != "feb-30"), "{s:?}");
 }
+
+/// A schedule whose fire the store refuses (a row edited by hand: a queue name longer
+/// than a store keeps) is logged and left; the schedules after it still fire.
+#[tokio::test]
+async fn a_schedule_the_store_refuses_to_fire_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("q.db");
+    let q = taskq_runtime::Queue::open(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open");
+    let h = Harness::with_store(q.store().clone());
+    h.clock().advance_to(ts("2027-01-10T00:30:00Z"));
+    for name in ["a-bad", "b-good"] {
+        Schedule::new(name, "0 * * * *", tick::NAME)
+            .register(&h.queue())
+            .await
+            .expect("register");
+    }
+    rusqlite::Connection::open(&path)
+        .expect("the file")
+        .execute(
+            "UPDATE taskq_schedules SET queue = ?1 WHERE name = 'a-bad'",
+            ["x".repeat(2_000)],
+        )
+        .expect("edit by hand");
+    h.run_until(ts("2027-01-10T03:15:00Z")).await.expect("run");
+    assert_eq!(
+        ticks_of(&h, tick::NAME).await,
+        vec![
+            ts("2027-01-10T01:00:00Z"),
+            ts("2027-01-10T02:00:00Z"),
+            ts("2027-01-10T03:00:00Z")
+        ]
+    );
+}
