@@ -638,6 +638,7 @@ fn schedule_commands(url: String) {
     assert_eq!(resumed["paused"], false);
     expect(&url, 3, &["schedule", "pause", "no-such-schedule"]);
     expect(&url, 3, &["schedule", "run", "no-such-schedule", "--json"]);
+    expect(&url, 3, &["schedule", "resume", "no-such-schedule"]);
 }
 
 #[test]

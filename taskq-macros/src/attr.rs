@@ -279,7 +279,23 @@ fn check_cron(lit: LitStr) -> syn::Result<LitStr> {
         .build()
         .parse(&lit.value());
     match parsed {
-        Ok(_) => Ok(lit),
+        Ok(cron) => {
+            // An expression that parses but matches no date (`0 0 30 2 *`: February 30th)
+            // would register nothing when a worker starts: refuse it here. Without a year
+            // field the calendar repeats every 400 years, well within croner's search.
+            let start = chrono::NaiveDate::from_ymd_opt(2000, 1, 1)
+                .and_then(|d| d.and_hms_opt(0, 0, 0));
+            if start.is_some_and(|t| cron.find_next_occurrence(&t, false).is_err()) {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    format!(
+                        "the cron expression `{}` never fires: no date matches it (February 30th, April 31st...)",
+                        lit.value()
+                    ),
+                ));
+            }
+            Ok(lit)
+        }
         Err(e) => Err(syn::Error::new(
             lit.span(),
             format!(

@@ -454,6 +454,12 @@ pub(crate) fn declared(registry: &Registry, now: Timestamp) -> Vec<NewSchedule> 
             }
         };
         let Some(next_tick) = cron.next_after(now) else {
+            // The macro refuses an expression that never fires; only another parser could.
+            tracing::error!(
+                task = def.name,
+                cron = decl.expression,
+                "taskq: the cron schedule of this task never fires; it is not registered"
+            );
             continue;
         };
         out.push(NewSchedule {
@@ -472,8 +478,9 @@ pub(crate) fn declared(registry: &Registry, now: Timestamp) -> Vec<NewSchedule> 
     out
 }
 
-/// Registers the declared schedules of `registry` and marks, on every schedule, whether
-/// this binary knows its task: what a worker (and the harness) does at start.
+/// Registers the declared schedules of `registry`, marks on every schedule whether this
+/// binary knows its task, and removes the declared schedules of tasks it knows that no
+/// longer declare `cron`: what a worker (and the harness) does at start.
 pub(crate) async fn register_declared(
     store: &dyn Store,
     registry: &Registry,
@@ -482,7 +489,22 @@ pub(crate) async fn register_declared(
     let known = registry.all().iter().map(|d| d.name.to_string()).collect();
     store
         .upsert_schedules(declared(registry, now), Some(known))
-        .await
+        .await?;
+    // A task whose `cron` key was removed: every worker knows it, so its old schedule
+    // would fire for ever. Run-time schedules (`declared: false`) of the task stay.
+    for s in store.schedules().await? {
+        let undeclared = registry.get(&s.task).is_some_and(|d| d.cron.is_none());
+        if s.declared && undeclared {
+            match store.remove_schedule(&s.name).await {
+                // Another starting worker removed it first.
+                Ok(()) | Err(StoreError::NotFound(_)) => {
+                    tracing::info!(schedule = %s.name, "taskq: removed the schedule of a task that no longer declares `cron`");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The tasks a fire of `s` starts for `ticks`: due at their tick.

@@ -2974,6 +2974,8 @@ macro_rules! conformance_tests {
             replace_updates_a_pending_tasks_arguments_and_due_time, start_many_keeps_keys_unique,
             concurrent_starts_of_one_key_insert_one, start_many_skip_duplicates_starts_the_rest,
             schedules_are_kept_updated_paused_and_removed, racing_fires_of_one_tick_fire_it_once,
+            schedule_arguments_too_deep_or_too_large_are_refused_at_registration,
+            an_empty_schedule_name_is_refused,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use taskq_runtime::schedule::Cron;
 use taskq_runtime::testing::Harness;
 use taskq_runtime::{task, CatchUp, Schedule, TaskError, TaskQuery, Timestamp};
 
@@ -320,5 +321,200 @@ async fn run_now_pause_resume_change_and_remove() {
         bad.as_ref()
             .is_err_and(|e| e.to_string().contains("unknown time zone `Paris`")),
         "{bad:?}"
+    );
+}
+
+/// The ticks of `expression` in `zone` after `from` and before `to`, as the tick policy
+/// computes them (the harness's clock cannot go back to the years these zones changed
+/// at midnight: São Paulo has had no daylight saving since 2019).
+fn daily_ticks(expression: &str, zone: &str, from: &str, to: &str) -> Vec<Timestamp> {
+    let cron = Cron::parse(expression, zone).expect("parses");
+    let mut out = Vec::new();
+    let mut t = ts(from);
+    while let Some(next) = cron.next_after(t).filter(|n| *n < ts(to)) {
+        assert!(out.len() < 10, "a runaway: {out:?}");
+        out.push(next);
+        t = next;
+    }
+    out
+}
+
+/// Daylight-saving changes at midnight: a daily midnight fires once on each day, at the
+/// first instant after a gap (00:00 does not exist) and at the first of two midnights.
+#[test]
+fn a_daily_midnight_fires_once_when_the_change_is_at_midnight() {
+    // São Paulo, 2018-11-04: 00:00 -03 became 01:00 -02.
+    assert_eq!(
+        daily_ticks(
+            "0 0 * * *",
+            "America/Sao_Paulo",
+            "2018-11-02T12:00:00Z",
+            "2018-11-05T12:00:00Z"
+        ),
+        vec![
+            ts("2018-11-03T03:00:00Z"),
+            ts("2018-11-04T03:00:00Z"), // 01:00 -02, the first instant of the day
+            ts("2018-11-05T02:00:00Z"),
+        ]
+    );
+    // São Paulo, 2019-02-17: 00:00 -02 became 23:00 -03 on the 16th (23:00 twice).
+    assert_eq!(
+        daily_ticks(
+            "0 0 * * *",
+            "America/Sao_Paulo",
+            "2019-02-15T12:00:00Z",
+            "2019-02-18T12:00:00Z"
+        ),
+        vec![
+            ts("2019-02-16T02:00:00Z"),
+            ts("2019-02-17T03:00:00Z"),
+            ts("2019-02-18T03:00:00Z"),
+        ]
+    );
+    assert_eq!(
+        daily_ticks(
+            "0 23 * * *",
+            "America/Sao_Paulo",
+            "2019-02-15T12:00:00Z",
+            "2019-02-18T12:00:00Z"
+        ),
+        vec![
+            ts("2019-02-16T01:00:00Z"),
+            ts("2019-02-17T01:00:00Z"), // the first 23:00 (-02), not the second
+            ts("2019-02-18T02:00:00Z"),
+        ]
+    );
+    // Havana, 2023-03-12: 00:00 CST became 01:00 CDT.
+    assert_eq!(
+        daily_ticks(
+            "0 0 * * *",
+            "America/Havana",
+            "2023-03-10T12:00:00Z",
+            "2023-03-13T12:00:00Z"
+        ),
+        vec![
+            ts("2023-03-11T05:00:00Z"),
+            ts("2023-03-12T05:00:00Z"), // 01:00 CDT
+            ts("2023-03-13T04:00:00Z"),
+        ]
+    );
+    // Havana, 2023-11-05: 01:00 CDT became 00:00 CST: midnight happened twice.
+    assert_eq!(
+        daily_ticks(
+            "0 0 * * *",
+            "America/Havana",
+            "2023-11-03T12:00:00Z",
+            "2023-11-06T12:00:00Z"
+        ),
+        vec![
+            ts("2023-11-04T04:00:00Z"),
+            ts("2023-11-05T04:00:00Z"), // the first midnight (CDT), not the second
+            ts("2023-11-06T05:00:00Z"),
+        ]
+    );
+}
+
+/// A declared schedule whose task no longer declares `cron` (the key was removed from
+/// `#[task]`) is removed when a worker that knows the task starts: every worker knows
+/// the task, so it would otherwise fire for ever. A run-time schedule of that task stays.
+#[tokio::test]
+async fn a_declared_schedule_whose_task_lost_its_cron_is_removed_at_start() {
+    use taskq_runtime::store::NewSchedule;
+    let h = harness_at("2027-01-10T00:30:00Z");
+    let q = h.queue();
+    // What a worker of the previous version (`#[task(cron = "0 * * * *")] async fn tick`)
+    // registered.
+    q.store()
+        .upsert_schedules(
+            vec![NewSchedule {
+                name: tick::NAME.into(),
+                task: tick::NAME.into(),
+                queue: "default".into(),
+                priority: 0,
+                payload: serde_json::json!({}),
+                cron: "0 * * * *".into(),
+                timezone: "UTC".into(),
+                catch_up: CatchUp::Last,
+                declared: true,
+                next_tick: ts("2027-01-10T01:00:00Z"),
+            }],
+            None,
+        )
+        .await
+        .expect("the old declared schedule");
+    Schedule::new("hourly-at-run-time", "30 * * * *", tick::NAME)
+        .register(&q)
+        .await
+        .expect("register");
+    h.run_until(ts("2027-01-10T03:15:00Z")).await.expect("run");
+    assert_eq!(
+        ticks_of(&h, tick::NAME).await,
+        vec![ts("2027-01-10T01:30:00Z"), ts("2027-01-10T02:30:00Z")],
+        "only the run-time schedule fires"
+    );
+    let names: Vec<String> = q
+        .schedules()
+        .await
+        .expect("schedules")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert!(!names.contains(&tick::NAME.to_string()), "{names:?}");
+    assert!(
+        names.contains(&"hourly-at-run-time".to_string()),
+        "{names:?}"
+    );
+}
+
+/// An expression no date matches (February 30th) is refused at registration, with its
+/// reason, and nothing is stored.
+#[tokio::test]
+async fn an_expression_that_never_fires_is_refused() {
+    let h = harness_at("2027-01-10T00:00:00Z");
+    let q = h.queue();
+    let e = Schedule::new("feb-30", "0 0 30 2 *", tick::NAME)
+        .register(&q)
+        .await;
+    assert!(
+        e.as_ref()
+            .is_err_and(|e| e.to_string() == "the cron expression `0 0 30 2 *` never fires"),
+        "{e:?}"
+    );
+    let s = q.schedules().await.expect("schedules");
+    assert!(s.iter().all(|s| s.name != "feb-30"), "{s:?}");
+}
+
+/// A schedule whose fire the store refuses (a row edited by hand: a queue name longer
+/// than a store keeps) is logged and left; the schedules after it still fire.
+#[tokio::test]
+async fn a_schedule_the_store_refuses_to_fire_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("q.db");
+    let q = taskq_runtime::Queue::open(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open");
+    let h = Harness::with_store(q.store().clone());
+    h.clock().advance_to(ts("2027-01-10T00:30:00Z"));
+    for name in ["a-bad", "b-good"] {
+        Schedule::new(name, "0 * * * *", tick::NAME)
+            .register(&h.queue())
+            .await
+            .expect("register");
+    }
+    rusqlite::Connection::open(&path)
+        .expect("the file")
+        .execute(
+            "UPDATE taskq_schedules SET queue = ?1 WHERE name = 'a-bad'",
+            ["x".repeat(2_000)],
+        )
+        .expect("edit by hand");
+    h.run_until(ts("2027-01-10T03:15:00Z")).await.expect("run");
+    assert_eq!(
+        ticks_of(&h, tick::NAME).await,
+        vec![
+            ts("2027-01-10T01:00:00Z"),
+            ts("2027-01-10T02:00:00Z"),
+            ts("2027-01-10T03:00:00Z")
+        ]
     );
 }

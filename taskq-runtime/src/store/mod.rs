@@ -1188,7 +1188,9 @@ pub trait Store: Send + Sync + 'static {
     /// last task, and takes the new expression, time zone and `next_tick` only when the
     /// expression or the time zone changed. With `known_tasks` (what a starting worker
     /// knows), every schedule's `task_missing` is then set to whether its task is absent
-    /// from the list (a write of its own on PostgreSQL). Names and arguments are checked first ([`StoreError::InvalidValue`]).
+    /// from the list (a write of its own on PostgreSQL). Names and arguments are checked
+    /// first, the arguments as a task's payload is at enqueue (depth, size:
+    /// [`StoreError::InvalidValue`]).
     async fn upsert_schedules(
         &self,
         schedules: Vec<NewSchedule>,

@@ -86,9 +86,19 @@ pub struct Fire {
     pub tasks: Vec<NewTask>,
 }
 
-/// Checks a schedule's names as every store's do their task and queue names.
+/// Checks a schedule's names as every store's do their task and queue names (and that
+/// its own name is not empty), and its
+/// arguments as [`check_new_tasks`](super::check_new_tasks) does a payload (nested at most
+/// [`MAX_DEPTH`](crate::value::MAX_DEPTH) levels, at most
+/// [`MAX_PAYLOAD_BYTES`](crate::value::MAX_PAYLOAD_BYTES) of JSON).
 pub(crate) fn check_new_schedule(s: &NewSchedule) -> Result<(), StoreError> {
     check_name("schedule name", &s.name)?;
+    if s.name.is_empty() {
+        // The CLI and the console name a schedule to act on it; "" names none.
+        return Err(StoreError::InvalidValue(
+            "a schedule name must not be empty".into(),
+        ));
+    }
     check_name("task name", &s.task)?;
     check_name("queue name", &s.queue)?;
     check_name("cron expression", &s.cron)?;
@@ -99,5 +109,9 @@ pub(crate) fn check_new_schedule(s: &NewSchedule) -> Result<(), StoreError> {
             s.name, s.payload
         )));
     }
-    Ok(())
+    // As a task's payload at enqueue: else every tick's enqueue would refuse them, and a
+    // database store could not read the row back (serde_json's nesting limit).
+    let what = || format!("the arguments of schedule `{}`", s.name);
+    super::check_depth(what, &s.payload)?;
+    super::check_size(what, &s.payload, false)
 }

@@ -1,6 +1,6 @@
 //! The worker's share of periodic tasks ([`crate::schedule`]): at start it registers the
-//! schedules of the tasks declared with `cron` (and marks those whose task it does not
-//! know), then fires due schedules, waking at the next tick or every
+//! schedules of the tasks declared with `cron` (marks those whose task it does not know,
+//! and removes those of known tasks that no longer declare `cron`), then fires due schedules, waking at the next tick or every
 //! [`SCHEDULE_POLL`](crate::schedule::SCHEDULE_POLL), whichever is sooner. Every worker
 //! does this; the store's compare-and-set makes each tick fire once. It runs beside the
 //! claim loop, supervised (a panic restarts it), and stops at shutdown.

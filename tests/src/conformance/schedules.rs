@@ -250,3 +250,52 @@ pub async fn racing_fires_of_one_tick_fire_it_once(s: Arc<dyn Store>) {
     let b = find(&*s, "race").await;
     assert_eq!((b.next_tick, b.last_tick), (at(9_000), Some(at(3_000))));
 }
+
+/// A schedule's arguments are checked at registration as a task's are at enqueue:
+/// nested deeper than `MAX_DEPTH` or larger than `MAX_PAYLOAD_BYTES` of JSON is refused
+/// with `InvalidValue` and nothing is stored (else every tick's enqueue would refuse them,
+/// and a database store could not read the row back).
+pub async fn schedule_arguments_too_deep_or_too_large_are_refused_at_registration(
+    s: Arc<dyn Store>,
+) {
+    let mut deep = json!(1);
+    for _ in 0..taskq_runtime::value::MAX_DEPTH + 20 {
+        deep = json!([deep]);
+    }
+    let mut too_deep = schedule("too-deep", "0 3 * * *", at(1_000));
+    too_deep.payload = json!({ "team": deep });
+    let refused = s.upsert_schedules(vec![too_deep], None).await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidValue(_))),
+        "too deep: {refused:?}"
+    );
+    let mut too_large = schedule("too-large", "0 3 * * *", at(1_000));
+    too_large.payload = json!({ "team": "x".repeat(taskq_runtime::value::MAX_PAYLOAD_BYTES + 1) });
+    let refused = s.upsert_schedules(vec![too_large], None).await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidValue(_))),
+        "too large: {:?}",
+        refused.map_err(|e| e.to_string().chars().take(200).collect::<String>())
+    );
+    let names: Vec<String> = s
+        .schedules()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|x| x.name)
+        .collect();
+    assert!(names.is_empty(), "nothing stored: {names:?}");
+}
+
+/// A schedule needs a name: an empty one is refused with `InvalidValue` (the CLI and the
+/// console could not name it to run, pause or resume it).
+pub async fn an_empty_schedule_name_is_refused(s: Arc<dyn Store>) {
+    let refused = s
+        .upsert_schedules(vec![schedule("", "0 3 * * *", at(1_000))], None)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidValue(_))),
+        "{refused:?}"
+    );
+    assert!(s.schedules().await.expect("list").is_empty());
+}

@@ -26,4 +26,9 @@ async fn with_arguments(ctx: Context, team: String) -> Result<(), TaskError> {
     Ok(())
 }
 
+#[task(cron = "0 0 30 2 *")]  //~ mistake
+async fn february_30th() -> Result<(), TaskError> {
+    Ok(())
+}
+
 fn main() {}
