@@ -637,11 +637,15 @@ impl Queue {
         self.store().set_schedule_paused(name, true, None).await
     }
 
-    /// Resumes a schedule: its next tick becomes the first after now (the ticks of the
-    /// pause are not fired). `StoreError::NotFound` for an unknown name; a stored
-    /// expression that no longer parses is an error of its own.
+    /// Resumes a paused schedule: its next tick becomes the first after now (the ticks of
+    /// the pause are not fired). A schedule that is not paused is left as it is (a tick
+    /// due and not fired yet stays due). `StoreError::NotFound` for an unknown name; a
+    /// stored expression that no longer parses is an error of its own.
     pub async fn resume_schedule(&self, name: &str) -> Result<(), ScheduleError> {
         let s = self.find_schedule(name).await?;
+        if !s.paused {
+            return Ok(());
+        }
         let cron = Cron::parse(&s.cron, &s.timezone)?;
         let next = cron
             .next_after(self.clock().now())

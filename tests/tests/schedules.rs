@@ -296,6 +296,14 @@ async fn run_now_pause_resume_change_and_remove() {
         .expect("change");
     assert_eq!(find().await.next_tick, ts("2027-01-13T13:00:00Z"));
 
+    // Resuming a schedule that is not paused changes nothing: a tick that is due and not
+    // fired yet stays due (it is not pushed to the next one).
+    h.clock().advance_to(ts("2027-01-13T14:30:00Z"));
+    q.resume_schedule("sales")
+        .await
+        .expect("resume an unpaused schedule");
+    assert_eq!(find().await.next_tick, ts("2027-01-13T13:00:00Z"));
+
     q.remove_schedule("sales").await.expect("remove");
     assert!(q
         .schedules()
