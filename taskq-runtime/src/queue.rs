@@ -37,6 +37,29 @@ impl std::fmt::Debug for Queue {
     }
 }
 
+/// The tasks of a batch start (`method`, for the error), each builder turned into its
+/// stored form at `now`; a builder in replace mode ([`OnConflict::Replace`]) is refused
+/// with [`StartError::Unique`] before anything is stored: replacing is one task's
+/// [`TaskBuilder::start`].
+fn batch_tasks(
+    builders: impl IntoIterator<Item = TaskBuilder>,
+    now: Timestamp,
+    method: &str,
+) -> Result<Vec<NewTask>, StartError> {
+    builders
+        .into_iter()
+        .map(|b| {
+            if b.on_conflict == OnConflict::Replace {
+                return Err(StartError::Unique {
+                    task: b.def.name.to_string(),
+                    reason: format!("`{method}` cannot replace a pending task (on_conflict replace); start it with `start`"),
+                });
+            }
+            b.into_new_task(now)
+        })
+        .collect()
+}
+
 impl Queue {
     /// A queue on a store, on real time: the store's own clock when it keeps one
     /// (PostgreSQL: the database's), else the wall clock.
@@ -84,16 +107,7 @@ impl Queue {
         builders: impl IntoIterator<Item = TaskBuilder>,
     ) -> Result<Vec<TaskId>, StartError> {
         let now = self.clock.now();
-        let mut tasks = Vec::new();
-        for b in builders {
-            if b.on_conflict == OnConflict::Replace {
-                return Err(StartError::Unique {
-                    task: b.def.name.to_string(),
-                    reason: "`start_many` cannot replace a pending task (on_conflict replace); start it with `start`".into(),
-                });
-            }
-            tasks.push(b.into_new_task(now)?);
-        }
+        let tasks = batch_tasks(builders, now, "start_many")?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
@@ -137,16 +151,7 @@ impl Queue {
         builders: impl IntoIterator<Item = TaskBuilder>,
     ) -> Result<Vec<Admission>, StartError> {
         let now = self.clock.now();
-        let mut tasks = Vec::new();
-        for b in builders {
-            if b.on_conflict == OnConflict::Replace {
-                return Err(StartError::Unique {
-                    task: b.def.name.to_string(),
-                    reason: "`start_many_skip_duplicates` cannot replace a pending task (on_conflict replace); start it with `start`".into(),
-                });
-            }
-            tasks.push(b.into_new_task(now)?);
-        }
+        let tasks = batch_tasks(builders, now, "start_many_skip_duplicates")?;
         let mut out: Vec<Option<Admission>> = vec![None; tasks.len()];
         // A key repeated in the call: the first builder with it keeps it.
         let mut first_with: std::collections::HashMap<&str, usize> = Default::default();
